@@ -1,0 +1,276 @@
+//! `UserPresence`: one user's sessions, preference, status message and out-of-office settings.
+//!
+//! The state stores absolute instants (when each session fades, goes away, expires), never
+//! durations, so a restart or a change of policy cannot shift a deadline that was already promised.
+//! Fade stages are stored explicitly and moved only by [`UserPresence::advance`], which makes the
+//! folded view a function of the state alone: between two deadlines nothing can change.
+use crate::command::{
+    Command, CommandError, MAX_OUT_OF_OFFICE_MESSAGE_CHARS, MAX_SESSIONS_PER_USER,
+};
+use crate::ids::SessionId;
+use crate::state::{Activity, Availability, PreferredState, SessionState};
+use crate::timing::Timing;
+use crate::view::{
+    ChangeEvent, MessageExpiry, OutOfOfficeSettings, PresenceView, SequenceNumber, StatusMessageView,
+};
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// How far an Available session has faded for lack of keep-alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FadeStage {
+    Active,
+    Idle,
+    Away,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub id: SessionId,
+    pub state: SessionState,
+    pub stage: FadeStage,
+    pub set_at: Timestamp,
+    /// Only Available sessions fade; for others these are `None`.
+    pub idle_at: Option<Timestamp>,
+    pub away_at: Option<Timestamp>,
+    pub expires_at: Timestamp,
+}
+
+impl Session {
+    /// What this session contributes to the fold at its current stage.
+    pub fn effective(&self) -> (Availability, Activity) {
+        match self.stage {
+            FadeStage::Active => (self.state.availability, self.state.activity),
+            FadeStage::Idle => (Availability::AvailableIdle, Activity::Inactive),
+            FadeStage::Away => (Availability::Away, Activity::Away),
+        }
+    }
+
+    fn next_deadline(&self) -> Timestamp {
+        let fade = match self.stage {
+            FadeStage::Active => self.idle_at,
+            FadeStage::Idle => self.away_at,
+            FadeStage::Away => None,
+        };
+        fade.map_or(self.expires_at, |f| f.min(self.expires_at))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Preferred {
+    pub state: PreferredState,
+    pub expires_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusMessage {
+    pub content: String,
+    pub expiry: Option<MessageExpiry>,
+    pub published_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct UserPresence {
+    sessions: Vec<Session>,
+    preferred: Option<Preferred>,
+    status_message: Option<StatusMessage>,
+    #[serde(default)]
+    out_of_office: OutOfOfficeSettings,
+    sequence: SequenceNumber,
+}
+
+/// The result of a successful command: the change event, if the visible presence changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub change: Option<ChangeEvent>,
+}
+
+impl UserPresence {
+    pub fn sessions(&self) -> &[Session] {
+        &self.sessions
+    }
+
+    pub fn preferred(&self) -> Option<&Preferred> {
+        self.preferred.as_ref()
+    }
+
+    pub fn sequence(&self) -> SequenceNumber {
+        self.sequence
+    }
+
+    /// Apply a command at `now`. Transitions already due are applied first, so a session that
+    /// expired a moment ago is gone (and clearing it is `SessionNotFound`). On error `self` is unchanged.
+    pub fn apply(&mut self, command: Command, now: Timestamp, timing: &Timing) -> Result<Outcome, CommandError> {
+        let before = self.view();
+        let mut next = self.clone();
+        next.apply_due(now);
+        next.execute(command, now, timing)?;
+        let change = next.finish_change(&before, now);
+        *self = next;
+        Ok(Outcome { change })
+    }
+
+    /// Apply every transition due at or before `now`. The change, if any, is stamped with the
+    /// latest deadline applied rather than `now`, so the result does not depend on how late the
+    /// sweeper ran.
+    pub fn advance(&mut self, now: Timestamp) -> Option<ChangeEvent> {
+        let before = self.view();
+        let at = self.apply_due(now)?;
+        self.finish_change(&before, at)
+    }
+
+    /// The earliest instant at which `advance` would change anything; `None` if nothing is pending.
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        let sessions = self.sessions.iter().map(Session::next_deadline);
+        let preferred = self.preferred.as_ref().map(|p| p.expires_at);
+        let message = self.status_message.as_ref().and_then(|m| m.expiry.as_ref()).map(|e| e.at);
+        sessions.chain(preferred).chain(message).min()
+    }
+
+    /// The view as of `now` without mutating: readers call this so they never show a state the
+    /// sweeper has not committed yet as if it were still current.
+    pub fn view_at(&self, now: Timestamp) -> PresenceView {
+        match self.next_deadline() {
+            Some(d) if d <= now => {
+                let mut ahead = self.clone();
+                ahead.advance(now);
+                ahead.view()
+            }
+            _ => self.view(),
+        }
+    }
+
+    /// The folded presence from the stored stages (see the module comment for why no `now`).
+    pub fn view(&self) -> PresenceView {
+        let (availability, activity) = self.fold();
+        PresenceView {
+            availability,
+            activity,
+            status_message: self.status_message.as_ref().map(|m| StatusMessageView {
+                content: m.content.clone(),
+                expiry: m.expiry.clone(),
+                published_at: m.published_at,
+            }),
+            out_of_office: self.out_of_office.clone(),
+            sequence: self.sequence,
+        }
+    }
+
+    fn fold(&self) -> (Availability, Activity) {
+        // Preferred presence only counts while some session exists: with none the user is offline.
+        if self.sessions.is_empty() {
+            return (Availability::Offline, Activity::Offline);
+        }
+        if let Some(p) = &self.preferred {
+            return (p.state.availability, p.state.activity);
+        }
+        self.sessions
+            .iter()
+            .max_by(|a, b| {
+                let (rank_a, rank_b) = (a.effective().0.rank(), b.effective().0.rank());
+                rank_a.cmp(&rank_b).then(a.set_at.cmp(&b.set_at)).then_with(|| a.id.cmp(&b.id))
+            })
+            .map(Session::effective)
+            .unwrap_or((Availability::Offline, Activity::Offline))
+    }
+
+    /// Returns the latest deadline applied, or `None` if nothing was due.
+    fn apply_due(&mut self, now: Timestamp) -> Option<Timestamp> {
+        let mut latest: Option<Timestamp> = None;
+        let mut note = |t: Timestamp| latest = Some(latest.map_or(t, |l| l.max(t)));
+        self.sessions.retain(|s| {
+            if s.expires_at <= now {
+                note(s.expires_at);
+                false
+            } else {
+                true
+            }
+        });
+        for s in &mut self.sessions {
+            if let Some(away) = s.away_at.filter(|t| *t <= now && s.stage != FadeStage::Away) {
+                s.stage = FadeStage::Away;
+                note(away);
+            } else if let Some(idle) = s.idle_at.filter(|t| *t <= now && s.stage == FadeStage::Active) {
+                s.stage = FadeStage::Idle;
+                note(idle);
+            }
+        }
+        if let Some(p) = self.preferred.take_if(|p| p.expires_at <= now) {
+            note(p.expires_at);
+        }
+        let expired = |m: &mut StatusMessage| m.expiry.as_ref().is_some_and(|e| e.at <= now);
+        if let Some(m) = self.status_message.take_if(expired) {
+            note(m.expiry.map_or(now, |e| e.at));
+        }
+        latest
+    }
+
+    fn execute(&mut self, command: Command, now: Timestamp, timing: &Timing) -> Result<(), CommandError> {
+        match command {
+            Command::SetPresence { session, state, expiration } => {
+                let fades = state.availability == Availability::Available;
+                let fresh = Session {
+                    id: session,
+                    state,
+                    stage: FadeStage::Active,
+                    set_at: now,
+                    idle_at: fades.then(|| now + timing.fade_after),
+                    away_at: fades.then(|| now + timing.fade_after * 2),
+                    expires_at: now + expiration,
+                };
+                let count = self.sessions.len();
+                match self.sessions.iter_mut().find(|s| s.id == fresh.id) {
+                    Some(existing) => *existing = fresh,
+                    None if count >= MAX_SESSIONS_PER_USER => {
+                        return Err(CommandError::TooManySessions { max: MAX_SESSIONS_PER_USER })
+                    }
+                    None => self.sessions.push(fresh),
+                }
+            }
+            Command::ClearPresence { session } => {
+                let index = self.sessions.iter().position(|s| s.id == session);
+                match index {
+                    Some(i) => drop(self.sessions.remove(i)),
+                    None => return Err(CommandError::SessionNotFound(session)),
+                }
+            }
+            Command::SetPreferred { state, expiration } => {
+                self.preferred = Some(Preferred { state, expires_at: now + expiration });
+            }
+            Command::ClearPreferred => self.preferred = None,
+            Command::SetStatusMessage(None) => self.status_message = None,
+            Command::SetStatusMessage(Some(input)) => {
+                let (content, expiry) = input.into_parts();
+                if let Some(e) = expiry.as_ref().filter(|e| e.at <= now) {
+                    return Err(CommandError::ExpiryInPast(e.at));
+                }
+                self.status_message = Some(StatusMessage { content, expiry, published_at: now });
+            }
+            Command::SetOutOfOffice(settings) => {
+                let too_long = settings.message.as_ref().is_some_and(|m| m.chars().count() > MAX_OUT_OF_OFFICE_MESSAGE_CHARS);
+                if too_long {
+                    return Err(CommandError::OutOfOfficeTooLong { max: MAX_OUT_OF_OFFICE_MESSAGE_CHARS });
+                }
+                self.out_of_office = settings;
+            }
+        }
+        Ok(())
+    }
+
+    /// Bump the sequence and build the event if the visible presence differs from `before`.
+    fn finish_change(&mut self, before: &PresenceView, at: Timestamp) -> Option<ChangeEvent> {
+        if self.view().same_content(before) {
+            return None;
+        }
+        // Time-based floor: even if a user's record were ever rebuilt from nothing, its next
+        // sequence number still sorts after every one it had before (clocks permitting).
+        let micros = u64::try_from(at.as_microsecond()).unwrap_or(0);
+        self.sequence = SequenceNumber(self.sequence.0.saturating_add(1).max(micros));
+        Some(ChangeEvent {
+            at,
+            previous_availability: before.availability,
+            previous_activity: before.activity,
+            view: self.view(),
+        })
+    }
+}

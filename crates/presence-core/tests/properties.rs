@@ -1,0 +1,136 @@
+//! Property tests: the fold ignores insertion order, and nothing changes between deadlines.
+use jiff::{SignedDuration, Timestamp};
+use presence_core::*;
+use proptest::prelude::*;
+
+const PAIRS: [(Availability, Activity); 5] = [
+    (Availability::Available, Activity::Available),
+    (Availability::Busy, Activity::InACall),
+    (Availability::Busy, Activity::InAConferenceCall),
+    (Availability::Away, Activity::Away),
+    (Availability::DoNotDisturb, Activity::Presenting),
+];
+
+fn t0() -> Timestamp {
+    "2026-11-27T09:00:00Z".parse().unwrap()
+}
+
+#[derive(Debug, Clone)]
+struct Op {
+    session: u8,
+    pair: usize,
+    /// Seconds after t0 at which the op happens.
+    offset: i64,
+    expiration_mins: i64,
+    clear: bool,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    (0u8..5, 0usize..5, 0i64..1800, 5i64..=240, prop::bool::weighted(0.15))
+        .prop_map(|(session, pair, offset, expiration_mins, clear)| Op { session, pair, offset, expiration_mins, clear })
+}
+
+fn command(op: &Op) -> Command {
+    let session = SessionId::parse(&format!("s{}", op.session)).unwrap();
+    if op.clear {
+        return Command::ClearPresence { session };
+    }
+    let (av, ac) = PAIRS[op.pair];
+    Command::SetPresence {
+        session,
+        state: SessionState::new(av, ac).unwrap(),
+        expiration: SignedDuration::from_mins(op.expiration_mins),
+    }
+}
+
+fn run(ops: &[Op], timing: &Timing) -> UserPresence {
+    let mut u = UserPresence::default();
+    let mut ops = ops.to_vec();
+    ops.sort_by_key(|o| o.offset);
+    for o in &ops {
+        let _ = u.apply(command(o), t0() + SignedDuration::from_secs(o.offset), timing);
+    }
+    u
+}
+
+proptest! {
+    /// Sessions set at distinct instants, applied in any order of arrival, fold to the same presence.
+    #[test]
+    fn fold_ignores_insertion_order(ops in prop::collection::vec(op(), 1..8), seed in any::<u64>()) {
+        let timing = Timing::default();
+        // One set per session at the same instant: arrival order is the only difference.
+        let mut sets: Vec<Op> = ops.iter().cloned().map(|mut o| { o.clear = false; o.offset = 0; o }).collect();
+        sets.sort_by_key(|o| o.session);
+        sets.dedup_by_key(|o| o.session);
+        let mut shuffled = sets.clone();
+        let n = shuffled.len();
+        for i in (1..n).rev() {
+            let j = (seed.wrapping_mul(6364136223846793005).wrapping_add(i as u64) % (i as u64 + 1)) as usize;
+            shuffled.swap(i, j);
+        }
+        let (mut a, mut b) = (UserPresence::default(), UserPresence::default());
+        for o in &sets { a.apply(command(o), t0(), &timing).unwrap(); }
+        for o in &shuffled { b.apply(command(o), t0(), &timing).unwrap(); }
+        prop_assert_eq!((a.view().availability, a.view().activity), (b.view().availability, b.view().activity));
+    }
+
+    /// Between `now` and `next_deadline()` the view is constant; at the deadline something changes
+    /// in the state (a stage, a removal), so the deadline is never spurious.
+    #[test]
+    fn nothing_changes_before_the_next_deadline(ops in prop::collection::vec(op(), 1..10), probe in 0i64..36_000) {
+        let timing = Timing::default();
+        let u = run(&ops, &timing);
+        let last = ops.iter().map(|o| o.offset).max().unwrap_or(0);
+        let now = t0() + SignedDuration::from_secs(last);
+        let view = u.view_at(now);
+        match u.clone().next_deadline_after(now) {
+            Some(deadline) => {
+                let probe_at = now + SignedDuration::from_millis(probe * 100);
+                if probe_at < deadline {
+                    let mut w = u.clone();
+                    w.advance(now);
+                    prop_assert_eq!(w.advance(probe_at), None);
+                    prop_assert_eq!(&u.view_at(probe_at), &view);
+                }
+                let mut at_deadline = u.clone();
+                at_deadline.advance(now);
+                let before = at_deadline.clone();
+                at_deadline.advance(deadline);
+                prop_assert_ne!(before, at_deadline);
+            }
+            None => {
+                let far = now + SignedDuration::from_hours(1000);
+                prop_assert_eq!(&u.view_at(far), &view);
+            }
+        }
+    }
+
+    /// Advancing in many small steps or one big one lands on the same visible presence.
+    #[test]
+    fn advance_is_path_independent(ops in prop::collection::vec(op(), 1..10), step_secs in 1i64..600) {
+        let timing = Timing::default();
+        let u = run(&ops, &timing);
+        let end = t0() + SignedDuration::from_hours(6);
+        let mut stepped = u.clone();
+        let mut t = t0();
+        while t < end {
+            t = (t + SignedDuration::from_secs(step_secs)).min(end);
+            stepped.advance(t);
+        }
+        let mut jumped = u.clone();
+        jumped.advance(end);
+        prop_assert_eq!((stepped.view().availability, stepped.view().activity), (jumped.view().availability, jumped.view().activity));
+        prop_assert!(stepped.sessions().is_empty(), "every session expires within 4 hours");
+    }
+}
+
+/// Helper trait kept local to the tests: the next deadline after everything due at `now` is applied.
+trait NextAfter {
+    fn next_deadline_after(self, now: Timestamp) -> Option<Timestamp>;
+}
+impl NextAfter for UserPresence {
+    fn next_deadline_after(mut self, now: Timestamp) -> Option<Timestamp> {
+        self.advance(now);
+        self.next_deadline()
+    }
+}
