@@ -1,1 +1,63 @@
-fn main(){}
+//! The `presenced` command line: `serve` and `token`.
+use anyhow::Context;
+use clap::Parser;
+use presenced::auth::{self, MintRequest};
+use presenced::clock::SystemClock;
+use presenced::config::{Cli, Cmd, LogFormat, TokenArgs};
+use presence_core::duration::parse_config_duration;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Serve(args) => serve(args),
+        Cmd::Token(args) => token(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("presenced: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: presenced::config::ServeArgs) -> anyhow::Result<()> {
+    let config = args.resolve()?;
+    init_logging(config.log_format, &config.log_level)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(presenced::server::run(config, presenced::server::shutdown_signal()))
+}
+
+fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level).with_context(|| format!("invalid log level {level:?}"))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let ttl = parse_config_duration(&args.ttl).with_context(|| format!("invalid --ttl {:?}", args.ttl))?;
+    let (scopes, roles) = match (args.scopes.is_empty(), args.roles.is_empty(), &args.user) {
+        (true, true, Some(_)) => (vec!["Presence.Read.All".to_owned(), "Presence.ReadWrite".to_owned()], vec![]),
+        (true, true, None) => (vec![], vec!["Presence.ReadWrite.All".to_owned()]),
+        _ => (args.scopes, args.roles),
+    };
+    let secret = auth::load_or_create_secret(&args.data_dir)?;
+    let request = MintRequest {
+        tenant: args.tenant,
+        user: args.user,
+        app: Some(args.app.unwrap_or_else(|| "presenced-cli".to_owned())),
+        scopes,
+        roles,
+        ttl_seconds: ttl.as_secs(),
+        issuer: args.issuer,
+        audience: args.audience,
+        now_unix: SystemClock.unix_seconds(),
+    };
+    println!("{}", auth::mint_hs256(&secret, &request)?);
+    Ok(())
+}

@@ -1,0 +1,282 @@
+//! The HS256 secret kept in `<data_dir>/jwt-secret`: generated on first start, read on every later
+//! one, never overwritten.
+//!
+//! The file holds the secret base64-encoded (one line) so an operator can copy it into another
+//! tool that mints tokens. Whoever can read it can mint any token, hence mode 0600 from the first
+//! byte and a refusal to start when group or others have any access.
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Read as _, Write as _};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+
+use super::error::AuthSetupError;
+use super::MIN_HS256_SECRET_BYTES;
+
+/// File name of the secret inside the data directory.
+pub const SECRET_FILE_NAME: &str = "jwt-secret";
+
+/// Length of a generated secret: the HMAC-SHA256 output size, the RFC 7518 minimum.
+const GENERATED_SECRET_BYTES: usize = 32;
+
+/// A secret file is a few dozen bytes; the bound keeps a wrong path from being read whole.
+const MAX_SECRET_FILE_BYTES: u64 = 4096;
+
+/// Returns the secret from `<data_dir>/jwt-secret`, creating the data directory (mode 0700) and a
+/// fresh random secret (mode 0600) if they do not exist yet.
+///
+/// An existing file is only ever read: wrong permissions, an empty file or content that is not
+/// base64 of at least 32 bytes is an error for the operator to resolve, because replacing it would
+/// silently invalidate every token minted so far.
+pub fn load_or_create_secret(data_dir: &Path) -> Result<Vec<u8>, AuthSetupError> {
+    // Only directories created here get 0700; an existing directory's mode is the operator's.
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)
+        .map_err(io_error("create the data directory", data_dir))?;
+    let path = data_dir.join(SECRET_FILE_NAME);
+    match File::open(&path) {
+        Ok(file) => read_existing(file, &path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => create_new(data_dir, &path),
+        Err(e) => Err(io_error("open the JWT secret file", &path)(e)),
+    }
+}
+
+fn read_existing(file: File, path: &Path) -> Result<Vec<u8>, AuthSetupError> {
+    let meta = file
+        .metadata()
+        .map_err(io_error("inspect the JWT secret file", path))?;
+    if !meta.is_file() {
+        return Err(corrupt(path, "not a regular file"));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(AuthSetupError::SecretPermissions {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    let mut raw = Vec::new();
+    file.take(MAX_SECRET_FILE_BYTES + 1)
+        .read_to_end(&mut raw)
+        .map_err(io_error("read the JWT secret file", path))?;
+    if raw.len() as u64 > MAX_SECRET_FILE_BYTES {
+        return Err(corrupt(path, "larger than 4 KiB"));
+    }
+    let text = std::str::from_utf8(&raw)
+        .map_err(|_| corrupt(path, "not base64 text"))?
+        .trim();
+    if text.is_empty() {
+        return Err(corrupt(path, "empty"));
+    }
+    let secret = STANDARD
+        .decode(text)
+        .map_err(|_| corrupt(path, "not base64 text"))?;
+    if secret.len() < MIN_HS256_SECRET_BYTES {
+        return Err(corrupt(path, "the decoded secret is shorter than 32 bytes"));
+    }
+    Ok(secret)
+}
+
+/// Writes the secret to a private temporary file and hard-links it into place. The link either
+/// creates `jwt-secret` complete or fails because it exists, so a crash never leaves a half-written
+/// secret behind, and two processes starting at once agree on one secret.
+fn create_new(data_dir: &Path, path: &Path) -> Result<Vec<u8>, AuthSetupError> {
+    let mut secret = vec![0u8; GENERATED_SECRET_BYTES];
+    getrandom::fill(&mut secret).map_err(AuthSetupError::Random)?;
+    let mut suffix = [0u8; 8];
+    getrandom::fill(&mut suffix).map_err(AuthSetupError::Random)?;
+    let tmp = data_dir.join(format!(".{SECRET_FILE_NAME}.{}.tmp", hex(&suffix)));
+
+    let written = write_private(&tmp, &secret);
+    let linked = written.and_then(|()| fs::hard_link(&tmp, path));
+    // The temporary name is only a staging area; failing to remove it loses nothing (it is 0600).
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {
+            sync_dir(data_dir).map_err(io_error("sync the data directory", data_dir))?;
+            Ok(secret)
+        }
+        // Another process created it between our open and our link: use theirs.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let file = File::open(path).map_err(io_error("open the JWT secret file", path))?;
+            read_existing(file, path)
+        }
+        Err(e) => Err(io_error("create the JWT secret file", path)(e)),
+    }
+}
+
+fn write_private(path: &Path, secret: &[u8]) -> io::Result<()> {
+    // Mode at creation (not a later chmod), so the file is never readable by others, even briefly.
+    // The umask can only remove bits, never add group/other access.
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    let mut line = STANDARD.encode(secret);
+    line.push('\n');
+    file.write_all(line.as_bytes())?;
+    file.sync_all()
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    // Makes the new directory entry durable, so a crash after start-up cannot lose the secret that
+    // tokens were already minted with.
+    File::open(dir)?.sync_all()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> AuthSetupError {
+    let path: PathBuf = path.to_owned();
+    move |source| AuthSetupError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+fn corrupt(path: &Path, reason: &'static str) -> AuthSetupError {
+    AuthSetupError::SecretCorrupt {
+        path: path.to_owned(),
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    fn write_with_mode(path: &Path, content: &[u8], mode: u32) {
+        fs::write(path, content).unwrap();
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn creates_a_private_secret_once_and_then_reads_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("nested").join("data");
+        let first = load_or_create_secret(&data).unwrap();
+        assert_eq!(first.len(), 32);
+        let path = data.join(SECRET_FILE_NAME);
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&data), 0o700);
+        let on_disk = fs::read_to_string(&path).unwrap();
+        assert_eq!(STANDARD.decode(on_disk.trim()).unwrap(), first);
+        assert_eq!(load_or_create_secret(&data).unwrap(), first);
+        // Only the secret remains: the staging file is gone.
+        let names: Vec<_> = fs::read_dir(&data)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [SECRET_FILE_NAME]);
+        // A second data directory gets a different secret.
+        assert_ne!(
+            load_or_create_secret(&dir.path().join("other")).unwrap(),
+            first
+        );
+    }
+
+    #[test]
+    fn accepts_an_operator_provided_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(SECRET_FILE_NAME);
+        let secret = [7u8; 48];
+        write_with_mode(
+            &path,
+            format!("  {}\n\n", STANDARD.encode(secret)).as_bytes(),
+            0o400,
+        );
+        assert_eq!(load_or_create_secret(dir.path()).unwrap(), secret);
+    }
+
+    #[test]
+    fn refuses_a_file_others_can_access_and_leaves_it_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(SECRET_FILE_NAME);
+        let content = format!("{}\n", STANDARD.encode([1u8; 32]));
+        for bad_mode in [0o644, 0o640, 0o604, 0o620, 0o602] {
+            write_with_mode(&path, content.as_bytes(), bad_mode);
+            match load_or_create_secret(dir.path()) {
+                Err(AuthSetupError::SecretPermissions { mode, .. }) => assert_eq!(mode, bad_mode),
+                other => panic!("mode {bad_mode:o}: expected SecretPermissions, got {other:?}"),
+            }
+            assert_eq!(fs::read_to_string(&path).unwrap(), content);
+            assert_eq!(mode(&path), bad_mode);
+        }
+        let err = load_or_create_secret(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("chmod 600"), "{err}");
+    }
+
+    #[test]
+    fn refuses_empty_corrupt_or_short_files_without_touching_them() {
+        let short = STANDARD.encode([1u8; 31]);
+        let cases: [(&[u8], &str); 6] = [
+            (b"", "empty"),
+            (b"\n  \n", "empty"),
+            (b"not base64 at all!", "not base64"),
+            (b"\xff\xfe\x00", "not base64"),
+            (short.as_bytes(), "shorter than 32 bytes"),
+            (&[b'A'; 5000], "larger than 4 KiB"),
+        ];
+        for (content, why) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(SECRET_FILE_NAME);
+            write_with_mode(&path, content, 0o600);
+            match load_or_create_secret(dir.path()) {
+                Err(AuthSetupError::SecretCorrupt { reason, .. }) => {
+                    assert!(reason.contains(why), "{reason}")
+                }
+                other => panic!("{why}: expected SecretCorrupt, got {other:?}"),
+            }
+            assert_eq!(
+                fs::read(&path).unwrap(),
+                content,
+                "{why}: file was modified"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_a_directory_in_place_of_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join(SECRET_FILE_NAME)).unwrap();
+        fs::set_permissions(
+            dir.path().join(SECRET_FILE_NAME),
+            fs::Permissions::from_mode(0o700),
+        )
+        .unwrap();
+        assert!(matches!(
+            load_or_create_secret(dir.path()),
+            Err(AuthSetupError::SecretCorrupt {
+                reason: "not a regular file",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn reports_a_data_dir_that_cannot_be_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("file");
+        fs::write(&blocker, b"x").unwrap();
+        assert!(matches!(
+            load_or_create_secret(&blocker.join("data")),
+            Err(AuthSetupError::Io {
+                action: "create the data directory",
+                ..
+            })
+        ));
+    }
+}

@@ -1,0 +1,264 @@
+//! Configuration: command-line flags, `PRESENCED_*` environment variables and a TOML file.
+//!
+//! Precedence is flag > environment > file > built-in default (clap folds the first two; the file
+//! only fills what neither gave). Every duration takes `2s`/`5m` or ISO 8601 (`PT5M`).
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use presence_core::duration::parse_config_duration;
+use presence_core::Timing;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATA_DIR: &str = "presenced-data";
+
+#[derive(Debug, Parser)]
+#[command(name = "presenced", version, about = "A Microsoft Graph-compatible presence server")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Print a token (JWT) that a server using the same data directory accepts.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Args, Default)]
+pub struct ServeArgs {
+    /// TOML configuration file (see presenced.example.toml).
+    #[arg(long, env = "PRESENCED_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on; port 0 picks a free port. [default: 127.0.0.1:8080]
+    #[arg(long, env = "PRESENCED_LISTEN")]
+    pub listen: Option<String>,
+    /// Directory holding the database and the token-signing secret. [default: ./presenced-data]
+    #[arg(long, env = "PRESENCED_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// An Available session without keep-alive fades to AvailableIdle after this, Away after twice this. [default: 5m]
+    #[arg(long, env = "PRESENCED_FADE_AFTER")]
+    pub fade_after: Option<String>,
+    /// Shortest expirationDuration setPresence accepts. [default: 5m]
+    #[arg(long, env = "PRESENCED_SESSION_EXPIRATION_MIN")]
+    pub session_expiration_min: Option<String>,
+    /// Session lifetime when setPresence gives none. [default: 5m]
+    #[arg(long, env = "PRESENCED_SESSION_EXPIRATION_DEFAULT")]
+    pub session_expiration_default: Option<String>,
+    /// Longest expirationDuration setPresence accepts. [default: 4h]
+    #[arg(long, env = "PRESENCED_SESSION_EXPIRATION_MAX")]
+    pub session_expiration_max: Option<String>,
+    /// JWKS file with RS256/ES256 keys of an external identity provider.
+    #[arg(long, env = "PRESENCED_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+    /// Accepted token issuer (repeatable). [default: presenced]
+    #[arg(long = "jwt-issuer", env = "PRESENCED_JWT_ISSUERS", value_delimiter = ',')]
+    pub jwt_issuers: Vec<String>,
+    /// Accepted token audience (repeatable). [default: https://graph.microsoft.com]
+    #[arg(long = "jwt-audience", env = "PRESENCED_JWT_AUDIENCES", value_delimiter = ',')]
+    pub jwt_audiences: Vec<String>,
+    /// Refuse HS256 tokens signed with the data-dir secret (use with --jwks-file).
+    #[arg(long, env = "PRESENCED_DISABLE_HS256")]
+    pub disable_hs256: bool,
+    /// Log format. [default: text]
+    #[arg(long, env = "PRESENCED_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, e.g. `info` or `presenced=debug`. [default: info]
+    #[arg(long, env = "PRESENCED_LOG_LEVEL")]
+    pub log_level: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The server's data directory (the secret is created there if missing).
+    #[arg(long, env = "PRESENCED_DATA_DIR")]
+    pub data_dir: PathBuf,
+    #[arg(long)]
+    pub tenant: String,
+    /// Signed-in user (`oid`): makes a delegated token.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Application id (`appid`/`azp`). [default: presenced-cli]
+    #[arg(long)]
+    pub app: Option<String>,
+    /// Delegated scope (repeatable). [default with --user: Presence.Read.All Presence.ReadWrite]
+    #[arg(long = "scope")]
+    pub scopes: Vec<String>,
+    /// Application role (repeatable). [default without --user: Presence.ReadWrite.All]
+    #[arg(long = "role")]
+    pub roles: Vec<String>,
+    /// Lifetime, e.g. 1h or PT8H.
+    #[arg(long, default_value = "1h")]
+    pub ttl: String,
+    #[arg(long, default_value = crate::auth::DEFAULT_ISSUER)]
+    pub issuer: String,
+    #[arg(long, default_value = crate::auth::DEFAULT_AUDIENCE)]
+    pub audience: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The TOML file. Unknown keys are an error: a typo must not silently fall back to a default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub fade_after: Option<String>,
+    pub session_expiration_min: Option<String>,
+    pub session_expiration_default: Option<String>,
+    pub session_expiration_max: Option<String>,
+    #[serde(default)]
+    pub auth: FileAuth,
+    #[serde(default)]
+    pub log: FileLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAuth {
+    pub jwks_file: Option<PathBuf>,
+    pub issuers: Option<Vec<String>>,
+    pub audiences: Option<Vec<String>>,
+    pub hs256: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLog {
+    pub format: Option<LogFormat>,
+    pub level: Option<String>,
+}
+
+/// The resolved configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub timing: Timing,
+    pub jwks_file: Option<PathBuf>,
+    pub issuers: Vec<String>,
+    pub audiences: Vec<String>,
+    pub hs256: bool,
+    pub log_format: LogFormat,
+    pub log_level: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid {key}: {message}")]
+    Value { key: &'static str, message: String },
+}
+
+impl ServeArgs {
+    pub fn resolve(self) -> Result<ServeConfig, ConfigError> {
+        let file = match &self.config {
+            Some(path) => load_file(path)?,
+            None => FileConfig::default(),
+        };
+        let listen_raw = self.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen = listen_raw.parse().map_err(|e| ConfigError::Value {
+            key: "listen",
+            message: format!("{listen_raw:?} is not HOST:PORT with a numeric IP ({e})"),
+        })?;
+        let defaults = Timing::default();
+        let duration = |key: &'static str, flag: Option<String>, file: Option<String>, default| {
+            match flag.or(file) {
+                None => Ok(default),
+                Some(text) => parse_config_duration(&text)
+                    .map_err(|e| ConfigError::Value { key, message: format!("{text:?}: {e}") }),
+            }
+        };
+        let timing = Timing {
+            fade_after: duration("fade-after", self.fade_after, file.fade_after, defaults.fade_after)?,
+            session_expiration_min: duration(
+                "session-expiration-min",
+                self.session_expiration_min,
+                file.session_expiration_min,
+                defaults.session_expiration_min,
+            )?,
+            session_expiration_default: duration(
+                "session-expiration-default",
+                self.session_expiration_default,
+                file.session_expiration_default,
+                defaults.session_expiration_default,
+            )?,
+            session_expiration_max: duration(
+                "session-expiration-max",
+                self.session_expiration_max,
+                file.session_expiration_max,
+                defaults.session_expiration_max,
+            )?,
+            ..defaults
+        }
+        .validate()
+        .map_err(|e| ConfigError::Value { key: "timing", message: e.to_string() })?;
+        let or_default = |flag: Vec<String>, file: Option<Vec<String>>, default: &str| {
+            if !flag.is_empty() {
+                flag
+            } else {
+                file.unwrap_or_else(|| vec![default.to_owned()])
+            }
+        };
+        Ok(ServeConfig {
+            listen,
+            data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            timing,
+            jwks_file: self.jwks_file.or(file.auth.jwks_file),
+            issuers: or_default(self.jwt_issuers, file.auth.issuers, crate::auth::DEFAULT_ISSUER),
+            audiences: or_default(self.jwt_audiences, file.auth.audiences, crate::auth::DEFAULT_AUDIENCE),
+            hs256: !self.disable_hs256 && file.auth.hs256.unwrap_or(true),
+            log_format: self.log_format.or(file.log.format).unwrap_or_default(),
+            log_level: self.log_level.or(file.log.level).unwrap_or_else(|| "info".to_owned()),
+        })
+    }
+}
+
+fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jiff::SignedDuration;
+
+    #[test]
+    fn flags_beat_file_and_file_beats_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nfade_after = \"PT2M\"\n[auth]\nissuers = [\"a\", \"b\"]\n").unwrap();
+        let args = ServeArgs { config: Some(path), fade_after: Some("30s".into()), ..Default::default() };
+        let c = args.resolve().unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.timing.fade_after, SignedDuration::from_secs(30));
+        assert_eq!(c.issuers, vec!["a", "b"]);
+        assert_eq!(c.audiences, vec![crate::auth::DEFAULT_AUDIENCE]);
+        assert_eq!(c.timing.session_expiration_max, SignedDuration::from_hours(4));
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "fade_afterr = \"2m\"\n").unwrap();
+        assert!(matches!(ServeArgs { config: Some(path), ..Default::default() }.resolve(), Err(ConfigError::Parse { .. })));
+        let bad = ServeArgs { fade_after: Some("soon".into()), ..Default::default() };
+        assert!(matches!(bad.resolve(), Err(ConfigError::Value { key: "fade-after", .. })));
+        let inverted = ServeArgs { session_expiration_min: Some("1h".into()), ..Default::default() };
+        assert!(inverted.resolve().is_err());
+    }
+}

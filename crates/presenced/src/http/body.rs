@@ -1,0 +1,53 @@
+//! Reading request bodies: size limit, content type, and JSON decoding into Graph-style 4xx errors.
+use super::error::ApiError;
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderMap};
+use serde::de::DeserializeOwned;
+
+/// The largest legitimate body is `getPresencesByUserId` with 650 ids of up to 128 characters
+/// (~90 KB); 256 KiB leaves room for whitespace and future fields while capping what one
+/// request can make the server buffer.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// Read the whole body, refusing early on a declared length over the limit.
+pub async fn read(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(ApiError::payload_too_large(MAX_BODY_BYTES));
+    }
+    axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            ApiError::payload_too_large(MAX_BODY_BYTES)
+        } else {
+            ApiError::bad_request("The request body could not be read.")
+        }
+    })
+}
+
+/// Decode a JSON body. `None` for an empty body lets actions that take no parameters accept
+/// the SDKs' body-less POST; others turn it into "body required".
+pub fn json<T: DeserializeOwned>(headers: &HeaderMap, bytes: &Bytes) -> Result<Option<T>, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    if !essence.eq_ignore_ascii_case("application/json") {
+        return Err(ApiError::unsupported_media_type(format!(
+            "The request body must be application/json (got '{}').",
+            essence.chars().take(64).collect::<String>()
+        )));
+    }
+    serde_json::from_slice(bytes)
+        .map(Some)
+        .map_err(|e| ApiError::bad_request(format!("The request body is not valid: {e}.")))
+}
+
+pub fn required<T>(value: Option<T>) -> Result<T, ApiError> {
+    value.ok_or_else(|| ApiError::bad_request("A JSON request body is required."))
+}

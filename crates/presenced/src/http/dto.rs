@@ -1,0 +1,221 @@
+//! Graph's JSON shapes, and their conversion to and from the core's types.
+//!
+//! Request fields are all `Option` so that a missing field gets Graph's own message
+//! ("[SessionId]: The SessionId field is required.") rather than serde's.
+use super::error::ApiError;
+use presence_core::duration::parse_wire_duration;
+use presence_core::view::MessageExpiry;
+use presence_core::zone::resolve_date_time_zone;
+use presence_core::{
+    Activity, Availability, OutOfOfficeSettings, PreferredState, PresenceView, SessionId, SessionState,
+    StatusMessageInput, UserId,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SetPresenceBody {
+    pub session_id: Option<String>,
+    pub availability: Option<String>,
+    pub activity: Option<String>,
+    pub expiration_duration: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClearPresenceBody {
+    pub session_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SetPreferredBody {
+    pub availability: Option<String>,
+    pub activity: Option<String>,
+    pub expiration_duration: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SetStatusMessageBody {
+    pub status_message: Option<StatusMessageDto>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusMessageDto {
+    pub message: Option<ItemBody>,
+    pub expiry_date_time: Option<DateTimeTimeZone>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ItemBody {
+    pub content: Option<String>,
+    pub content_type: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DateTimeTimeZone {
+    pub date_time: Option<String>,
+    pub time_zone: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SetOutOfOfficeBody {
+    pub out_of_office_settings: Option<OutOfOfficeDto>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutOfOfficeDto {
+    pub is_out_of_office: Option<bool>,
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct GetPresencesBody {
+    pub ids: Option<Vec<String>>,
+}
+
+fn required<'a>(value: &'a Option<String>, graph_name: &str) -> Result<&'a str, ApiError> {
+    value
+        .as_deref()
+        .ok_or_else(|| ApiError::invalid_argument(format!("[{graph_name}]: The {graph_name} field is required.")))
+}
+
+fn pair(availability: &Option<String>, activity: &Option<String>) -> Result<(Availability, Activity), ApiError> {
+    let availability = Availability::parse(required(availability, "Availability")?)
+        .map_err(|e| ApiError::invalid_argument(e.to_string()))?;
+    let activity =
+        Activity::parse(required(activity, "Activity")?).map_err(|e| ApiError::invalid_argument(e.to_string()))?;
+    Ok((availability, activity))
+}
+
+pub fn duration(raw: &Option<String>) -> Result<Option<jiff::SignedDuration>, ApiError> {
+    raw.as_deref()
+        .map(|text| {
+            parse_wire_duration(text)
+                .map_err(|e| ApiError::invalid_argument(format!("The provided [ExpirationDuration] is invalid: {e}")))
+        })
+        .transpose()
+}
+
+pub fn session_id(raw: &Option<String>) -> Result<SessionId, ApiError> {
+    SessionId::parse(required(raw, "SessionId")?).map_err(|e| ApiError::invalid_argument(format!("[SessionId]: {e}.")))
+}
+
+impl SetPresenceBody {
+    pub fn session_state(&self) -> Result<SessionState, ApiError> {
+        let (availability, activity) = pair(&self.availability, &self.activity)?;
+        SessionState::new(availability, activity).map_err(|e| ApiError::invalid_argument(e.to_string()))
+    }
+}
+
+impl SetPreferredBody {
+    pub fn preferred_state(&self) -> Result<PreferredState, ApiError> {
+        let (availability, activity) = pair(&self.availability, &self.activity)?;
+        PreferredState::new(availability, activity).map_err(|e| ApiError::invalid_argument(e.to_string()))
+    }
+}
+
+impl SetStatusMessageBody {
+    /// `None` clears the message: Graph has no clear action, and Teams clears a note by saving it empty.
+    pub fn into_input(self) -> Result<Option<StatusMessageInput>, ApiError> {
+        let dto = self
+            .status_message
+            .ok_or_else(|| ApiError::invalid_argument("[StatusMessage]: The StatusMessage field is required."))?;
+        let message = dto.message.unwrap_or(ItemBody { content: None, content_type: None });
+        if let Some(kind) = message.content_type.as_deref().filter(|k| !k.eq_ignore_ascii_case("text")) {
+            return Err(ApiError::invalid_argument(format!(
+                "Only contentType 'text' is supported for status messages (got '{}').",
+                kind.chars().take(32).collect::<String>()
+            )));
+        }
+        let content = message.content.unwrap_or_default();
+        if content.is_empty() {
+            return Ok(None);
+        }
+        let expiry = dto.expiry_date_time.map(expiry).transpose()?;
+        StatusMessageInput::new(content, expiry).map(Some).map_err(|e| ApiError::invalid_argument(e.to_string()))
+    }
+}
+
+fn expiry(dto: DateTimeTimeZone) -> Result<MessageExpiry, ApiError> {
+    let date_time = dto
+        .date_time
+        .ok_or_else(|| ApiError::invalid_argument("[ExpiryDateTime.DateTime]: The DateTime field is required."))?;
+    let time_zone = dto.time_zone.unwrap_or_else(|| "UTC".to_owned());
+    let at = resolve_date_time_zone(&date_time, &time_zone)
+        .map_err(|e| ApiError::invalid_argument(format!("[ExpiryDateTime]: {e}")))?;
+    Ok(MessageExpiry { at, date_time, time_zone })
+}
+
+impl SetOutOfOfficeBody {
+    pub fn into_settings(self) -> Result<OutOfOfficeSettings, ApiError> {
+        let dto = self.out_of_office_settings.ok_or_else(|| {
+            ApiError::invalid_argument("[OutOfOfficeSettings]: The OutOfOfficeSettings field is required.")
+        })?;
+        Ok(OutOfOfficeSettings { is_out_of_office: dto.is_out_of_office.unwrap_or(false), message: dto.message })
+    }
+}
+
+// ---- responses ----
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PresenceDto {
+    #[serde(rename = "@odata.context", skip_serializing_if = "Option::is_none")]
+    pub odata_context: Option<String>,
+    pub id: String,
+    pub availability: Availability,
+    pub activity: Activity,
+    pub status_message: Option<StatusMessageOut>,
+    pub out_of_office_settings: OutOfOfficeOut,
+    pub sequence_number: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusMessageOut {
+    pub message: ItemBody,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expiry_date_time: Option<DateTimeTimeZone>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub published_date_time: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutOfOfficeOut {
+    pub message: Option<String>,
+    pub is_out_of_office: bool,
+}
+
+impl PresenceDto {
+    /// `show_dates`: only the user themself sees when their message was published and expires.
+    pub fn from_view(id: &UserId, view: PresenceView, show_dates: bool, odata_context: Option<String>) -> Self {
+        let status_message = view.status_message.map(|m| StatusMessageOut {
+            message: ItemBody { content: Some(m.content), content_type: Some("text".into()) },
+            expiry_date_time: m
+                .expiry
+                .filter(|_| show_dates)
+                .map(|e| DateTimeTimeZone { date_time: Some(e.date_time), time_zone: Some(e.time_zone) }),
+            published_date_time: show_dates.then(|| m.published_at.to_string()),
+        });
+        PresenceDto {
+            odata_context,
+            id: id.to_string(),
+            availability: view.availability,
+            activity: view.activity,
+            status_message,
+            out_of_office_settings: OutOfOfficeOut {
+                message: view.out_of_office.message,
+                is_out_of_office: view.out_of_office.is_out_of_office,
+            },
+            sequence_number: view.sequence.to_string(),
+        }
+    }
+}

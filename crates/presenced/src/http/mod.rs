@@ -1,0 +1,73 @@
+//! The HTTP edge: request context, routing, authentication, and the Graph handlers.
+//!
+//! Everything under `/v1.0` and `/beta` goes through [`graph`], which parses the path into a typed
+//! [`routes::Endpoint`], authenticates, reads the body within limits and dispatches to one handler
+//! per operation. Errors of every layer become one [`error::ApiError`], rendered as Graph's JSON.
+pub mod body;
+pub mod dto;
+pub mod error;
+pub mod health;
+pub mod presence;
+pub mod request_context;
+pub mod routes;
+
+use crate::auth::Verifier;
+use crate::clock::SystemClock;
+use crate::service::PresenceService;
+use crate::store::embedded::EmbeddedStore;
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use error::ApiError;
+use routes::Endpoint;
+use std::sync::Arc;
+
+/// The backend the server runs on; one alias to change when a second backend lands.
+pub type ActiveStore = EmbeddedStore;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub service: Arc<PresenceService<ActiveStore>>,
+    pub verifier: Arc<Verifier>,
+    pub clock: SystemClock,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(graph)
+        .with_state(state)
+        .layer(axum::middleware::from_fn(request_context::request_context))
+}
+
+async fn graph(State(state): State<AppState>, request: Request) -> Response {
+    match dispatch(&state, request).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    let route = routes::parse(&parts.method, parts.uri.path())?;
+    let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let principal = state
+        .verifier
+        .verify(authorization, state.clock.unix_seconds())
+        .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+    let host = parts.headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    match route.endpoint {
+        Endpoint::GetPresence(target) => presence::get(state, &principal, route.version, target, host).await,
+        Endpoint::GetPresencesByUserId => {
+            let bytes = body::read(&parts.headers, body).await?;
+            presence::get_many(state, &principal, &parts.headers, &bytes).await
+        }
+        Endpoint::Action(target, action) => {
+            let bytes = body::read(&parts.headers, body).await?;
+            presence::action(state, &principal, target, action, &parts.headers, &bytes).await
+        }
+    }
+}

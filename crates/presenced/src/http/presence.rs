@@ -1,0 +1,169 @@
+//! The presence endpoints: one handler per operation, each converting its DTO to a core command
+//! first (so every rejection is a Graph 400) and only then touching state.
+use super::body;
+use super::dto::{
+    self, ClearPresenceBody, GetPresencesBody, PresenceDto, SetOutOfOfficeBody, SetPresenceBody, SetPreferredBody,
+    SetStatusMessageBody,
+};
+use super::error::ApiError;
+use super::routes::{ApiVersion, PresenceAction, Target};
+use super::AppState;
+use crate::auth::{Action, Denied, Principal};
+use crate::service::ServiceError;
+use crate::store::StoreError;
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use presence_core::{Command, CommandError, UserId, UserKey};
+
+/// Graph's documented maximum for one `getPresencesByUserId` call.
+pub const MAX_BULK_IDS: usize = 650;
+
+/// Resolve `/me` to the signed-in user; application tokens have none.
+fn resolve(principal: &Principal, target: Target) -> Result<UserId, ApiError> {
+    match target {
+        Target::User(id) => Ok(id),
+        Target::Me => principal
+            .user
+            .as_deref()
+            .and_then(|u| UserId::parse(u).ok())
+            .filter(|_| principal.is_delegated())
+            .ok_or_else(|| ApiError::bad_request("/me request is only valid with delegated authentication flow.")),
+    }
+}
+
+pub fn denied(d: Denied) -> ApiError {
+    match d {
+        Denied::NeedsUser => ApiError::bad_request("/me request is only valid with delegated authentication flow."),
+        Denied::Forbidden(message) => ApiError::forbidden(message),
+    }
+}
+
+fn key(principal: &Principal, user: UserId) -> Result<UserKey, ApiError> {
+    let tenant = presence_core::TenantId::parse(&principal.tenant)
+        .map_err(|e| ApiError::unauthorized(format!("The token's tenant is invalid: {e}.")))?;
+    Ok(UserKey::new(tenant, user))
+}
+
+pub fn store_error(e: StoreError) -> ApiError {
+    tracing::error!(error = %e, "store error");
+    ApiError::unavailable("The presence store is temporarily unavailable; the change was not applied. Retry later.")
+}
+
+fn service_error(e: ServiceError) -> ApiError {
+    match e {
+        ServiceError::Command(CommandError::SessionNotFound(s)) => {
+            ApiError::not_found(format!("The presence session '{s}' does not exist."))
+        }
+        ServiceError::Command(other) => ApiError::invalid_argument(other.to_string()),
+        ServiceError::Store(e) => store_error(e),
+    }
+}
+
+fn context(version: ApiVersion, host: Option<&str>, user: &UserId) -> Option<String> {
+    host.map(|h| format!("http://{h}/{}/$metadata#users('{user}')/presence/$entity", version.as_str()))
+}
+
+/// Only a delegated caller reading their own presence sees their status message's dates.
+fn is_self(principal: &Principal, user: &UserId) -> bool {
+    principal.is_delegated() && principal.user.as_deref() == Some(user.as_str())
+}
+
+pub async fn get(
+    state: &AppState,
+    principal: &Principal,
+    version: ApiVersion,
+    target: Target,
+    host: Option<&str>,
+) -> Result<Response, ApiError> {
+    let user = resolve(principal, target)?;
+    principal.can(Action::ReadPresence, Some(user.as_str())).map_err(denied)?;
+    let view = state.service.read(&key(principal, user.clone())?).await.map_err(store_error)?;
+    let dto = PresenceDto::from_view(&user, view, is_self(principal, &user), context(version, host, &user));
+    Ok(Json(dto).into_response())
+}
+
+pub async fn get_many(
+    state: &AppState,
+    principal: &Principal,
+    headers: &HeaderMap,
+    bytes: &Bytes,
+) -> Result<Response, ApiError> {
+    principal.can(Action::ReadPresenceBulk, None).map_err(denied)?;
+    let request: GetPresencesBody = body::required(body::json(headers, bytes)?)?;
+    let ids = request.ids.ok_or_else(|| ApiError::invalid_argument("[Ids]: The Ids field is required."))?;
+    if ids.is_empty() || ids.len() > MAX_BULK_IDS {
+        return Err(ApiError::invalid_argument(format!(
+            "[Ids]: between 1 and {MAX_BULK_IDS} user ids are supported per request (got {}).",
+            ids.len()
+        )));
+    }
+    let mut users: Vec<UserId> = Vec::with_capacity(ids.len());
+    for (i, raw) in ids.iter().enumerate() {
+        let id = UserId::parse(raw).map_err(|e| ApiError::invalid_argument(format!("[Ids][{i}]: {e}.")))?;
+        // Duplicates are answered once, in first-seen order: one presence per user.
+        if !users.contains(&id) {
+            users.push(id);
+        }
+    }
+    let mut value = Vec::with_capacity(users.len());
+    for user in users {
+        let view = state.service.read(&key(principal, user.clone())?).await.map_err(store_error)?;
+        value.push(PresenceDto::from_view(&user, view, is_self(principal, &user), None));
+    }
+    Ok(Json(serde_json::json!({ "value": value })).into_response())
+}
+
+pub async fn action(
+    state: &AppState,
+    principal: &Principal,
+    target: Target,
+    action: PresenceAction,
+    headers: &HeaderMap,
+    bytes: &Bytes,
+) -> Result<Response, ApiError> {
+    let user = resolve(principal, target)?;
+    principal.can(Action::WritePresence, Some(user.as_str())).map_err(denied)?;
+    let command = command(state, action, headers, bytes)?;
+    state.service.execute(&key(principal, user)?, command).await.map_err(service_error)?;
+    Ok(StatusCode::OK.into_response())
+}
+
+fn command(state: &AppState, action: PresenceAction, headers: &HeaderMap, bytes: &Bytes) -> Result<Command, ApiError> {
+    let timing = state.service.timing();
+    let range = |e: presence_core::TimingError| ApiError::invalid_argument(e.to_string());
+    Ok(match action {
+        PresenceAction::SetPresence => {
+            let b: SetPresenceBody = body::required(body::json(headers, bytes)?)?;
+            let session = dto::session_id(&b.session_id)?;
+            let state = b.session_state()?;
+            let expiration = timing.session_expiration(dto::duration(&b.expiration_duration)?).map_err(range)?;
+            Command::SetPresence { session, state, expiration }
+        }
+        PresenceAction::ClearPresence => {
+            let b: ClearPresenceBody = body::required(body::json(headers, bytes)?)?;
+            Command::ClearPresence { session: dto::session_id(&b.session_id)? }
+        }
+        PresenceAction::SetUserPreferredPresence => {
+            let b: SetPreferredBody = body::required(body::json(headers, bytes)?)?;
+            let state = b.preferred_state()?;
+            let expiration =
+                timing.preferred_expiration(state, dto::duration(&b.expiration_duration)?).map_err(range)?;
+            Command::SetPreferred { state, expiration }
+        }
+        PresenceAction::ClearUserPreferredPresence => {
+            // Graph documents an empty object and its example sends no body; accept both.
+            let _: Option<serde_json::Map<String, serde_json::Value>> = body::json(headers, bytes)?;
+            Command::ClearPreferred
+        }
+        PresenceAction::SetStatusMessage => {
+            let b: SetStatusMessageBody = body::required(body::json(headers, bytes)?)?;
+            Command::SetStatusMessage(b.into_input()?)
+        }
+        PresenceAction::SetOutOfOfficeSettings => {
+            let b: SetOutOfOfficeBody = body::required(body::json(headers, bytes)?)?;
+            Command::SetOutOfOffice(b.into_settings()?)
+        }
+    })
+}

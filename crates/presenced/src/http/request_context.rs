@@ -1,0 +1,60 @@
+//! Per-request identifiers and the final rendering of Graph error bodies.
+//!
+//! Every response carries `request-id` (ours) and echoes `client-request-id` (the caller's), as
+//! Graph does, so a support ticket can quote either.
+use super::error::ErrorPayload;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
+
+/// Client ids longer than this are not echoed: a header we reflect must stay small.
+const MAX_CLIENT_REQUEST_ID: usize = 128;
+
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub request_id: String,
+    pub client_request_id: Option<String>,
+}
+
+pub async fn request_context(mut request: Request, next: Next) -> Response {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let client_request_id = request
+        .headers()
+        .get("client-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= MAX_CLIENT_REQUEST_ID && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned);
+    let context = RequestContext { request_id, client_request_id };
+    request.extensions_mut().insert(context.clone());
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let mut response = next.run(request).await;
+    if let Some(payload) = response.extensions_mut().remove::<ErrorPayload>() {
+        tracing::info!(request_id = %context.request_id, %method, %path, status = response.status().as_u16(), code = payload.code, "request failed");
+        render_error(&mut response, &payload, &context);
+    }
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&context.request_id) {
+        headers.insert("request-id", v);
+    }
+    if let Some(v) = context.client_request_id.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+        headers.insert("client-request-id", v);
+    }
+    response
+}
+
+fn render_error(response: &mut Response, payload: &ErrorPayload, context: &RequestContext) {
+    let date = crate::clock::SystemClock.now().strftime("%Y-%m-%dT%H:%M:%S").to_string();
+    let mut inner = serde_json::json!({ "date": date, "request-id": context.request_id });
+    if let Some(client) = &context.client_request_id {
+        inner["client-request-id"] = client.clone().into();
+    }
+    let body = serde_json::json!({
+        "error": { "code": payload.code, "message": payload.message, "innerError": inner }
+    });
+    *response.body_mut() = Body::from(body.to_string());
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().remove(header::CONTENT_LENGTH);
+}

@@ -1,0 +1,189 @@
+//! Graph paths parsed into a typed `Endpoint`, so handlers never look at strings again.
+//!
+//! Graph routes one operation through several addressings (`/me/presence`, `/users/{id}/presence`,
+//! `/communications/presences/{id}`) under `/v1.0` and `/beta`; parsing them here, segment by
+//! segment, gives every malformed path the same clear 404/405 instead of a router's bare default.
+use super::error::ApiError;
+use axum::http::Method;
+use percent_encoding::percent_decode_str;
+use presence_core::UserId;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiVersion {
+    V1,
+    Beta,
+}
+
+impl ApiVersion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiVersion::V1 => "v1.0",
+            ApiVersion::Beta => "beta",
+        }
+    }
+}
+
+/// Whose presence a request addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Me,
+    User(UserId),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceAction {
+    SetPresence,
+    ClearPresence,
+    SetUserPreferredPresence,
+    ClearUserPreferredPresence,
+    SetStatusMessage,
+    /// presenced extension: Graph derives out-of-office from mailboxes, which we do not have.
+    SetOutOfOfficeSettings,
+}
+
+impl PresenceAction {
+    const ALL: [PresenceAction; 6] = [
+        PresenceAction::SetPresence,
+        PresenceAction::ClearPresence,
+        PresenceAction::SetUserPreferredPresence,
+        PresenceAction::ClearUserPreferredPresence,
+        PresenceAction::SetStatusMessage,
+        PresenceAction::SetOutOfOfficeSettings,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PresenceAction::SetPresence => "setPresence",
+            PresenceAction::ClearPresence => "clearPresence",
+            PresenceAction::SetUserPreferredPresence => "setUserPreferredPresence",
+            PresenceAction::ClearUserPreferredPresence => "clearUserPreferredPresence",
+            PresenceAction::SetStatusMessage => "setStatusMessage",
+            PresenceAction::SetOutOfOfficeSettings => "setOutOfOfficeSettings",
+        }
+    }
+
+    fn parse(segment: &str) -> Option<Self> {
+        // Graph treats path segments case-insensitively; so do SDKs that lower-case them.
+        Self::ALL.into_iter().find(|a| a.name().eq_ignore_ascii_case(segment))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    GetPresence(Target),
+    Action(Target, PresenceAction),
+    GetPresencesByUserId,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub version: ApiVersion,
+    pub endpoint: Endpoint,
+}
+
+/// Parse a request line. Unknown paths are 404; known paths with the wrong method are 405;
+/// a path id that is not a valid user id is 400.
+pub fn parse(method: &Method, path: &str) -> Result<Route, ApiError> {
+    let not_found = || ApiError::not_found(format!("Resource not found for the segment path '{}'.", truncate(path)));
+    let trimmed = path.strip_suffix('/').unwrap_or(path);
+    let mut segments = trimmed.strip_prefix('/').ok_or_else(not_found)?.split('/');
+    let version = match segments.next() {
+        Some(v) if v.eq_ignore_ascii_case("v1.0") => ApiVersion::V1,
+        Some(v) if v.eq_ignore_ascii_case("beta") => ApiVersion::Beta,
+        _ => return Err(not_found()),
+    };
+    let rest: Vec<&str> = segments.collect();
+    let is = |s: &str, lit: &str| s.eq_ignore_ascii_case(lit);
+    let endpoint = match rest.as_slice() {
+        [me, presence] if is(me, "me") && is(presence, "presence") => Endpoint::GetPresence(Target::Me),
+        [me, presence, action] if is(me, "me") && is(presence, "presence") => {
+            Endpoint::Action(Target::Me, PresenceAction::parse(action).ok_or_else(not_found)?)
+        }
+        [users, id, presence] if is(users, "users") && is(presence, "presence") => {
+            Endpoint::GetPresence(Target::User(user_id(id)?))
+        }
+        [users, id, presence, action] if is(users, "users") && is(presence, "presence") => {
+            let action = PresenceAction::parse(action).ok_or_else(not_found)?;
+            Endpoint::Action(Target::User(user_id(id)?), action)
+        }
+        [comms, presences, id] if is(comms, "communications") && is(presences, "presences") => {
+            Endpoint::GetPresence(Target::User(user_id(id)?))
+        }
+        [comms, presences, id, action] if is(comms, "communications") && is(presences, "presences") => {
+            let action = PresenceAction::parse(action).ok_or_else(not_found)?;
+            Endpoint::Action(Target::User(user_id(id)?), action)
+        }
+        [comms, bulk] if is(comms, "communications") && is(bulk, "getPresencesByUserId") => {
+            Endpoint::GetPresencesByUserId
+        }
+        _ => return Err(not_found()),
+    };
+    let expected = match endpoint {
+        Endpoint::GetPresence(_) => Method::GET,
+        Endpoint::Action(..) | Endpoint::GetPresencesByUserId => Method::POST,
+    };
+    if *method != expected && !(expected == Method::GET && *method == Method::HEAD) {
+        return Err(ApiError::method_not_allowed(format!(
+            "The HTTP method '{method}' is not allowed for this resource; use {expected}."
+        )));
+    }
+    Ok(Route { version, endpoint })
+}
+
+fn user_id(raw: &str) -> Result<UserId, ApiError> {
+    let decoded = percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| ApiError::invalid_argument("The user id in the path is not valid UTF-8."))?;
+    UserId::parse(&decoded).map_err(|e| ApiError::invalid_argument(format!("Invalid user id in the path: {e}.")))
+}
+
+/// Paths are echoed in messages; keep them short so an error never reflects a huge input.
+fn truncate(path: &str) -> String {
+    path.chars().take(200).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(method: Method, path: &str) -> Endpoint {
+        parse(&method, path).unwrap().endpoint
+    }
+
+    #[test]
+    fn all_addressings_reach_the_same_endpoints() {
+        let u = || Target::User(UserId::parse("u1").unwrap());
+        assert_eq!(ok(Method::GET, "/v1.0/me/presence"), Endpoint::GetPresence(Target::Me));
+        assert_eq!(ok(Method::GET, "/beta/users/u1/presence"), Endpoint::GetPresence(u()));
+        assert_eq!(ok(Method::GET, "/v1.0/communications/presences/u1"), Endpoint::GetPresence(u()));
+        assert_eq!(
+            ok(Method::POST, "/v1.0/communications/presences/u1/setPresence"),
+            Endpoint::Action(u(), PresenceAction::SetPresence)
+        );
+        assert_eq!(
+            ok(Method::POST, "/V1.0/Users/u1/Presence/clearpresence"),
+            Endpoint::Action(u(), PresenceAction::ClearPresence)
+        );
+        assert_eq!(ok(Method::POST, "/beta/communications/getPresencesByUserId"), Endpoint::GetPresencesByUserId);
+    }
+
+    #[test]
+    fn path_ids_are_percent_decoded_and_validated() {
+        assert_eq!(
+            ok(Method::GET, "/v1.0/users/alice%40contoso.com/presence"),
+            Endpoint::GetPresence(Target::User(UserId::parse("alice@contoso.com").unwrap()))
+        );
+        assert_eq!(parse(&Method::GET, "/v1.0/users/a%2Fb/presence").unwrap_err().status, 400);
+        assert_eq!(parse(&Method::GET, "/v1.0/users/%FF/presence").unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn wrong_paths_and_methods() {
+        assert_eq!(parse(&Method::GET, "/v2.0/me/presence").unwrap_err().status, 404);
+        assert_eq!(parse(&Method::GET, "/v1.0/me/presence/extra/deep").unwrap_err().status, 404);
+        assert_eq!(parse(&Method::POST, "/v1.0/me/presence/explode").unwrap_err().status, 404);
+        assert_eq!(parse(&Method::POST, "/v1.0/me/presence").unwrap_err().status, 405);
+        assert_eq!(parse(&Method::GET, "/v1.0/me/presence/setPresence").unwrap_err().status, 405);
+        assert_eq!(parse(&Method::DELETE, "/v1.0/communications/getPresencesByUserId").unwrap_err().status, 405);
+    }
+}

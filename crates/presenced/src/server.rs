@@ -1,0 +1,82 @@
+//! Wiring: open the store, build the service, start the sweeper, serve HTTP, shut down cleanly.
+use crate::auth::{self, AuthConfig, Verifier};
+use crate::clock::SystemClock;
+use crate::config::ServeConfig;
+use crate::http::{self, AppState};
+use crate::service::PresenceService;
+use crate::store::embedded::EmbeddedStore;
+use crate::sweeper::Sweeper;
+use anyhow::Context;
+use std::future::Future;
+use std::io::Write;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Build the verifier from configuration; the HS256 secret lives (and is created) in the data dir.
+pub fn verifier(config: &ServeConfig) -> anyhow::Result<Verifier> {
+    let hs256_secret = if config.hs256 {
+        Some(auth::load_or_create_secret(&config.data_dir).context("loading the token-signing secret")?)
+    } else {
+        None
+    };
+    let jwks = match &config.jwks_file {
+        Some(path) => Some(auth::load_jwks_file(path).with_context(|| format!("loading JWKS {}", path.display()))?),
+        None => None,
+    };
+    Ok(Verifier::new(AuthConfig {
+        hs256_secret,
+        jwks,
+        audiences: config.audiences.clone(),
+        issuers: config.issuers.clone(),
+        leeway_seconds: auth::DEFAULT_LEEWAY_SECONDS,
+    })?)
+}
+
+/// Run until `shutdown` resolves; then stop accepting, drain in-flight requests, stop the
+/// sweeper and close the store.
+pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let verifier = verifier(&config)?;
+    let dir = config.data_dir.clone();
+    let (store, report) = tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir)).await??;
+    tracing::info!(users = report.users, pending_deadlines = report.pending_deadlines, data_dir = %config.data_dir.display(), "store opened");
+
+    let service = Arc::new(PresenceService::new(store, config.timing.clone()));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let sweeper = tokio::spawn(Sweeper::new(service.clone()).run(SystemClock, stop_rx));
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let state = AppState { service: service.clone(), verifier: Arc::new(verifier), clock: SystemClock };
+    // Tests and scripts wait for this exact line on stdout; logs go to stderr.
+    println!("listening on http://{addr}");
+    std::io::stdout().flush()?;
+    tracing::info!(%addr, "serving");
+
+    axum::serve(listener, http::router(state)).with_graceful_shutdown(shutdown).await?;
+    tracing::info!("draining finished; stopping");
+    let _ = stop_tx.send(true);
+    let _ = sweeper.await;
+    if let Ok(service) = Arc::try_unwrap(service) {
+        let store = service.into_store();
+        tokio::task::spawn_blocking(move || store.close()).await?;
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,108 @@
+//! The presence service: load a user, apply a command with the core, commit; and reads.
+//!
+//! Writers to the same user are serialised by a striped async lock, so within one process a
+//! compare-and-set conflict cannot happen; the retry loop exists for backends shared by several
+//! processes (Redis), where another node may commit in between.
+use crate::clock::SystemClock;
+use crate::store::{Commit, PresenceStore, StoreError};
+use presence_core::{Command, CommandError, PresenceView, Timing, UserKey};
+use std::hash::{BuildHasher, RandomState};
+use tokio::sync::{Mutex, MutexGuard};
+
+/// Lock stripes: enough that unrelated users rarely share one while a commit waits for fsync,
+/// few enough to cost nothing in memory.
+const STRIPES: usize = 4096;
+/// Conflicts are only possible with a shared backend and are rare there; a handful of retries
+/// separates "busy user" from "something is wrong".
+const MAX_CONFLICT_RETRIES: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct PresenceService<S> {
+    store: S,
+    timing: Timing,
+    clock: SystemClock,
+    hasher: RandomState,
+    stripes: Box<[Mutex<()>]>,
+}
+
+impl<S: PresenceStore> PresenceService<S> {
+    pub fn new(store: S, timing: Timing) -> Self {
+        Self {
+            store,
+            timing,
+            clock: SystemClock,
+            hasher: RandomState::new(),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+        }
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
+    pub fn timing(&self) -> &Timing {
+        &self.timing
+    }
+
+    async fn lock(&self, key: &UserKey) -> MutexGuard<'_, ()> {
+        let stripe = self.hasher.hash_one(key) as usize % STRIPES;
+        self.stripes[stripe].lock().await
+    }
+
+    /// Apply a write. Returns once the new state (and its change event) is durable.
+    pub async fn execute(&self, key: &UserKey, command: Command) -> Result<(), ServiceError> {
+        let _guard = self.lock(key).await;
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let loaded = self.store.load(key).await?;
+            let mut state = (*loaded.state).clone();
+            let outcome = state.apply(command.clone(), self.clock.now(), &self.timing)?;
+            if state == *loaded.state {
+                return Ok(());
+            }
+            let commit = Commit { key: key.clone(), expected_version: loaded.version, state, event: outcome.change };
+            match self.store.commit(commit).await {
+                Err(StoreError::Conflict) => continue,
+                other => return other.map(drop).map_err(Into::into),
+            }
+        }
+        Err(StoreError::Unavailable("too many concurrent updates of one user".into()).into())
+    }
+
+    /// Apply every transition due for `key` by now (the sweeper's step). Returns whether anything
+    /// was committed.
+    pub async fn advance(&self, key: &UserKey) -> Result<bool, StoreError> {
+        let _guard = self.lock(key).await;
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let loaded = self.store.load(key).await?;
+            let mut state = (*loaded.state).clone();
+            let event = state.advance(self.clock.now());
+            if state == *loaded.state {
+                return Ok(false);
+            }
+            let commit = Commit { key: key.clone(), expected_version: loaded.version, state, event };
+            match self.store.commit(commit).await {
+                Err(StoreError::Conflict) => continue,
+                other => return other.map(|_| true),
+            }
+        }
+        Err(StoreError::Unavailable("too many concurrent updates of one user".into()))
+    }
+
+    /// The presence as of now. Transitions the sweeper has not committed yet are applied to a
+    /// copy, so a read never shows a session that has already faded or expired.
+    pub async fn read(&self, key: &UserKey) -> Result<PresenceView, StoreError> {
+        let loaded = self.store.load(key).await?;
+        Ok(loaded.state.view_at(self.clock.now()))
+    }
+}

@@ -1,0 +1,76 @@
+//! The deadline index: for every user with a pending transition, when it falls due.
+//!
+//! One ordered set for the whole store, so the sweeper needs a single `sleep_until` for the
+//! earliest deadline rather than a timer per session (which does not scale: tokio's timer wheel
+//! contends on a lock with millions of entries).
+use jiff::Timestamp;
+use presence_core::UserKey;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+
+#[derive(Default)]
+struct Inner {
+    by_time: BTreeSet<(Timestamp, UserKey)>,
+    by_key: HashMap<UserKey, Timestamp>,
+}
+
+#[derive(Default)]
+pub struct DeadlineIndex {
+    // One mutex: updates are a couple of tree operations and happen at commit rate, far below
+    // what a single lock sustains; the sweeper holds it only to copy out a batch of keys.
+    inner: Mutex<Inner>,
+}
+
+impl DeadlineIndex {
+    /// Record `key`'s next deadline (`None` removes it). Returns true if this deadline is now the
+    /// earliest of all, which is when a sleeping sweeper must wake to re-plan.
+    pub fn set(&self, key: &UserKey, deadline: Option<Timestamp>) -> bool {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = inner.by_key.remove(key) {
+            inner.by_time.remove(&(old, key.clone()));
+        }
+        let Some(at) = deadline else { return false };
+        inner.by_key.insert(key.clone(), at);
+        inner.by_time.insert((at, key.clone()));
+        inner.by_time.first().is_some_and(|(first, _)| *first == at)
+    }
+
+    pub fn due(&self, now: Timestamp, limit: usize) -> Vec<UserKey> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.by_time.iter().take_while(|(at, _)| *at <= now).take(limit).map(|(_, k)| k.clone()).collect()
+    }
+
+    pub fn earliest(&self) -> Option<Timestamp> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.by_time.first().map(|(at, _)| *at)
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).by_key.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use presence_core::{TenantId, UserId};
+
+    fn key(u: &str) -> UserKey {
+        UserKey::new(TenantId::parse("t").unwrap(), UserId::parse(u).unwrap())
+    }
+
+    #[test]
+    fn orders_renews_and_removes() {
+        let index = DeadlineIndex::default();
+        let t: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        assert!(index.set(&key("a"), Some(t + jiff::SignedDuration::from_secs(10))));
+        assert!(index.set(&key("b"), Some(t + jiff::SignedDuration::from_secs(5))));
+        assert!(!index.set(&key("c"), Some(t + jiff::SignedDuration::from_secs(20))));
+        assert_eq!(index.due(t + jiff::SignedDuration::from_secs(10), 10), vec![key("b"), key("a")]);
+        index.set(&key("b"), Some(t + jiff::SignedDuration::from_secs(30)));
+        assert_eq!(index.due(t + jiff::SignedDuration::from_secs(10), 10), vec![key("a")]);
+        index.set(&key("a"), None);
+        assert_eq!(index.earliest(), Some(t + jiff::SignedDuration::from_secs(20)));
+        assert_eq!(index.len(), 2);
+    }
+}

@@ -1,0 +1,143 @@
+//! The embedded backend (the default): state in memory, made durable in a redb file.
+//!
+//! Reads are served from memory without touching the disk. Writes go through one writer thread
+//! ([`writer`]) that group-commits them to [`disk`] and only then publishes them to [`memory`] and
+//! the [`deadlines`] index, so a `200` always means fsynced and readers never see a state a crash
+//! could take back.
+pub mod deadlines;
+pub mod disk;
+pub mod memory;
+pub mod writer;
+
+use super::{Commit, OutboxEntry, PresenceStore, StoreError, Versioned};
+use deadlines::DeadlineIndex;
+use disk::{Disk, OpenError};
+use jiff::Timestamp;
+use memory::{Entry, Memory};
+use presence_core::UserKey;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+/// How many commits may queue for the writer before callers wait: bounds memory under overload
+/// while staying far above one batch, so the writer never idles for lack of work.
+const QUEUE_DEPTH: usize = 16_384;
+
+/// State shared between the async side and the writer thread.
+pub struct Shared {
+    pub memory: Memory,
+    pub deadlines: DeadlineIndex,
+    pub deadline_moved: Notify,
+    pub ready: AtomicBool,
+    /// Number of durable transactions (group commits) so far.
+    pub commits: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    shared: Arc<Shared>,
+    disk: Arc<Disk>,
+    tx: mpsc::Sender<writer::Request>,
+    writer_thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+/// What start-up found, for the log line operators read after a restart.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenReport {
+    pub users: usize,
+    pub pending_deadlines: usize,
+}
+
+impl EmbeddedStore {
+    /// Open (or create) the store in `dir`, load every user and rebuild the deadline index.
+    /// Blocking: call before serving, or from `spawn_blocking`.
+    pub fn open(dir: &Path) -> Result<(Self, OpenReport), OpenError> {
+        let (disk, loaded) = Disk::open(dir)?;
+        let shared = Arc::new(Shared {
+            memory: Memory::new(),
+            deadlines: DeadlineIndex::default(),
+            deadline_moved: Notify::new(),
+            ready: AtomicBool::new(false),
+            commits: AtomicU64::new(0),
+        });
+        let users = loaded.users.len();
+        for (key, state) in loaded.users {
+            shared.deadlines.set(&key, state.next_deadline());
+            shared.memory.put(key, Entry { version: 1, state: Arc::new(state) });
+        }
+        let disk = Arc::new(disk);
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let w = writer::Writer::new(disk.clone(), shared.clone(), loaded.outbox_next);
+        let thread = writer::spawn(w, rx).map_err(|source| OpenError::Directory { path: dir.into(), source })?;
+        shared.ready.store(true, Ordering::Release);
+        let report = OpenReport { users, pending_deadlines: shared.deadlines.len() };
+        let writer_thread = Arc::new(std::sync::Mutex::new(Some(thread)));
+        Ok((Self { shared, disk, tx, writer_thread }, report))
+    }
+
+    /// Stop the writer and close the file cleanly (redb then skips its repair pass on the next
+    /// open). Call on the last clone only: the writer stops when every sender is gone.
+    pub fn close(self) {
+        let Self { tx, writer_thread, .. } = self;
+        drop(tx);
+        let handle = writer_thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+
+    pub fn user_count(&self) -> usize {
+        self.shared.memory.len()
+    }
+
+    pub fn pending_deadlines(&self) -> usize {
+        self.shared.deadlines.len()
+    }
+
+    pub fn commit_count(&self) -> u64 {
+        self.shared.commits.load(Ordering::Relaxed)
+    }
+}
+
+impl PresenceStore for EmbeddedStore {
+    async fn load(&self, key: &UserKey) -> Result<Versioned, StoreError> {
+        Ok(self
+            .shared
+            .memory
+            .get(key)
+            .map(|e| Versioned { version: e.version, state: e.state })
+            .unwrap_or_default())
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<u64, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let gone = || StoreError::Unavailable("the writer has stopped".into());
+        self.tx.send(writer::Request { commit, reply }).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    async fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<UserKey>, StoreError> {
+        Ok(self.shared.deadlines.due(now, limit))
+    }
+
+    async fn next_deadline(&self) -> Option<Timestamp> {
+        self.shared.deadlines.earliest()
+    }
+
+    async fn deadline_moved(&self) {
+        self.shared.deadline_moved.notified().await
+    }
+
+    async fn outbox_after(&self, after_id: u64, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        let disk = self.disk.clone();
+        tokio::task::spawn_blocking(move || disk.outbox_after(after_id, limit))
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+            .map_err(StoreError::Unavailable)
+    }
+
+    fn is_ready(&self) -> bool {
+        self.shared.ready.load(Ordering::Acquire)
+    }
+}

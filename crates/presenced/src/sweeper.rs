@@ -1,0 +1,89 @@
+//! The sweeper: applies fades and expiries when they fall due, whether or not anyone reads.
+//!
+//! One task sleeps until the earliest deadline in the store's index (or until a commit moves
+//! that deadline earlier), then applies every due transition. `tick` is the whole step, so tests
+//! and benchmarks can drive it directly.
+use crate::service::PresenceService;
+use crate::store::PresenceStore;
+use jiff::Timestamp;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// Keys taken per tick: bounds the memory of one pass; a storm is worked off in consecutive ticks.
+const BATCH: usize = 4096;
+/// In-flight advances per tick: enough to fill a group commit, bounded so a storm cannot spawn
+/// millions of tasks at once.
+const CONCURRENCY: usize = 512;
+/// Even with no deadline pending, re-check this often: a cheap guard against a missed wake-up.
+const IDLE_RECHECK: Duration = Duration::from_secs(1);
+/// Pause after a tick that made no progress, so a store error cannot turn into a hot loop.
+const ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+pub struct Sweeper<S> {
+    service: Arc<PresenceService<S>>,
+}
+
+impl<S: PresenceStore> Sweeper<S> {
+    pub fn new(service: Arc<PresenceService<S>>) -> Self {
+        Self { service }
+    }
+
+    /// Apply all transitions due at `now`, up to one batch. Returns (due keys seen, keys committed).
+    pub async fn tick(&self, now: Timestamp) -> (usize, usize) {
+        let due = match self.service.store().due(now, BATCH).await {
+            Ok(keys) => keys,
+            Err(e) => {
+                tracing::warn!(error = %e, "sweeper could not read the deadline index");
+                return (0, 0);
+            }
+        };
+        let seen = due.len();
+        let mut committed = 0;
+        let mut tasks = JoinSet::new();
+        for key in due {
+            if tasks.len() >= CONCURRENCY {
+                committed += usize::from(matches!(tasks.join_next().await, Some(Ok(true))));
+            }
+            let service = self.service.clone();
+            tasks.spawn(async move {
+                match service.advance(&key).await {
+                    Ok(changed) => changed,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "sweeper could not apply a transition; will retry");
+                        false
+                    }
+                }
+            });
+        }
+        while let Some(result) = tasks.join_next().await {
+            committed += usize::from(matches!(result, Ok(true)));
+        }
+        (seen, committed)
+    }
+
+    pub async fn run(self, clock: crate::clock::SystemClock, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let (seen, committed) = self.tick(clock.now()).await;
+            if seen == BATCH && committed > 0 {
+                continue;
+            }
+            let store = self.service.store();
+            let wait = match store.next_deadline().await {
+                Some(at) => {
+                    let until = at.duration_since(clock.now());
+                    Duration::try_from(until).unwrap_or(Duration::ZERO).min(IDLE_RECHECK)
+                }
+                None => IDLE_RECHECK,
+            };
+            // Stalled: due work exists but nothing could be committed (e.g. disk full).
+            let wait = if seen > 0 && committed == 0 { wait.max(ERROR_BACKOFF) } else { wait };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = store.deadline_moved() => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
