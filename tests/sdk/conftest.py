@@ -190,3 +190,10 @@ def graph(server: Server) -> Callable[..., GraphServiceClient]:
 def new_user() -> Callable[[], str]:
     """Fresh user object ids, so tests sharing one server never see each other's state."""
     return lambda: str(uuid.uuid4())
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # msgraph-sdk's generated request builders (and kiota) warn about their own deprecated
+    # classes when first imported; that is SDK noise, not something presenced can act on.
+    for message in ("This class is deprecated", "GetQueryParameters is deprecated"):
+        config.addinivalue_line("filterwarnings", f"ignore:{message}:DeprecationWarning")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 from typing import Awaitable, Optional
+from zoneinfo import ZoneInfo
 
 import pytest
 from msgraph import GraphServiceClient
@@ -104,6 +105,20 @@ def future_local_time(days: int = 30) -> str:
     # future in any zone.
     when = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=days)
     return when.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+# Windows zone names the tests send, mapped to IANA for checking what comes back.
+WINDOWS_ZONES = {"Pacific Standard Time": "America/Los_Angeles", "UTC": "UTC"}
+
+
+def same_instant(echoed: DateTimeTimeZone, sent: str, sent_zone: str) -> bool:
+    def to_utc(local: str, zone: str) -> datetime.datetime:
+        naive = datetime.datetime.fromisoformat(local[:19])  # Graph may add 7 fractional digits
+        return naive.replace(tzinfo=ZoneInfo(WINDOWS_ZONES[zone])).astimezone(datetime.timezone.utc)
+
+    if echoed.date_time is None or echoed.time_zone not in WINDOWS_ZONES:
+        return False
+    return to_utc(echoed.date_time, echoed.time_zone) == to_utc(sent, sent_zone)
 
 
 # --- setPresence / GET --------------------------------------------------------------------
@@ -322,11 +337,13 @@ def test_status_message_dates_only_visible_to_self(mint_token, graph, new_user):
     assert msg.message.content == "Heads down until Friday"
     assert msg.message.content_type == BodyType.Text
     assert msg.expiry_date_time is not None
-    assert msg.expiry_date_time.date_time and msg.expiry_date_time.time_zone
-    # Same instant, whatever zone the server chooses to echo it in (not necessarily the
-    # sender's); we only insist on a non-empty, parseable pair.
-    datetime.datetime.fromisoformat(msg.expiry_date_time.date_time)
+    # The server may echo the zone it was given or normalise to UTC; either way it must be
+    # the instant we sent.
+    assert same_instant(msg.expiry_date_time, expiry, "Pacific Standard Time"), msg.expiry_date_time
     assert isinstance(msg.published_date_time, datetime.datetime)
+    assert msg.published_date_time.tzinfo is not None
+    age = datetime.datetime.now(datetime.timezone.utc) - msg.published_date_time
+    assert datetime.timedelta(minutes=-1) < age < datetime.timedelta(minutes=5), msg.published_date_time
 
     for other_view in (seen_by_colleague, seen_by_app):
         assert other_view.status_message is not None
@@ -395,6 +412,7 @@ def test_set_user_preferred_presence_rejects_unsupported_pair(mint_token, graph,
         (datetime.timedelta(days=1, minutes=5), False),  # "1 day, 0:05:00"
         (None, True),  # field omitted: server default applies
     ],
+    ids=["0:05:00", "4:00:00", "0:04:00", "1 day, 0:05:00", "omitted"],
 )
 def test_set_presence_expiration_duration_as_python_serialises_it(
     mint_token, graph, new_user, duration, accepted
@@ -479,6 +497,8 @@ def test_v1_sdk_against_beta_base_url(mint_token, graph, new_user):
         return single, bulk, await client.communications.presences.by_presence_id(user).get()
 
     single, bulk, cleared = run(scenario())
+    # Kiota keeps unknown keys in additional_data: proof the beta route answered.
+    assert "/beta/" in single.additional_data.get("@odata.context", ""), single.additional_data
     assert state(single) == ("Busy", "InACall")
     assert [(p.id, *state(p)) for p in bulk.value] == [
         (user, "Busy", "InACall"),

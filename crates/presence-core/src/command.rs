@@ -17,9 +17,18 @@ pub const MAX_SESSIONS_PER_USER: usize = 64;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     /// Create or keep alive a session: its state, fade and expiry restart from `now`.
-    SetPresence { session: SessionId, state: SessionState, expiration: SignedDuration },
-    ClearPresence { session: SessionId },
-    SetPreferred { state: PreferredState, expiration: SignedDuration },
+    SetPresence {
+        session: SessionId,
+        state: SessionState,
+        expiration: SignedDuration,
+    },
+    ClearPresence {
+        session: SessionId,
+    },
+    SetPreferred {
+        state: PreferredState,
+        expiration: SignedDuration,
+    },
     ClearPreferred,
     /// `None` clears the message.
     SetStatusMessage(Option<StatusMessageInput>),
@@ -35,7 +44,9 @@ pub struct StatusMessageInput {
 impl StatusMessageInput {
     pub fn new(content: String, expiry: Option<MessageExpiry>) -> Result<Self, CommandError> {
         if content.chars().count() > MAX_STATUS_MESSAGE_CHARS {
-            return Err(CommandError::MessageTooLong { max: MAX_STATUS_MESSAGE_CHARS });
+            return Err(CommandError::MessageTooLong {
+                max: MAX_STATUS_MESSAGE_CHARS,
+            });
         }
         Ok(Self { content, expiry })
     }

@@ -206,10 +206,7 @@ fn parse_iso(c: &mut Cursor<'_>) -> Result<Parsed, String> {
     while c.peek().is_some_and(|b| b.is_ascii_digit()) {
         let number = c.number()?;
         let designator = c.designator()?;
-        let Some(offset) = DATE_UNITS[next..]
-            .iter()
-            .position(|(d, _)| *d == designator)
-        else {
+        let Some(offset) = DATE_UNITS[next..].iter().position(|(d, _)| *d == designator) else {
             return Err(match designator {
                 b'H' | b'S' => format!(
                     "'{}' belongs after 'T', as in PT1{}",
@@ -235,11 +232,7 @@ fn parse_iso(c: &mut Cursor<'_>) -> Result<Parsed, String> {
     }
 
     if c.eat_ignore_case(b'T') {
-        const TIME_UNITS: [(u8, u128); 3] = [
-            (b'H', NANOS_PER_HOUR),
-            (b'M', NANOS_PER_MIN),
-            (b'S', NANOS_PER_SEC),
-        ];
+        const TIME_UNITS: [(u8, u128); 3] = [(b'H', NANOS_PER_HOUR), (b'M', NANOS_PER_MIN), (b'S', NANOS_PER_SEC)];
         let mut next = 0;
         let mut any_time = false;
         while !c.at_end() {
@@ -248,10 +241,7 @@ fn parse_iso(c: &mut Cursor<'_>) -> Result<Parsed, String> {
             }
             let number = c.number()?;
             let designator = c.designator()?;
-            let Some(offset) = TIME_UNITS[next..]
-                .iter()
-                .position(|(d, _)| *d == designator)
-            else {
+            let Some(offset) = TIME_UNITS[next..].iter().position(|(d, _)| *d == designator) else {
                 return Err(match designator {
                     d if TIME_UNITS.iter().any(|(u, _)| *u == d) => {
                         "time designators must appear once each, in the order H, M, S".to_owned()
@@ -290,8 +280,7 @@ fn parse_iso(c: &mut Cursor<'_>) -> Result<Parsed, String> {
 /// Python `str(timedelta)` (`[D day[s], ]H:MM:SS[.ffffff]`) and .NET `TimeSpan` text
 /// (`[D.]HH:MM:SS[.fffffff]`). They differ only in how the day count is attached.
 fn parse_clock(c: &mut Cursor<'_>) -> Result<Parsed, String> {
-    const SHAPE: &str =
-        "expected H:MM:SS, optionally with days as in \"1 day, 0:05:00\" or \"1.00:05:00\"";
+    const SHAPE: &str = "expected H:MM:SS, optionally with days as in \"1 day, 0:05:00\" or \"1.00:05:00\"";
     let first = c.digits().ok_or_else(|| SHAPE.to_owned())?;
     let mut days = None;
     let hours = match c.peek() {
@@ -327,10 +316,7 @@ fn parse_clock(c: &mut Cursor<'_>) -> Result<Parsed, String> {
         None
     };
     if !c.at_end() {
-        return Err(format!(
-            "unexpected {} after the seconds",
-            c.describe_next()
-        ));
+        return Err(format!("unexpected {} after the seconds", c.describe_next()));
     }
 
     // Neither Python nor .NET ever prints 24 or more hours (they roll into days), so anything
@@ -380,9 +366,7 @@ fn parse_humane(c: &mut Cursor<'_>) -> Result<Parsed, String> {
             });
         };
         if matches!(c.peek(), Some(b'.' | b',')) {
-            return Err(
-                "short forms take whole numbers only; write 1500ms rather than 1.5s".to_owned(),
-            );
+            return Err("short forms take whole numbers only; write 1500ms rather than 1.5s".to_owned());
         }
         let unit = c.letters();
         let Some(index) = UNITS.iter().position(|(u, _)| *u == unit) else {
@@ -437,9 +421,7 @@ impl Cursor<'_> {
     }
 
     fn eat_ignore_case(&mut self, expected: u8) -> bool {
-        let hit = self
-            .peek()
-            .is_some_and(|b| b.eq_ignore_ascii_case(&expected));
+        let hit = self.peek().is_some_and(|b| b.eq_ignore_ascii_case(&expected));
         if hit {
             self.bump();
         }
@@ -598,15 +580,9 @@ mod tests {
         assert_eq!(wire("PT1.25S"), SignedDuration::from_millis(1250));
         assert_eq!(wire("PT1,5S"), SignedDuration::from_millis(1500));
         assert_eq!(wire("PT0.000000001S"), SignedDuration::from_nanos(1));
-        assert_eq!(
-            wire("PT1M0.123456789S"),
-            SignedDuration::new(60, 123_456_789)
-        );
+        assert_eq!(wire("PT1M0.123456789S"), SignedDuration::new(60, 123_456_789));
         // Past nanoseconds the digits are dropped, not rounded.
-        assert_eq!(
-            wire("PT0.30000000000000004S"),
-            SignedDuration::from_millis(300)
-        );
+        assert_eq!(wire("PT0.30000000000000004S"), SignedDuration::from_millis(300));
     }
 
     #[test]
@@ -628,11 +604,7 @@ mod tests {
     #[test]
     fn calendar_fields_are_rejected() {
         for text in ["P1M", "P1Y", "P0Y1M", "P1Y0M0DT1H", "P1YT5M"] {
-            assert_eq!(
-                parse_wire_duration(text),
-                Err(DurationError::Calendar),
-                "{text}"
-            );
+            assert_eq!(parse_wire_duration(text), Err(DurationError::Calendar), "{text}");
         }
     }
 
@@ -691,22 +663,13 @@ mod tests {
         assert_eq!(wire("0:00:00.500000"), SignedDuration::from_millis(500));
         assert_eq!(wire("1 day, 0:05:00"), hms(24, 5, 0));
         assert_eq!(wire("2 days, 1:00:00"), hms(49, 0, 0));
-        assert_eq!(
-            wire("23:59:59.999999"),
-            SignedDuration::new(86_399, 999_999_000)
-        );
+        assert_eq!(wire("23:59:59.999999"), SignedDuration::new(86_399, 999_999_000));
     }
 
     #[test]
     fn python_negative_timedelta_is_rejected() {
-        assert_eq!(
-            parse_wire_duration("-1 day, 23:55:00"),
-            Err(DurationError::Negative)
-        );
-        assert_eq!(
-            parse_wire_duration("-2 days, 0:00:00"),
-            Err(DurationError::Negative)
-        );
+        assert_eq!(parse_wire_duration("-1 day, 23:55:00"), Err(DurationError::Negative));
+        assert_eq!(parse_wire_duration("-2 days, 0:00:00"), Err(DurationError::Negative));
     }
 
     #[test]
@@ -715,18 +678,9 @@ mod tests {
         assert_eq!(wire("1.02:00:00"), hms(26, 0, 0));
         assert_eq!(wire("1.00:05:00"), hms(24, 5, 0));
         assert_eq!(wire("00:00:00.5000000"), SignedDuration::from_millis(500));
-        assert_eq!(
-            wire("1.02:00:00.25"),
-            SignedDuration::new(26 * 3600, 250_000_000)
-        );
-        assert_eq!(
-            parse_wire_duration("-00:05:00"),
-            Err(DurationError::Negative)
-        );
-        assert_eq!(
-            parse_wire_duration("-1.02:00:00"),
-            Err(DurationError::Negative)
-        );
+        assert_eq!(wire("1.02:00:00.25"), SignedDuration::new(26 * 3600, 250_000_000));
+        assert_eq!(parse_wire_duration("-00:05:00"), Err(DurationError::Negative));
+        assert_eq!(parse_wire_duration("-1.02:00:00"), Err(DurationError::Negative));
     }
 
     #[test]
@@ -761,11 +715,7 @@ mod tests {
             "99999999999999999999999999999999999999999.00:00:00",
             "36526 days, 0:00:00",
         ] {
-            assert_eq!(
-                parse_wire_duration(text),
-                Err(DurationError::TooLarge),
-                "{text}"
-            );
+            assert_eq!(parse_wire_duration(text), Err(DurationError::TooLarge), "{text}");
         }
         assert_eq!(
             parse_config_duration("99999999999999999999999999999999999999999d"),
@@ -800,8 +750,7 @@ mod tests {
     #[test]
     fn config_humane_rejections() {
         for text in [
-            "1.5s", "1,5s", "5", "5M", "5 m", "1h1h", "5mm", "5x", "h", "1h30", "1w", "5min",
-            "1h,30m",
+            "1.5s", "1,5s", "5", "5M", "5 m", "1h1h", "5mm", "5x", "h", "1h30", "1w", "5min", "1h,30m",
         ] {
             assert!(is_malformed(parse_config_duration(text)), "{text:?}");
         }
@@ -849,10 +798,7 @@ mod tests {
         assert_eq!(format_iso(day() * 7), "P7D");
         assert_eq!(format_iso(SignedDuration::from_millis(500)), "PT0.5S");
         assert_eq!(format_iso(SignedDuration::from_nanos(1)), "PT0.000000001S");
-        assert_eq!(
-            format_iso(SignedDuration::new(86_401, 250_000_000)),
-            "P1DT1.25S"
-        );
+        assert_eq!(format_iso(SignedDuration::new(86_401, 250_000_000)), "P1DT1.25S");
         assert_eq!(format_iso(-hms(0, 5, 0)), "-PT5M");
         // The extremes must not overflow.
         assert!(format_iso(SignedDuration::MIN).starts_with("-P"));

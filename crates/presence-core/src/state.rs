@@ -116,7 +116,8 @@ impl SessionState {
                 action: "setPresence",
                 availability,
                 activity,
-                supported: "Available/Available, Busy/InACall, Busy/InAConferenceCall, Away/Away, DoNotDisturb/Presenting",
+                supported:
+                    "Available/Available, Busy/InACall, Busy/InAConferenceCall, Away/Away, DoNotDisturb/Presenting",
             })
         }
     }
@@ -153,16 +154,34 @@ mod tests {
         assert_eq!(Availability::parse("doNotDisturb").unwrap(), Availability::DoNotDisturb);
         assert_eq!(Activity::parse("INACALL").unwrap(), Activity::InACall);
         assert_eq!(Activity::InAConferenceCall.to_string(), "InAConferenceCall");
-        assert!(matches!(Availability::parse("Sleeping"), Err(PairError::UnknownValue { .. })));
+        assert!(matches!(
+            Availability::parse("Sleeping"),
+            Err(PairError::UnknownValue { .. })
+        ));
         assert!(Availability::parse("").is_err());
     }
 
     #[test]
     fn rank_follows_the_documented_order() {
         use Availability::*;
-        let order = [DoNotDisturb, Busy, BusyIdle, Available, AvailableIdle, BeRightBack, Away, Offline, PresenceUnknown];
+        let order = [
+            DoNotDisturb,
+            Busy,
+            BusyIdle,
+            Available,
+            AvailableIdle,
+            BeRightBack,
+            Away,
+            Offline,
+            PresenceUnknown,
+        ];
         for pair in order.windows(2) {
-            assert!(pair[0].rank() > pair[1].rank(), "{:?} must outrank {:?}", pair[0], pair[1]);
+            assert!(
+                pair[0].rank() > pair[1].rank(),
+                "{:?} must outrank {:?}",
+                pair[0],
+                pair[1]
+            );
         }
     }
 

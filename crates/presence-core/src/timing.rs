@@ -88,7 +88,11 @@ impl Timing {
 
 fn check_range(d: SignedDuration, min: SignedDuration, max: SignedDuration) -> Result<SignedDuration, TimingError> {
     if d < min || d > max {
-        Err(TimingError::OutOfRange { given: format_iso(d), min: format_iso(min), max: format_iso(max) })
+        Err(TimingError::OutOfRange {
+            given: format_iso(d),
+            min: format_iso(min),
+            max: format_iso(max),
+        })
     } else {
         Ok(d)
     }
@@ -113,14 +117,23 @@ mod tests {
         let t = Timing::default();
         let busy = PreferredState::new(Availability::Busy, Activity::Busy).unwrap();
         let brb = PreferredState::new(Availability::BeRightBack, Activity::BeRightBack).unwrap();
-        assert_eq!(t.preferred_expiration(busy, None).unwrap(), SignedDuration::from_hours(24));
-        assert_eq!(t.preferred_expiration(brb, None).unwrap(), SignedDuration::from_hours(168));
+        assert_eq!(
+            t.preferred_expiration(busy, None).unwrap(),
+            SignedDuration::from_hours(24)
+        );
+        assert_eq!(
+            t.preferred_expiration(brb, None).unwrap(),
+            SignedDuration::from_hours(168)
+        );
         assert!(t.preferred_expiration(brb, Some(SignedDuration::ZERO)).is_err());
     }
 
     #[test]
     fn inverted_bounds_are_rejected() {
-        let t = Timing { session_expiration_default: SignedDuration::from_hours(5), ..Timing::default() };
+        let t = Timing {
+            session_expiration_default: SignedDuration::from_hours(5),
+            ..Timing::default()
+        };
         assert!(t.validate().is_err());
     }
 }

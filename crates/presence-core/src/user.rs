@@ -4,15 +4,11 @@
 //! durations, so a restart or a change of policy cannot shift a deadline that was already promised.
 //! Fade stages are stored explicitly and moved only by [`UserPresence::advance`], which makes the
 //! folded view a function of the state alone: between two deadlines nothing can change.
-use crate::command::{
-    Command, CommandError, MAX_OUT_OF_OFFICE_MESSAGE_CHARS, MAX_SESSIONS_PER_USER,
-};
+use crate::command::{Command, CommandError, MAX_OUT_OF_OFFICE_MESSAGE_CHARS, MAX_SESSIONS_PER_USER};
 use crate::ids::SessionId;
 use crate::state::{Activity, Availability, PreferredState, SessionState};
 use crate::timing::Timing;
-use crate::view::{
-    ChangeEvent, MessageExpiry, OutOfOfficeSettings, PresenceView, SequenceNumber, StatusMessageView,
-};
+use crate::view::{ChangeEvent, MessageExpiry, OutOfOfficeSettings, PresenceView, SequenceNumber, StatusMessageView};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -123,7 +119,11 @@ impl UserPresence {
     pub fn next_deadline(&self) -> Option<Timestamp> {
         let sessions = self.sessions.iter().map(Session::next_deadline);
         let preferred = self.preferred.as_ref().map(|p| p.expires_at);
-        let message = self.status_message.as_ref().and_then(|m| m.expiry.as_ref()).map(|e| e.at);
+        let message = self
+            .status_message
+            .as_ref()
+            .and_then(|m| m.expiry.as_ref())
+            .map(|e| e.at);
         sessions.chain(preferred).chain(message).min()
     }
 
@@ -168,7 +168,10 @@ impl UserPresence {
             .iter()
             .max_by(|a, b| {
                 let (rank_a, rank_b) = (a.effective().0.rank(), b.effective().0.rank());
-                rank_a.cmp(&rank_b).then(a.set_at.cmp(&b.set_at)).then_with(|| a.id.cmp(&b.id))
+                rank_a
+                    .cmp(&rank_b)
+                    .then(a.set_at.cmp(&b.set_at))
+                    .then_with(|| a.id.cmp(&b.id))
             })
             .map(Session::effective)
             .unwrap_or((Availability::Offline, Activity::Offline))
@@ -207,7 +210,11 @@ impl UserPresence {
 
     fn execute(&mut self, command: Command, now: Timestamp, timing: &Timing) -> Result<(), CommandError> {
         match command {
-            Command::SetPresence { session, state, expiration } => {
+            Command::SetPresence {
+                session,
+                state,
+                expiration,
+            } => {
                 let fades = state.availability == Availability::Available;
                 let fresh = Session {
                     id: session,
@@ -222,7 +229,9 @@ impl UserPresence {
                 match self.sessions.iter_mut().find(|s| s.id == fresh.id) {
                     Some(existing) => *existing = fresh,
                     None if count >= MAX_SESSIONS_PER_USER => {
-                        return Err(CommandError::TooManySessions { max: MAX_SESSIONS_PER_USER })
+                        return Err(CommandError::TooManySessions {
+                            max: MAX_SESSIONS_PER_USER,
+                        })
                     }
                     None => self.sessions.push(fresh),
                 }
@@ -235,7 +244,10 @@ impl UserPresence {
                 }
             }
             Command::SetPreferred { state, expiration } => {
-                self.preferred = Some(Preferred { state, expires_at: now + expiration });
+                self.preferred = Some(Preferred {
+                    state,
+                    expires_at: now + expiration,
+                });
             }
             Command::ClearPreferred => self.preferred = None,
             Command::SetStatusMessage(None) => self.status_message = None,
@@ -244,12 +256,21 @@ impl UserPresence {
                 if let Some(e) = expiry.as_ref().filter(|e| e.at <= now) {
                     return Err(CommandError::ExpiryInPast(e.at));
                 }
-                self.status_message = Some(StatusMessage { content, expiry, published_at: now });
+                self.status_message = Some(StatusMessage {
+                    content,
+                    expiry,
+                    published_at: now,
+                });
             }
             Command::SetOutOfOffice(settings) => {
-                let too_long = settings.message.as_ref().is_some_and(|m| m.chars().count() > MAX_OUT_OF_OFFICE_MESSAGE_CHARS);
+                let too_long = settings
+                    .message
+                    .as_ref()
+                    .is_some_and(|m| m.chars().count() > MAX_OUT_OF_OFFICE_MESSAGE_CHARS);
                 if too_long {
-                    return Err(CommandError::OutOfOfficeTooLong { max: MAX_OUT_OF_OFFICE_MESSAGE_CHARS });
+                    return Err(CommandError::OutOfOfficeTooLong {
+                        max: MAX_OUT_OF_OFFICE_MESSAGE_CHARS,
+                    });
                 }
                 self.out_of_office = settings;
             }

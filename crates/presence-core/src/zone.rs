@@ -73,9 +73,7 @@ fn lookup_zone(time_zone: &str) -> Result<TimeZone, ZoneError> {
             .and_then(|canonical| localzone::win_zone_to_iana(canonical, None))
     });
     // jiff's lookup is already case-insensitive for IANA names.
-    database()
-        .get(windows.unwrap_or(name))
-        .map_err(|_| unknown())
+    database().get(windows.unwrap_or(name)).map_err(|_| unknown())
 }
 
 /// Pinned to the bundled copy: `jiff::tz::db()` may read the host's zoneinfo when other crates
@@ -165,9 +163,7 @@ fn parse_wall_clock(text: &str) -> Result<DateTime, ZoneError> {
         ));
     }
     if let Some(ch) = rest.chars().next() {
-        return Err(bad(&format!(
-            "unexpected {ch:?} after the time; {DATE_TIME_SHAPE}"
-        )));
+        return Err(bad(&format!("unexpected {ch:?} after the time; {DATE_TIME_SHAPE}")));
     }
 
     // Every component is at most four digits, so these narrowings cannot fail; mapping them to an
@@ -217,10 +213,7 @@ mod tests {
     #[test]
     fn windows_and_iana_names_agree() {
         let want = ts("2026-12-01T20:00:00Z");
-        assert_eq!(
-            resolve("2026-12-01T12:00:00", "Pacific Standard Time"),
-            want
-        );
+        assert_eq!(resolve("2026-12-01T12:00:00", "Pacific Standard Time"), want);
         assert_eq!(resolve("2026-12-01T12:00:00", "America/Los_Angeles"), want);
     }
 
@@ -255,27 +248,12 @@ mod tests {
 
     #[test]
     fn utc_and_fixed_offsets() {
-        assert_eq!(
-            resolve("2026-12-01T12:00:00", "UTC"),
-            ts("2026-12-01T12:00:00Z")
-        );
-        assert_eq!(
-            resolve("2026-12-01T12:00:00", "utc"),
-            ts("2026-12-01T12:00:00Z")
-        );
-        assert_eq!(
-            resolve("2026-12-01T12:00:00", "Etc/UTC"),
-            ts("2026-12-01T12:00:00Z")
-        );
+        assert_eq!(resolve("2026-12-01T12:00:00", "UTC"), ts("2026-12-01T12:00:00Z"));
+        assert_eq!(resolve("2026-12-01T12:00:00", "utc"), ts("2026-12-01T12:00:00Z"));
+        assert_eq!(resolve("2026-12-01T12:00:00", "Etc/UTC"), ts("2026-12-01T12:00:00Z"));
         // POSIX sign convention: Etc/GMT+5 is five hours *behind* UTC.
-        assert_eq!(
-            resolve("2026-12-01T12:00:00", "Etc/GMT+5"),
-            ts("2026-12-01T17:00:00Z")
-        );
-        assert_eq!(
-            resolve("2026-12-01T12:00:00", "UTC-11"),
-            ts("2026-12-01T23:00:00Z")
-        );
+        assert_eq!(resolve("2026-12-01T12:00:00", "Etc/GMT+5"), ts("2026-12-01T17:00:00Z"));
+        assert_eq!(resolve("2026-12-01T12:00:00", "UTC-11"), ts("2026-12-01T23:00:00Z"));
     }
 
     #[test]
@@ -301,11 +279,7 @@ mod tests {
         // The reverse-built index must cover the whole CLDR table: 139 Windows names in the
         // localzone 0.3 table. Fewer would mean some names silently lost case-insensitivity.
         let names = windows_names();
-        assert!(
-            names.len() >= 139,
-            "only {} Windows names indexed",
-            names.len()
-        );
+        assert!(names.len() >= 139, "only {} Windows names indexed", names.len());
         for (lower, canonical) in names {
             assert!(lookup_zone(canonical).is_ok(), "{canonical}");
             assert!(lookup_zone(lower).is_ok(), "{lower}");
@@ -322,10 +296,7 @@ mod tests {
                 let via_windows = lookup_zone(canonical).unwrap();
                 assert_eq!(
                     iana.to_ambiguous_timestamp(wall).compatible().unwrap(),
-                    via_windows
-                        .to_ambiguous_timestamp(wall)
-                        .compatible()
-                        .unwrap(),
+                    via_windows.to_ambiguous_timestamp(wall).compatible().unwrap(),
                     "{canonical}"
                 );
             }
@@ -334,14 +305,7 @@ mod tests {
 
     #[test]
     fn unknown_zones_are_errors() {
-        for zone in [
-            "",
-            "  ",
-            "Mars Standard Time",
-            "America/Atlantis",
-            "Pacific",
-            "+05:00",
-        ] {
+        for zone in ["", "  ", "Mars Standard Time", "America/Atlantis", "Pacific", "+05:00"] {
             assert!(
                 matches!(
                     resolve_date_time_zone("2026-12-01T12:00:00", zone),
@@ -360,10 +324,7 @@ mod tests {
     #[test]
     fn zone_lookup_never_touches_paths() {
         for zone in ["../../etc/passwd", "/etc/localtime", "America/../UTC"] {
-            assert!(
-                resolve_date_time_zone("2026-12-01T12:00:00", zone).is_err(),
-                "{zone}"
-            );
+            assert!(resolve_date_time_zone("2026-12-01T12:00:00", zone).is_err(), "{zone}");
         }
     }
 
@@ -371,14 +332,8 @@ mod tests {
     fn date_time_forms() {
         let tz = "UTC";
         assert_eq!(resolve("2026-12-01T12:00", tz), ts("2026-12-01T12:00:00Z"));
-        assert_eq!(
-            resolve("2026-12-01t12:00:00", tz),
-            ts("2026-12-01T12:00:00Z")
-        );
-        assert_eq!(
-            resolve(" 2026-12-01T12:00:00 ", tz),
-            ts("2026-12-01T12:00:00Z")
-        );
+        assert_eq!(resolve("2026-12-01t12:00:00", tz), ts("2026-12-01T12:00:00Z"));
+        assert_eq!(resolve(" 2026-12-01T12:00:00 ", tz), ts("2026-12-01T12:00:00Z"));
         assert_eq!(
             resolve("2022-10-18T17:05:33.2079781", tz),
             ts("2022-10-18T17:05:33.2079781Z")
@@ -387,10 +342,7 @@ mod tests {
             resolve("2022-10-18T17:05:33.123456789", tz),
             ts("2022-10-18T17:05:33.123456789Z")
         );
-        assert_eq!(
-            resolve("2022-10-18T17:05:33,5", tz),
-            ts("2022-10-18T17:05:33.5Z")
-        );
+        assert_eq!(resolve("2022-10-18T17:05:33,5", tz), ts("2022-10-18T17:05:33.5Z"));
     }
 
     #[test]
@@ -437,10 +389,7 @@ mod tests {
             "-026-12-01T12:00:00",
         ] {
             assert!(
-                matches!(
-                    resolve_date_time_zone(date_time, "UTC"),
-                    Err(ZoneError::BadDateTime(_))
-                ),
+                matches!(resolve_date_time_zone(date_time, "UTC"), Err(ZoneError::BadDateTime(_))),
                 "{date_time:?}"
             );
         }
@@ -480,9 +429,7 @@ mod tests {
             .to_string();
         assert!(zone_msg.len() < 400, "{zone_msg}");
         assert!(!zone_msg.contains('\u{1b}'));
-        let dt_msg = resolve_date_time_zone(&huge, "UTC")
-            .unwrap_err()
-            .to_string();
+        let dt_msg = resolve_date_time_zone(&huge, "UTC").unwrap_err().to_string();
         assert!(dt_msg.len() < 400, "{dt_msg}");
         assert!(!dt_msg.contains('\u{1b}'));
     }

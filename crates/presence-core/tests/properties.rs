@@ -26,8 +26,15 @@ struct Op {
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    (0u8..5, 0usize..5, 0i64..1800, 5i64..=240, prop::bool::weighted(0.15))
-        .prop_map(|(session, pair, offset, expiration_mins, clear)| Op { session, pair, offset, expiration_mins, clear })
+    (0u8..5, 0usize..5, 0i64..1800, 5i64..=240, prop::bool::weighted(0.15)).prop_map(
+        |(session, pair, offset, expiration_mins, clear)| Op {
+            session,
+            pair,
+            offset,
+            expiration_mins,
+            clear,
+        },
+    )
 }
 
 fn command(op: &Op) -> Command {

@@ -13,7 +13,11 @@ fn sid(s: &str) -> SessionId {
     SessionId::parse(s).unwrap()
 }
 fn set(session: &str, av: Availability, ac: Activity, expiration: SignedDuration) -> Command {
-    Command::SetPresence { session: sid(session), state: SessionState::new(av, ac).unwrap(), expiration }
+    Command::SetPresence {
+        session: sid(session),
+        state: SessionState::new(av, ac).unwrap(),
+        expiration,
+    }
 }
 fn pair(v: &PresenceView) -> (Availability, Activity) {
     (v.availability, v.activity)
@@ -31,7 +35,13 @@ fn unknown_user_reads_offline() {
 fn available_session_fades_then_goes_away_then_expires_exactly_on_time() {
     let timing = Timing::default();
     let mut u = UserPresence::default();
-    let out = u.apply(set("app", Availability::Available, Activity::Available, mins(60)), t0(), &timing).unwrap();
+    let out = u
+        .apply(
+            set("app", Availability::Available, Activity::Available, mins(60)),
+            t0(),
+            &timing,
+        )
+        .unwrap();
     assert!(out.change.is_some());
     assert_eq!(u.next_deadline(), Some(t0() + mins(5)));
 
@@ -61,7 +71,10 @@ fn keep_alive_restarts_fade_and_expiry() {
     let av = || set("app", Availability::Available, Activity::Available, mins(5));
     u.apply(av(), t0(), &timing).unwrap();
     let again = u.apply(av(), t0() + mins(4), &timing).unwrap();
-    assert_eq!(again.change, None, "a keep-alive that changes nothing visible emits no event");
+    assert_eq!(
+        again.change, None,
+        "a keep-alive that changes nothing visible emits no event"
+    );
     assert_eq!(u.next_deadline(), Some(t0() + mins(9)));
     assert_eq!(u.advance(t0() + mins(8)), None);
     assert_eq!(u.sessions()[0].stage, FadeStage::Active);
@@ -71,7 +84,12 @@ fn keep_alive_restarts_fade_and_expiry() {
 fn other_availabilities_do_not_fade() {
     let timing = Timing::default();
     let mut u = UserPresence::default();
-    u.apply(set("app", Availability::Busy, Activity::InACall, mins(60)), t0(), &timing).unwrap();
+    u.apply(
+        set("app", Availability::Busy, Activity::InACall, mins(60)),
+        t0(),
+        &timing,
+    )
+    .unwrap();
     assert_eq!(u.next_deadline(), Some(t0() + mins(60)));
     assert_eq!(u.advance(t0() + mins(59)), None);
     assert_eq!(pair(&u.view()), (Availability::Busy, Activity::InACall));
@@ -81,7 +99,12 @@ fn other_availabilities_do_not_fade() {
 fn downtime_applies_all_overdue_transitions_stamped_with_the_last_deadline() {
     let timing = Timing::default();
     let mut u = UserPresence::default();
-    u.apply(set("app", Availability::Available, Activity::Available, mins(30)), t0(), &timing).unwrap();
+    u.apply(
+        set("app", Availability::Available, Activity::Available, mins(30)),
+        t0(),
+        &timing,
+    )
+    .unwrap();
     let change = u.advance(t0() + mins(12)).unwrap();
     assert_eq!(pair(&change.view), (Availability::Away, Activity::Away));
     assert_eq!(change.at, t0() + mins(10));
@@ -92,26 +115,59 @@ fn clear_presence_of_missing_or_expired_session_is_not_found() {
     let timing = Timing::default();
     let mut u = UserPresence::default();
     let clear = || Command::ClearPresence { session: sid("app") };
-    assert_eq!(u.apply(clear(), t0(), &timing), Err(CommandError::SessionNotFound(sid("app"))));
-    u.apply(set("app", Availability::Busy, Activity::InACall, mins(5)), t0(), &timing).unwrap();
+    assert_eq!(
+        u.apply(clear(), t0(), &timing),
+        Err(CommandError::SessionNotFound(sid("app")))
+    );
+    u.apply(
+        set("app", Availability::Busy, Activity::InACall, mins(5)),
+        t0(),
+        &timing,
+    )
+    .unwrap();
     let err = u.apply(clear(), t0() + mins(5), &timing).unwrap_err();
     assert_eq!(err, CommandError::SessionNotFound(sid("app")));
-    u.apply(set("app", Availability::Busy, Activity::InACall, mins(5)), t0(), &timing).unwrap();
+    u.apply(
+        set("app", Availability::Busy, Activity::InACall, mins(5)),
+        t0(),
+        &timing,
+    )
+    .unwrap();
     let out = u.apply(clear(), t0() + mins(1), &timing).unwrap();
-    assert_eq!(pair(&out.change.unwrap().view), (Availability::Offline, Activity::Offline));
+    assert_eq!(
+        pair(&out.change.unwrap().view),
+        (Availability::Offline, Activity::Offline)
+    );
 }
 
 #[test]
 fn folding_order_and_most_recent_activity_wins() {
     let timing = Timing::default();
     let mut u = UserPresence::default();
-    u.apply(set("a", Availability::Away, Activity::Away, mins(60)), t0(), &timing).unwrap();
-    u.apply(set("b", Availability::Available, Activity::Available, mins(60)), t0(), &timing).unwrap();
+    u.apply(set("a", Availability::Away, Activity::Away, mins(60)), t0(), &timing)
+        .unwrap();
+    u.apply(
+        set("b", Availability::Available, Activity::Available, mins(60)),
+        t0(),
+        &timing,
+    )
+    .unwrap();
     assert_eq!(pair(&u.view()), (Availability::Available, Activity::Available));
-    u.apply(set("c", Availability::Busy, Activity::InACall, mins(60)), t0(), &timing).unwrap();
-    u.apply(set("d", Availability::Busy, Activity::InAConferenceCall, mins(60)), t0() + mins(1), &timing).unwrap();
+    u.apply(set("c", Availability::Busy, Activity::InACall, mins(60)), t0(), &timing)
+        .unwrap();
+    u.apply(
+        set("d", Availability::Busy, Activity::InAConferenceCall, mins(60)),
+        t0() + mins(1),
+        &timing,
+    )
+    .unwrap();
     assert_eq!(pair(&u.view()), (Availability::Busy, Activity::InAConferenceCall));
-    u.apply(set("e", Availability::DoNotDisturb, Activity::Presenting, mins(60)), t0() + mins(2), &timing).unwrap();
+    u.apply(
+        set("e", Availability::DoNotDisturb, Activity::Presenting, mins(60)),
+        t0() + mins(2),
+        &timing,
+    )
+    .unwrap();
     assert_eq!(pair(&u.view()), (Availability::DoNotDisturb, Activity::Presenting));
 }
 
@@ -120,9 +176,22 @@ fn preferred_presence_overrides_only_while_a_session_exists() {
     let timing = Timing::default();
     let mut u = UserPresence::default();
     let dnd = PreferredState::new(Availability::DoNotDisturb, Activity::DoNotDisturb).unwrap();
-    u.apply(Command::SetPreferred { state: dnd, expiration: mins(120) }, t0(), &timing).unwrap();
+    u.apply(
+        Command::SetPreferred {
+            state: dnd,
+            expiration: mins(120),
+        },
+        t0(),
+        &timing,
+    )
+    .unwrap();
     assert_eq!(pair(&u.view()), (Availability::Offline, Activity::Offline));
-    u.apply(set("app", Availability::Available, Activity::Available, mins(30)), t0(), &timing).unwrap();
+    u.apply(
+        set("app", Availability::Available, Activity::Available, mins(30)),
+        t0(),
+        &timing,
+    )
+    .unwrap();
     assert_eq!(pair(&u.view()), (Availability::DoNotDisturb, Activity::DoNotDisturb));
     let after_expiry = u.advance(t0() + mins(30)).unwrap();
     assert_eq!(pair(&after_expiry.view), (Availability::Offline, Activity::Offline));
@@ -136,12 +205,28 @@ fn preferred_presence_overrides_only_while_a_session_exists() {
 fn appear_offline_and_clear_preferred() {
     let timing = Timing::default();
     let mut u = UserPresence::default();
-    u.apply(set("app", Availability::Busy, Activity::InACall, mins(60)), t0(), &timing).unwrap();
+    u.apply(
+        set("app", Availability::Busy, Activity::InACall, mins(60)),
+        t0(),
+        &timing,
+    )
+    .unwrap();
     let off = PreferredState::new(Availability::Offline, Activity::OffWork).unwrap();
-    u.apply(Command::SetPreferred { state: off, expiration: mins(30) }, t0(), &timing).unwrap();
+    u.apply(
+        Command::SetPreferred {
+            state: off,
+            expiration: mins(30),
+        },
+        t0(),
+        &timing,
+    )
+    .unwrap();
     assert_eq!(pair(&u.view()), (Availability::Offline, Activity::OffWork));
     let cleared = u.apply(Command::ClearPreferred, t0() + mins(1), &timing).unwrap();
-    assert_eq!(pair(&cleared.change.unwrap().view), (Availability::Busy, Activity::InACall));
+    assert_eq!(
+        pair(&cleared.change.unwrap().view),
+        (Availability::Busy, Activity::InACall)
+    );
     let again = u.apply(Command::ClearPreferred, t0() + mins(2), &timing).unwrap();
     assert_eq!(again.change, None);
 }
@@ -156,7 +241,11 @@ fn status_message_expires_on_time_and_bumps_the_sequence() {
         time_zone: "Pacific Standard Time".into(),
     };
     let input = StatusMessageInput::new("In a workshop".into(), Some(expiry)).unwrap();
-    let set_change = u.apply(Command::SetStatusMessage(Some(input)), t0(), &timing).unwrap().change.unwrap();
+    let set_change = u
+        .apply(Command::SetStatusMessage(Some(input)), t0(), &timing)
+        .unwrap()
+        .change
+        .unwrap();
     assert_eq!(set_change.view.status_message.as_ref().unwrap().published_at, t0());
     assert!(!set_change.availability_or_activity_changed());
     assert_eq!(u.next_deadline(), Some(t0() + mins(30)));
@@ -171,10 +260,21 @@ fn status_message_limits() {
     assert!(StatusMessageInput::new("x".repeat(281), None).is_err());
     let timing = Timing::default();
     let mut u = UserPresence::default();
-    let past = view::MessageExpiry { at: t0(), date_time: String::new(), time_zone: "UTC".into() };
+    let past = view::MessageExpiry {
+        at: t0(),
+        date_time: String::new(),
+        time_zone: "UTC".into(),
+    };
     let input = StatusMessageInput::new("late".into(), Some(past)).unwrap();
-    assert!(matches!(u.apply(Command::SetStatusMessage(Some(input)), t0(), &timing), Err(CommandError::ExpiryInPast(_))));
-    assert_eq!(u, UserPresence::default(), "a failed command leaves the state untouched");
+    assert!(matches!(
+        u.apply(Command::SetStatusMessage(Some(input)), t0(), &timing),
+        Err(CommandError::ExpiryInPast(_))
+    ));
+    assert_eq!(
+        u,
+        UserPresence::default(),
+        "a failed command leaves the state untouched"
+    );
 }
 
 #[test]
@@ -190,7 +290,8 @@ fn sequence_strictly_increases_and_sorts_as_text() {
     ];
     for (i, c) in cmds.into_iter().enumerate() {
         // Same instant for all: the counter alone must still grow.
-        u.apply(c, t0() + SignedDuration::from_secs(i as i64 % 2), &timing).unwrap();
+        u.apply(c, t0() + SignedDuration::from_secs(i as i64 % 2), &timing)
+            .unwrap();
         seen.push(u.view().sequence.to_string());
     }
     let mut sorted = seen.clone();
@@ -204,19 +305,38 @@ fn too_many_sessions_is_refused() {
     let timing = Timing::default();
     let mut u = UserPresence::default();
     for i in 0..command::MAX_SESSIONS_PER_USER {
-        u.apply(set(&format!("s{i}"), Availability::Away, Activity::Away, mins(60)), t0(), &timing).unwrap();
+        u.apply(
+            set(&format!("s{i}"), Availability::Away, Activity::Away, mins(60)),
+            t0(),
+            &timing,
+        )
+        .unwrap();
     }
-    let err = u.apply(set("one-more", Availability::Away, Activity::Away, mins(60)), t0(), &timing);
+    let err = u.apply(
+        set("one-more", Availability::Away, Activity::Away, mins(60)),
+        t0(),
+        &timing,
+    );
     assert!(matches!(err, Err(CommandError::TooManySessions { .. })));
     // Refreshing an existing session is still fine.
-    u.apply(set("s0", Availability::Busy, Activity::InACall, mins(60)), t0(), &timing).unwrap();
+    u.apply(
+        set("s0", Availability::Busy, Activity::InACall, mins(60)),
+        t0(),
+        &timing,
+    )
+    .unwrap();
 }
 
 #[test]
 fn state_survives_serialisation() {
     let timing = Timing::default();
     let mut u = UserPresence::default();
-    u.apply(set("a", Availability::Available, Activity::Available, mins(60)), t0(), &timing).unwrap();
+    u.apply(
+        set("a", Availability::Available, Activity::Available, mins(60)),
+        t0(),
+        &timing,
+    )
+    .unwrap();
     let json = serde_json::to_string(&u).unwrap();
     let back: UserPresence = serde_json::from_str(&json).unwrap();
     assert_eq!(back, u);

@@ -174,12 +174,12 @@ impl ServeArgs {
             message: format!("{listen_raw:?} is not HOST:PORT with a numeric IP ({e})"),
         })?;
         let defaults = Timing::default();
-        let duration = |key: &'static str, flag: Option<String>, file: Option<String>, default| {
-            match flag.or(file) {
-                None => Ok(default),
-                Some(text) => parse_config_duration(&text)
-                    .map_err(|e| ConfigError::Value { key, message: format!("{text:?}: {e}") }),
-            }
+        let duration = |key: &'static str, flag: Option<String>, file: Option<String>, default| match flag.or(file) {
+            None => Ok(default),
+            Some(text) => parse_config_duration(&text).map_err(|e| ConfigError::Value {
+                key,
+                message: format!("{text:?}: {e}"),
+            }),
         };
         let timing = Timing {
             fade_after: duration("fade-after", self.fade_after, file.fade_after, defaults.fade_after)?,
@@ -204,7 +204,10 @@ impl ServeArgs {
             ..defaults
         }
         .validate()
-        .map_err(|e| ConfigError::Value { key: "timing", message: e.to_string() })?;
+        .map_err(|e| ConfigError::Value {
+            key: "timing",
+            message: e.to_string(),
+        })?;
         let or_default = |flag: Vec<String>, file: Option<Vec<String>>, default: &str| {
             if !flag.is_empty() {
                 flag
@@ -214,7 +217,10 @@ impl ServeArgs {
         };
         Ok(ServeConfig {
             listen,
-            data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            data_dir: self
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
             timing,
             jwks_file: self.jwks_file.or(file.auth.jwks_file),
             issuers: or_default(self.jwt_issuers, file.auth.issuers, crate::auth::DEFAULT_ISSUER),
@@ -227,8 +233,14 @@ impl ServeArgs {
 }
 
 fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.into(),
+        message: e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -240,8 +252,16 @@ mod tests {
     fn flags_beat_file_and_file_beats_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
-        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nfade_after = \"PT2M\"\n[auth]\nissuers = [\"a\", \"b\"]\n").unwrap();
-        let args = ServeArgs { config: Some(path), fade_after: Some("30s".into()), ..Default::default() };
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\nfade_after = \"PT2M\"\n[auth]\nissuers = [\"a\", \"b\"]\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            fade_after: Some("30s".into()),
+            ..Default::default()
+        };
         let c = args.resolve().unwrap();
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.timing.fade_after, SignedDuration::from_secs(30));
@@ -255,10 +275,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "fade_afterr = \"2m\"\n").unwrap();
-        assert!(matches!(ServeArgs { config: Some(path), ..Default::default() }.resolve(), Err(ConfigError::Parse { .. })));
-        let bad = ServeArgs { fade_after: Some("soon".into()), ..Default::default() };
-        assert!(matches!(bad.resolve(), Err(ConfigError::Value { key: "fade-after", .. })));
-        let inverted = ServeArgs { session_expiration_min: Some("1h".into()), ..Default::default() };
+        assert!(matches!(
+            ServeArgs {
+                config: Some(path),
+                ..Default::default()
+            }
+            .resolve(),
+            Err(ConfigError::Parse { .. })
+        ));
+        let bad = ServeArgs {
+            fade_after: Some("soon".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            bad.resolve(),
+            Err(ConfigError::Value { key: "fade-after", .. })
+        ));
+        let inverted = ServeArgs {
+            session_expiration_min: Some("1h".into()),
+            ..Default::default()
+        };
         assert!(inverted.resolve().is_err());
     }
 }

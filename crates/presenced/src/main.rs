@@ -1,10 +1,10 @@
 //! The `presenced` command line: `serve` and `token`.
 use anyhow::Context;
 use clap::Parser;
+use presence_core::duration::parse_config_duration;
 use presenced::auth::{self, MintRequest};
 use presenced::clock::SystemClock;
 use presenced::config::{Cli, Cmd, LogFormat, TokenArgs};
-use presence_core::duration::parse_config_duration;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -30,8 +30,11 @@ fn serve(args: presenced::config::ServeArgs) -> anyhow::Result<()> {
 }
 
 fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(level).with_context(|| format!("invalid log level {level:?}"))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(level).with_context(|| format!("invalid log level {level:?}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -42,7 +45,10 @@ fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {
 fn token(args: TokenArgs) -> anyhow::Result<()> {
     let ttl = parse_config_duration(&args.ttl).with_context(|| format!("invalid --ttl {:?}", args.ttl))?;
     let (scopes, roles) = match (args.scopes.is_empty(), args.roles.is_empty(), &args.user) {
-        (true, true, Some(_)) => (vec!["Presence.Read.All".to_owned(), "Presence.ReadWrite".to_owned()], vec![]),
+        (true, true, Some(_)) => (
+            vec!["Presence.Read.All".to_owned(), "Presence.ReadWrite".to_owned()],
+            vec![],
+        ),
         (true, true, None) => (vec![], vec!["Presence.ReadWrite.All".to_owned()]),
         _ => (args.scopes, args.roles),
     };

@@ -48,13 +48,19 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()> + Send 
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    let state = AppState { service: service.clone(), verifier: Arc::new(verifier), clock: SystemClock };
+    let state = AppState {
+        service: service.clone(),
+        verifier: Arc::new(verifier),
+        clock: SystemClock,
+    };
     // Tests and scripts wait for this exact line on stdout; logs go to stderr.
     println!("listening on http://{addr}");
     std::io::stdout().flush()?;
     tracing::info!(%addr, "serving");
 
-    axum::serve(listener, http::router(state)).with_graceful_shutdown(shutdown).await?;
+    axum::serve(listener, http::router(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
     tracing::info!("draining finished; stopping");
     let _ = stop_tx.send(true);
     let _ = sweeper.await;

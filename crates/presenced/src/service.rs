@@ -70,7 +70,12 @@ impl<S: PresenceStore> PresenceService<S> {
             if state == *loaded.state {
                 return Ok(());
             }
-            let commit = Commit { key: key.clone(), expected_version: loaded.version, state, event: outcome.change };
+            let commit = Commit {
+                key: key.clone(),
+                expected_version: loaded.version,
+                state,
+                event: outcome.change,
+            };
             match self.store.commit(commit).await {
                 Err(StoreError::Conflict) => continue,
                 other => return other.map(drop).map_err(Into::into),
@@ -90,13 +95,20 @@ impl<S: PresenceStore> PresenceService<S> {
             if state == *loaded.state {
                 return Ok(false);
             }
-            let commit = Commit { key: key.clone(), expected_version: loaded.version, state, event };
+            let commit = Commit {
+                key: key.clone(),
+                expected_version: loaded.version,
+                state,
+                event,
+            };
             match self.store.commit(commit).await {
                 Err(StoreError::Conflict) => continue,
                 other => return other.map(|_| true),
             }
         }
-        Err(StoreError::Unavailable("too many concurrent updates of one user".into()))
+        Err(StoreError::Unavailable(
+            "too many concurrent updates of one user".into(),
+        ))
     }
 
     /// The presence as of now. Transitions the sweeper has not committed yet are applied to a

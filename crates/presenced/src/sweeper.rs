@@ -78,12 +78,70 @@ impl<S: PresenceStore> Sweeper<S> {
                 None => IDLE_RECHECK,
             };
             // Stalled: due work exists but nothing could be committed (e.g. disk full).
-            let wait = if seen > 0 && committed == 0 { wait.max(ERROR_BACKOFF) } else { wait };
+            let wait = if seen > 0 && committed == 0 {
+                wait.max(ERROR_BACKOFF)
+            } else {
+                wait
+            };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = store.deadline_moved() => {}
                 _ = shutdown.changed() => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::embedded::EmbeddedStore;
+    use crate::store::{Commit, PresenceStore};
+    use jiff::SignedDuration;
+    use presence_core::{
+        Activity, Availability, Command, SessionId, SessionState, TenantId, Timing, UserId, UserKey, UserPresence,
+    };
+
+    #[tokio::test]
+    async fn tick_applies_overdue_transitions_and_records_the_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = EmbeddedStore::open(dir.path()).unwrap();
+        let key = UserKey::new(TenantId::parse("t").unwrap(), UserId::parse("u").unwrap());
+        let now = crate::clock::SystemClock.now();
+        // A session set 12 minutes ago: both fade deadlines are overdue, expiry is not.
+        let mut state = UserPresence::default();
+        let set = Command::SetPresence {
+            session: SessionId::parse("s").unwrap(),
+            state: SessionState::new(Availability::Available, Activity::Available).unwrap(),
+            expiration: SignedDuration::from_hours(1),
+        };
+        let event = state
+            .apply(set, now - SignedDuration::from_mins(12), &Timing::default())
+            .unwrap()
+            .change;
+        store
+            .commit(Commit {
+                key: key.clone(),
+                expected_version: 0,
+                state,
+                event,
+            })
+            .await
+            .unwrap();
+        let outbox_before = store.outbox_after(0, 100).await.unwrap().len();
+
+        let sweeper = Sweeper::new(Arc::new(PresenceService::new(store.clone(), Timing::default())));
+        assert_eq!(sweeper.tick(now).await, (1, 1));
+        let view = store.load(&key).await.unwrap().state.view();
+        assert_eq!((view.availability, view.activity), (Availability::Away, Activity::Away));
+        let outbox = store.outbox_after(0, 100).await.unwrap();
+        assert_eq!(
+            outbox.len(),
+            outbox_before + 1,
+            "the fade produced exactly one change event"
+        );
+        assert_eq!(outbox.last().unwrap().event.view.availability, Availability::Away);
+        assert_eq!(sweeper.tick(now).await, (0, 0), "nothing is due twice");
+        assert!(store.next_deadline().await.unwrap() > now);
     }
 }

@@ -24,13 +24,27 @@ async fn every_addressing_and_version_reaches_the_same_presence() {
         format!("/beta/communications/presences/{ALICE}"),
     ];
     for (i, prefix) in prefixes.iter().enumerate() {
-        let (availability, activity) = [("Busy", "InACall"), ("Away", "Away"), ("DoNotDisturb", "Presenting"), ("Busy", "InAConferenceCall")][i];
-        let r = post(&server.url(&format!("{prefix}/setPresence")), &app, set_body("app-1", availability, activity)).await;
+        let (availability, activity) = [
+            ("Busy", "InACall"),
+            ("Away", "Away"),
+            ("DoNotDisturb", "Presenting"),
+            ("Busy", "InAConferenceCall"),
+        ][i];
+        let r = post(
+            &server.url(&format!("{prefix}/setPresence")),
+            &app,
+            set_body("app-1", availability, activity),
+        )
+        .await;
         assert_eq!(r.status, 200, "{prefix}: {}", r.text);
         assert!(r.text.is_empty(), "actions answer 200 with an empty body");
         for read in &prefixes {
             let v = get(&server.url(read), &app).await.json();
-            assert_eq!((v["availability"].as_str().unwrap(), v["activity"].as_str().unwrap()), (availability, activity), "{read}");
+            assert_eq!(
+                (v["availability"].as_str().unwrap(), v["activity"].as_str().unwrap()),
+                (availability, activity),
+                "{read}"
+            );
             assert_eq!(v["id"], ALICE);
         }
         for me in ["/v1.0/me/presence", "/beta/me/presence"] {
@@ -39,10 +53,20 @@ async fn every_addressing_and_version_reaches_the_same_presence() {
         }
     }
     // Actions through /me too.
-    let r = post(&server.url("/v1.0/me/presence/setPresence"), &alice, set_body("app-1", "Available", "Available")).await;
+    let r = post(
+        &server.url("/v1.0/me/presence/setPresence"),
+        &alice,
+        set_body("app-1", "Available", "Available"),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(presence_of(&server, &app, ALICE).await, pair("Available", "Available"));
-    let r = post(&server.url("/beta/me/presence/clearPresence"), &alice, json!({ "sessionId": "app-1" })).await;
+    let r = post(
+        &server.url("/beta/me/presence/clearPresence"),
+        &alice,
+        json!({ "sessionId": "app-1" }),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(presence_of(&server, &app, ALICE).await, pair("Offline", "Offline"));
 }
@@ -67,9 +91,15 @@ async fn get_presence_shape_and_headers() {
     assert!(r.headers.get("request-id").is_some());
     let v = r.json();
     assert_eq!(v["id"], BOB);
-    assert_eq!(v["availability"], "Offline", "a user with no state reads Offline/Offline");
+    assert_eq!(
+        v["availability"], "Offline",
+        "a user with no state reads Offline/Offline"
+    );
     assert_eq!(v["activity"], "Offline");
-    assert_eq!(v["outOfOfficeSettings"], json!({ "message": null, "isOutOfOffice": false }));
+    assert_eq!(
+        v["outOfOfficeSettings"],
+        json!({ "message": null, "isOutOfOffice": false })
+    );
     assert!(v["statusMessage"].is_null());
     let seq = v["sequenceNumber"].as_str().unwrap();
     assert_eq!(seq.len(), 20);
@@ -81,7 +111,12 @@ async fn guid_ids_are_case_insensitive() {
     let server = Server::start(&[]);
     let app = server.app_token(&["Presence.ReadWrite.All"]);
     let upper = ALICE.to_uppercase();
-    let r = post(&server.url(&format!("/v1.0/users/{upper}/presence/setPresence")), &app, set_body("s", "Busy", "InACall")).await;
+    let r = post(
+        &server.url(&format!("/v1.0/users/{upper}/presence/setPresence")),
+        &app,
+        set_body("s", "Busy", "InACall"),
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(presence_of(&server, &app, ALICE).await, pair("Busy", "InACall"));
 }
@@ -94,12 +129,21 @@ async fn folding_preferred_presence_and_clear() {
     let url = |a: &str| server.url(&format!("{base}/{a}"));
 
     // Preferred presence with no session: stored, but the user reads Offline.
-    let r = post(&url("setUserPreferredPresence"), &app, json!({ "availability": "DoNotDisturb", "activity": "DoNotDisturb", "expirationDuration": "PT8H" })).await;
+    let r = post(
+        &url("setUserPreferredPresence"),
+        &app,
+        json!({ "availability": "DoNotDisturb", "activity": "DoNotDisturb", "expirationDuration": "PT8H" }),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(presence_of(&server, &app, ALICE).await, pair("Offline", "Offline"));
 
     post(&url("setPresence"), &app, set_body("teams-desktop", "Away", "Away")).await;
-    assert_eq!(presence_of(&server, &app, ALICE).await, pair("DoNotDisturb", "DoNotDisturb"), "preferred overrides sessions");
+    assert_eq!(
+        presence_of(&server, &app, ALICE).await,
+        pair("DoNotDisturb", "DoNotDisturb"),
+        "preferred overrides sessions"
+    );
 
     let r = call(Method::POST, &url("clearUserPreferredPresence"), Some(&app), None).await;
     assert_eq!(r.status, 200, "no body is accepted: {}", r.text);
@@ -107,15 +151,42 @@ async fn folding_preferred_presence_and_clear() {
     let r = post(&url("clearUserPreferredPresence"), &app, json!({})).await;
     assert_eq!(r.status, 200, "a second clear is still 200");
 
-    post(&url("setPresence"), &app, set_body("teams-mobile", "Available", "Available")).await;
-    assert_eq!(presence_of(&server, &app, ALICE).await, pair("Available", "Available"), "Available > Away");
+    post(
+        &url("setPresence"),
+        &app,
+        set_body("teams-mobile", "Available", "Available"),
+    )
+    .await;
+    assert_eq!(
+        presence_of(&server, &app, ALICE).await,
+        pair("Available", "Available"),
+        "Available > Away"
+    );
     post(&url("setPresence"), &app, set_body("calls-app", "Busy", "InACall")).await;
-    assert_eq!(presence_of(&server, &app, ALICE).await, pair("Busy", "InACall"), "Busy > Available");
-    post(&url("setPresence"), &app, set_body("slides-app", "DoNotDisturb", "Presenting")).await;
-    assert_eq!(presence_of(&server, &app, ALICE).await, pair("DoNotDisturb", "Presenting"), "DND > Busy");
+    assert_eq!(
+        presence_of(&server, &app, ALICE).await,
+        pair("Busy", "InACall"),
+        "Busy > Available"
+    );
+    post(
+        &url("setPresence"),
+        &app,
+        set_body("slides-app", "DoNotDisturb", "Presenting"),
+    )
+    .await;
+    assert_eq!(
+        presence_of(&server, &app, ALICE).await,
+        pair("DoNotDisturb", "Presenting"),
+        "DND > Busy"
+    );
 
     // Appear offline.
-    post(&url("setUserPreferredPresence"), &app, json!({ "availability": "Offline", "activity": "OffWork" })).await;
+    post(
+        &url("setUserPreferredPresence"),
+        &app,
+        json!({ "availability": "Offline", "activity": "OffWork" }),
+    )
+    .await;
     assert_eq!(presence_of(&server, &app, ALICE).await, pair("Offline", "OffWork"));
     post(&url("clearUserPreferredPresence"), &app, json!({})).await;
 
@@ -146,13 +217,24 @@ async fn status_message_dates_are_hidden_from_other_readers() {
 
     let own = get(&server.url("/v1.0/me/presence"), &alice).await.json();
     let message = &own["statusMessage"];
-    assert_eq!(message["message"], json!({ "content": "Hey I'm currently in a meeting.", "contentType": "text" }));
-    assert_eq!(message["expiryDateTime"], json!({ "dateTime": "2099-10-18T17:05:33.2079781", "timeZone": "Pacific Standard Time" }));
+    assert_eq!(
+        message["message"],
+        json!({ "content": "Hey I'm currently in a meeting.", "contentType": "text" })
+    );
+    assert_eq!(
+        message["expiryDateTime"],
+        json!({ "dateTime": "2099-10-18T17:05:33.2079781", "timeZone": "Pacific Standard Time" })
+    );
     assert!(message["publishedDateTime"].as_str().unwrap().ends_with('Z'));
 
     for reader in [&bob, &app] {
-        let other = get(&server.url(&format!("/v1.0/users/{ALICE}/presence")), reader).await.json();
-        assert_eq!(other["statusMessage"]["message"]["content"], "Hey I'm currently in a meeting.");
+        let other = get(&server.url(&format!("/v1.0/users/{ALICE}/presence")), reader)
+            .await
+            .json();
+        assert_eq!(
+            other["statusMessage"]["message"]["content"],
+            "Hey I'm currently in a meeting."
+        );
         assert!(other["statusMessage"].get("expiryDateTime").is_none());
         assert!(other["statusMessage"].get("publishedDateTime").is_none());
     }
@@ -160,10 +242,23 @@ async fn status_message_dates_are_hidden_from_other_readers() {
     // IANA zone names work too; an empty message clears.
     let iana = json!({ "statusMessage": { "message": { "content": "WFH" },
         "expiryDateTime": { "dateTime": "2099-01-01T09:00:00", "timeZone": "Europe/Berlin" } } });
-    assert_eq!(post(&server.url("/v1.0/me/presence/setStatusMessage"), &alice, iana).await.status, 200);
-    assert_eq!(get(&server.url("/v1.0/me/presence"), &alice).await.json()["statusMessage"]["message"]["content"], "WFH");
+    assert_eq!(
+        post(&server.url("/v1.0/me/presence/setStatusMessage"), &alice, iana)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        get(&server.url("/v1.0/me/presence"), &alice).await.json()["statusMessage"]["message"]["content"],
+        "WFH"
+    );
     let clear = json!({ "statusMessage": { "message": { "content": "", "contentType": "text" } } });
-    assert_eq!(post(&server.url("/v1.0/me/presence/setStatusMessage"), &alice, clear).await.status, 200);
+    assert_eq!(
+        post(&server.url("/v1.0/me/presence/setStatusMessage"), &alice, clear)
+            .await
+            .status,
+        200
+    );
     assert!(get(&server.url("/v1.0/me/presence"), &alice).await.json()["statusMessage"].is_null());
 }
 
@@ -172,10 +267,20 @@ async fn out_of_office_settings_extension() {
     let server = Server::start(&[]);
     let app = server.app_token(&["Presence.ReadWrite.All"]);
     let url = server.url(&format!("/v1.0/users/{ALICE}/presence/setOutOfOfficeSettings"));
-    let r = post(&url, &app, json!({ "outOfOfficeSettings": { "isOutOfOffice": true, "message": "Back Monday" } })).await;
+    let r = post(
+        &url,
+        &app,
+        json!({ "outOfOfficeSettings": { "isOutOfOffice": true, "message": "Back Monday" } }),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    let v = get(&server.url(&format!("/v1.0/users/{ALICE}/presence")), &app).await.json();
-    assert_eq!(v["outOfOfficeSettings"], json!({ "message": "Back Monday", "isOutOfOffice": true }));
+    let v = get(&server.url(&format!("/v1.0/users/{ALICE}/presence")), &app)
+        .await
+        .json();
+    assert_eq!(
+        v["outOfOfficeSettings"],
+        json!({ "message": "Back Monday", "isOutOfOffice": true })
+    );
 }
 
 #[tokio::test]
@@ -183,13 +288,30 @@ async fn sequence_number_grows_with_every_change_and_sorts_as_text() {
     let server = Server::start(&[]);
     let app = server.app_token(&["Presence.ReadWrite.All"]);
     let url = |a: &str| server.url(&format!("/v1.0/users/{ALICE}/presence/{a}"));
-    let seq = || async { get(&server.url(&format!("/v1.0/users/{ALICE}/presence")), &app).await.json()["sequenceNumber"].as_str().unwrap().to_owned() };
+    let seq = || async {
+        get(&server.url(&format!("/v1.0/users/{ALICE}/presence")), &app)
+            .await
+            .json()["sequenceNumber"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
     let mut seen = vec![seq().await];
-    for (av, ac) in [("Busy", "InACall"), ("Away", "Away"), ("Available", "Available"), ("Busy", "InAConferenceCall")] {
+    for (av, ac) in [
+        ("Busy", "InACall"),
+        ("Away", "Away"),
+        ("Available", "Available"),
+        ("Busy", "InAConferenceCall"),
+    ] {
         assert_eq!(post(&url("setPresence"), &app, set_body("s", av, ac)).await.status, 200);
         seen.push(seq().await);
     }
-    post(&url("setStatusMessage"), &app, json!({ "statusMessage": { "message": { "content": "hi" } } })).await;
+    post(
+        &url("setStatusMessage"),
+        &app,
+        json!({ "statusMessage": { "message": { "content": "hi" } } }),
+    )
+    .await;
     seen.push(seq().await);
     let mut sorted = seen.clone();
     sorted.sort();
@@ -204,14 +326,28 @@ async fn sequence_number_grows_with_every_change_and_sorts_as_text() {
 async fn get_presences_by_user_id_bulk() {
     let server = Server::start(&[]);
     let app = server.app_token(&["Presence.ReadWrite.All"]);
-    post(&server.url(&format!("/v1.0/users/{ALICE}/presence/setPresence")), &app, set_body("s", "Busy", "InACall")).await;
+    post(
+        &server.url(&format!("/v1.0/users/{ALICE}/presence/setPresence")),
+        &app,
+        set_body("s", "Busy", "InACall"),
+    )
+    .await;
     for version in ["v1.0", "beta"] {
         let url = server.url(&format!("/{version}/communications/getPresencesByUserId"));
-        let r = post(&url, &app, json!({ "ids": [BOB, ALICE, "carol@contoso.com", ALICE.to_uppercase()] })).await;
+        let r = post(
+            &url,
+            &app,
+            json!({ "ids": [BOB, ALICE, "carol@contoso.com", ALICE.to_uppercase()] }),
+        )
+        .await;
         assert_eq!(r.status, 200, "{}", r.text);
         let value = r.json()["value"].as_array().unwrap().clone();
         let ids: Vec<&str> = value.iter().map(|p| p["id"].as_str().unwrap()).collect();
-        assert_eq!(ids, vec![BOB, ALICE, "carol@contoso.com"], "request order, duplicates once");
+        assert_eq!(
+            ids,
+            vec![BOB, ALICE, "carol@contoso.com"],
+            "request order, duplicates once"
+        );
         assert_eq!(value[0]["availability"], "Offline");
         assert_eq!(value[1]["availability"], "Busy");
         assert_eq!(value[1]["activity"], "InACall");
@@ -222,8 +358,12 @@ async fn get_presences_by_user_id_bulk() {
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["value"].as_array().unwrap().len(), 650);
     let too_many: Vec<String> = (0..651).map(|i| format!("user-{i}")).collect();
-    post(&url, &app, json!({ "ids": too_many })).await.assert_error(400, "InvalidArgument");
-    post(&url, &app, json!({ "ids": [] })).await.assert_error(400, "InvalidArgument");
+    post(&url, &app, json!({ "ids": too_many }))
+        .await
+        .assert_error(400, "InvalidArgument");
+    post(&url, &app, json!({ "ids": [] }))
+        .await
+        .assert_error(400, "InvalidArgument");
 }
 
 #[tokio::test]

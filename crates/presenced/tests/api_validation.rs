@@ -12,8 +12,19 @@ fn action(server: &Server, name: &str) -> String {
     server.url(&format!("/v1.0/users/{USER}/presence/{name}"))
 }
 
-async fn raw(server: &Server, method: Method, path_or_url: &str, token: &str, content_type: Option<&str>, body: impl Into<reqwest::Body>) -> Reply {
-    let url = if path_or_url.starts_with("http") { path_or_url.to_owned() } else { server.url(path_or_url) };
+async fn raw(
+    server: &Server,
+    method: Method,
+    path_or_url: &str,
+    token: &str,
+    content_type: Option<&str>,
+    body: impl Into<reqwest::Body>,
+) -> Reply {
+    let url = if path_or_url.starts_with("http") {
+        path_or_url.to_owned()
+    } else {
+        server.url(path_or_url)
+    };
     let mut request = client().request(method, url).bearer_auth(token).body(body);
     if let Some(ct) = content_type {
         request = request.header("content-type", ct);
@@ -27,23 +38,71 @@ async fn set_presence_validation() {
     let app = server.app_token(&["Presence.ReadWrite.All"]);
     let url = action(&server, "setPresence");
     let cases = [
-        (json!({ "availability": "Busy", "activity": "InACall" }), "missing sessionId"),
-        (json!({ "sessionId": "", "availability": "Busy", "activity": "InACall" }), "empty sessionId"),
-        (json!({ "sessionId": "x".repeat(129), "availability": "Busy", "activity": "InACall" }), "over-long sessionId"),
-        (json!({ "sessionId": "a b", "availability": "Busy", "activity": "InACall" }), "bad characters"),
-        (json!({ "sessionId": "s", "activity": "InACall" }), "missing availability"),
+        (
+            json!({ "availability": "Busy", "activity": "InACall" }),
+            "missing sessionId",
+        ),
+        (
+            json!({ "sessionId": "", "availability": "Busy", "activity": "InACall" }),
+            "empty sessionId",
+        ),
+        (
+            json!({ "sessionId": "x".repeat(129), "availability": "Busy", "activity": "InACall" }),
+            "over-long sessionId",
+        ),
+        (
+            json!({ "sessionId": "a b", "availability": "Busy", "activity": "InACall" }),
+            "bad characters",
+        ),
+        (
+            json!({ "sessionId": "s", "activity": "InACall" }),
+            "missing availability",
+        ),
         (json!({ "sessionId": "s", "availability": "Busy" }), "missing activity"),
-        (json!({ "sessionId": "s", "availability": "Sleeping", "activity": "InACall" }), "unknown availability"),
-        (json!({ "sessionId": "s", "availability": "Busy", "activity": "Napping" }), "unknown activity"),
-        (json!({ "sessionId": "s", "availability": "Busy", "activity": "Busy" }), "pair not allowed for setPresence"),
-        (json!({ "sessionId": "s", "availability": "Offline", "activity": "OffWork" }), "preferred-only pair"),
-        (json!({ "sessionId": "s", "availability": "Available", "activity": "Available", "expirationDuration": "PT4M" }), "below 5 minutes"),
-        (json!({ "sessionId": "s", "availability": "Available", "activity": "Available", "expirationDuration": "PT4H1M" }), "above 4 hours"),
-        (json!({ "sessionId": "s", "availability": "Available", "activity": "Available", "expirationDuration": "-PT10M" }), "negative"),
-        (json!({ "sessionId": "s", "availability": "Available", "activity": "Available", "expirationDuration": "P1M" }), "calendar month"),
-        (json!({ "sessionId": "s", "availability": "Available", "activity": "Available", "expirationDuration": "P1Y" }), "calendar year"),
-        (json!({ "sessionId": "s", "availability": "Available", "activity": "Available", "expirationDuration": "soon" }), "malformed"),
-        (json!({ "sessionId": "s", "availability": "Available", "activity": "Available", "expirationDuration": "-1 day, 23:55:00" }), "negative python timedelta"),
+        (
+            json!({ "sessionId": "s", "availability": "Sleeping", "activity": "InACall" }),
+            "unknown availability",
+        ),
+        (
+            json!({ "sessionId": "s", "availability": "Busy", "activity": "Napping" }),
+            "unknown activity",
+        ),
+        (
+            json!({ "sessionId": "s", "availability": "Busy", "activity": "Busy" }),
+            "pair not allowed for setPresence",
+        ),
+        (
+            json!({ "sessionId": "s", "availability": "Offline", "activity": "OffWork" }),
+            "preferred-only pair",
+        ),
+        (
+            json!({ "sessionId": "s", "availability": "Available", "activity": "Available", "expirationDuration": "PT4M" }),
+            "below 5 minutes",
+        ),
+        (
+            json!({ "sessionId": "s", "availability": "Available", "activity": "Available", "expirationDuration": "PT4H1M" }),
+            "above 4 hours",
+        ),
+        (
+            json!({ "sessionId": "s", "availability": "Available", "activity": "Available", "expirationDuration": "-PT10M" }),
+            "negative",
+        ),
+        (
+            json!({ "sessionId": "s", "availability": "Available", "activity": "Available", "expirationDuration": "P1M" }),
+            "calendar month",
+        ),
+        (
+            json!({ "sessionId": "s", "availability": "Available", "activity": "Available", "expirationDuration": "P1Y" }),
+            "calendar year",
+        ),
+        (
+            json!({ "sessionId": "s", "availability": "Available", "activity": "Available", "expirationDuration": "soon" }),
+            "malformed",
+        ),
+        (
+            json!({ "sessionId": "s", "availability": "Available", "activity": "Available", "expirationDuration": "-1 day, 23:55:00" }),
+            "negative python timedelta",
+        ),
     ];
     for (body, why) in cases {
         let r = post(&url, &app, body).await;
@@ -51,8 +110,14 @@ async fn set_presence_validation() {
         assert!(!r.text.is_empty(), "{why}");
     }
     for (body, why) in [
-        (json!({ "sessionId": 5, "availability": "Busy", "activity": "InACall" }), "number for a string"),
-        (json!({ "sessionId": "s", "availability": ["Busy"], "activity": "InACall" }), "array for a string"),
+        (
+            json!({ "sessionId": 5, "availability": "Busy", "activity": "InACall" }),
+            "number for a string",
+        ),
+        (
+            json!({ "sessionId": "s", "availability": ["Busy"], "activity": "InACall" }),
+            "array for a string",
+        ),
         (json!([1, 2, 3]), "not an object"),
         (json!("setPresence"), "a bare string"),
     ] {
@@ -69,13 +134,44 @@ async fn durations_in_every_sdk_form_are_accepted() {
     let server = Server::start(&[]);
     let app = server.app_token(&["Presence.ReadWrite.All"]);
     let url = action(&server, "setPresence");
-    for d in ["PT5M", "PT1H", "PT1H30M15S", "PT300.5S", "PT3H59M59.999S", "P0DT2H", "0:05:00", "1:00:00", "3:59:59.500000", "01:00:00", "0.02:00:00", "P0Y0M0DT1H0M0S", "PT240M"] {
-        let r = post(&url, &app, json!({ "sessionId": "s", "availability": "Busy", "activity": "InACall", "expirationDuration": d })).await;
+    for d in [
+        "PT5M",
+        "PT1H",
+        "PT1H30M15S",
+        "PT300.5S",
+        "PT3H59M59.999S",
+        "P0DT2H",
+        "0:05:00",
+        "1:00:00",
+        "3:59:59.500000",
+        "01:00:00",
+        "0.02:00:00",
+        "P0Y0M0DT1H0M0S",
+        "PT240M",
+    ] {
+        let r = post(
+            &url,
+            &app,
+            json!({ "sessionId": "s", "availability": "Busy", "activity": "InACall", "expirationDuration": d }),
+        )
+        .await;
         assert_eq!(r.status, 200, "{d}: {}", r.text);
     }
     let preferred = action(&server, "setUserPreferredPresence");
-    for d in ["P1DT2H", "1 day, 2:00:00", "2 days, 0:00:00", "1.02:00:00", "P0Y0M1DT0H5M0S", "8:00:00"] {
-        let r = post(&preferred, &app, json!({ "availability": "Busy", "activity": "Busy", "expirationDuration": d })).await;
+    for d in [
+        "P1DT2H",
+        "1 day, 2:00:00",
+        "2 days, 0:00:00",
+        "1.02:00:00",
+        "P0Y0M1DT0H5M0S",
+        "8:00:00",
+    ] {
+        let r = post(
+            &preferred,
+            &app,
+            json!({ "availability": "Busy", "activity": "Busy", "expirationDuration": d }),
+        )
+        .await;
         assert_eq!(r.status, 200, "{d}: {}", r.text);
     }
     for (av, ac) in [("Busy", "InACall"), ("Available", "Available"), ("Offline", "Offline")] {
@@ -107,7 +203,12 @@ async fn status_message_validation() {
         let r = post(&url, &app, body.clone()).await;
         r.assert_error(400, "InvalidArgument");
     }
-    let ok = post(&url, &app, json!({ "statusMessage": { "message": { "content": "ü".repeat(280) } } })).await;
+    let ok = post(
+        &url,
+        &app,
+        json!({ "statusMessage": { "message": { "content": "ü".repeat(280) } } }),
+    )
+    .await;
     assert_eq!(ok.status, 200, "280 characters (not bytes) fit: {}", ok.text);
 }
 
@@ -116,16 +217,49 @@ async fn malformed_bodies_content_types_and_sizes() {
     let server = Server::start(&[]);
     let app = server.app_token(&["Presence.ReadWrite.All"]);
     let url = action(&server, "setPresence");
-    raw(&server, Method::POST, &url, &app, Some("application/json"), "{\"sessionId\": ").await.assert_error(400, "BadRequest");
-    raw(&server, Method::POST, &url, &app, Some("application/json"), vec![0xff, 0xfe, 0x7b]).await.assert_error(400, "BadRequest");
-    raw(&server, Method::POST, &url, &app, Some("text/plain"), "{}").await.assert_error(415, "UnsupportedMediaType");
-    raw(&server, Method::POST, &url, &app, None, "{\"sessionId\":\"s\"}").await.assert_error(415, "UnsupportedMediaType");
-    raw(&server, Method::POST, &url, &app, Some("application/json"), "").await.assert_error(400, "BadRequest");
-    let ok = raw(&server, Method::POST, &url, &app, Some("application/json; charset=utf-8"),
-        r#"{"sessionId":"s","availability":"Busy","activity":"InACall"}"#).await;
+    raw(
+        &server,
+        Method::POST,
+        &url,
+        &app,
+        Some("application/json"),
+        "{\"sessionId\": ",
+    )
+    .await
+    .assert_error(400, "BadRequest");
+    raw(
+        &server,
+        Method::POST,
+        &url,
+        &app,
+        Some("application/json"),
+        vec![0xff, 0xfe, 0x7b],
+    )
+    .await
+    .assert_error(400, "BadRequest");
+    raw(&server, Method::POST, &url, &app, Some("text/plain"), "{}")
+        .await
+        .assert_error(415, "UnsupportedMediaType");
+    raw(&server, Method::POST, &url, &app, None, "{\"sessionId\":\"s\"}")
+        .await
+        .assert_error(415, "UnsupportedMediaType");
+    raw(&server, Method::POST, &url, &app, Some("application/json"), "")
+        .await
+        .assert_error(400, "BadRequest");
+    let ok = raw(
+        &server,
+        Method::POST,
+        &url,
+        &app,
+        Some("application/json; charset=utf-8"),
+        r#"{"sessionId":"s","availability":"Busy","activity":"InACall"}"#,
+    )
+    .await;
     assert_eq!(ok.status, 200, "charset parameter is fine: {}", ok.text);
     let huge = format!("{{\"sessionId\":\"{}\"}}", "a".repeat(300 * 1024));
-    raw(&server, Method::POST, &url, &app, Some("application/json"), huge).await.assert_error(413, "RequestEntityTooLarge");
+    raw(&server, Method::POST, &url, &app, Some("application/json"), huge)
+        .await
+        .assert_error(413, "RequestEntityTooLarge");
     // Chunked, no declared length: still capped.
     let mut chunked = format!(
         "POST /v1.0/users/{USER}/presence/setPresence HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {app}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
@@ -141,7 +275,9 @@ async fn malformed_bodies_content_types_and_sizes() {
     assert!(response.starts_with("HTTP/1.1 413"), "{response}");
     // clearUserPreferredPresence takes no body, or an empty object, but not garbage.
     let clear = action(&server, "clearUserPreferredPresence");
-    raw(&server, Method::POST, &clear, &app, Some("application/json"), "[1]").await.assert_error(400, "BadRequest");
+    raw(&server, Method::POST, &clear, &app, Some("application/json"), "[1]")
+        .await
+        .assert_error(400, "BadRequest");
     assert_eq!(presence_of(&server, &app, USER).await, pair("Busy", "InACall"));
 }
 
@@ -150,23 +286,69 @@ async fn bad_paths_methods_and_ids() {
     let server = Server::start(&[]);
     let app = server.app_token(&["Presence.ReadWrite.All"]);
     let long_id = "u".repeat(129);
-    let not_found = ["/v1.0/users", "/v2.0/me/presence", "/v1.0/users/x/presence/fly", "/v1.0/users/x/mailbox", "/", "/v1.0", "/v1.0/communications/presences"];
+    let not_found = [
+        "/v1.0/users",
+        "/v2.0/me/presence",
+        "/v1.0/users/x/presence/fly",
+        "/v1.0/users/x/mailbox",
+        "/",
+        "/v1.0",
+        "/v1.0/communications/presences",
+    ];
     for path in not_found {
-        raw(&server, Method::GET, path, &app, None, "").await.assert_error(404, "NotFound");
+        raw(&server, Method::GET, path, &app, None, "")
+            .await
+            .assert_error(404, "NotFound");
     }
-    raw(&server, Method::POST, "/v1.0/users/x/presence", &app, None, "").await.assert_error(405, "MethodNotAllowed");
-    raw(&server, Method::DELETE, "/v1.0/users/x/presence", &app, None, "").await.assert_error(405, "MethodNotAllowed");
-    raw(&server, Method::GET, "/v1.0/users/x/presence/setPresence", &app, None, "").await.assert_error(405, "MethodNotAllowed");
-    raw(&server, Method::PUT, "/v1.0/communications/getPresencesByUserId", &app, None, "").await.assert_error(405, "MethodNotAllowed");
+    raw(&server, Method::POST, "/v1.0/users/x/presence", &app, None, "")
+        .await
+        .assert_error(405, "MethodNotAllowed");
+    raw(&server, Method::DELETE, "/v1.0/users/x/presence", &app, None, "")
+        .await
+        .assert_error(405, "MethodNotAllowed");
+    raw(
+        &server,
+        Method::GET,
+        "/v1.0/users/x/presence/setPresence",
+        &app,
+        None,
+        "",
+    )
+    .await
+    .assert_error(405, "MethodNotAllowed");
+    raw(
+        &server,
+        Method::PUT,
+        "/v1.0/communications/getPresencesByUserId",
+        &app,
+        None,
+        "",
+    )
+    .await
+    .assert_error(405, "MethodNotAllowed");
     for bad in [long_id.as_str(), "a%20b", "%ff%fe", "a%2Fb", "quote'd"] {
-        raw(&server, Method::GET, &format!("/v1.0/users/{bad}/presence"), &app, None, "").await.assert_error(400, "InvalidArgument");
+        raw(
+            &server,
+            Method::GET,
+            &format!("/v1.0/users/{bad}/presence"),
+            &app,
+            None,
+            "",
+        )
+        .await
+        .assert_error(400, "InvalidArgument");
     }
     let bulk = server.url("/v1.0/communications/getPresencesByUserId");
-    post(&bulk, &app, json!({ "ids": ["ok", ""] })).await.assert_error(400, "InvalidArgument");
-    post(&bulk, &app, json!({ "ids": ["ok", long_id] })).await.assert_error(400, "InvalidArgument");
-    post(&bulk, &app, json!({ "ids": "ok" })).await.assert_error(400, "BadRequest");
+    post(&bulk, &app, json!({ "ids": ["ok", ""] }))
+        .await
+        .assert_error(400, "InvalidArgument");
+    post(&bulk, &app, json!({ "ids": ["ok", long_id] }))
+        .await
+        .assert_error(400, "InvalidArgument");
+    post(&bulk, &app, json!({ "ids": "ok" }))
+        .await
+        .assert_error(400, "BadRequest");
     post(&bulk, &app, json!({})).await.assert_error(400, "InvalidArgument");
     // Still healthy after all of that.
     assert_eq!(call(Method::GET, &server.url("/healthz"), None, None).await.status, 200);
 }
-

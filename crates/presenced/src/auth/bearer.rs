@@ -38,14 +38,8 @@ mod tests {
         assert_eq!(bearer_token(None), Err(AuthError::MissingHeader));
         assert_eq!(bearer_token(Some("")), Err(AuthError::MissingHeader));
         assert_eq!(bearer_token(Some("   ")), Err(AuthError::MissingHeader));
-        assert_eq!(
-            bearer_token(Some("Basic dXNlcjpwYXNz")),
-            Err(AuthError::NotBearer)
-        );
-        assert_eq!(
-            bearer_token(Some("Bearerx a.b.c")),
-            Err(AuthError::NotBearer)
-        );
+        assert_eq!(bearer_token(Some("Basic dXNlcjpwYXNz")), Err(AuthError::NotBearer));
+        assert_eq!(bearer_token(Some("Bearerx a.b.c")), Err(AuthError::NotBearer));
         assert_eq!(bearer_token(Some("a.b.c")), Err(AuthError::NotBearer));
         assert_eq!(bearer_token(Some("Bearer")), Err(AuthError::Malformed));
         assert_eq!(bearer_token(Some("Bearer    ")), Err(AuthError::Malformed));

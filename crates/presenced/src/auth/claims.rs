@@ -127,9 +127,7 @@ fn numeric_date(claims: &Map<String, Value>, name: &'static str) -> Result<Optio
 fn id_claim(claims: &Map<String, Value>, name: &'static str) -> Result<Option<String>, AuthError> {
     match claims.get(name) {
         None => Ok(None),
-        Some(Value::String(raw)) => normalize_id(raw)
-            .map(Some)
-            .ok_or(AuthError::InvalidClaim(name)),
+        Some(Value::String(raw)) => normalize_id(raw).map(Some).ok_or(AuthError::InvalidClaim(name)),
         Some(_) => Err(AuthError::InvalidClaim(name)),
     }
 }
@@ -173,10 +171,7 @@ mod tests {
     }
 
     fn check(claims: Value) -> Result<Principal, AuthError> {
-        let aud = vec![
-            "api://presence".to_owned(),
-            "https://graph.microsoft.com".to_owned(),
-        ];
+        let aud = vec!["api://presence".to_owned(), "https://graph.microsoft.com".to_owned()];
         let iss = vec!["https://issuer".to_owned()];
         let Value::Object(map) = claims else {
             panic!("claims must be an object")
@@ -207,12 +202,7 @@ mod tests {
 
     #[test]
     fn delegated_claims_become_a_user_principal() {
-        let p = check(with(
-            base(),
-            "scp",
-            json!("Presence.Read  Presence.ReadWrite "),
-        ))
-        .unwrap();
+        let p = check(with(base(), "scp", json!("Presence.Read  Presence.ReadWrite "))).unwrap();
         assert_eq!(p.tenant, "tenant-1");
         assert_eq!(p.user.as_deref(), Some("user-1"));
         assert_eq!(p.scopes, ["Presence.Read", "Presence.ReadWrite"]);
@@ -221,11 +211,7 @@ mod tests {
 
     #[test]
     fn application_claims_ignore_oid() {
-        let v = with(
-            without(base(), "scp"),
-            "roles",
-            json!(["Presence.Read.All"]),
-        );
+        let v = with(without(base(), "scp"), "roles", json!(["Presence.Read.All"]));
         let p = check(with(v, "oid", json!("service-principal"))).unwrap();
         assert_eq!(p.user, None);
         assert_eq!(p.roles, ["Presence.Read.All"]);
@@ -251,51 +237,28 @@ mod tests {
     #[test]
     fn guids_are_lower_cased() {
         let v = with(base(), "tid", json!("72F988BF-86F1-41AF-91AB-2D7CD011DB47"));
-        let p = check(with(
-            v,
-            "oid",
-            json!("FA8BF3DC-ECA7-46B7-BAD1-DB199B62AFC3"),
-        ))
-        .unwrap();
+        let p = check(with(v, "oid", json!("FA8BF3DC-ECA7-46B7-BAD1-DB199B62AFC3"))).unwrap();
         assert_eq!(p.tenant, "72f988bf-86f1-41af-91ab-2d7cd011db47");
-        assert_eq!(
-            p.user.as_deref(),
-            Some("fa8bf3dc-eca7-46b7-bad1-db199b62afc3")
-        );
+        assert_eq!(p.user.as_deref(), Some("fa8bf3dc-eca7-46b7-bad1-db199b62afc3"));
     }
 
     #[test]
     fn time_window_with_leeway() {
         // `exp` is exclusive, and the 60 s leeway extends it.
         assert!(check(with(base(), "exp", json!(NOW - 59))).is_ok());
-        assert_eq!(
-            check(with(base(), "exp", json!(NOW - 60))),
-            Err(AuthError::Expired)
-        );
-        assert_eq!(
-            check(with(base(), "exp", json!(NOW - 86_400))),
-            Err(AuthError::Expired)
-        );
+        assert_eq!(check(with(base(), "exp", json!(NOW - 60))), Err(AuthError::Expired));
+        assert_eq!(check(with(base(), "exp", json!(NOW - 86_400))), Err(AuthError::Expired));
         assert!(check(with(base(), "exp", json!(NOW as f64 + 0.5))).is_ok());
         assert!(check(with(base(), "exp", json!(u64::MAX))).is_ok());
-        assert_eq!(
-            check(with(base(), "exp", json!(i64::MIN))),
-            Err(AuthError::Expired)
-        );
+        assert_eq!(check(with(base(), "exp", json!(i64::MIN))), Err(AuthError::Expired));
         assert!(check(with(base(), "nbf", json!(NOW + 60))).is_ok());
-        assert_eq!(
-            check(with(base(), "nbf", json!(NOW + 61))),
-            Err(AuthError::NotYetValid)
-        );
+        assert_eq!(check(with(base(), "nbf", json!(NOW + 61))), Err(AuthError::NotYetValid));
         assert!(check(with(base(), "nbf", json!(NOW - 10))).is_ok());
     }
 
     #[test]
     fn missing_or_mistyped_claims() {
-        assert_eq!(
-            check(without(base(), "exp")),
-            Err(AuthError::MissingClaim("exp"))
-        );
+        assert_eq!(check(without(base(), "exp")), Err(AuthError::MissingClaim("exp")));
         assert_eq!(
             check(with(base(), "exp", json!("soon"))),
             Err(AuthError::InvalidClaim("exp"))
@@ -304,18 +267,12 @@ mod tests {
             check(with(base(), "nbf", json!(null))),
             Err(AuthError::InvalidClaim("nbf"))
         );
-        assert_eq!(
-            check(without(base(), "iss")),
-            Err(AuthError::MissingClaim("iss"))
-        );
+        assert_eq!(check(without(base(), "iss")), Err(AuthError::MissingClaim("iss")));
         assert_eq!(
             check(with(base(), "iss", json!(["https://issuer"]))),
             Err(AuthError::InvalidClaim("iss"))
         );
-        assert_eq!(
-            check(without(base(), "aud")),
-            Err(AuthError::MissingClaim("aud"))
-        );
+        assert_eq!(check(without(base(), "aud")), Err(AuthError::MissingClaim("aud")));
         assert_eq!(
             check(with(base(), "aud", json!(7))),
             Err(AuthError::InvalidClaim("aud"))
@@ -324,10 +281,7 @@ mod tests {
             check(with(base(), "aud", json!(["api://presence", 7]))),
             Err(AuthError::InvalidClaim("aud"))
         );
-        assert_eq!(
-            check(without(base(), "tid")),
-            Err(AuthError::MissingClaim("tid"))
-        );
+        assert_eq!(check(without(base(), "tid")), Err(AuthError::MissingClaim("tid")));
         assert_eq!(
             check(with(base(), "tid", json!(42))),
             Err(AuthError::InvalidClaim("tid"))
@@ -344,10 +298,7 @@ mod tests {
             check(with(base(), "tid", json!("t".repeat(129)))),
             Err(AuthError::InvalidClaim("tid"))
         );
-        assert_eq!(
-            check(without(base(), "oid")),
-            Err(AuthError::DelegatedWithoutUser)
-        );
+        assert_eq!(check(without(base(), "oid")), Err(AuthError::DelegatedWithoutUser));
         assert_eq!(
             check(with(base(), "oid", json!("x y"))),
             Err(AuthError::InvalidClaim("oid"))
@@ -378,10 +329,7 @@ mod tests {
             check(with(base(), "aud", json!("API://PRESENCE"))),
             Err(AuthError::WrongAudience)
         );
-        assert_eq!(
-            check(with(base(), "aud", json!([]))),
-            Err(AuthError::WrongAudience)
-        );
+        assert_eq!(check(with(base(), "aud", json!([]))), Err(AuthError::WrongAudience));
         assert_eq!(
             check(with(base(), "aud", json!(["other"]))),
             Err(AuthError::WrongAudience)

@@ -57,21 +57,16 @@ impl JwkSetKeys {
             origin: origin.to_owned(),
             reason,
         };
-        let doc: Value =
-            serde_json::from_str(json).map_err(|e| invalid(format!("not valid JSON ({e})")))?;
+        let doc: Value = serde_json::from_str(json).map_err(|e| invalid(format!("not valid JSON ({e})")))?;
         let Some(Value::Array(entries)) = doc.get("keys") else {
-            return Err(invalid(
-                "expected an object with a \"keys\" array".to_owned(),
-            ));
+            return Err(invalid("expected an object with a \"keys\" array".to_owned()));
         };
         let mut keys: Vec<VerificationKey> = Vec::new();
         for (index, entry) in entries.iter().enumerate() {
             let Value::Object(jwk) = entry else {
                 return Err(invalid(format!("key #{index} is not an object")));
             };
-            let Some(key) =
-                parse_key(jwk).map_err(|reason| invalid(format!("key #{index}: {reason}")))?
-            else {
+            let Some(key) = parse_key(jwk).map_err(|reason| invalid(format!("key #{index}: {reason}")))? else {
                 continue;
             };
             // Two usable keys under one kid would make the choice depend on file order.
@@ -105,16 +100,9 @@ impl JwkSetKeys {
     /// With a `kid` only that key is considered, and it must be bound to `alg`. Without one, the
     /// token is accepted only if exactly one key fits `alg`; guessing among several would let the
     /// token choose.
-    pub(crate) fn select(
-        &self,
-        alg: Algorithm,
-        kid: Option<&str>,
-    ) -> Result<&DecodingKey, AuthError> {
+    pub(crate) fn select(&self, alg: Algorithm, kid: Option<&str>) -> Result<&DecodingKey, AuthError> {
         let chosen = match kid {
-            Some(kid) => self
-                .keys
-                .iter()
-                .find(|k| k.kid.as_deref() == Some(kid) && k.alg == alg),
+            Some(kid) => self.keys.iter().find(|k| k.kid.as_deref() == Some(kid) && k.alg == alg),
             None => {
                 let mut fitting = self.keys.iter().filter(|k| k.alg == alg);
                 match (fitting.next(), fitting.next()) {
@@ -163,9 +151,7 @@ fn parse_key(jwk: &Map<String, Value>) -> Result<Option<VerificationKey>, String
         return Ok(None);
     }
     if let Some(ops) = jwk.get("key_ops") {
-        let verifies = ops
-            .as_array()
-            .is_some_and(|ops| ops.iter().any(|op| op == "verify"));
+        let verifies = ops.as_array().is_some_and(|ops| ops.iter().any(|op| op == "verify"));
         if !verifies {
             return Ok(None);
         }
@@ -308,16 +294,7 @@ mod tests {
         p384["crv"] = json!("P-384");
         let oct = json!({"kty": "oct", "k": "c2VjcmV0", "kid": "hmac"});
         let okp = json!({"kty": "OKP", "crv": "Ed25519", "x": "AAAA", "kid": "ed"});
-        let set = jwks(vec![
-            enc,
-            pss,
-            wrap_only,
-            p384,
-            oct,
-            okp,
-            ec_key().jwk("e1"),
-        ])
-        .unwrap();
+        let set = jwks(vec![enc, pss, wrap_only, p384, oct, okp, ec_key().jwk("e1")]).unwrap();
         assert_eq!(set.len(), 1);
         assert_eq!(
             set.select(Algorithm::RS256, Some("enc")).err(),
@@ -376,10 +353,7 @@ mod tests {
         std::fs::write(&path, json!({"keys": [rsa_key().jwk("r1")]}).to_string()).unwrap();
         assert_eq!(load_jwks_file(&path).unwrap().len(), 1);
         let missing = dir.path().join("missing.json");
-        assert!(matches!(
-            load_jwks_file(&missing),
-            Err(AuthSetupError::Io { .. })
-        ));
+        assert!(matches!(load_jwks_file(&missing), Err(AuthSetupError::Io { .. })));
         std::fs::write(&path, " ".repeat(MAX_JWKS_BYTES as usize + 1)).unwrap();
         assert!(reason(load_jwks_file(&path)).contains("1 MiB"));
     }

@@ -63,9 +63,7 @@ pub(crate) fn parse(token: &str) -> Result<CompactJws<'_>, AuthError> {
 
 /// Decodes one base64url part (no padding, canonical trailing bits) into a JSON object.
 pub(crate) fn decode_json_object(part_b64: &str) -> Result<Map<String, Value>, AuthError> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(part_b64)
-        .map_err(|_| AuthError::Malformed)?;
+    let bytes = URL_SAFE_NO_PAD.decode(part_b64).map_err(|_| AuthError::Malformed)?;
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(map)) => Ok(map),
         _ => Err(AuthError::Malformed),
@@ -156,10 +154,7 @@ mod tests {
     fn rejects_oversized_tokens() {
         let h = b64(r#"{"alg":"HS256"}"#);
         let fill = "A".repeat(MAX_TOKEN_BYTES);
-        assert_eq!(
-            parse(&format!("{h}.{fill}.s")).err(),
-            Some(AuthError::Malformed)
-        );
+        assert_eq!(parse(&format!("{h}.{fill}.s")).err(), Some(AuthError::Malformed));
     }
 
     #[test]

@@ -64,18 +64,10 @@ pub fn mint_hs256(secret: &[u8], req: &MintRequest) -> Result<String, AuthSetupE
     if normalize_id(&req.tenant).is_none() {
         return invalid("the tenant id must be 1 to 128 characters of letters, digits and . _ @ -");
     }
-    if req
-        .user
-        .as_deref()
-        .is_some_and(|u| normalize_id(u).is_none())
-    {
+    if req.user.as_deref().is_some_and(|u| normalize_id(u).is_none()) {
         return invalid("the user id must be 1 to 128 characters of letters, digits and . _ @ -");
     }
-    if req
-        .app
-        .as_deref()
-        .is_some_and(|a| normalize_id(a).is_none())
-    {
+    if req.app.as_deref().is_some_and(|a| normalize_id(a).is_none()) {
         return invalid("the app id must be 1 to 128 characters of letters, digits and . _ @ -");
     }
     // A permission name with whitespace would split into several scopes once space-joined.
@@ -84,9 +76,7 @@ pub fn mint_hs256(secret: &[u8], req: &MintRequest) -> Result<String, AuthSetupE
         return invalid("permission names must be non-empty and contain no whitespace");
     }
     match (req.user.is_some(), req.scopes.is_empty()) {
-        (true, true) => {
-            return invalid("a user token needs at least one scope (delegated permission)")
-        }
+        (true, true) => return invalid("a user token needs at least one scope (delegated permission)"),
         (false, false) => return invalid("scopes (delegated permissions) need a user"),
         _ => {}
     }
@@ -190,10 +180,7 @@ mod tests {
             assert!(claims.get(absent).is_none(), "{absent}");
         }
         // No permissions at all is allowed (useful to exercise 403s); the claim is then omitted.
-        let bare = MintRequest {
-            roles: vec![],
-            ..req
-        };
+        let bare = MintRequest { roles: vec![], ..req };
         let (_, claims) = parts(&mint_hs256(SECRET, &bare).unwrap());
         assert!(claims.get("roles").is_none());
     }

@@ -19,11 +19,15 @@ const READ: &str = "Presence.Read";
 const READ_ALL: &str = "Presence.Read.All";
 const READ_WRITE: &str = "Presence.ReadWrite";
 const READ_WRITE_ALL: &str = "Presence.ReadWrite.All";
+const DELEGATED_READERS: &str = "Presence.Read, Presence.ReadWrite or Presence.Read.All";
+const APP_READERS: &str = "Presence.Read.All or Presence.ReadWrite.All";
+const DELEGATED: &str = "delegated";
+const APPLICATION: &str = "application";
 
 /// What the caller wants to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
-    /// GET one user's presence (`/me/presence`, `/users/{id}/presence`, `/communications/presences/{id}`).
+    /// GET one user's presence (`/me`, `/users/{id}`, `/communications/presences/{id}`).
     ReadPresence,
     /// POST `/communications/getPresencesByUserId`.
     ReadPresenceBulk,
@@ -65,67 +69,56 @@ impl Principal {
     /// Whether this caller may create or renew a presence subscription. `allow_app_tokens` is the
     /// operator's switch for app-only subscriptions, which Graph itself does not offer.
     pub fn can_subscribe(&self, allow_app_tokens: bool) -> Result<(), Denied> {
+        const DOING: &str = "subscribing to presence";
         if self.is_delegated() {
-            return require(self.has_scope(READ_ALL), || {
-                format!("subscribing to presence requires the delegated permission {READ_ALL}")
-            });
+            return check(self.has_scope(READ_ALL), DOING, DELEGATED, READ_ALL);
         }
         if !allow_app_tokens {
             return Err(Denied::NeedsUser);
         }
-        require(
-            self.has_role(READ_ALL) || self.has_role(READ_WRITE_ALL),
-            || {
-                format!(
-                "subscribing to presence requires the application permission {READ_ALL} or {READ_WRITE_ALL}"
-            )
-            },
-        )
+        check(self.is_app_reader(), DOING, APPLICATION, APP_READERS)
     }
 
     fn delegated_can(&self, action: Action, target_user: Option<&str>) -> Result<(), Denied> {
         match action {
             Action::ReadPresence => {
-                if self.has_scope(READ_ALL) {
-                    return Ok(());
-                }
                 let own_only = self.has_scope(READ) || self.has_scope(READ_WRITE);
-                if own_only && self.is_own(target_user) {
-                    return Ok(());
+                if own_only && !self.is_own(target_user) {
+                    let doing = "reading another user's presence";
+                    return check(self.has_scope(READ_ALL), doing, DELEGATED, READ_ALL);
                 }
-                Err(Denied::Forbidden(if own_only {
-                    format!("reading another user's presence requires the delegated permission {READ_ALL}")
-                } else {
-                    format!("reading presence requires the delegated permission {READ}, {READ_WRITE} or {READ_ALL}")
-                }))
+                let granted = own_only || self.has_scope(READ_ALL);
+                check(granted, "reading presence", DELEGATED, DELEGATED_READERS)
             }
-            Action::ReadPresenceBulk => require(self.has_scope(READ_ALL), || {
-                format!("reading presence of several users requires the delegated permission {READ_ALL}")
-            }),
-            Action::WritePresence => require(self.has_scope(READ_WRITE), || {
-                format!("changing presence requires the delegated permission {READ_WRITE}")
-            }),
+            Action::ReadPresenceBulk => {
+                let doing = "reading presence of several users";
+                check(self.has_scope(READ_ALL), doing, DELEGATED, READ_ALL)
+            }
+            Action::WritePresence => check(self.has_scope(READ_WRITE), "changing presence", DELEGATED, READ_WRITE),
             Action::Subscribe => self.can_subscribe(false),
         }
     }
 
     fn application_can(&self, action: Action, target_user: Option<&str>) -> Result<(), Denied> {
         // An application has no "own" presence: `/me` means nothing without a signed-in user.
-        if target_user.is_none() && matches!(action, Action::ReadPresence | Action::WritePresence) {
+        let per_user = matches!(action, Action::ReadPresence | Action::WritePresence);
+        if per_user && target_user.is_none() {
             return Err(Denied::NeedsUser);
         }
         match action {
-            Action::ReadPresence | Action::ReadPresenceBulk => require(
-                self.has_role(READ_ALL) || self.has_role(READ_WRITE_ALL),
-                || {
-                    format!("reading presence requires the application permission {READ_ALL} or {READ_WRITE_ALL}")
-                },
-            ),
-            Action::WritePresence => require(self.has_role(READ_WRITE_ALL), || {
-                format!("changing presence requires the application permission {READ_WRITE_ALL}")
-            }),
+            Action::ReadPresence | Action::ReadPresenceBulk => {
+                check(self.is_app_reader(), "reading presence", APPLICATION, APP_READERS)
+            }
+            Action::WritePresence => {
+                let granted = self.has_role(READ_WRITE_ALL);
+                check(granted, "changing presence", APPLICATION, READ_WRITE_ALL)
+            }
             Action::Subscribe => self.can_subscribe(false),
         }
+    }
+
+    fn is_app_reader(&self) -> bool {
+        self.has_role(READ_ALL) || self.has_role(READ_WRITE_ALL)
     }
 
     fn is_own(&self, target_user: Option<&str>) -> bool {
@@ -146,11 +139,14 @@ impl Principal {
     }
 }
 
-fn require(granted: bool, missing: impl FnOnce() -> String) -> Result<(), Denied> {
+/// `Ok` if granted, else `Forbidden` naming the permission(s) that would have allowed it.
+fn check(granted: bool, doing: &str, kind: &str, names: &str) -> Result<(), Denied> {
     if granted {
         Ok(())
     } else {
-        Err(Denied::Forbidden(missing()))
+        Err(Denied::Forbidden(format!(
+            "{doing} requires the {kind} permission {names}"
+        )))
     }
 }
 
@@ -194,10 +190,7 @@ mod tests {
             Ok(()) => Allow,
             Err(Denied::NeedsUser) => NeedsUser,
             Err(Denied::Forbidden(msg)) => {
-                assert!(
-                    msg.contains("Presence."),
-                    "message must name a permission: {msg}"
-                );
+                assert!(msg.contains("Presence."), "message must name a permission: {msg}");
                 Forbidden
             }
         }
@@ -273,10 +266,7 @@ mod tests {
         for (role, action, wants) in table {
             for (target, want) in TARGETS.iter().zip(wants) {
                 let got = outcome(application(&[role]).can(*action, *target));
-                assert_eq!(
-                    got, *want,
-                    "application {role} {action:?} target {target:?}"
-                );
+                assert_eq!(got, *want, "application {role} {action:?} target {target:?}");
                 let got = outcome(application(&[&role.to_lowercase()]).can(*action, *target));
                 assert_eq!(
                     got,
@@ -299,8 +289,7 @@ mod tests {
             for target in TARGETS {
                 // A delegated principal needs a scope to be delegated at all, so "none" is an app.
                 let want = match (action, target) {
-                    (Action::ReadPresence | Action::WritePresence, None)
-                    | (Action::Subscribe, _) => NeedsUser,
+                    (Action::ReadPresence | Action::WritePresence, None) | (Action::Subscribe, _) => NeedsUser,
                     _ => Forbidden,
                 };
                 assert_eq!(
@@ -343,10 +332,7 @@ mod tests {
         // The switch never changes delegated outcomes.
         for allow in [false, true] {
             assert_eq!(outcome(delegated(&[READ_ALL]).can_subscribe(allow)), Allow);
-            assert_eq!(
-                outcome(delegated(&[READ_WRITE]).can_subscribe(allow)),
-                Forbidden
-            );
+            assert_eq!(outcome(delegated(&[READ_WRITE]).can_subscribe(allow)), Forbidden);
         }
     }
 
@@ -362,14 +348,11 @@ mod tests {
 
     #[test]
     fn forbidden_messages_name_the_missing_permission() {
-        let Err(Denied::Forbidden(msg)) = delegated(&[READ]).can(Action::ReadPresence, Some(OTHER))
-        else {
+        let Err(Denied::Forbidden(msg)) = delegated(&[READ]).can(Action::ReadPresence, Some(OTHER)) else {
             panic!("expected Forbidden");
         };
         assert!(msg.contains(READ_ALL), "{msg}");
-        let Err(Denied::Forbidden(msg)) =
-            application(&[READ_ALL]).can(Action::WritePresence, Some(OTHER))
-        else {
+        let Err(Denied::Forbidden(msg)) = application(&[READ_ALL]).can(Action::WritePresence, Some(OTHER)) else {
             panic!("expected Forbidden");
         };
         assert!(msg.contains(READ_WRITE_ALL), "{msg}");

@@ -47,9 +47,7 @@ pub fn load_or_create_secret(data_dir: &Path) -> Result<Vec<u8>, AuthSetupError>
 }
 
 fn read_existing(file: File, path: &Path) -> Result<Vec<u8>, AuthSetupError> {
-    let meta = file
-        .metadata()
-        .map_err(io_error("inspect the JWT secret file", path))?;
+    let meta = file.metadata().map_err(io_error("inspect the JWT secret file", path))?;
     if !meta.is_file() {
         return Err(corrupt(path, "not a regular file"));
     }
@@ -73,9 +71,7 @@ fn read_existing(file: File, path: &Path) -> Result<Vec<u8>, AuthSetupError> {
     if text.is_empty() {
         return Err(corrupt(path, "empty"));
     }
-    let secret = STANDARD
-        .decode(text)
-        .map_err(|_| corrupt(path, "not base64 text"))?;
+    let secret = STANDARD.decode(text).map_err(|_| corrupt(path, "not base64 text"))?;
     if secret.len() < MIN_HS256_SECRET_BYTES {
         return Err(corrupt(path, "the decoded secret is shorter than 32 bytes"));
     }
@@ -113,11 +109,7 @@ fn create_new(data_dir: &Path, path: &Path) -> Result<Vec<u8>, AuthSetupError> {
 fn write_private(path: &Path, secret: &[u8]) -> io::Result<()> {
     // Mode at creation (not a later chmod), so the file is never readable by others, even briefly.
     // The umask can only remove bits, never add group/other access.
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
+    let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
     let mut line = STANDARD.encode(secret);
     line.push('\n');
     file.write_all(line.as_bytes())?;
@@ -136,11 +128,7 @@ fn hex(bytes: &[u8]) -> String {
 
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> AuthSetupError {
     let path: PathBuf = path.to_owned();
-    move |source| AuthSetupError::Io {
-        action,
-        path,
-        source,
-    }
+    move |source| AuthSetupError::Io { action, path, source }
 }
 
 fn corrupt(path: &Path, reason: &'static str) -> AuthSetupError {
@@ -176,16 +164,10 @@ mod tests {
         assert_eq!(STANDARD.decode(on_disk.trim()).unwrap(), first);
         assert_eq!(load_or_create_secret(&data).unwrap(), first);
         // Only the secret remains: the staging file is gone.
-        let names: Vec<_> = fs::read_dir(&data)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let names: Vec<_> = fs::read_dir(&data).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, [SECRET_FILE_NAME]);
         // A second data directory gets a different secret.
-        assert_ne!(
-            load_or_create_secret(&dir.path().join("other")).unwrap(),
-            first
-        );
+        assert_ne!(load_or_create_secret(&dir.path().join("other")).unwrap(), first);
     }
 
     #[test]
@@ -193,11 +175,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(SECRET_FILE_NAME);
         let secret = [7u8; 48];
-        write_with_mode(
-            &path,
-            format!("  {}\n\n", STANDARD.encode(secret)).as_bytes(),
-            0o400,
-        );
+        write_with_mode(&path, format!("  {}\n\n", STANDARD.encode(secret)).as_bytes(), 0o400);
         assert_eq!(load_or_create_secret(dir.path()).unwrap(), secret);
     }
 
@@ -240,23 +218,32 @@ mod tests {
                 }
                 other => panic!("{why}: expected SecretCorrupt, got {other:?}"),
             }
-            assert_eq!(
-                fs::read(&path).unwrap(),
-                content,
-                "{why}: file was modified"
-            );
+            assert_eq!(fs::read(&path).unwrap(), content, "{why}: file was modified");
         }
+    }
+
+    #[test]
+    fn losing_the_creation_race_adopts_the_winners_secret() {
+        // Another process links its secret in between our failed open and our link: ours must
+        // not replace it, and the winner's bytes are returned.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(SECRET_FILE_NAME);
+        let winner = [9u8; 32];
+        write_with_mode(&path, STANDARD.encode(winner).as_bytes(), 0o600);
+        assert_eq!(create_new(dir.path(), &path).unwrap(), winner);
+        assert_eq!(fs::read_to_string(&path).unwrap(), STANDARD.encode(winner));
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [SECRET_FILE_NAME]);
     }
 
     #[test]
     fn refuses_a_directory_in_place_of_the_file() {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir(dir.path().join(SECRET_FILE_NAME)).unwrap();
-        fs::set_permissions(
-            dir.path().join(SECRET_FILE_NAME),
-            fs::Permissions::from_mode(0o700),
-        )
-        .unwrap();
+        fs::set_permissions(dir.path().join(SECRET_FILE_NAME), fs::Permissions::from_mode(0o700)).unwrap();
         assert!(matches!(
             load_or_create_secret(dir.path()),
             Err(AuthSetupError::SecretCorrupt {

@@ -64,8 +64,7 @@ fn generate_rsa() -> TestKey {
     let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
     let pkcs8 = pair.as_der().unwrap();
     // jsonwebtoken's RSA signer wants PKCS#1; its PEM reader unwraps PKCS#8 into that for us.
-    let encoding =
-        EncodingKey::from_rsa_pem(pem("PRIVATE KEY", pkcs8.as_ref()).as_bytes()).unwrap();
+    let encoding = EncodingKey::from_rsa_pem(pem("PRIVATE KEY", pkcs8.as_ref()).as_bytes()).unwrap();
     let public_der = pair.public_key().as_der().unwrap().as_ref().to_vec();
     finish(Algorithm::RS256, encoding, public_der)
 }
@@ -98,10 +97,7 @@ fn pem(label: &str, der: &[u8]) -> String {
         .chunks(64)
         .map(|c| std::str::from_utf8(c).unwrap())
         .collect();
-    format!(
-        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
-        lines.join("\n")
-    )
+    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
 }
 
 pub(crate) fn b64(bytes: impl AsRef<[u8]>) -> String {
@@ -110,11 +106,7 @@ pub(crate) fn b64(bytes: impl AsRef<[u8]>) -> String {
 
 /// Builds `header.payload.` and signs it with HMAC-SHA256 over arbitrary key bytes, whatever the
 /// header claims: the tool for algorithm-confusion and tampering tests.
-pub(crate) fn hand_token(
-    header: &Value,
-    claims: &Value,
-    sign: impl FnOnce(&[u8]) -> Vec<u8>,
-) -> String {
+pub(crate) fn hand_token(header: &Value, claims: &Value, sign: impl FnOnce(&[u8]) -> Vec<u8>) -> String {
     let input = format!("{}.{}", b64(header.to_string()), b64(claims.to_string()));
     let signature = sign(input.as_bytes());
     format!("{input}.{}", b64(signature))

@@ -52,10 +52,7 @@ impl Default for AuthConfig {
 impl fmt::Debug for AuthConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuthConfig")
-            .field(
-                "hs256_secret",
-                &self.hs256_secret.as_ref().map(|_| "[redacted]"),
-            )
+            .field("hs256_secret", &self.hs256_secret.as_ref().map(|_| "[redacted]"))
             .field("jwks", &self.jwks)
             .field("audiences", &self.audiences)
             .field("issuers", &self.issuers)
@@ -99,16 +96,8 @@ impl Verifier {
             }
         }
         // An empty entry would only match an empty claim; treat it as the mistake it is.
-        let audiences: Vec<String> = config
-            .audiences
-            .into_iter()
-            .filter(|a| !a.is_empty())
-            .collect();
-        let issuers: Vec<String> = config
-            .issuers
-            .into_iter()
-            .filter(|i| !i.is_empty())
-            .collect();
+        let audiences: Vec<String> = config.audiences.into_iter().filter(|a| !a.is_empty()).collect();
+        let issuers: Vec<String> = config.issuers.into_iter().filter(|i| !i.is_empty()).collect();
         if audiences.is_empty() {
             return Err(AuthSetupError::NoAudience);
         }
@@ -126,11 +115,7 @@ impl Verifier {
 
     /// Authenticates a request. `authorization_header` is the raw `Authorization` value (if any);
     /// `now_unix` is the current time in seconds since the Unix epoch, supplied by the caller.
-    pub fn verify(
-        &self,
-        authorization_header: Option<&str>,
-        now_unix: i64,
-    ) -> Result<Principal, AuthError> {
+    pub fn verify(&self, authorization_header: Option<&str>, now_unix: i64) -> Result<Principal, AuthError> {
         let token = bearer_token(authorization_header)?;
         let jws = jws::parse(token)?;
         let alg = accepted_algorithm(&jws.header.alg)?;
@@ -142,12 +127,7 @@ impl Verifier {
         if jws.signature_b64.is_empty() {
             return Err(AuthError::BadSignature);
         }
-        match jsonwebtoken::crypto::verify(
-            jws.signature_b64,
-            jws.signing_input.as_bytes(),
-            key,
-            alg,
-        ) {
+        match jsonwebtoken::crypto::verify(jws.signature_b64, jws.signing_input.as_bytes(), key, alg) {
             Ok(true) => {}
             // An undecodable signature is as bad as a wrong one; the caller needs no finer detail.
             Ok(false) | Err(_) => return Err(AuthError::BadSignature),
@@ -192,9 +172,7 @@ fn accepted_algorithm(alg: &str) -> Result<Algorithm, AuthError> {
 mod tests {
     use super::*;
     use crate::auth::mint::{mint_hs256, MintRequest};
-    use crate::auth::test_support::{
-        b64, ec_key, hand_token, hmac, rsa_key, second_ec_key, second_rsa_key, TestKey,
-    };
+    use crate::auth::test_support::{b64, ec_key, hand_token, hmac, rsa_key, second_ec_key, second_rsa_key, TestKey};
     use aws_lc_rs::hmac::{HMAC_SHA256, HMAC_SHA384};
     use serde_json::{json, Value};
 
@@ -312,10 +290,7 @@ mod tests {
         for alg in ["none", "None", "NONE", "nOnE"] {
             let header = b64(json!({"alg": alg, "typ": "JWT"}).to_string());
             let payload = b64(claims().to_string());
-            for token in [
-                format!("{header}.{payload}."),
-                format!("{header}.{payload}.c2ln"),
-            ] {
+            for token in [format!("{header}.{payload}."), format!("{header}.{payload}.c2ln")] {
                 assert_eq!(
                     verify_with(&verifier(), &token),
                     Err(AuthError::UnsupportedAlgorithm),
@@ -325,31 +300,15 @@ mod tests {
         }
         // Even against a verifier with JWKS keys only.
         let v = jwks_verifier(vec![rsa_key().jwk("r1")], false);
-        let token = format!(
-            "{}.{}.",
-            b64(r#"{"alg":"none"}"#),
-            b64(claims().to_string())
-        );
-        assert_eq!(
-            verify_with(&v, &token),
-            Err(AuthError::UnsupportedAlgorithm)
-        );
+        let token = format!("{}.{}.", b64(r#"{"alg":"none"}"#), b64(claims().to_string()));
+        assert_eq!(verify_with(&v, &token), Err(AuthError::UnsupportedAlgorithm));
     }
 
     #[test]
     fn other_algorithms_are_refused_even_when_correctly_signed() {
-        let hs384 = hand_token(
-            &json!({"alg": "HS384"}),
-            &claims(),
-            hmac(HMAC_SHA384, SECRET),
-        );
-        assert_eq!(
-            verify_with(&verifier(), &hs384),
-            Err(AuthError::UnsupportedAlgorithm)
-        );
-        for alg in [
-            "HS512", "RS384", "PS256", "ES384", "EdDSA", "hs256", "HS256 ", "",
-        ] {
+        let hs384 = hand_token(&json!({"alg": "HS384"}), &claims(), hmac(HMAC_SHA384, SECRET));
+        assert_eq!(verify_with(&verifier(), &hs384), Err(AuthError::UnsupportedAlgorithm));
+        for alg in ["HS512", "RS384", "PS256", "ES384", "EdDSA", "hs256", "HS256 ", ""] {
             let token = hand_token(&json!({ "alg": alg }), &claims(), hmac(HMAC_SHA256, SECRET));
             assert_eq!(
                 verify_with(&verifier(), &token),
@@ -372,10 +331,7 @@ mod tests {
     fn rs256_and_es256_are_refused_without_a_jwks() {
         for key in [rsa_key(), ec_key()] {
             let token = key.sign(&claims(), Some("k"));
-            assert_eq!(
-                verify_with(&verifier(), &token),
-                Err(AuthError::UnsupportedAlgorithm)
-            );
+            assert_eq!(verify_with(&verifier(), &token), Err(AuthError::UnsupportedAlgorithm));
         }
     }
 
@@ -386,37 +342,22 @@ mod tests {
         let mut evil = claims();
         evil["scp"] = json!("Presence.Read.All Presence.ReadWrite");
         let forged = format!("{}.{}.{}", parts[0], b64(evil.to_string()), parts[2]);
-        assert_eq!(
-            verify_with(&verifier(), &forged),
-            Err(AuthError::BadSignature)
-        );
+        assert_eq!(verify_with(&verifier(), &forged), Err(AuthError::BadSignature));
         // Swapping the header for another algorithm's breaks the signature too.
         let header = b64(json!({"alg": "HS256", "typ": "JWT", "kid": "x"}).to_string());
         let reheaded = format!("{header}.{}.{}", parts[1], parts[2]);
-        assert_eq!(
-            verify_with(&verifier(), &reheaded),
-            Err(AuthError::BadSignature)
-        );
+        assert_eq!(verify_with(&verifier(), &reheaded), Err(AuthError::BadSignature));
         // A damaged signature.
         let truncated = &token[..token.len() - 2];
-        assert_eq!(
-            verify_with(&verifier(), truncated),
-            Err(AuthError::BadSignature)
-        );
+        assert_eq!(verify_with(&verifier(), truncated), Err(AuthError::BadSignature));
         let unsigned = format!("{}.{}.", parts[0], parts[1]);
-        assert_eq!(
-            verify_with(&verifier(), &unsigned),
-            Err(AuthError::BadSignature)
-        );
+        assert_eq!(verify_with(&verifier(), &unsigned), Err(AuthError::BadSignature));
     }
 
     #[test]
     fn wrong_secret_fails_the_signature() {
         let token = mint_hs256(b"another-secret-that-is-32-bytes!", &request()).unwrap();
-        assert_eq!(
-            verify_with(&verifier(), &token),
-            Err(AuthError::BadSignature)
-        );
+        assert_eq!(verify_with(&verifier(), &token), Err(AuthError::BadSignature));
     }
 
     #[test]
@@ -431,27 +372,15 @@ mod tests {
         )
         .unwrap();
         assert!(v.verify(Some(&bearer(&token)), NOW + 600 + 59).is_ok());
-        assert_eq!(
-            v.verify(Some(&bearer(&token)), NOW + 600 + 60),
-            Err(AuthError::Expired)
-        );
-        assert_eq!(
-            v.verify(Some(&bearer(&token)), NOW + 86_400),
-            Err(AuthError::Expired)
-        );
+        assert_eq!(v.verify(Some(&bearer(&token)), NOW + 600 + 60), Err(AuthError::Expired));
+        assert_eq!(v.verify(Some(&bearer(&token)), NOW + 86_400), Err(AuthError::Expired));
         // nbf = NOW: a caller whose clock is ahead of ours by more than the leeway is refused.
         assert!(v.verify(Some(&bearer(&token)), NOW - 60).is_ok());
-        assert_eq!(
-            v.verify(Some(&bearer(&token)), NOW - 61),
-            Err(AuthError::NotYetValid)
-        );
+        assert_eq!(v.verify(Some(&bearer(&token)), NOW - 61), Err(AuthError::NotYetValid));
         let mut future = claims();
         future["nbf"] = json!(NOW + 3600);
         future["exp"] = json!(NOW + 7200);
-        assert_eq!(
-            verify_with(&v, &hs256_token(&future)),
-            Err(AuthError::NotYetValid)
-        );
+        assert_eq!(verify_with(&v, &hs256_token(&future)), Err(AuthError::NotYetValid));
     }
 
     #[test]
@@ -545,10 +474,7 @@ mod tests {
         let v = verifier();
         assert_eq!(v.verify(None, NOW), Err(AuthError::MissingHeader));
         assert_eq!(v.verify(Some(""), NOW), Err(AuthError::MissingHeader));
-        assert_eq!(
-            v.verify(Some("Basic dXNlcjpwYXNz"), NOW),
-            Err(AuthError::NotBearer)
-        );
+        assert_eq!(v.verify(Some("Basic dXNlcjpwYXNz"), NOW), Err(AuthError::NotBearer));
         assert_eq!(v.verify(Some("Basic xxx"), NOW), Err(AuthError::NotBearer));
         let token = mint_hs256(SECRET, &request()).unwrap();
         assert_eq!(v.verify(Some(&token), NOW), Err(AuthError::NotBearer));
@@ -561,11 +487,7 @@ mod tests {
             "Bearer ....",
             "Bearer 🦀.🦀.🦀",
         ] {
-            assert_eq!(
-                v.verify(Some(garbage), NOW),
-                Err(AuthError::Malformed),
-                "{garbage:?}"
-            );
+            assert_eq!(v.verify(Some(garbage), NOW), Err(AuthError::Malformed), "{garbage:?}");
         }
     }
 
@@ -573,10 +495,7 @@ mod tests {
     fn oversized_tokens_are_malformed_before_any_crypto() {
         let mut c = claims();
         c["padding"] = json!("x".repeat(9000));
-        assert_eq!(
-            verify_with(&verifier(), &hs256_token(&c)),
-            Err(AuthError::Malformed)
-        );
+        assert_eq!(verify_with(&verifier(), &hs256_token(&c)), Err(AuthError::Malformed));
     }
 
     #[test]
@@ -589,11 +508,7 @@ mod tests {
 
     fn check_jwks_roundtrip(key: &TestKey, other: &TestKey) {
         let v = jwks_verifier(
-            vec![
-                key.jwk("k1"),
-                ec_key().jwk("ec-extra"),
-                rsa_key().jwk("rsa-extra"),
-            ],
+            vec![key.jwk("k1"), ec_key().jwk("ec-extra"), rsa_key().jwk("rsa-extra")],
             false,
         );
         let p = verify_with(&v, &key.sign(&claims(), Some("k1"))).unwrap();
@@ -688,11 +603,7 @@ mod tests {
                         } else {
                             AuthError::UnsupportedAlgorithm
                         };
-                        assert_eq!(
-                            verify_with(&v, &forged),
-                            Err(want),
-                            "secret configured: {with_secret}"
-                        );
+                        assert_eq!(verify_with(&v, &forged), Err(want), "secret configured: {with_secret}");
                     }
                 }
             }
@@ -709,26 +620,17 @@ mod tests {
             hs256_secret: Some(vec![1; 31]),
             ..AuthConfig::default()
         };
-        assert!(matches!(
-            Verifier::new(short),
-            Err(AuthSetupError::SecretTooShort)
-        ));
+        assert!(matches!(Verifier::new(short), Err(AuthSetupError::SecretTooShort)));
         let no_aud = AuthConfig {
             audiences: vec![String::new()],
             ..config()
         };
-        assert!(matches!(
-            Verifier::new(no_aud),
-            Err(AuthSetupError::NoAudience)
-        ));
+        assert!(matches!(Verifier::new(no_aud), Err(AuthSetupError::NoAudience)));
         let no_iss = AuthConfig {
             issuers: vec![],
             ..config()
         };
-        assert!(matches!(
-            Verifier::new(no_iss),
-            Err(AuthSetupError::NoIssuer)
-        ));
+        assert!(matches!(Verifier::new(no_iss), Err(AuthSetupError::NoIssuer)));
     }
 
     #[test]
@@ -765,10 +667,7 @@ mod tests {
                 }
                 bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
                 let mutated = String::from_utf8(bytes).unwrap();
-                assert!(
-                    verify_with(&v, &mutated).is_err(),
-                    "mutation at {i} accepted"
-                );
+                assert!(verify_with(&v, &mutated).is_err(), "mutation at {i} accepted");
             }
         }
         // Deterministic pseudo-random junk.

@@ -127,8 +127,15 @@ impl SetStatusMessageBody {
         let dto = self
             .status_message
             .ok_or_else(|| ApiError::invalid_argument("[StatusMessage]: The StatusMessage field is required."))?;
-        let message = dto.message.unwrap_or(ItemBody { content: None, content_type: None });
-        if let Some(kind) = message.content_type.as_deref().filter(|k| !k.eq_ignore_ascii_case("text")) {
+        let message = dto.message.unwrap_or(ItemBody {
+            content: None,
+            content_type: None,
+        });
+        if let Some(kind) = message
+            .content_type
+            .as_deref()
+            .filter(|k| !k.eq_ignore_ascii_case("text"))
+        {
             return Err(ApiError::invalid_argument(format!(
                 "Only contentType 'text' is supported for status messages (got '{}').",
                 kind.chars().take(32).collect::<String>()
@@ -139,7 +146,9 @@ impl SetStatusMessageBody {
             return Ok(None);
         }
         let expiry = dto.expiry_date_time.map(expiry).transpose()?;
-        StatusMessageInput::new(content, expiry).map(Some).map_err(|e| ApiError::invalid_argument(e.to_string()))
+        StatusMessageInput::new(content, expiry)
+            .map(Some)
+            .map_err(|e| ApiError::invalid_argument(e.to_string()))
     }
 }
 
@@ -150,7 +159,11 @@ fn expiry(dto: DateTimeTimeZone) -> Result<MessageExpiry, ApiError> {
     let time_zone = dto.time_zone.unwrap_or_else(|| "UTC".to_owned());
     let at = resolve_date_time_zone(&date_time, &time_zone)
         .map_err(|e| ApiError::invalid_argument(format!("[ExpiryDateTime]: {e}")))?;
-    Ok(MessageExpiry { at, date_time, time_zone })
+    Ok(MessageExpiry {
+        at,
+        date_time,
+        time_zone,
+    })
 }
 
 impl SetOutOfOfficeBody {
@@ -158,7 +171,10 @@ impl SetOutOfOfficeBody {
         let dto = self.out_of_office_settings.ok_or_else(|| {
             ApiError::invalid_argument("[OutOfOfficeSettings]: The OutOfOfficeSettings field is required.")
         })?;
-        Ok(OutOfOfficeSettings { is_out_of_office: dto.is_out_of_office.unwrap_or(false), message: dto.message })
+        Ok(OutOfOfficeSettings {
+            is_out_of_office: dto.is_out_of_office.unwrap_or(false),
+            message: dto.message,
+        })
     }
 }
 
@@ -198,11 +214,14 @@ impl PresenceDto {
     /// `show_dates`: only the user themself sees when their message was published and expires.
     pub fn from_view(id: &UserId, view: PresenceView, show_dates: bool, odata_context: Option<String>) -> Self {
         let status_message = view.status_message.map(|m| StatusMessageOut {
-            message: ItemBody { content: Some(m.content), content_type: Some("text".into()) },
-            expiry_date_time: m
-                .expiry
-                .filter(|_| show_dates)
-                .map(|e| DateTimeTimeZone { date_time: Some(e.date_time), time_zone: Some(e.time_zone) }),
+            message: ItemBody {
+                content: Some(m.content),
+                content_type: Some("text".into()),
+            },
+            expiry_date_time: m.expiry.filter(|_| show_dates).map(|e| DateTimeTimeZone {
+                date_time: Some(e.date_time),
+                time_zone: Some(e.time_zone),
+            }),
             published_date_time: show_dates.then(|| m.published_at.to_string()),
         });
         PresenceDto {

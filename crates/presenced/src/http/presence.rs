@@ -2,7 +2,7 @@
 //! first (so every rejection is a Graph 400) and only then touching state.
 use super::body;
 use super::dto::{
-    self, ClearPresenceBody, GetPresencesBody, PresenceDto, SetOutOfOfficeBody, SetPresenceBody, SetPreferredBody,
+    self, ClearPresenceBody, GetPresencesBody, PresenceDto, SetOutOfOfficeBody, SetPreferredBody, SetPresenceBody,
     SetStatusMessageBody,
 };
 use super::error::ApiError;
@@ -62,7 +62,12 @@ fn service_error(e: ServiceError) -> ApiError {
 }
 
 fn context(version: ApiVersion, host: Option<&str>, user: &UserId) -> Option<String> {
-    host.map(|h| format!("http://{h}/{}/$metadata#users('{user}')/presence/$entity", version.as_str()))
+    host.map(|h| {
+        format!(
+            "http://{h}/{}/$metadata#users('{user}')/presence/$entity",
+            version.as_str()
+        )
+    })
 }
 
 /// Only a delegated caller reading their own presence sees their status message's dates.
@@ -78,8 +83,14 @@ pub async fn get(
     host: Option<&str>,
 ) -> Result<Response, ApiError> {
     let user = resolve(principal, target)?;
-    principal.can(Action::ReadPresence, Some(user.as_str())).map_err(denied)?;
-    let view = state.service.read(&key(principal, user.clone())?).await.map_err(store_error)?;
+    principal
+        .can(Action::ReadPresence, Some(user.as_str()))
+        .map_err(denied)?;
+    let view = state
+        .service
+        .read(&key(principal, user.clone())?)
+        .await
+        .map_err(store_error)?;
     let dto = PresenceDto::from_view(&user, view, is_self(principal, &user), context(version, host, &user));
     Ok(Json(dto).into_response())
 }
@@ -92,7 +103,9 @@ pub async fn get_many(
 ) -> Result<Response, ApiError> {
     principal.can(Action::ReadPresenceBulk, None).map_err(denied)?;
     let request: GetPresencesBody = body::required(body::json(headers, bytes)?)?;
-    let ids = request.ids.ok_or_else(|| ApiError::invalid_argument("[Ids]: The Ids field is required."))?;
+    let ids = request
+        .ids
+        .ok_or_else(|| ApiError::invalid_argument("[Ids]: The Ids field is required."))?;
     if ids.is_empty() || ids.len() > MAX_BULK_IDS {
         return Err(ApiError::invalid_argument(format!(
             "[Ids]: between 1 and {MAX_BULK_IDS} user ids are supported per request (got {}).",
@@ -109,7 +122,11 @@ pub async fn get_many(
     }
     let mut value = Vec::with_capacity(users.len());
     for user in users {
-        let view = state.service.read(&key(principal, user.clone())?).await.map_err(store_error)?;
+        let view = state
+            .service
+            .read(&key(principal, user.clone())?)
+            .await
+            .map_err(store_error)?;
         value.push(PresenceDto::from_view(&user, view, is_self(principal, &user), None));
     }
     Ok(Json(serde_json::json!({ "value": value })).into_response())
@@ -124,9 +141,15 @@ pub async fn action(
     bytes: &Bytes,
 ) -> Result<Response, ApiError> {
     let user = resolve(principal, target)?;
-    principal.can(Action::WritePresence, Some(user.as_str())).map_err(denied)?;
+    principal
+        .can(Action::WritePresence, Some(user.as_str()))
+        .map_err(denied)?;
     let command = command(state, action, headers, bytes)?;
-    state.service.execute(&key(principal, user)?, command).await.map_err(service_error)?;
+    state
+        .service
+        .execute(&key(principal, user)?, command)
+        .await
+        .map_err(service_error)?;
     Ok(StatusCode::OK.into_response())
 }
 
@@ -138,18 +161,27 @@ fn command(state: &AppState, action: PresenceAction, headers: &HeaderMap, bytes:
             let b: SetPresenceBody = body::required(body::json(headers, bytes)?)?;
             let session = dto::session_id(&b.session_id)?;
             let state = b.session_state()?;
-            let expiration = timing.session_expiration(dto::duration(&b.expiration_duration)?).map_err(range)?;
-            Command::SetPresence { session, state, expiration }
+            let expiration = timing
+                .session_expiration(dto::duration(&b.expiration_duration)?)
+                .map_err(range)?;
+            Command::SetPresence {
+                session,
+                state,
+                expiration,
+            }
         }
         PresenceAction::ClearPresence => {
             let b: ClearPresenceBody = body::required(body::json(headers, bytes)?)?;
-            Command::ClearPresence { session: dto::session_id(&b.session_id)? }
+            Command::ClearPresence {
+                session: dto::session_id(&b.session_id)?,
+            }
         }
         PresenceAction::SetUserPreferredPresence => {
             let b: SetPreferredBody = body::required(body::json(headers, bytes)?)?;
             let state = b.preferred_state()?;
-            let expiration =
-                timing.preferred_expiration(state, dto::duration(&b.expiration_duration)?).map_err(range)?;
+            let expiration = timing
+                .preferred_expiration(state, dto::duration(&b.expiration_duration)?)
+                .map_err(range)?;
             Command::SetPreferred { state, expiration }
         }
         PresenceAction::ClearUserPreferredPresence => {

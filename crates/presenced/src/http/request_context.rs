@@ -26,7 +26,10 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= MAX_CLIENT_REQUEST_ID && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_owned);
-    let context = RequestContext { request_id, client_request_id };
+    let context = RequestContext {
+        request_id,
+        client_request_id,
+    };
     request.extensions_mut().insert(context.clone());
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
@@ -39,14 +42,21 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
     if let Ok(v) = HeaderValue::from_str(&context.request_id) {
         headers.insert("request-id", v);
     }
-    if let Some(v) = context.client_request_id.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+    if let Some(v) = context
+        .client_request_id
+        .as_deref()
+        .and_then(|v| HeaderValue::from_str(v).ok())
+    {
         headers.insert("client-request-id", v);
     }
     response
 }
 
 fn render_error(response: &mut Response, payload: &ErrorPayload, context: &RequestContext) {
-    let date = crate::clock::SystemClock.now().strftime("%Y-%m-%dT%H:%M:%S").to_string();
+    let date = crate::clock::SystemClock
+        .now()
+        .strftime("%Y-%m-%dT%H:%M:%S")
+        .to_string();
     let mut inner = serde_json::json!({ "date": date, "request-id": context.request_id });
     if let Some(client) = &context.client_request_id {
         inner["client-request-id"] = client.clone().into();
@@ -55,6 +65,8 @@ fn render_error(response: &mut Response, payload: &ErrorPayload, context: &Reque
         "error": { "code": payload.code, "message": payload.message, "innerError": inner }
     });
     *response.body_mut() = Body::from(body.to_string());
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response.headers_mut().remove(header::CONTENT_LENGTH);
 }

@@ -155,7 +155,10 @@ mod tests {
         let u = || Target::User(UserId::parse("u1").unwrap());
         assert_eq!(ok(Method::GET, "/v1.0/me/presence"), Endpoint::GetPresence(Target::Me));
         assert_eq!(ok(Method::GET, "/beta/users/u1/presence"), Endpoint::GetPresence(u()));
-        assert_eq!(ok(Method::GET, "/v1.0/communications/presences/u1"), Endpoint::GetPresence(u()));
+        assert_eq!(
+            ok(Method::GET, "/v1.0/communications/presences/u1"),
+            Endpoint::GetPresence(u())
+        );
         assert_eq!(
             ok(Method::POST, "/v1.0/communications/presences/u1/setPresence"),
             Endpoint::Action(u(), PresenceAction::SetPresence)
@@ -164,7 +167,10 @@ mod tests {
             ok(Method::POST, "/V1.0/Users/u1/Presence/clearpresence"),
             Endpoint::Action(u(), PresenceAction::ClearPresence)
         );
-        assert_eq!(ok(Method::POST, "/beta/communications/getPresencesByUserId"), Endpoint::GetPresencesByUserId);
+        assert_eq!(
+            ok(Method::POST, "/beta/communications/getPresencesByUserId"),
+            Endpoint::GetPresencesByUserId
+        );
     }
 
     #[test]
@@ -173,17 +179,34 @@ mod tests {
             ok(Method::GET, "/v1.0/users/alice%40contoso.com/presence"),
             Endpoint::GetPresence(Target::User(UserId::parse("alice@contoso.com").unwrap()))
         );
-        assert_eq!(parse(&Method::GET, "/v1.0/users/a%2Fb/presence").unwrap_err().status, 400);
+        assert_eq!(
+            parse(&Method::GET, "/v1.0/users/a%2Fb/presence").unwrap_err().status,
+            400
+        );
         assert_eq!(parse(&Method::GET, "/v1.0/users/%FF/presence").unwrap_err().status, 400);
     }
 
     #[test]
     fn wrong_paths_and_methods() {
         assert_eq!(parse(&Method::GET, "/v2.0/me/presence").unwrap_err().status, 404);
-        assert_eq!(parse(&Method::GET, "/v1.0/me/presence/extra/deep").unwrap_err().status, 404);
-        assert_eq!(parse(&Method::POST, "/v1.0/me/presence/explode").unwrap_err().status, 404);
+        assert_eq!(
+            parse(&Method::GET, "/v1.0/me/presence/extra/deep").unwrap_err().status,
+            404
+        );
+        assert_eq!(
+            parse(&Method::POST, "/v1.0/me/presence/explode").unwrap_err().status,
+            404
+        );
         assert_eq!(parse(&Method::POST, "/v1.0/me/presence").unwrap_err().status, 405);
-        assert_eq!(parse(&Method::GET, "/v1.0/me/presence/setPresence").unwrap_err().status, 405);
-        assert_eq!(parse(&Method::DELETE, "/v1.0/communications/getPresencesByUserId").unwrap_err().status, 405);
+        assert_eq!(
+            parse(&Method::GET, "/v1.0/me/presence/setPresence").unwrap_err().status,
+            405
+        );
+        assert_eq!(
+            parse(&Method::DELETE, "/v1.0/communications/getPresencesByUserId")
+                .unwrap_err()
+                .status,
+            405
+        );
     }
 }

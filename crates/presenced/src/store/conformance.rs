@@ -2,7 +2,9 @@
 //! port's contract rather than on one implementation's accidents.
 use super::{Commit, PresenceStore, StoreError};
 use jiff::{SignedDuration, Timestamp};
-use presence_core::{Activity, Availability, Command, SessionId, SessionState, TenantId, Timing, UserId, UserKey, UserPresence};
+use presence_core::{
+    Activity, Availability, Command, SessionId, SessionState, TenantId, Timing, UserId, UserKey, UserPresence,
+};
 
 /// How a suite run gets a fresh store and a reopened one (same data, new process image).
 pub trait Harness {
@@ -50,13 +52,36 @@ async fn unknown_user_is_version_zero<S: PresenceStore>(store: &S) {
 
 async fn compare_and_set<S: PresenceStore>(store: &S) {
     let (state, event) = busy_state(t0());
-    let v1 = store.commit(Commit { key: key("cas"), expected_version: 0, state: state.clone(), event }).await.unwrap();
+    let v1 = store
+        .commit(Commit {
+            key: key("cas"),
+            expected_version: 0,
+            state: state.clone(),
+            event,
+        })
+        .await
+        .unwrap();
     let loaded = store.load(&key("cas")).await.unwrap();
     assert_eq!(loaded.version, v1);
     assert_eq!(*loaded.state, state);
-    let stale = store.commit(Commit { key: key("cas"), expected_version: 0, state: state.clone(), event: None }).await;
+    let stale = store
+        .commit(Commit {
+            key: key("cas"),
+            expected_version: 0,
+            state: state.clone(),
+            event: None,
+        })
+        .await;
     assert_eq!(stale, Err(StoreError::Conflict));
-    let v2 = store.commit(Commit { key: key("cas"), expected_version: v1, state, event: None }).await.unwrap();
+    let v2 = store
+        .commit(Commit {
+            key: key("cas"),
+            expected_version: v1,
+            state,
+            event: None,
+        })
+        .await
+        .unwrap();
     assert!(v2 != v1);
 }
 
@@ -64,7 +89,15 @@ async fn deadlines_follow_commits<S: PresenceStore>(store: &S) {
     let (state, event) = busy_state(t0());
     let deadline = state.next_deadline().unwrap();
     let k = key("deadline");
-    store.commit(Commit { key: k.clone(), expected_version: 0, state: state.clone(), event }).await.unwrap();
+    store
+        .commit(Commit {
+            key: k.clone(),
+            expected_version: 0,
+            state: state.clone(),
+            event,
+        })
+        .await
+        .unwrap();
     let before = store.due(deadline - SignedDuration::from_millis(1), 100).await.unwrap();
     assert!(!before.contains(&k));
     assert!(store.due(deadline, 100).await.unwrap().contains(&k));
@@ -73,15 +106,40 @@ async fn deadlines_follow_commits<S: PresenceStore>(store: &S) {
     let mut advanced = state;
     advanced.advance(deadline);
     let version = store.load(&k).await.unwrap().version;
-    store.commit(Commit { key: k.clone(), expected_version: version, state: advanced, event: None }).await.unwrap();
-    assert!(!store.due(deadline + SignedDuration::from_hours(1), 10_000).await.unwrap().contains(&k));
+    store
+        .commit(Commit {
+            key: k.clone(),
+            expected_version: version,
+            state: advanced,
+            event: None,
+        })
+        .await
+        .unwrap();
+    assert!(!store
+        .due(deadline + SignedDuration::from_hours(1), 10_000)
+        .await
+        .unwrap()
+        .contains(&k));
 }
 
 async fn outbox_keeps_commit_order<S: PresenceStore>(store: &S) {
-    let start = store.outbox_after(0, usize::MAX).await.unwrap().last().map_or(0, |e| e.id);
+    let start = store
+        .outbox_after(0, usize::MAX)
+        .await
+        .unwrap()
+        .last()
+        .map_or(0, |e| e.id);
     for i in 0..5 {
         let (state, event) = busy_state(t0() + SignedDuration::from_secs(i));
-        store.commit(Commit { key: key(&format!("outbox-{i}")), expected_version: 0, state, event }).await.unwrap();
+        store
+            .commit(Commit {
+                key: key(&format!("outbox-{i}")),
+                expected_version: 0,
+                state,
+                event,
+            })
+            .await
+            .unwrap();
     }
     let entries = store.outbox_after(start, 100).await.unwrap();
     let users: Vec<String> = entries.iter().map(|e| e.key.user.to_string()).collect();
@@ -93,24 +151,51 @@ async fn outbox_keeps_commit_order<S: PresenceStore>(store: &S) {
 async fn concurrent_commits_all_land<S: PresenceStore>(store: &S) {
     let futures = (0..200).map(|i| {
         let (state, event) = busy_state(t0());
-        store.commit(Commit { key: key(&format!("burst-{i}")), expected_version: 0, state, event })
+        store.commit(Commit {
+            key: key(&format!("burst-{i}")),
+            expected_version: 0,
+            state,
+            event,
+        })
     });
     for result in futures_join_all(futures).await {
         result.unwrap();
     }
     for i in 0..200 {
-        assert_eq!(store.load(&key(&format!("burst-{i}"))).await.unwrap().state.sessions().len(), 1);
+        assert_eq!(
+            store
+                .load(&key(&format!("burst-{i}")))
+                .await
+                .unwrap()
+                .state
+                .sessions()
+                .len(),
+            1
+        );
     }
 }
 
 async fn everything_survives_reopen<S: PresenceStore>(store: &S) {
     for i in 0..200 {
-        assert_eq!(store.load(&key(&format!("burst-{i}"))).await.unwrap().state.sessions().len(), 1);
+        assert_eq!(
+            store
+                .load(&key(&format!("burst-{i}")))
+                .await
+                .unwrap()
+                .state
+                .sessions()
+                .len(),
+            1
+        );
     }
     assert!(store.load(&key("cas")).await.unwrap().version > 0);
     let entries = store.outbox_after(0, usize::MAX).await.unwrap();
     assert!(entries.iter().any(|e| e.key.user.as_str() == "outbox-4"));
-    assert!(store.due(t0() + SignedDuration::from_hours(1), 10_000).await.unwrap().contains(&key("burst-7")));
+    assert!(store
+        .due(t0() + SignedDuration::from_hours(1), 10_000)
+        .await
+        .unwrap()
+        .contains(&key("burst-7")));
 }
 
 /// Polls all futures concurrently on the current task, so commits really do queue together.
@@ -130,7 +215,11 @@ async fn futures_join_all<F: std::future::Future>(futures: impl Iterator<Item = 
                 }
             }
         }
-        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
     })
     .await;
     out.into_iter().map(|o| o.expect("every future completed")).collect()

@@ -5,6 +5,7 @@
 //! - `commit` writes the new state *and* its change event atomically, only if the version is still
 //!   the one loaded (compare-and-set), and returns once both are durable;
 //! - the deadline index answers "which users have a transition due by `now`", updated by `commit`.
+//!
 //! No method assumes the caller is the only writer: the service retries on `Conflict`.
 //!
 //! Backends: [`embedded`] (memory + redb file, group commit).
@@ -65,7 +66,11 @@ pub trait PresenceStore: Send + Sync + 'static {
     fn deadline_moved(&self) -> impl Future<Output = ()> + Send;
 
     /// Change events after `after_id`, oldest first: the outbox the notifier drains.
-    fn outbox_after(&self, after_id: u64, limit: usize) -> impl Future<Output = Result<Vec<OutboxEntry>, StoreError>> + Send;
+    fn outbox_after(
+        &self,
+        after_id: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<OutboxEntry>, StoreError>> + Send;
 
     /// Whether the store can accept writes (for `/readyz`).
     fn is_ready(&self) -> bool;

@@ -36,7 +36,14 @@ impl Server {
         let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
         let stderr_log = data_dir.with_extension(format!("stderr-{}.log", std::process::id()));
         let (child, base) = spawn(data_dir, &extra_args, &stderr_log).unwrap_or_else(|e| panic!("{e}"));
-        Server { child, base, data_dir: data_dir.to_owned(), _temp: None, extra_args, stderr_log }
+        Server {
+            child,
+            base,
+            data_dir: data_dir.to_owned(),
+            _temp: None,
+            extra_args,
+            stderr_log,
+        }
     }
 
     /// SIGKILL, then start again on the same data dir (a new port).
@@ -75,7 +82,9 @@ impl Server {
 
     pub fn token_for(&self, tenant: &str, user: Option<&str>, scopes: &[&str], roles: &[&str]) -> String {
         let mut cmd = Command::new(BIN);
-        cmd.args(["token", "--data-dir"]).arg(&self.data_dir).args(["--tenant", tenant, "--app", "test-app"]);
+        cmd.args(["token", "--data-dir"])
+            .arg(&self.data_dir)
+            .args(["--tenant", tenant, "--app", "test-app"]);
         if let Some(u) = user {
             cmd.args(["--user", u]);
         }
@@ -86,7 +95,11 @@ impl Server {
             cmd.args(["--role", r]);
         }
         let out = cmd.output().unwrap();
-        assert!(out.status.success(), "token failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "token failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 
@@ -102,7 +115,11 @@ impl Drop for Server {
 }
 
 fn spawn(data_dir: &Path, extra_args: &[String], stderr_log: &Path) -> Result<(Child, String), String> {
-    let stderr = std::fs::OpenOptions::new().create(true).append(true).open(stderr_log).map_err(|e| e.to_string())?;
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(stderr_log)
+        .map_err(|e| e.to_string())?;
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
@@ -126,7 +143,9 @@ fn spawn(data_dir: &Path, extra_args: &[String], stderr_log: &Path) -> Result<(C
         Err(_) => {
             let _ = child.kill();
             let log = std::fs::read_to_string(stderr_log).unwrap_or_default();
-            Err(format!("server did not print its listening line within 30 s; stderr:\n{log}"))
+            Err(format!(
+                "server did not print its listening line within 30 s; stderr:\n{log}"
+            ))
         }
     }
 }
@@ -179,9 +198,21 @@ impl Reply {
         assert_eq!(self.status.as_u16(), status, "body: {}", self.text);
         let body = self.json();
         assert_eq!(body["error"]["code"], code, "body: {}", self.text);
-        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "message: {}", self.text);
-        assert!(body["error"]["innerError"]["request-id"].is_string(), "innerError: {}", self.text);
-        assert!(body["error"]["innerError"]["date"].is_string(), "innerError: {}", self.text);
+        assert!(
+            body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "message: {}",
+            self.text
+        );
+        assert!(
+            body["error"]["innerError"]["request-id"].is_string(),
+            "innerError: {}",
+            self.text
+        );
+        assert!(
+            body["error"]["innerError"]["date"].is_string(),
+            "innerError: {}",
+            self.text
+        );
     }
 }
 
@@ -216,7 +247,10 @@ pub async fn presence_of(server: &Server, token: &str, user: &str) -> (String, S
     let r = get(&server.url(&format!("/v1.0/users/{user}/presence")), token).await;
     assert_eq!(r.status, 200, "{}", r.text);
     let v = r.json();
-    (v["availability"].as_str().unwrap().to_owned(), v["activity"].as_str().unwrap().to_owned())
+    (
+        v["availability"].as_str().unwrap().to_owned(),
+        v["activity"].as_str().unwrap().to_owned(),
+    )
 }
 
 pub fn pair(a: &str, b: &str) -> (String, String) {

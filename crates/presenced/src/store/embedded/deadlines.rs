@@ -37,12 +37,22 @@ impl DeadlineIndex {
 
     pub fn due(&self, now: Timestamp, limit: usize) -> Vec<UserKey> {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.by_time.iter().take_while(|(at, _)| *at <= now).take(limit).map(|(_, k)| k.clone()).collect()
+        inner
+            .by_time
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .take(limit)
+            .map(|(_, k)| k.clone())
+            .collect()
     }
 
     pub fn earliest(&self) -> Option<Timestamp> {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.by_time.first().map(|(at, _)| *at)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     pub fn len(&self) -> usize {
@@ -66,7 +76,10 @@ mod tests {
         assert!(index.set(&key("a"), Some(t + jiff::SignedDuration::from_secs(10))));
         assert!(index.set(&key("b"), Some(t + jiff::SignedDuration::from_secs(5))));
         assert!(!index.set(&key("c"), Some(t + jiff::SignedDuration::from_secs(20))));
-        assert_eq!(index.due(t + jiff::SignedDuration::from_secs(10), 10), vec![key("b"), key("a")]);
+        assert_eq!(
+            index.due(t + jiff::SignedDuration::from_secs(10), 10),
+            vec![key("b"), key("a")]
+        );
         index.set(&key("b"), Some(t + jiff::SignedDuration::from_secs(30)));
         assert_eq!(index.due(t + jiff::SignedDuration::from_secs(10), 10), vec![key("a")]);
         index.set(&key("a"), None);

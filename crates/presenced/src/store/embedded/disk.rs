@@ -46,10 +46,19 @@ pub struct Record {
 
 impl Disk {
     pub fn open(dir: &Path) -> Result<(Self, Loaded), OpenError> {
-        std::fs::create_dir_all(dir).map_err(|source| OpenError::Directory { path: dir.into(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| OpenError::Directory {
+            path: dir.into(),
+            source,
+        })?;
         let path = dir.join(FILE_NAME);
-        let db_err = |e: &dyn std::fmt::Display| OpenError::Database { path: path.clone(), reason: e.to_string() };
-        let corrupt = |reason: String| OpenError::Corrupt { path: path.clone(), reason };
+        let db_err = |e: &dyn std::fmt::Display| OpenError::Database {
+            path: path.clone(),
+            reason: e.to_string(),
+        };
+        let corrupt = |reason: String| OpenError::Corrupt {
+            path: path.clone(),
+            reason,
+        };
         // `create` opens an existing valid file and only initialises a missing or empty one; it
         // refuses anything else, so a damaged file is reported, never silently replaced.
         let db = Database::create(&path).map_err(|e| db_err(&e))?;
@@ -102,7 +111,11 @@ impl Disk {
         let outbox = txn.open_table(OUTBOX)?;
         let outbox_first = outbox.first()?.map_or(1, |(k, _)| k.value());
         let outbox_next = outbox.last()?.map_or(1, |(k, _)| k.value() + 1);
-        Ok(Loaded { users, outbox_first, outbox_next })
+        Ok(Loaded {
+            users,
+            outbox_first,
+            outbox_next,
+        })
     }
 
     /// Write a batch in one transaction and fsync it (redb's default `Immediate` durability):
@@ -136,7 +149,11 @@ impl Disk {
                 let (k, v) = row?;
                 let (key, event): (UserKey, ChangeEvent) = serde_json::from_slice(v.value())
                     .map_err(|e| LoadError::Record(format!("outbox entry {} does not decode: {e}", k.value())))?;
-                out.push(OutboxEntry { id: k.value(), key, event });
+                out.push(OutboxEntry {
+                    id: k.value(),
+                    key,
+                    event,
+                });
             }
             Ok(out)
         };

@@ -64,16 +64,36 @@ impl EmbeddedStore {
         let users = loaded.users.len();
         for (key, state) in loaded.users {
             shared.deadlines.set(&key, state.next_deadline());
-            shared.memory.put(key, Entry { version: 1, state: Arc::new(state) });
+            shared.memory.put(
+                key,
+                Entry {
+                    version: 1,
+                    state: Arc::new(state),
+                },
+            );
         }
         let disk = Arc::new(disk);
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let w = writer::Writer::new(disk.clone(), shared.clone(), loaded.outbox_next);
-        let thread = writer::spawn(w, rx).map_err(|source| OpenError::Directory { path: dir.into(), source })?;
+        let thread = writer::spawn(w, rx).map_err(|source| OpenError::Directory {
+            path: dir.into(),
+            source,
+        })?;
         shared.ready.store(true, Ordering::Release);
-        let report = OpenReport { users, pending_deadlines: shared.deadlines.len() };
+        let report = OpenReport {
+            users,
+            pending_deadlines: shared.deadlines.len(),
+        };
         let writer_thread = Arc::new(std::sync::Mutex::new(Some(thread)));
-        Ok((Self { shared, disk, tx, writer_thread }, report))
+        Ok((
+            Self {
+                shared,
+                disk,
+                tx,
+                writer_thread,
+            },
+            report,
+        ))
     }
 
     /// Stop the writer and close the file cleanly (redb then skips its repair pass on the next
@@ -106,14 +126,20 @@ impl PresenceStore for EmbeddedStore {
             .shared
             .memory
             .get(key)
-            .map(|e| Versioned { version: e.version, state: e.state })
+            .map(|e| Versioned {
+                version: e.version,
+                state: e.state,
+            })
             .unwrap_or_default())
     }
 
     async fn commit(&self, commit: Commit) -> Result<u64, StoreError> {
         let (reply, answer) = oneshot::channel();
         let gone = || StoreError::Unavailable("the writer has stopped".into());
-        self.tx.send(writer::Request { commit, reply }).await.map_err(|_| gone())?;
+        self.tx
+            .send(writer::Request { commit, reply })
+            .await
+            .map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
 

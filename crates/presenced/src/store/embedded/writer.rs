@@ -33,7 +33,11 @@ pub struct Writer {
 
 impl Writer {
     pub fn new(disk: Arc<Disk>, shared: Arc<Shared>, outbox_next: u64) -> Self {
-        Self { disk, shared, outbox_next }
+        Self {
+            disk,
+            shared,
+            outbox_next,
+        }
     }
 
     /// Runs until every sender is gone; then nothing is in flight, as each sender awaits its reply.
@@ -58,7 +62,10 @@ impl Writer {
         let first_outbox_id = self.outbox_next;
         for request in batch {
             let key = &request.commit.key;
-            let current = versions.get(key).copied().unwrap_or_else(|| self.shared.memory.version(key));
+            let current = versions
+                .get(key)
+                .copied()
+                .unwrap_or_else(|| self.shared.memory.version(key));
             if current != request.commit.expected_version {
                 let _ = request.reply.send(Err(StoreError::Conflict));
                 continue;
@@ -92,7 +99,13 @@ impl Writer {
         for (request, version) in accepted {
             let Commit { key, state, .. } = request.commit;
             let deadline = state.next_deadline();
-            self.shared.memory.put(key.clone(), Entry { version, state: Arc::new(state) });
+            self.shared.memory.put(
+                key.clone(),
+                Entry {
+                    version,
+                    state: Arc::new(state),
+                },
+            );
             if self.shared.deadlines.set(&key, deadline) {
                 self.shared.deadline_moved.notify_one();
             }
@@ -112,13 +125,18 @@ impl Writer {
             }
             None => None,
         };
-        Ok(Record { storage_key: commit.key.storage_key(), state_json, outbox })
+        Ok(Record {
+            storage_key: commit.key.storage_key(),
+            state_json,
+            outbox,
+        })
     }
 }
 
 pub const THREAD_NAME: &str = "presenced-writer";
 
 pub fn spawn(writer: Writer, rx: mpsc::Receiver<Request>) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new().name(THREAD_NAME.into()).spawn(move || writer.run(rx))
+    std::thread::Builder::new()
+        .name(THREAD_NAME.into())
+        .spawn(move || writer.run(rx))
 }
-
