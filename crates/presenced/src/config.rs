@@ -271,6 +271,18 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_file_is_valid_and_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../presenced.example.toml");
+        let from_file = ServeArgs { config: Some(path), ..Default::default() }.resolve().unwrap();
+        let defaults = ServeArgs::default().resolve().unwrap();
+        assert_eq!(from_file.listen, defaults.listen);
+        assert_eq!(from_file.data_dir, defaults.data_dir);
+        assert_eq!(from_file.timing, defaults.timing);
+        assert_eq!((from_file.issuers, from_file.audiences), (defaults.issuers, defaults.audiences));
+        assert_eq!((from_file.hs256, from_file.log_format), (defaults.hs256, defaults.log_format));
+    }
+
+    #[test]
     fn typos_and_bad_values_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
