@@ -73,7 +73,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     # stderr goes to a file rather than a pipe so a chatty server can never block on a full pipe.
     log = open(log_path, "wb")
     proc = subprocess.Popen(
-        [str(binary), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)],
+        [
+            str(binary), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir),
+            # The rich-notification test runs its webhook receiver on loopback over http.
+            "--webhook-allow-http", "--webhook-allow-network", "127.0.0.0/8",
+        ],
         stdout=subprocess.PIPE,
         stderr=log,
         env=_child_env(),

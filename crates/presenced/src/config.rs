@@ -2,6 +2,9 @@
 //!
 //! Precedence is flag > environment > file > built-in default (clap folds the first two; the file
 //! only fills what neither gave). Every duration takes `2s`/`5m` or ISO 8601 (`PT5M`).
+use crate::notify::dispatcher::DeliveryConfig;
+use crate::notify::endpoint::Cidr;
+use crate::notify::subscription::SubscriptionPolicy;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use presence_core::duration::parse_config_duration;
 use presence_core::Timing;
@@ -62,6 +65,32 @@ pub struct ServeArgs {
     /// Refuse HS256 tokens signed with the data-dir secret (use with --jwks-file).
     #[arg(long, env = "PRESENCED_DISABLE_HS256")]
     pub disable_hs256: bool,
+    /// Allow http:// webhook URLs (default: https only).
+    #[arg(long, env = "PRESENCED_WEBHOOK_ALLOW_HTTP")]
+    pub webhook_allow_http: bool,
+    /// Allow webhooks to addresses in this network (repeatable), e.g. 127.0.0.0/8; loopback,
+    /// private, link-local and metadata addresses are refused otherwise.
+    #[arg(
+        long = "webhook-allow-network",
+        env = "PRESENCED_WEBHOOK_ALLOW_NETWORKS",
+        value_delimiter = ','
+    )]
+    pub webhook_allow_networks: Vec<String>,
+    /// Keep retrying a failed notification this long before giving up (then `missed`). [default: 4h]
+    #[arg(long, env = "PRESENCED_WEBHOOK_RETRY_FOR")]
+    pub webhook_retry_for: Option<String>,
+    /// Let application tokens (Presence.Read.All role) create subscriptions; Graph allows only delegated tokens.
+    #[arg(long, env = "PRESENCED_SUBSCRIPTIONS_ALLOW_APP_TOKENS")]
+    pub subscriptions_allow_app_tokens: bool,
+    /// Longest subscription lifetime; later expirationDateTime values are clamped. [default: 1h]
+    #[arg(long, env = "PRESENCED_SUBSCRIPTION_LIFETIME_MAX")]
+    pub subscription_lifetime_max: Option<String>,
+    /// Shortest subscription lifetime; earlier expirationDateTime values are lengthened. [default: 45m]
+    #[arg(long, env = "PRESENCED_SUBSCRIPTION_LIFETIME_MIN")]
+    pub subscription_lifetime_min: Option<String>,
+    /// Send reauthorizationRequired this long before a subscription expires (at most a quarter of its lifetime). [default: 15m]
+    #[arg(long, env = "PRESENCED_SUBSCRIPTION_REAUTHORIZE_BEFORE")]
+    pub subscription_reauthorize_before: Option<String>,
     /// Log format. [default: text]
     #[arg(long, env = "PRESENCED_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -120,6 +149,27 @@ pub struct FileConfig {
     pub auth: FileAuth,
     #[serde(default)]
     pub log: FileLog,
+    #[serde(default)]
+    pub webhooks: FileWebhooks,
+    #[serde(default)]
+    pub subscriptions: FileSubscriptions,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileWebhooks {
+    pub allow_http: Option<bool>,
+    pub allow_networks: Option<Vec<String>>,
+    pub retry_for: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSubscriptions {
+    pub allow_app_tokens: Option<bool>,
+    pub lifetime_max: Option<String>,
+    pub lifetime_min: Option<String>,
+    pub reauthorize_before: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -150,6 +200,10 @@ pub struct ServeConfig {
     pub hs256: bool,
     pub log_format: LogFormat,
     pub log_level: String,
+    pub webhook_allow_http: bool,
+    pub webhook_allow_networks: Vec<Cidr>,
+    pub delivery: DeliveryConfig,
+    pub subscriptions: SubscriptionPolicy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -208,6 +262,61 @@ impl ServeArgs {
             key: "timing",
             message: e.to_string(),
         })?;
+        let networks_raw = if self.webhook_allow_networks.is_empty() {
+            file.webhooks.allow_networks.unwrap_or_default()
+        } else {
+            self.webhook_allow_networks
+        };
+        let webhook_allow_networks = networks_raw
+            .iter()
+            .map(|n| {
+                n.parse::<Cidr>().map_err(|e| ConfigError::Value {
+                    key: "webhook-allow-network",
+                    message: format!("{n:?}: {e}"),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let delivery_defaults = DeliveryConfig::default();
+        let delivery = DeliveryConfig {
+            retry_for: duration(
+                "webhook-retry-for",
+                self.webhook_retry_for,
+                file.webhooks.retry_for,
+                delivery_defaults.retry_for,
+            )?,
+            ..delivery_defaults
+        };
+        let sub_defaults = SubscriptionPolicy::default();
+        let subscriptions = SubscriptionPolicy {
+            lifetime_max: duration(
+                "subscription-lifetime-max",
+                self.subscription_lifetime_max,
+                file.subscriptions.lifetime_max,
+                sub_defaults.lifetime_max,
+            )?,
+            lifetime_min: duration(
+                "subscription-lifetime-min",
+                self.subscription_lifetime_min,
+                file.subscriptions.lifetime_min,
+                sub_defaults.lifetime_min,
+            )?,
+            reauthorize_before: duration(
+                "subscription-reauthorize-before",
+                self.subscription_reauthorize_before,
+                file.subscriptions.reauthorize_before,
+                sub_defaults.reauthorize_before,
+            )?,
+            allow_app_tokens: self.subscriptions_allow_app_tokens
+                || file.subscriptions.allow_app_tokens.unwrap_or(false),
+        };
+        if subscriptions.lifetime_max <= jiff::SignedDuration::ZERO
+            || subscriptions.lifetime_min > subscriptions.lifetime_max
+        {
+            return Err(ConfigError::Value {
+                key: "subscription-lifetime",
+                message: "need 0 < subscription-lifetime-min <= subscription-lifetime-max".into(),
+            });
+        }
         let or_default = |flag: Vec<String>, file: Option<Vec<String>>, default: &str| {
             if !flag.is_empty() {
                 flag
@@ -228,6 +337,10 @@ impl ServeArgs {
             hs256: !self.disable_hs256 && file.auth.hs256.unwrap_or(true),
             log_format: self.log_format.or(file.log.format).unwrap_or_default(),
             log_level: self.log_level.or(file.log.level).unwrap_or_else(|| "info".to_owned()),
+            webhook_allow_http: self.webhook_allow_http || file.webhooks.allow_http.unwrap_or(false),
+            webhook_allow_networks,
+            delivery,
+            subscriptions,
         })
     }
 }
@@ -273,13 +386,24 @@ mod tests {
     #[test]
     fn the_example_config_file_is_valid_and_matches_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../presenced.example.toml");
-        let from_file = ServeArgs { config: Some(path), ..Default::default() }.resolve().unwrap();
+        let from_file = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
         let defaults = ServeArgs::default().resolve().unwrap();
         assert_eq!(from_file.listen, defaults.listen);
         assert_eq!(from_file.data_dir, defaults.data_dir);
         assert_eq!(from_file.timing, defaults.timing);
-        assert_eq!((from_file.issuers, from_file.audiences), (defaults.issuers, defaults.audiences));
-        assert_eq!((from_file.hs256, from_file.log_format), (defaults.hs256, defaults.log_format));
+        assert_eq!(
+            (from_file.issuers, from_file.audiences),
+            (defaults.issuers, defaults.audiences)
+        );
+        assert_eq!(
+            (from_file.hs256, from_file.log_format),
+            (defaults.hs256, defaults.log_format)
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod http;
+pub mod notify;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -2,7 +2,11 @@
 use crate::auth::{self, AuthConfig, Verifier};
 use crate::clock::SystemClock;
 use crate::config::ServeConfig;
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, SubscriptionContext};
+use crate::notify::dispatcher::Dispatcher;
+use crate::notify::endpoint::EndpointPolicy;
+use crate::notify::lifecycle::Lifecycle;
+use crate::notify::webhook::WebhookClient;
 use crate::service::PresenceService;
 use crate::store::embedded::EmbeddedStore;
 use crate::sweeper::Sweeper;
@@ -40,9 +44,24 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()> + Send 
     let (store, report) = tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir)).await??;
     tracing::info!(users = report.users, pending_deadlines = report.pending_deadlines, data_dir = %config.data_dir.display(), "store opened");
 
-    let service = Arc::new(PresenceService::new(store, config.timing.clone()));
+    let endpoints = EndpointPolicy {
+        allow_http: config.webhook_allow_http,
+        allowed_networks: config.webhook_allow_networks.clone(),
+    };
+    let client = WebhookClient::new(endpoints.clone()).context("building the webhook client")?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    // The dispatcher starts first so it takes the delivery feed before anything can commit.
+    let dispatcher =
+        tokio::spawn(Dispatcher::new(store.clone(), client.clone(), config.delivery.clone(), stop_rx.clone()).run());
+    let lifecycle =
+        tokio::spawn(Lifecycle::new(store.clone(), config.subscriptions.clone()).run(SystemClock, stop_rx.clone()));
+    let service = Arc::new(PresenceService::new(store, config.timing.clone()));
     let sweeper = tokio::spawn(Sweeper::new(service.clone()).run(SystemClock, stop_rx));
+    let subscriptions = Arc::new(SubscriptionContext {
+        policy: config.subscriptions.clone(),
+        endpoints,
+        client,
+    });
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -52,6 +71,7 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()> + Send 
         service: service.clone(),
         verifier: Arc::new(verifier),
         clock: SystemClock,
+        subscriptions,
     };
     // Tests and scripts wait for this exact line on stdout; logs go to stderr.
     println!("listening on http://{addr}");
@@ -63,7 +83,7 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()> + Send 
         .await?;
     tracing::info!("draining finished; stopping");
     let _ = stop_tx.send(true);
-    let _ = sweeper.await;
+    let _ = tokio::join!(sweeper, dispatcher, lifecycle);
     if let Ok(service) = Arc::try_unwrap(service) {
         let store = service.into_store();
         tokio::task::spawn_blocking(move || store.close()).await?;

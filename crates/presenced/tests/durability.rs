@@ -27,6 +27,7 @@ async fn sigkill_during_a_write_burst_loses_no_acknowledged_write() {
     for w in 0..WRITERS {
         let (progress, app, base) = (progress.clone(), app.clone(), base.clone());
         workers.push(tokio::spawn(async move {
+            let _ = common::client(); // installs the TLS provider reqwest needs
             let client = reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
                 .build()

@@ -17,15 +17,19 @@ use axum::Router;
 use clap::Parser;
 use std::io::Write;
 
-/// A fixed document shaped like a Graph presence response (~200 bytes).
+/// A fixed document shaped like a Graph presence response (~270 bytes, as presenced's).
 const PRESENCE_LIKE: &str = concat!(
     r#"{"@odata.context":"https://graph.microsoft.com/v1.0/$metadata#users('user-1')/presence/$entity","#,
     r#""id":"user-1","availability":"Busy","activity":"InACall","#,
-    r#""statusMessage":null,"outOfOfficeSettings":{"message":null,"isOutOfOffice":false}}"#
+    r#""statusMessage":null,"outOfOfficeSettings":{"message":null,"isOutOfOffice":false},"#,
+    r#""sequenceNumber":"00001795765695311400"}"#
 );
 
 #[derive(Debug, Parser)]
-#[command(name = "bench-baseline", about = "Minimal axum server: the baseline for bench/http.sh")]
+#[command(
+    name = "bench-baseline",
+    about = "Minimal axum server: the baseline for bench/http.sh"
+)]
 struct Args {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:0")]

@@ -10,13 +10,17 @@ pub mod health;
 pub mod presence;
 pub mod request_context;
 pub mod routes;
+pub mod subscriptions;
 
 use crate::auth::Verifier;
 use crate::clock::SystemClock;
+use crate::notify::endpoint::EndpointPolicy;
+use crate::notify::subscription::SubscriptionPolicy;
+use crate::notify::webhook::WebhookClient;
 use crate::service::PresenceService;
 use crate::store::embedded::EmbeddedStore;
 use axum::extract::{Request, State};
-use axum::http::header;
+use axum::http::{header, Method};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -32,6 +36,15 @@ pub struct AppState {
     pub service: Arc<PresenceService<ActiveStore>>,
     pub verifier: Arc<Verifier>,
     pub clock: SystemClock,
+    pub subscriptions: Arc<SubscriptionContext>,
+}
+
+/// What the subscription endpoints need beyond the store.
+pub struct SubscriptionContext {
+    pub policy: SubscriptionPolicy,
+    pub endpoints: EndpointPolicy,
+    /// Sends the validation handshake.
+    pub client: WebhookClient,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -69,5 +82,19 @@ async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiErr
             let bytes = body::read(&parts.headers, body).await?;
             presence::action(state, &principal, target, action, &parts.headers, &bytes).await
         }
+        Endpoint::Subscriptions if parts.method == Method::POST => {
+            let bytes = body::read(&parts.headers, body).await?;
+            subscriptions::create(state, &principal, route.version, &parts.headers, &bytes).await
+        }
+        Endpoint::Subscriptions => subscriptions::list(state, &principal, route.version).await,
+        Endpoint::Subscription(id) if parts.method == Method::PATCH => {
+            let bytes = body::read(&parts.headers, body).await?;
+            subscriptions::update(state, &principal, route.version, &id, &parts.headers, &bytes).await
+        }
+        Endpoint::Subscription(id) if parts.method == Method::DELETE => {
+            subscriptions::delete(state, &principal, &id).await
+        }
+        Endpoint::Subscription(id) => subscriptions::get(state, &principal, route.version, &id).await,
+        Endpoint::Reauthorize(id) => subscriptions::reauthorize(state, &principal, &id).await,
     }
 }

@@ -73,6 +73,26 @@ pub enum Endpoint {
     GetPresence(Target),
     Action(Target, PresenceAction),
     GetPresencesByUserId,
+    /// `GET` lists, `POST` creates.
+    Subscriptions,
+    /// `GET`, `PATCH`, `DELETE` one subscription.
+    Subscription(String),
+    Reauthorize(String),
+}
+
+impl Endpoint {
+    fn methods(&self) -> &'static [Method] {
+        const GET: &[Method] = &[Method::GET];
+        const POST: &[Method] = &[Method::POST];
+        const LIST: &[Method] = &[Method::GET, Method::POST];
+        const ONE: &[Method] = &[Method::GET, Method::PATCH, Method::DELETE];
+        match self {
+            Endpoint::GetPresence(_) => GET,
+            Endpoint::Action(..) | Endpoint::GetPresencesByUserId | Endpoint::Reauthorize(_) => POST,
+            Endpoint::Subscriptions => LIST,
+            Endpoint::Subscription(_) => ONE,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,15 +136,20 @@ pub fn parse(method: &Method, path: &str) -> Result<Route, ApiError> {
         [comms, bulk] if is(comms, "communications") && is(bulk, "getPresencesByUserId") => {
             Endpoint::GetPresencesByUserId
         }
+        [subs] if is(subs, "subscriptions") => Endpoint::Subscriptions,
+        [subs, id] if is(subs, "subscriptions") => Endpoint::Subscription(subscription_id(id).ok_or_else(not_found)?),
+        [subs, id, re] if is(subs, "subscriptions") && is(re, "reauthorize") => {
+            Endpoint::Reauthorize(subscription_id(id).ok_or_else(not_found)?)
+        }
         _ => return Err(not_found()),
     };
-    let expected = match endpoint {
-        Endpoint::GetPresence(_) => Method::GET,
-        Endpoint::Action(..) | Endpoint::GetPresencesByUserId => Method::POST,
-    };
-    if *method != expected && !(expected == Method::GET && *method == Method::HEAD) {
+    let allowed = endpoint.methods();
+    let head_as_get = *method == Method::HEAD && allowed.contains(&Method::GET);
+    if !allowed.contains(method) && !head_as_get {
+        let names: Vec<&str> = allowed.iter().map(Method::as_str).collect();
         return Err(ApiError::method_not_allowed(format!(
-            "The HTTP method '{method}' is not allowed for this resource; use {expected}."
+            "The HTTP method '{method}' is not allowed for this resource; use {}.",
+            names.join(" or ")
         )));
     }
     Ok(Route { version, endpoint })
@@ -135,6 +160,12 @@ fn user_id(raw: &str) -> Result<UserId, ApiError> {
         .decode_utf8()
         .map_err(|_| ApiError::invalid_argument("The user id in the path is not valid UTF-8."))?;
     UserId::parse(&decoded).map_err(|e| ApiError::invalid_argument(format!("Invalid user id in the path: {e}.")))
+}
+
+/// Subscription ids are ours (UUIDs); anything else cannot name one, so it is simply not found.
+fn subscription_id(raw: &str) -> Option<String> {
+    (!raw.is_empty() && raw.len() <= 64 && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        .then(|| raw.to_ascii_lowercase())
 }
 
 /// Paths are echoed in messages; keep them short so an error never reflects a huge input.

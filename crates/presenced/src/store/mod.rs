@@ -11,8 +11,10 @@
 //! Backends: [`embedded`] (memory + redb file, group commit).
 pub mod embedded;
 
+use crate::notify::subscription::Subscription;
 use jiff::Timestamp;
-use presence_core::{ChangeEvent, UserKey, UserPresence};
+use presence_core::{Activity, Availability, ChangeEvent, SequenceNumber, TenantId, UserId, UserKey, UserPresence};
+use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::sync::Arc;
 
@@ -38,6 +40,62 @@ pub struct OutboxEntry {
     pub id: u64,
     pub key: UserKey,
     pub event: ChangeEvent,
+}
+
+/// A notification owed to a webhook endpoint. It is written in the same transaction as the change
+/// that caused it and stays until the endpoint acknowledges it (or delivery is given up), so a
+/// crash at any moment loses nothing owed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// Global, increasing in commit order: per endpoint, deliveries go out in this order.
+    pub id: u64,
+    pub url: String,
+    pub subscription_id: String,
+    pub created_at: Timestamp,
+    pub kind: DeliveryKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeliveryKind {
+    Change {
+        user: UserId,
+        availability: Availability,
+        activity: Activity,
+        sequence: SequenceNumber,
+    },
+    /// Lifecycle events carry what they need, because the subscription may be gone by the time they go out.
+    Lifecycle {
+        event: LifecycleEvent,
+        tenant: TenantId,
+        client_state: Option<String>,
+        subscription_expiration: Timestamp,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LifecycleEvent {
+    ReauthorizationRequired,
+    SubscriptionRemoved,
+    Missed,
+}
+
+impl LifecycleEvent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LifecycleEvent::ReauthorizationRequired => "reauthorizationRequired",
+            LifecycleEvent::SubscriptionRemoved => "subscriptionRemoved",
+            LifecycleEvent::Missed => "missed",
+        }
+    }
+}
+
+/// A delivery to add outside a presence commit (lifecycle events); the store assigns the id.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub url: String,
+    pub subscription_id: String,
+    pub created_at: Timestamp,
+    pub kind: DeliveryKind,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -74,6 +132,37 @@ pub trait PresenceStore: Send + Sync + 'static {
 
     /// Whether the store can accept writes (for `/readyz`).
     fn is_ready(&self) -> bool;
+
+    // ---- subscriptions and deliveries (change notifications) ----
+
+    /// Create or replace a subscription, durably. From then on, every committed change of one of
+    /// its users also writes a [`Delivery`] for it, atomically with the change.
+    fn put_subscription(&self, subscription: Subscription) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Remove a subscription durably; returns it if it existed. Its undelivered change
+    /// notifications are dropped by the dispatcher (the subscriber asked for no more).
+    fn delete_subscription(&self, id: &str) -> impl Future<Output = Result<Option<Subscription>, StoreError>> + Send;
+
+    fn subscription(&self, id: &str) -> impl Future<Output = Result<Option<Subscription>, StoreError>> + Send;
+
+    /// All subscriptions, or one tenant's.
+    fn subscriptions(
+        &self,
+        tenant: Option<&TenantId>,
+    ) -> impl Future<Output = Result<Vec<Subscription>, StoreError>> + Send;
+
+    /// Durably add deliveries that no presence change produced (lifecycle events).
+    fn enqueue(&self, deliveries: Vec<NewDelivery>) -> impl Future<Output = Result<Vec<Delivery>, StoreError>> + Send;
+
+    /// Forget delivered (or abandoned) deliveries. Need not be durable: a delivery that comes back
+    /// after a crash is sent again, which at-least-once allows.
+    fn finish(&self, ids: Vec<u64>) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Every delivery still owed, in id order: the dispatcher's starting point after a restart.
+    fn pending_deliveries(&self) -> impl Future<Output = Result<Vec<Delivery>, StoreError>> + Send;
+
+    /// New deliveries as they become durable, in id order. Taken once, by the dispatcher.
+    fn take_delivery_feed(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Vec<Delivery>>>;
 }
 
 #[cfg(test)]

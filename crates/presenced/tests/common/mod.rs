@@ -2,6 +2,8 @@
 //! talks to it over loopback, exactly as a user would.
 #![allow(dead_code)]
 
+pub mod receiver;
+
 use reqwest::{Client, Method, Response, StatusCode};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -178,6 +180,8 @@ pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> 
 }
 
 pub fn client() -> Client {
+    // reqwest's rustls backend (enabled for the server's webhooks) needs a process-wide provider.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
 }
 

@@ -2,7 +2,8 @@
 //!
 //! Values are JSON: a few bytes more than a binary encoding, but a record written by one version
 //! of presenced stays readable by the next, and a damaged file can be inspected by hand.
-use super::super::OutboxEntry;
+use super::super::{Delivery, OutboxEntry};
+use crate::notify::subscription::Subscription;
 use presence_core::{ChangeEvent, UserKey, UserPresence};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
@@ -10,6 +11,8 @@ use std::path::{Path, PathBuf};
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const SUBSCRIPTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("subscriptions");
+const DELIVERIES: TableDefinition<u64, &[u8]> = TableDefinition::new("deliveries");
 const SCHEMA_KEY: &str = "schema_version";
 const SCHEMA_VERSION: u64 = 1;
 pub const FILE_NAME: &str = "presence.redb";
@@ -31,6 +34,8 @@ pub struct Loaded {
     pub users: Vec<(UserKey, UserPresence)>,
     pub outbox_first: u64,
     pub outbox_next: u64,
+    pub subscriptions: Vec<Subscription>,
+    pub deliveries: Vec<Delivery>,
 }
 
 pub struct Disk {
@@ -42,6 +47,20 @@ pub struct Record {
     pub storage_key: String,
     pub state_json: Vec<u8>,
     pub outbox: Option<(u64, Vec<u8>)>,
+}
+
+/// Everything one transaction writes.
+#[derive(Default)]
+pub struct Batch {
+    pub records: Vec<Record>,
+    pub subscriptions_put: Vec<(String, Vec<u8>)>,
+    pub subscriptions_delete: Vec<String>,
+    pub deliveries_put: Vec<(u64, Vec<u8>)>,
+    pub deliveries_delete: Vec<u64>,
+    pub prune_outbox_below: u64,
+    /// False only for batches that merely forget delivered notifications: losing those to a crash
+    /// means a re-send, which at-least-once allows, so they skip the fsync.
+    pub durable: bool,
 }
 
 impl Disk {
@@ -84,6 +103,8 @@ impl Disk {
             }
             txn.open_table(USERS)?;
             txn.open_table(OUTBOX)?;
+            txn.open_table(SUBSCRIPTIONS)?;
+            txn.open_table(DELIVERIES)?;
         }
         txn.commit()?;
         Ok(())
@@ -111,33 +132,82 @@ impl Disk {
         let outbox = txn.open_table(OUTBOX)?;
         let outbox_first = outbox.first()?.map_or(1, |(k, _)| k.value());
         let outbox_next = outbox.last()?.map_or(1, |(k, _)| k.value() + 1);
+        let mut subscriptions = Vec::new();
+        for row in txn.open_table(SUBSCRIPTIONS)?.iter()? {
+            let (k, v) = row?;
+            let sub: Subscription = serde_json::from_slice(v.value())
+                .map_err(|e| LoadError::Record(format!("subscription {:?} does not decode: {e}", k.value())))?;
+            subscriptions.push(sub);
+        }
+        let mut deliveries = Vec::new();
+        for row in txn.open_table(DELIVERIES)?.iter()? {
+            let (k, v) = row?;
+            let delivery: Delivery = serde_json::from_slice(v.value())
+                .map_err(|e| LoadError::Record(format!("delivery {} does not decode: {e}", k.value())))?;
+            deliveries.push(delivery);
+        }
         Ok(Loaded {
             users,
             outbox_first,
             outbox_next,
+            subscriptions,
+            deliveries,
         })
     }
 
-    /// Write a batch in one transaction and fsync it (redb's default `Immediate` durability):
-    /// this is the group commit, one fsync shared by every request in the batch. Outbox entries
-    /// below `prune_below` are dropped in the same transaction to bound the file.
-    pub fn write_batch(&self, records: &[Record], prune_below: u64) -> Result<(), redb::Error> {
-        let txn = self.db.begin_write()?;
+    /// Write a batch in one transaction and, if `durable`, fsync it (redb's `Immediate`
+    /// durability): this is the group commit, one fsync shared by every request in the batch.
+    /// Outbox entries below `prune_outbox_below` are dropped in the same transaction to bound the file.
+    pub fn write_batch(&self, batch: &Batch) -> Result<(), redb::Error> {
+        let mut txn = self.db.begin_write()?;
+        if !batch.durable {
+            txn.set_durability(redb::Durability::None)?;
+        }
         {
             let mut users = txn.open_table(USERS)?;
             let mut outbox = txn.open_table(OUTBOX)?;
-            for r in records {
+            for r in &batch.records {
                 users.insert(r.storage_key.as_str(), r.state_json.as_slice())?;
                 if let Some((id, json)) = &r.outbox {
                     outbox.insert(*id, json.as_slice())?;
                 }
             }
-            if prune_below > 0 {
-                outbox.retain_in(..prune_below, |_, _| false)?;
+            if batch.prune_outbox_below > 0 {
+                outbox.retain_in(..batch.prune_outbox_below, |_, _| false)?;
+            }
+            let mut subscriptions = txn.open_table(SUBSCRIPTIONS)?;
+            for (id, json) in &batch.subscriptions_put {
+                subscriptions.insert(id.as_str(), json.as_slice())?;
+            }
+            for id in &batch.subscriptions_delete {
+                subscriptions.remove(id.as_str())?;
+            }
+            let mut deliveries = txn.open_table(DELIVERIES)?;
+            for (id, json) in &batch.deliveries_put {
+                deliveries.insert(*id, json.as_slice())?;
+            }
+            for id in &batch.deliveries_delete {
+                deliveries.remove(*id)?;
             }
         }
         txn.commit()?;
         Ok(())
+    }
+
+    pub fn deliveries(&self) -> Result<Vec<Delivery>, String> {
+        let read = || -> Result<Vec<Delivery>, LoadError> {
+            let txn = self.db.begin_read()?;
+            let mut out = Vec::new();
+            for row in txn.open_table(DELIVERIES)?.iter()? {
+                let (k, v) = row?;
+                out.push(
+                    serde_json::from_slice(v.value())
+                        .map_err(|e| LoadError::Record(format!("delivery {} does not decode: {e}", k.value())))?,
+                );
+            }
+            Ok(out)
+        };
+        read().map_err(|e| e.to_string())
     }
 
     pub fn outbox_after(&self, after_id: u64, limit: usize) -> Result<Vec<OutboxEntry>, String> {

@@ -7,17 +7,22 @@
 pub mod deadlines;
 pub mod disk;
 pub mod memory;
+pub mod subscriptions;
 pub mod writer;
 
-use super::{Commit, OutboxEntry, PresenceStore, StoreError, Versioned};
+use super::{Commit, Delivery, NewDelivery, OutboxEntry, PresenceStore, StoreError, Versioned};
+use crate::notify::subscription::Subscription;
 use deadlines::DeadlineIndex;
 use disk::{Disk, OpenError};
 use jiff::Timestamp;
 use memory::{Entry, Memory};
+use presence_core::TenantId;
 use presence_core::UserKey;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use subscriptions::SubscriptionIndex;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 /// How many commits may queue for the writer before callers wait: bounds memory under overload
@@ -32,6 +37,18 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// Number of durable transactions (group commits) so far.
     pub commits: AtomicU64,
+    // Read on every fan-out and API lookup, written only by the writer thread after a commit.
+    pub subscriptions: RwLock<SubscriptionIndex>,
+}
+
+impl Shared {
+    pub fn subscriptions(&self) -> RwLockReadGuard<'_, SubscriptionIndex> {
+        self.subscriptions.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn subscriptions_mut(&self) -> RwLockWriteGuard<'_, SubscriptionIndex> {
+        self.subscriptions.write().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 #[derive(Clone)]
@@ -40,6 +57,7 @@ pub struct EmbeddedStore {
     disk: Arc<Disk>,
     tx: mpsc::Sender<writer::Request>,
     writer_thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+    feed: Arc<Mutex<Option<mpsc::UnboundedReceiver<Vec<Delivery>>>>>,
 }
 
 /// What start-up found, for the log line operators read after a restart.
@@ -60,7 +78,12 @@ impl EmbeddedStore {
             deadline_moved: Notify::new(),
             ready: AtomicBool::new(false),
             commits: AtomicU64::new(0),
+            subscriptions: RwLock::new(SubscriptionIndex::default()),
         });
+        for subscription in loaded.subscriptions {
+            shared.subscriptions_mut().put(Arc::new(subscription));
+        }
+        let delivery_next = loaded.deliveries.last().map_or(1, |d| d.id + 1);
         let users = loaded.users.len();
         for (key, state) in loaded.users {
             shared.deadlines.set(&key, state.next_deadline());
@@ -74,7 +97,8 @@ impl EmbeddedStore {
         }
         let disk = Arc::new(disk);
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let w = writer::Writer::new(disk.clone(), shared.clone(), loaded.outbox_next);
+        let (feed_tx, feed_rx) = mpsc::unbounded_channel();
+        let w = writer::Writer::new(disk.clone(), shared.clone(), loaded.outbox_next, delivery_next, feed_tx);
         let thread = writer::spawn(w, rx).map_err(|source| OpenError::Directory {
             path: dir.into(),
             source,
@@ -91,6 +115,7 @@ impl EmbeddedStore {
                 disk,
                 tx,
                 writer_thread,
+                feed: Arc::new(Mutex::new(Some(feed_rx))),
             },
             report,
         ))
@@ -118,6 +143,21 @@ impl EmbeddedStore {
     pub fn commit_count(&self) -> u64 {
         self.shared.commits.load(Ordering::Relaxed)
     }
+
+    pub fn subscription_count(&self) -> usize {
+        self.shared.subscriptions().len()
+    }
+
+    /// Hand a request to the writer and wait until it is durable (or failed).
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> writer::Request,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let gone = || StoreError::Unavailable("the writer has stopped".into());
+        self.tx.send(make(reply)).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
 }
 
 impl PresenceStore for EmbeddedStore {
@@ -134,13 +174,7 @@ impl PresenceStore for EmbeddedStore {
     }
 
     async fn commit(&self, commit: Commit) -> Result<u64, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        let gone = || StoreError::Unavailable("the writer has stopped".into());
-        self.tx
-            .send(writer::Request { commit, reply })
-            .await
-            .map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
+        self.request(|reply| writer::Request::Commit { commit, reply }).await
     }
 
     async fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<UserKey>, StoreError> {
@@ -165,5 +199,51 @@ impl PresenceStore for EmbeddedStore {
 
     fn is_ready(&self) -> bool {
         self.shared.ready.load(Ordering::Acquire)
+    }
+
+    async fn put_subscription(&self, subscription: Subscription) -> Result<(), StoreError> {
+        self.request(|reply| writer::Request::PutSubscription { subscription, reply })
+            .await
+    }
+
+    async fn delete_subscription(&self, id: &str) -> Result<Option<Subscription>, StoreError> {
+        let id = id.to_owned();
+        self.request(|reply| writer::Request::DeleteSubscription { id, reply })
+            .await
+    }
+
+    async fn subscription(&self, id: &str) -> Result<Option<Subscription>, StoreError> {
+        Ok(self.shared.subscriptions().get(id).map(|s| (*s).clone()))
+    }
+
+    async fn subscriptions(&self, tenant: Option<&TenantId>) -> Result<Vec<Subscription>, StoreError> {
+        Ok(self
+            .shared
+            .subscriptions()
+            .all(tenant)
+            .into_iter()
+            .map(|s| (*s).clone())
+            .collect())
+    }
+
+    async fn enqueue(&self, deliveries: Vec<NewDelivery>) -> Result<Vec<Delivery>, StoreError> {
+        self.request(|reply| writer::Request::Enqueue { deliveries, reply })
+            .await
+    }
+
+    async fn finish(&self, ids: Vec<u64>) -> Result<(), StoreError> {
+        self.request(|reply| writer::Request::Finish { ids, reply }).await
+    }
+
+    async fn pending_deliveries(&self) -> Result<Vec<Delivery>, StoreError> {
+        let disk = self.disk.clone();
+        tokio::task::spawn_blocking(move || disk.deliveries())
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+            .map_err(StoreError::Unavailable)
+    }
+
+    fn take_delivery_feed(&self) -> Option<mpsc::UnboundedReceiver<Vec<Delivery>>> {
+        self.feed.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }

@@ -1,14 +1,16 @@
-//! The single writer thread: batches concurrent commits into one redb transaction (group commit).
+//! The single writer thread: batches concurrent requests into one redb transaction (group commit).
 //!
 //! redb admits one write transaction at a time, and an fsync costs the same for one record as
-//! for a thousand, so every commit waiting when the previous fsync finishes rides the next one.
-//! The writer is also the only code that mutates the in-memory map and the deadline index, which
-//! makes the compare-and-set check exact without further locking.
-use super::disk::{Disk, Record};
+//! for a thousand, so every request waiting when the previous fsync finishes rides the next one.
+//! The writer is also the only code that mutates the in-memory map, the deadline index and the
+//! subscription index, which makes the compare-and-set check exact without further locking, and
+//! lets it fan a change out to its subscribers inside the very transaction that records it.
+use super::disk::{Batch, Disk, Record};
 use super::memory::Entry;
 use super::Shared;
-use crate::store::{Commit, StoreError};
-use presence_core::UserKey;
+use crate::notify::subscription::Subscription;
+use crate::store::{Commit, Delivery, DeliveryKind, NewDelivery, StoreError};
+use presence_core::{ChangeEvent, UserKey};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,27 +18,83 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Upper bound of one batch: keeps a single transaction's memory and latency bounded under load.
 const MAX_BATCH: usize = 4096;
-/// How many change events the outbox keeps once delivered history is no longer needed. Until a
-/// notifier consumes the outbox this is the retention window; it bounds the file either way.
+/// How many change events the outbox keeps. The outbox is the change log (deliveries are fanned
+/// out at commit time); this bounds the file.
 pub const OUTBOX_RETAIN: u64 = 100_000;
 
-pub struct Request {
-    pub commit: Commit,
-    pub reply: oneshot::Sender<Result<u64, StoreError>>,
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+pub enum Request {
+    Commit {
+        commit: Commit,
+        reply: Reply<u64>,
+    },
+    PutSubscription {
+        subscription: Subscription,
+        reply: Reply<()>,
+    },
+    DeleteSubscription {
+        id: String,
+        reply: Reply<Option<Subscription>>,
+    },
+    Enqueue {
+        deliveries: Vec<NewDelivery>,
+        reply: Reply<Vec<Delivery>>,
+    },
+    Finish {
+        ids: Vec<u64>,
+        reply: Reply<()>,
+    },
+}
+
+/// What to do once the batch is durable, in request order.
+enum Effect {
+    // Boxed: the state is large and the other effects are small.
+    Commit {
+        key: UserKey,
+        version: u64,
+        state: Box<presence_core::UserPresence>,
+        reply: Reply<u64>,
+    },
+    PutSubscription {
+        subscription: Arc<Subscription>,
+        reply: Reply<()>,
+    },
+    DeleteSubscription {
+        id: String,
+        reply: Reply<Option<Subscription>>,
+    },
+    Enqueue {
+        deliveries: Vec<Delivery>,
+        reply: Reply<Vec<Delivery>>,
+    },
+    Finish {
+        reply: Reply<()>,
+    },
 }
 
 pub struct Writer {
     disk: Arc<Disk>,
     shared: Arc<Shared>,
     outbox_next: u64,
+    delivery_next: u64,
+    feed: mpsc::UnboundedSender<Vec<Delivery>>,
 }
 
 impl Writer {
-    pub fn new(disk: Arc<Disk>, shared: Arc<Shared>, outbox_next: u64) -> Self {
+    pub fn new(
+        disk: Arc<Disk>,
+        shared: Arc<Shared>,
+        outbox_next: u64,
+        delivery_next: u64,
+        feed: mpsc::UnboundedSender<Vec<Delivery>>,
+    ) -> Self {
         Self {
             disk,
             shared,
             outbox_next,
+            delivery_next,
+            feed,
         }
     }
 
@@ -55,66 +113,195 @@ impl Writer {
         self.shared.ready.store(false, Ordering::Release);
     }
 
-    fn process(&mut self, batch: Vec<Request>) {
+    fn process(&mut self, requests: Vec<Request>) {
+        let (outbox_start, delivery_start) = (self.outbox_next, self.delivery_next);
+        let mut batch = Batch {
+            prune_outbox_below: self.outbox_next.saturating_sub(OUTBOX_RETAIN),
+            ..Batch::default()
+        };
+        let mut effects = Vec::with_capacity(requests.len());
+        let mut new_deliveries: Vec<Delivery> = Vec::new();
+        // Versions and subscriptions as this batch changes them, before they are published.
         let mut versions: HashMap<UserKey, u64> = HashMap::new();
-        let mut accepted = Vec::with_capacity(batch.len());
-        let mut records = Vec::with_capacity(batch.len());
-        let first_outbox_id = self.outbox_next;
-        for request in batch {
-            let key = &request.commit.key;
-            let current = versions
-                .get(key)
-                .copied()
-                .unwrap_or_else(|| self.shared.memory.version(key));
-            if current != request.commit.expected_version {
-                let _ = request.reply.send(Err(StoreError::Conflict));
-                continue;
-            }
-            match self.encode(&request.commit) {
-                Ok(record) => {
+        let mut subscription_overlay: HashMap<String, Option<Arc<Subscription>>> = HashMap::new();
+        for request in requests {
+            match request {
+                Request::Commit { commit, reply } => {
+                    let key = &commit.key;
+                    let current = versions
+                        .get(key)
+                        .copied()
+                        .unwrap_or_else(|| self.shared.memory.version(key));
+                    if current != commit.expected_version {
+                        let _ = reply.send(Err(StoreError::Conflict));
+                        continue;
+                    }
+                    let record = match self.encode(&commit) {
+                        Ok(record) => record,
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                            continue;
+                        }
+                    };
+                    if let Some(event) = commit.event.as_ref().filter(|e| e.availability_or_activity_changed()) {
+                        for delivery in self.fan_out(key, event, &subscription_overlay) {
+                            batch.deliveries_put.push((delivery.id, encode(&delivery)));
+                            new_deliveries.push(delivery);
+                        }
+                    }
                     versions.insert(key.clone(), current + 1);
-                    records.push(record);
-                    accepted.push((request, current + 1));
+                    batch.records.push(record);
+                    let Commit { key, state, .. } = commit;
+                    effects.push(Effect::Commit {
+                        key,
+                        version: current + 1,
+                        state: Box::new(state),
+                        reply,
+                    });
                 }
-                Err(e) => {
-                    let _ = request.reply.send(Err(e));
+                Request::PutSubscription { subscription, reply } => {
+                    batch
+                        .subscriptions_put
+                        .push((subscription.id.clone(), encode(&subscription)));
+                    let subscription = Arc::new(subscription);
+                    subscription_overlay.insert(subscription.id.clone(), Some(subscription.clone()));
+                    effects.push(Effect::PutSubscription { subscription, reply });
+                }
+                Request::DeleteSubscription { id, reply } => {
+                    batch.subscriptions_delete.push(id.clone());
+                    subscription_overlay.insert(id.clone(), None);
+                    effects.push(Effect::DeleteSubscription { id, reply });
+                }
+                Request::Enqueue { deliveries, reply } => {
+                    let assigned: Vec<Delivery> = deliveries.into_iter().map(|d| self.assign(d)).collect();
+                    for d in &assigned {
+                        batch.deliveries_put.push((d.id, encode(d)));
+                    }
+                    new_deliveries.extend(assigned.iter().cloned());
+                    effects.push(Effect::Enqueue {
+                        deliveries: assigned,
+                        reply,
+                    });
+                }
+                Request::Finish { ids, reply } => {
+                    batch.deliveries_delete.extend(ids);
+                    effects.push(Effect::Finish { reply });
                 }
             }
         }
-        if accepted.is_empty() {
+        if effects.is_empty() {
             return;
         }
-        let prune_below = self.outbox_next.saturating_sub(OUTBOX_RETAIN);
-        if let Err(e) = self.disk.write_batch(&records, prune_below) {
-            // Nothing in this batch is durable: undo the outbox ids and fail every request, so
-            // no client is told "200" for a write that a crash could lose.
-            self.outbox_next = first_outbox_id;
-            tracing::error!(error = %e, batch = accepted.len(), "commit failed");
-            for (request, _) in accepted {
-                let _ = request.reply.send(Err(StoreError::Unavailable(e.to_string())));
+        batch.durable = effects.iter().any(|e| !matches!(e, Effect::Finish { .. }));
+        if let Err(e) = self.disk.write_batch(&batch) {
+            // Nothing in this batch is durable: undo the ids and fail every request, so no client
+            // is told "200" for a write that a crash could lose.
+            (self.outbox_next, self.delivery_next) = (outbox_start, delivery_start);
+            tracing::error!(error = %e, requests = effects.len(), "commit failed");
+            for effect in effects {
+                fail(effect, &e.to_string());
             }
             return;
         }
-        self.shared.commits.fetch_add(1, Ordering::Relaxed);
-        for (request, version) in accepted {
-            let Commit { key, state, .. } = request.commit;
-            let deadline = state.next_deadline();
-            self.shared.memory.put(
-                key.clone(),
-                Entry {
+        if batch.durable {
+            self.shared.commits.fetch_add(1, Ordering::Relaxed);
+        }
+        self.publish(effects);
+        if !new_deliveries.is_empty() {
+            // The dispatcher may be gone at shutdown; the deliveries are durable and resume on start.
+            let _ = self.feed.send(new_deliveries);
+        }
+    }
+
+    fn publish(&self, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Commit {
+                    key,
                     version,
-                    state: Arc::new(state),
-                },
-            );
-            if self.shared.deadlines.set(&key, deadline) {
-                self.shared.deadline_moved.notify_one();
+                    state,
+                    reply,
+                } => {
+                    let deadline = state.next_deadline();
+                    self.shared.memory.put(
+                        key.clone(),
+                        Entry {
+                            version,
+                            state: Arc::new(*state),
+                        },
+                    );
+                    if self.shared.deadlines.set(&key, deadline) {
+                        self.shared.deadline_moved.notify_one();
+                    }
+                    let _ = reply.send(Ok(version));
+                }
+                Effect::PutSubscription { subscription, reply } => {
+                    self.shared.subscriptions_mut().put(subscription);
+                    let _ = reply.send(Ok(()));
+                }
+                Effect::DeleteSubscription { id, reply } => {
+                    let removed = self.shared.subscriptions_mut().remove(&id);
+                    let _ = reply.send(Ok(removed.map(|s| (*s).clone())));
+                }
+                Effect::Enqueue { deliveries, reply } => {
+                    let _ = reply.send(Ok(deliveries));
+                }
+                Effect::Finish { reply } => {
+                    let _ = reply.send(Ok(()));
+                }
             }
-            let _ = request.reply.send(Ok(version));
+        }
+    }
+
+    /// One delivery per live subscription of this user, as of this point in the batch.
+    fn fan_out(
+        &mut self,
+        key: &UserKey,
+        event: &ChangeEvent,
+        overlay: &HashMap<String, Option<Arc<Subscription>>>,
+    ) -> Vec<Delivery> {
+        let mut subscribers = self.shared.subscriptions().matching(&key.tenant, &key.user);
+        subscribers.retain(|s| !overlay.contains_key(&s.id));
+        subscribers.extend(
+            overlay
+                .values()
+                .flatten()
+                .filter(|s| s.tenant == key.tenant && s.users.contains(&key.user))
+                .cloned(),
+        );
+        subscribers.sort_by(|a, b| a.id.cmp(&b.id));
+        subscribers
+            .into_iter()
+            .filter(|s| s.expiration > event.at)
+            .map(|s| {
+                self.assign(NewDelivery {
+                    url: s.notification_url.clone(),
+                    subscription_id: s.id.clone(),
+                    created_at: event.at,
+                    kind: DeliveryKind::Change {
+                        user: key.user.clone(),
+                        availability: event.view.availability,
+                        activity: event.view.activity,
+                        sequence: event.view.sequence,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    fn assign(&mut self, d: NewDelivery) -> Delivery {
+        let id = self.delivery_next;
+        self.delivery_next += 1;
+        Delivery {
+            id,
+            url: d.url,
+            subscription_id: d.subscription_id,
+            created_at: d.created_at,
+            kind: d.kind,
         }
     }
 
     fn encode(&mut self, commit: &Commit) -> Result<Record, StoreError> {
-        let encode_err = |e: serde_json::Error| StoreError::Unavailable(format!("encoding failed: {e}"));
         let state_json = serde_json::to_vec(&commit.state).map_err(encode_err)?;
         let outbox = match &commit.event {
             Some(event) => {
@@ -130,6 +317,26 @@ impl Writer {
             state_json,
             outbox,
         })
+    }
+}
+
+fn encode_err(e: serde_json::Error) -> StoreError {
+    StoreError::Unavailable(format!("encoding failed: {e}"))
+}
+
+/// Our own types always serialise; a failure here would be a bug, not an input problem.
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("store records serialise to JSON")
+}
+
+fn fail(effect: Effect, message: &str) {
+    let err = StoreError::Unavailable(message.to_owned());
+    match effect {
+        Effect::Commit { reply, .. } => drop(reply.send(Err(err))),
+        Effect::PutSubscription { reply, .. } => drop(reply.send(Err(err))),
+        Effect::DeleteSubscription { reply, .. } => drop(reply.send(Err(err))),
+        Effect::Enqueue { reply, .. } => drop(reply.send(Err(err))),
+        Effect::Finish { reply } => drop(reply.send(Err(err))),
     }
 }
 
