@@ -507,3 +507,27 @@ async fn bad_subscription_requests_are_graph_400s() {
         "no request reached a refused address"
     );
 }
+
+#[tokio::test]
+async fn giving_up_after_the_retry_window_sends_missed() {
+    let server = server_with(&["--webhook-retry-for", "1s"]);
+    let notifications = Receiver::start().await;
+    let lifecycle = Receiver::start().await;
+    let token = subscriber(&server);
+    let app = server.app_token(&["Presence.ReadWrite.All"]);
+    let mut body = subscription_body(&notifications.url, &[U1]);
+    body["lifecycleNotificationUrl"] = json!(lifecycle.url);
+    let sub = subscribe(&server, &token, body).await;
+    notifications.set_status(500);
+    set(&server, &app, U1, "Busy", "InACall", "PT1H").await;
+    let items = lifecycle
+        .wait_for("a missed lifecycle event", Duration::from_secs(15), |i| !i.is_empty())
+        .await;
+    assert_eq!(items[0]["lifecycleEvent"], "missed");
+    assert_eq!(items[0]["subscriptionId"], sub["id"]);
+    // The dropped notification is gone for good: a recovered endpoint gets only new changes.
+    notifications.set_status(200);
+    set(&server, &app, U1, "Away", "Away", "PT1H").await;
+    let got = notifications.wait_for("the next change", WAIT, |i| !i.is_empty()).await;
+    assert_eq!(got.len(), 1);
+}

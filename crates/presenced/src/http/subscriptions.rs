@@ -93,8 +93,8 @@ async fn owned(state: &AppState, principal: &Principal, id: &str) -> Result<Subs
     }
 }
 
-fn url_error(field: &str, e: impl std::fmt::Display) -> ApiError {
-    ApiError::bad_request(format!("Invalid {field}: {e}"))
+fn url_error(field: &str, e: crate::notify::endpoint::EndpointError) -> ApiError {
+    ApiError::bad_request(e.for_field(field).to_string())
 }
 
 /// Graph's validation handshake on a URL; a failure fails the request with 400.

@@ -1,6 +1,7 @@
 //! The store conformance suite: every backend must pass these, so the service can rely on the
 //! port's contract rather than on one implementation's accidents.
-use super::{Commit, PresenceStore, StoreError};
+use super::{Commit, DeliveryKind, LifecycleEvent, NewDelivery, PresenceStore, StoreError};
+use crate::notify::subscription::Subscription;
 use jiff::{SignedDuration, Timestamp};
 use presence_core::{
     Activity, Availability, Command, SessionId, SessionState, TenantId, Timing, UserId, UserKey, UserPresence,
@@ -40,8 +41,179 @@ pub async fn run_all<H: Harness>(mut harness: H) {
     deadlines_follow_commits(&store).await;
     outbox_keeps_commit_order(&store).await;
     concurrent_commits_all_land(&store).await;
+    subscriptions_fan_out_in_the_commit(&store).await;
     let store = harness.reopen(store);
     everything_survives_reopen(&store).await;
+    deliveries_and_subscriptions_survive_reopen(&store).await;
+}
+
+fn subscription(id: &str, users: &[&str]) -> Subscription {
+    Subscription {
+        id: id.to_owned(),
+        tenant: TenantId::parse("tenant-a").unwrap(),
+        application_id: "app".into(),
+        creator_id: None,
+        resource: "/communications/presences?$filter=id in ('x')".into(),
+        users: users.iter().map(|u| UserId::parse(u).unwrap()).collect(),
+        notification_url: format!("https://hooks.example/{id}"),
+        lifecycle_notification_url: None,
+        client_state: Some("cs".into()),
+        expiration: t0() + SignedDuration::from_hours(1),
+        renewed_at: t0(),
+        include_resource_data: false,
+        encryption_certificate: None,
+        encryption_certificate_id: None,
+        latest_supported_tls_version: None,
+        reauthorization_requested: false,
+    }
+}
+
+async fn subscriptions_fan_out_in_the_commit<S: PresenceStore>(store: &S) {
+    let mut feed = store.take_delivery_feed().expect("the feed is available once");
+    assert!(store.take_delivery_feed().is_none());
+    store
+        .put_subscription(subscription("sub-1", &["watched"]))
+        .await
+        .unwrap();
+    store
+        .put_subscription(subscription("sub-2", &["watched", "other"]))
+        .await
+        .unwrap();
+    assert_eq!(store.subscription("sub-1").await.unwrap().unwrap().users.len(), 1);
+    assert_eq!(
+        store
+            .subscriptions(Some(&TenantId::parse("tenant-a").unwrap()))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(store
+        .subscriptions(Some(&TenantId::parse("tenant-b").unwrap()))
+        .await
+        .unwrap()
+        .is_empty());
+
+    let (state, event) = busy_state(t0());
+    store
+        .commit(Commit {
+            key: key("watched"),
+            expected_version: 0,
+            state,
+            event,
+        })
+        .await
+        .unwrap();
+    let delivered = feed.recv().await.unwrap();
+    let subs: Vec<&str> = delivered.iter().map(|d| d.subscription_id.as_str()).collect();
+    assert_eq!(
+        subs,
+        ["sub-1", "sub-2"],
+        "one delivery per subscription, in the same commit"
+    );
+    assert!(matches!(
+        &delivered[0].kind,
+        DeliveryKind::Change {
+            availability: Availability::Busy,
+            ..
+        }
+    ));
+    assert_eq!(delivered[0].url, "https://hooks.example/sub-1");
+
+    // A change that is not an availability/activity change owes nothing.
+    let loaded = store.load(&key("watched")).await.unwrap();
+    let mut quiet = (*loaded.state).clone();
+    let message = presence_core::StatusMessageInput::new("hi".into(), None).unwrap();
+    let out = quiet
+        .apply(Command::SetStatusMessage(Some(message)), t0(), &Timing::default())
+        .unwrap();
+    store
+        .commit(Commit {
+            key: key("watched"),
+            expected_version: loaded.version,
+            state: quiet,
+            event: out.change,
+        })
+        .await
+        .unwrap();
+    assert!(feed.try_recv().is_err());
+
+    // After deleting sub-1 only sub-2 is owed.
+    store.delete_subscription("sub-1").await.unwrap().expect("it existed");
+    assert!(store.delete_subscription("sub-1").await.unwrap().is_none());
+    let loaded = store.load(&key("watched")).await.unwrap();
+    let mut clear = (*loaded.state).clone();
+    let out = clear
+        .apply(
+            Command::ClearPresence {
+                session: SessionId::parse("app").unwrap(),
+            },
+            t0(),
+            &Timing::default(),
+        )
+        .unwrap();
+    store
+        .commit(Commit {
+            key: key("watched"),
+            expected_version: loaded.version,
+            state: clear,
+            event: out.change,
+        })
+        .await
+        .unwrap();
+    let second = feed.recv().await.unwrap();
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].subscription_id, "sub-2");
+    assert!(second[0].id > delivered[1].id);
+
+    // Lifecycle deliveries are enqueued durably too; delivered ones can be finished.
+    let lifecycle = NewDelivery {
+        url: "https://hooks.example/life".into(),
+        subscription_id: "sub-2".into(),
+        created_at: t0(),
+        kind: DeliveryKind::Lifecycle {
+            event: LifecycleEvent::ReauthorizationRequired,
+            tenant: TenantId::parse("tenant-a").unwrap(),
+            client_state: None,
+            subscription_expiration: t0(),
+        },
+    };
+    let queued = store.enqueue(vec![lifecycle]).await.unwrap();
+    assert_eq!(feed.recv().await.unwrap(), queued);
+    store.finish(vec![delivered[0].id]).await.unwrap();
+    let pending: Vec<u64> = store.pending_deliveries().await.unwrap().iter().map(|d| d.id).collect();
+    assert_eq!(pending, vec![delivered[1].id, second[0].id, queued[0].id]);
+}
+
+async fn deliveries_and_subscriptions_survive_reopen<S: PresenceStore>(store: &S) {
+    assert!(store.subscription("sub-1").await.unwrap().is_none());
+    assert_eq!(
+        store
+            .subscription("sub-2")
+            .await
+            .unwrap()
+            .unwrap()
+            .client_state
+            .as_deref(),
+        Some("cs")
+    );
+    let pending = store.pending_deliveries().await.unwrap();
+    assert_eq!(pending.len(), 3, "{pending:?}");
+    // New deliveries continue the id sequence rather than reusing ids.
+    let mut feed = store.take_delivery_feed().unwrap();
+    let loaded = store.load(&key("watched")).await.unwrap();
+    let (state, event) = busy_state(t0());
+    store
+        .commit(Commit {
+            key: key("watched"),
+            expected_version: loaded.version,
+            state,
+            event,
+        })
+        .await
+        .unwrap();
+    let fresh = feed.recv().await.unwrap();
+    assert!(fresh[0].id > pending.last().unwrap().id);
 }
 
 async fn unknown_user_is_version_zero<S: PresenceStore>(store: &S) {
