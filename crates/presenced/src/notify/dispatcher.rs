@@ -48,6 +48,9 @@ struct Context<S> {
     config: DeliveryConfig,
     clock: SystemClock,
     shutdown: watch::Receiver<bool>,
+    /// Delivered ids go to one background task, so an endpoint never waits on the store (which
+    /// may be in the middle of an fsync) before sending its next batch.
+    finished: mpsc::UnboundedSender<Vec<u64>>,
 }
 
 pub struct Dispatcher<S> {
@@ -58,18 +61,11 @@ pub struct Dispatcher<S> {
 
 impl<S: PresenceStore + Clone> Dispatcher<S> {
     pub fn new(store: S, client: WebhookClient, config: DeliveryConfig, shutdown: watch::Receiver<bool>) -> Self {
-        let context = Arc::new(Context {
-            store,
-            client,
-            config,
-            clock: SystemClock,
-            shutdown,
-        });
-        Self {
-            context,
-            endpoints: HashMap::new(),
-            tasks: tokio::task::JoinSet::new(),
-        }
+        let (finished, finished_rx) = mpsc::unbounded_channel();
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(record_finished(store.clone(), finished_rx));
+        let context = Arc::new(Context { store, client, config, clock: SystemClock, shutdown, finished });
+        Self { context, endpoints: HashMap::new(), tasks }
     }
 
     /// Resume what was owed at start, then follow new deliveries until shutdown.
@@ -266,9 +262,18 @@ async fn build_items<S: PresenceStore>(context: &Context<S>, batch: &[Delivery])
 }
 
 async fn finish<S: PresenceStore>(context: &Context<S>, batch: &[Delivery]) {
-    let ids = batch.iter().map(|d| d.id).collect();
-    if let Err(e) = context.store.finish(ids).await {
-        tracing::warn!(error = %e, "could not record delivered notifications; they may be sent again");
+    let _ = context.finished.send(batch.iter().map(|d| d.id).collect());
+}
+
+/// Forget delivered notifications, coalescing whatever finished meanwhile into one store call.
+async fn record_finished<S: PresenceStore>(store: S, mut rx: mpsc::UnboundedReceiver<Vec<u64>>) {
+    while let Some(mut ids) = rx.recv().await {
+        while let Ok(more) = rx.try_recv() {
+            ids.extend(more);
+        }
+        if let Err(e) = store.finish(ids).await {
+            tracing::warn!(error = %e, "could not record delivered notifications; they may be sent again");
+        }
     }
 }
 
