@@ -2,6 +2,7 @@
 //!
 //! Precedence is flag > environment > file > built-in default (clap folds the first two; the file
 //! only fills what neither gave). Every duration takes `2s`/`5m` or ISO 8601 (`PT5M`).
+use crate::http::rate_limit::RateLimit;
 use crate::notify::dispatcher::DeliveryConfig;
 use crate::notify::endpoint::Cidr;
 use crate::notify::subscription::SubscriptionPolicy;
@@ -91,6 +92,9 @@ pub struct ServeArgs {
     /// Send reauthorizationRequired this long before a subscription expires (at most a quarter of its lifetime). [default: 15m]
     #[arg(long, env = "PRESENCED_SUBSCRIPTION_REAUTHORIZE_BEFORE")]
     pub subscription_reauthorize_before: Option<String>,
+    /// Presence requests allowed per application per tenant, as REQUESTS/WINDOW, or `off`. [default: 1500/30s]
+    #[arg(long, env = "PRESENCED_RATE_LIMIT")]
+    pub rate_limit: Option<String>,
     /// Log format. [default: text]
     #[arg(long, env = "PRESENCED_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -140,6 +144,7 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<String>,
+    pub rate_limit: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub fade_after: Option<String>,
     pub session_expiration_min: Option<String>,
@@ -204,6 +209,7 @@ pub struct ServeConfig {
     pub webhook_allow_networks: Vec<Cidr>,
     pub delivery: DeliveryConfig,
     pub subscriptions: SubscriptionPolicy,
+    pub rate_limit: Option<RateLimit>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -317,6 +323,14 @@ impl ServeArgs {
                 message: "need 0 < subscription-lifetime-min <= subscription-lifetime-max".into(),
             });
         }
+        let rate_limit_raw = self
+            .rate_limit
+            .or(file.rate_limit)
+            .unwrap_or_else(|| "1500/30s".to_owned());
+        let rate_limit = RateLimit::parse(&rate_limit_raw).map_err(|message| ConfigError::Value {
+            key: "rate-limit",
+            message,
+        })?;
         let or_default = |flag: Vec<String>, file: Option<Vec<String>>, default: &str| {
             if !flag.is_empty() {
                 flag
@@ -341,6 +355,7 @@ impl ServeArgs {
             webhook_allow_networks,
             delivery,
             subscriptions,
+            rate_limit,
         })
     }
 }

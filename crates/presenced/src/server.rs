@@ -72,6 +72,9 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()> + Send 
         verifier: Arc::new(verifier),
         clock: SystemClock,
         subscriptions,
+        rate_limiter: config
+            .rate_limit
+            .map(|l| Arc::new(crate::http::rate_limit::RateLimiter::new(l))),
     };
     // Tests and scripts wait for this exact line on stdout; logs go to stderr.
     println!("listening on http://{addr}");

@@ -352,3 +352,33 @@ async fn bad_paths_methods_and_ids() {
     // Still healthy after all of that.
     assert_eq!(call(Method::GET, &server.url("/healthz"), None, None).await.status, 200);
 }
+
+#[tokio::test]
+async fn throttling_per_application_per_tenant() {
+    let server = Server::start(&["--rate-limit", "5/30s"]);
+    let app = server.app_token(&["Presence.ReadWrite.All"]);
+    let other_app = server.token_for(TENANT, None, &[], &["Presence.ReadWrite.All"]);
+    let url = server.url(&format!("/v1.0/users/{USER}/presence"));
+    for _ in 0..5 {
+        assert_eq!(get(&url, &app).await.status, 200);
+    }
+    let throttled = get(&url, &app).await;
+    throttled.assert_error(429, "TooManyRequests");
+    let retry_after: u64 = throttled.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=30).contains(&retry_after), "{retry_after}");
+    // Writes share the budget; health checks and other tenants do not.
+    let body = json!({ "sessionId": "s", "availability": "Busy", "activity": "InACall" });
+    post(&action(&server, "setPresence"), &app, body)
+        .await
+        .assert_error(429, "TooManyRequests");
+    assert_eq!(call(Method::GET, &server.url("/healthz"), None, None).await.status, 200);
+    let other_tenant = server.token_for(
+        "33333333-3333-3333-3333-333333333333",
+        None,
+        &[],
+        &["Presence.Read.All"],
+    );
+    assert_eq!(get(&url, &other_tenant).await.status, 200);
+    // Same app id ("test-app") in the same tenant shares the budget, whatever the token.
+    get(&url, &other_app).await.assert_error(429, "TooManyRequests");
+}

@@ -218,7 +218,10 @@ async fn pending_deliveries_survive_sigkill_and_keep_per_user_order() {
             for_user(i, U1).len() >= 4 && for_user(i, U2).len() >= 4
         })
         .await;
-    assert!(receiver.post_count() < items.len(), "queued notifications are batched into fewer POSTs");
+    assert!(
+        receiver.post_count() < items.len(),
+        "queued notifications are batched into fewer POSTs"
+    );
     for user in [U1, U2] {
         let mut seqs: Vec<String> = for_user(&items, user).iter().map(|i| seq(i)).collect();
         let arrival = seqs.clone();

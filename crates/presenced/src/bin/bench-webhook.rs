@@ -34,7 +34,12 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args { presenced: "target/release/presenced".into(), rate: 2000, seconds: 10, users: 1000 };
+    let mut a = Args {
+        presenced: "target/release/presenced".into(),
+        rate: 2000,
+        seconds: 10,
+        users: 1000,
+    };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     for pair in argv.chunks(2) {
         let value = pair.get(1).cloned().unwrap_or_default();
@@ -49,7 +54,11 @@ fn args() -> Args {
     a
 }
 
-async fn receive(State(arrivals): State<Arc<Arrivals>>, Query(q): Query<HashMap<String, String>>, body: Bytes) -> axum::response::Response {
+async fn receive(
+    State(arrivals): State<Arc<Arrivals>>,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> axum::response::Response {
     let now = Instant::now();
     if let Some(token) = q.get("validationToken") {
         return ([(header::CONTENT_TYPE, "text/plain")], token.clone()).into_response();
@@ -105,12 +114,22 @@ async fn main() {
     let mut server = Command::new(&args.presenced)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&dir)
-        .args(["--webhook-allow-http", "--webhook-allow-network", "127.0.0.0/8", "--log-level", "warn"])
+        .args([
+            "--webhook-allow-http",
+            "--webhook-allow-network",
+            "127.0.0.0/8",
+            "--log-level",
+            "warn",
+            "--rate-limit",
+            "off",
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .expect("start presenced");
     let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let base = line.trim().rsplit(' ').next().unwrap().to_owned();
 
     let arrivals = Arc::new(Arrivals::default());
@@ -121,7 +140,11 @@ async fn main() {
 
     let client = reqwest::Client::builder().pool_max_idle_per_host(512).build().unwrap();
     let writer = token(&args.presenced, &dir, &[]);
-    let subscriber = token(&args.presenced, &dir, &["--user", "bench-watcher", "--scope", "Presence.Read.All"]);
+    let subscriber = token(
+        &args.presenced,
+        &dir,
+        &["--user", "bench-watcher", "--scope", "Presence.Read.All"],
+    );
     let users: Vec<String> = (0..args.users).map(|i| format!("bench-user-{i}")).collect();
     for chunk in users.chunks(650) {
         let list = chunk.iter().map(|u| format!("'{u}'")).collect::<Vec<_>>().join(",");
@@ -129,7 +152,13 @@ async fn main() {
         let expiry = (jiff::Timestamp::now() + jiff::SignedDuration::from_mins(50)).to_string();
         let body = json!({ "changeType": "updated", "notificationUrl": hook, "expirationDateTime": expiry,
             "resource": format!("/communications/presences?$filter=id in ({list})") });
-        let r = client.post(format!("{base}/v1.0/subscriptions")).bearer_auth(&subscriber).json(&body).send().await.unwrap();
+        let r = client
+            .post(format!("{base}/v1.0/subscriptions"))
+            .bearer_auth(&subscriber)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 201, "subscription: {}", r.text().await.unwrap());
     }
 
@@ -146,14 +175,30 @@ async fn main() {
         ticker.tick().await;
         let user = users[(n as usize) % users.len()].clone();
         let round = n as usize / users.len();
-        let (av, ac) = if round % 2 == 0 { ("Busy", "InACall") } else { ("Away", "Away") };
-        let (client, writer, base, acks, errors) = (client.clone(), writer.clone(), base.clone(), acks.clone(), errors.clone());
+        let (av, ac) = if round % 2 == 0 {
+            ("Busy", "InACall")
+        } else {
+            ("Away", "Away")
+        };
+        let (client, writer, base, acks, errors) = (
+            client.clone(),
+            writer.clone(),
+            base.clone(),
+            acks.clone(),
+            errors.clone(),
+        );
         tasks.spawn(async move {
-            let body = json!({ "sessionId": "bench", "availability": av, "activity": ac, "expirationDuration": "PT1H" });
+            let body =
+                json!({ "sessionId": "bench", "availability": av, "activity": ac, "expirationDuration": "PT1H" });
             let url = format!("{base}/v1.0/users/{user}/presence/setPresence");
             let sent = Instant::now();
             match client.post(url).bearer_auth(&writer).json(&body).send().await {
-                Ok(r) if r.status() == 200 => acks.lock().unwrap().entry(user).or_default().push((sent, Instant::now())),
+                Ok(r) if r.status() == 200 => acks
+                    .lock()
+                    .unwrap()
+                    .entry(user)
+                    .or_default()
+                    .push((sent, Instant::now())),
                 _ => drop(errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
             }
         });
@@ -194,7 +239,13 @@ async fn main() {
     for _ in 0..(args.rate * 2).min(total) {
         ticker.tick().await;
         let sent = Instant::now();
-        if client.post(&hook).json(&json!({ "baseline": true })).send().await.is_ok() {
+        if client
+            .post(&hook)
+            .json(&json!({ "baseline": true }))
+            .send()
+            .await
+            .is_ok()
+        {
             base_lat.push(sent.elapsed().as_secs_f64() * 1000.0);
         }
     }

@@ -68,6 +68,18 @@ impl ApiError {
         Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType", message)
     }
 
+    /// Graph's throttling answer; clients wait `Retry-After` seconds and try again.
+    pub fn too_many_requests(retry_after: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequests",
+                "Too many requests for this application in this tenant. Please retry again later.",
+            )
+        }
+    }
+
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self {
             retry_after: Some(1),

@@ -8,6 +8,7 @@ pub mod dto;
 pub mod error;
 pub mod health;
 pub mod presence;
+pub mod rate_limit;
 pub mod request_context;
 pub mod routes;
 pub mod subscriptions;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub verifier: Arc<Verifier>,
     pub clock: SystemClock,
     pub subscriptions: Arc<SubscriptionContext>,
+    /// `None` when throttling is off.
+    pub rate_limiter: Option<Arc<rate_limit::RateLimiter>>,
 }
 
 /// What the subscription endpoints need beyond the store.
@@ -71,6 +74,16 @@ async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiErr
         .verifier
         .verify(authorization, state.clock.unix_seconds())
         .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+    let presence_call = matches!(
+        route.endpoint,
+        Endpoint::GetPresence(_) | Endpoint::Action(..) | Endpoint::GetPresencesByUserId
+    );
+    if let (true, Some(limiter)) = (presence_call, &state.rate_limiter) {
+        let app = principal.app.as_deref().unwrap_or("");
+        limiter
+            .check(&principal.tenant, app, state.clock.now())
+            .map_err(ApiError::too_many_requests)?;
+    }
     let host = parts.headers.get(header::HOST).and_then(|v| v.to_str().ok());
     match route.endpoint {
         Endpoint::GetPresence(target) => presence::get(state, &principal, route.version, target, host).await,

@@ -64,8 +64,19 @@ impl<S: PresenceStore + Clone> Dispatcher<S> {
         let (finished, finished_rx) = mpsc::unbounded_channel();
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(record_finished(store.clone(), finished_rx));
-        let context = Arc::new(Context { store, client, config, clock: SystemClock, shutdown, finished });
-        Self { context, endpoints: HashMap::new(), tasks }
+        let context = Arc::new(Context {
+            store,
+            client,
+            config,
+            clock: SystemClock,
+            shutdown,
+            finished,
+        });
+        Self {
+            context,
+            endpoints: HashMap::new(),
+            tasks,
+        }
     }
 
     /// Resume what was owed at start, then follow new deliveries until shutdown.
