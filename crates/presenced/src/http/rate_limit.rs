@@ -40,6 +40,9 @@ impl RateLimit {
     }
 }
 
+/// (tenant, application) → its current window.
+type Windows = HashMap<(String, String), Window>;
+
 struct Window {
     started: Timestamp,
     used: u32,
@@ -48,7 +51,7 @@ struct Window {
 pub struct RateLimiter {
     limit: RateLimit,
     hasher: RandomState,
-    shards: Box<[Mutex<HashMap<(String, String), Window>>]>,
+    shards: Box<[Mutex<Windows>]>,
 }
 
 impl RateLimiter {
