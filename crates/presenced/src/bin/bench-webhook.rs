@@ -219,8 +219,8 @@ async fn main() {
     let mut latencies = Vec::new();
     let mut from_send = Vec::new();
     let mut write_latencies = Vec::new();
-    let acks = acks.lock().unwrap();
-    let arrived = arrivals.by_user.lock().unwrap();
+    let acks = std::mem::take(&mut *acks.lock().unwrap());
+    let arrived = std::mem::take(&mut *arrivals.by_user.lock().unwrap());
     let mut missing = 0usize;
     for (user, sent) in acks.iter() {
         let got = arrived.get(user).map(Vec::as_slice).unwrap_or(&[]);
