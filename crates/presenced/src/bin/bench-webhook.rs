@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 
 const TENANT: &str = "bench-tenant";
 
+/// Per user: (request sent, 200 received), in order.
+type Acks = HashMap<String, Vec<(Instant, Instant)>>;
+
 #[derive(Default)]
 struct Arrivals {
     by_user: Mutex<HashMap<String, Vec<Instant>>>,
@@ -164,7 +167,7 @@ async fn main() {
 
     // Open loop: one request every 1/rate seconds, whatever the latency of earlier ones.
     // Per user: (request sent, 200 received), in order.
-    let acks: Arc<Mutex<HashMap<String, Vec<(Instant, Instant)>>>> = Arc::default();
+    let acks: Arc<Mutex<Acks>> = Arc::default();
     let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let total = args.rate * args.seconds;
     let mut ticker = tokio::time::interval(Duration::from_nanos(1_000_000_000 / args.rate));
@@ -175,7 +178,7 @@ async fn main() {
         ticker.tick().await;
         let user = users[(n as usize) % users.len()].clone();
         let round = n as usize / users.len();
-        let (av, ac) = if round % 2 == 0 {
+        let (av, ac) = if round.is_multiple_of(2) {
             ("Busy", "InACall")
         } else {
             ("Away", "Away")
@@ -250,6 +253,7 @@ async fn main() {
         }
     }
     let _ = server.kill();
+    let _ = server.wait();
     let _ = std::fs::remove_dir_all(&dir);
 
     println!(
