@@ -8,6 +8,8 @@
 //! - [`store`]: the store port and its backends (embedded redb with group commit).
 //! - [`sweeper`]: applies fades and expiries on time from the store's deadline index.
 //! - [`server`]: wiring and graceful shutdown.
+//! - [`notify`]: change-notification subscriptions, webhook delivery, lifecycle events.
+//! - [`metrics`]: Prometheus metrics (`/metrics`).
 //! - [`clock`]: the only place allowed to read the wall clock.
 #![forbid(unsafe_code)]
 
@@ -15,6 +17,7 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod notify;
 pub mod server;
 pub mod service;

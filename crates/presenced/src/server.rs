@@ -51,8 +51,18 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()> + Send 
     let client = WebhookClient::new(endpoints.clone()).context("building the webhook client")?;
     let (stop_tx, stop_rx) = watch::channel(false);
     // The dispatcher starts first so it takes the delivery feed before anything can commit.
-    let dispatcher =
-        tokio::spawn(Dispatcher::new(store.clone(), client.clone(), config.delivery.clone(), stop_rx.clone()).run());
+    let delivery_metrics = crate::metrics::DeliveryMetrics::default();
+    let metrics = Arc::new(crate::metrics::Metrics::new(store.metrics(), &delivery_metrics));
+    let dispatcher = tokio::spawn(
+        Dispatcher::new(
+            store.clone(),
+            client.clone(),
+            config.delivery.clone(),
+            delivery_metrics,
+            stop_rx.clone(),
+        )
+        .run(),
+    );
     let lifecycle =
         tokio::spawn(Lifecycle::new(store.clone(), config.subscriptions.clone()).run(SystemClock, stop_rx.clone()));
     let service = Arc::new(PresenceService::new(store, config.timing.clone()));
@@ -75,6 +85,7 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()> + Send 
         rate_limiter: config
             .rate_limit
             .map(|l| Arc::new(crate::http::rate_limit::RateLimiter::new(l))),
+        metrics,
     };
     // Tests and scripts wait for this exact line on stdout; logs go to stderr.
     println!("listening on http://{addr}");

@@ -19,3 +19,21 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
         (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "not ready" })))
     }
 }
+
+/// Prometheus text exposition. Unauthenticated like the probes: it holds no user data (no ids
+/// as labels), only counts and latencies.
+pub async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
+    let store = state.service.store();
+    let gauges = &state.metrics.state;
+    gauges.users.set(store.user_count() as i64);
+    gauges.sessions.set(store.session_count());
+    gauges.deadlines_pending.set(store.pending_deadlines() as i64);
+    gauges.subscriptions.set(store.subscription_count() as i64);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+}

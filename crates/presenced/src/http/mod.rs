@@ -40,6 +40,7 @@ pub struct AppState {
     pub subscriptions: Arc<SubscriptionContext>,
     /// `None` when throttling is off.
     pub rate_limiter: Option<Arc<rate_limit::RateLimiter>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What the subscription endpoints need beyond the store.
@@ -54,9 +55,13 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
         .fallback(graph)
-        .with_state(state)
-        .layer(axum::middleware::from_fn(request_context::request_context))
+        .with_state(state.clone())
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            request_context::request_context,
+        ))
 }
 
 async fn graph(State(state): State<AppState>, request: Request) -> Response {

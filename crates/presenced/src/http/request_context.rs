@@ -3,11 +3,13 @@
 //! Every response carries `request-id` (ours) and echoes `client-request-id` (the caller's), as
 //! Graph does, so a support ticket can quote either.
 use super::error::ErrorPayload;
+use crate::metrics::{Metrics, RequestLabels, RouteLabels};
 use axum::body::Body;
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
+use std::sync::Arc;
 
 /// Client ids longer than this are not echoed: a header we reflect must stay small.
 const MAX_CLIENT_REQUEST_ID: usize = 128;
@@ -18,7 +20,8 @@ pub struct RequestContext {
     pub client_request_id: Option<String>,
 }
 
-pub async fn request_context(mut request: Request, next: Next) -> Response {
+pub async fn request_context(State(metrics): State<Arc<Metrics>>, mut request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
     let request_id = uuid::Uuid::new_v4().to_string();
     let client_request_id = request
         .headers()
@@ -33,7 +36,19 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
     request.extensions_mut().insert(context.clone());
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let mut response = next.run(request).await;
+    let route = super::routes::route_name(&method, &path);
+    let span = tracing::info_span!("request", request_id = %context.request_id, route);
+    let mut response = tracing::Instrument::instrument(next.run(request), span).await;
+    metrics
+        .request_seconds
+        .get_or_create(&RouteLabels { route })
+        .observe(started.elapsed().as_secs_f64());
+    let labels = RequestLabels {
+        route,
+        method: method.to_string(),
+        status: response.status().as_u16(),
+    };
+    metrics.requests.get_or_create(&labels).inc();
     if let Some(payload) = response.extensions_mut().remove::<ErrorPayload>() {
         tracing::info!(request_id = %context.request_id, %method, %path, status = response.status().as_u16(), code = payload.code, "request failed");
         render_error(&mut response, &payload, &context);

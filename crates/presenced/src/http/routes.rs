@@ -162,6 +162,26 @@ fn user_id(raw: &str) -> Result<UserId, ApiError> {
     UserId::parse(&decoded).map_err(|e| ApiError::invalid_argument(format!("Invalid user id in the path: {e}.")))
 }
 
+/// A fixed, low-cardinality name for metrics: the endpoint kind, never a path with ids in it.
+pub fn route_name(method: &Method, path: &str) -> &'static str {
+    match path {
+        "/healthz" => return "healthz",
+        "/readyz" => return "readyz",
+        "/metrics" => return "metrics",
+        "/openapi.json" => return "openapi",
+        _ => {}
+    }
+    match parse(method, path).map(|r| r.endpoint) {
+        Ok(Endpoint::GetPresence(_)) => "get_presence",
+        Ok(Endpoint::Action(_, action)) => action.name(),
+        Ok(Endpoint::GetPresencesByUserId) => "getPresencesByUserId",
+        Ok(Endpoint::Subscriptions) => "subscriptions",
+        Ok(Endpoint::Subscription(_)) => "subscription",
+        Ok(Endpoint::Reauthorize(_)) => "reauthorize",
+        Err(_) => "unmatched",
+    }
+}
+
 /// Subscription ids are ours (UUIDs); anything else cannot name one, so it is simply not found.
 fn subscription_id(raw: &str) -> Option<String> {
     (!raw.is_empty() && raw.len() <= 64 && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))

@@ -8,6 +8,7 @@ use super::crypto::EncryptionCertificate;
 use super::payload::{self, ChangedPresence};
 use super::webhook::WebhookClient;
 use crate::clock::SystemClock;
+use crate::metrics::{DeliveryMetrics, OutcomeLabels};
 use crate::store::{Delivery, DeliveryKind, LifecycleEvent, NewDelivery, PresenceStore};
 use jiff::SignedDuration;
 use std::collections::{HashMap, VecDeque};
@@ -51,6 +52,7 @@ struct Context<S> {
     /// Delivered ids go to one background task, so an endpoint never waits on the store (which
     /// may be in the middle of an fsync) before sending its next batch.
     finished: mpsc::UnboundedSender<Vec<u64>>,
+    metrics: DeliveryMetrics,
 }
 
 pub struct Dispatcher<S> {
@@ -60,7 +62,13 @@ pub struct Dispatcher<S> {
 }
 
 impl<S: PresenceStore + Clone> Dispatcher<S> {
-    pub fn new(store: S, client: WebhookClient, config: DeliveryConfig, shutdown: watch::Receiver<bool>) -> Self {
+    pub fn new(
+        store: S,
+        client: WebhookClient,
+        config: DeliveryConfig,
+        metrics: DeliveryMetrics,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
         let (finished, finished_rx) = mpsc::unbounded_channel();
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(record_finished(store.clone(), finished_rx));
@@ -71,6 +79,7 @@ impl<S: PresenceStore + Clone> Dispatcher<S> {
             clock: SystemClock,
             shutdown,
             finished,
+            metrics,
         });
         Self {
             context,
@@ -119,6 +128,7 @@ impl<S: PresenceStore + Clone> Dispatcher<S> {
     }
 
     fn route(&mut self, delivery: Delivery) {
+        self.context.metrics.queue_depth.inc();
         let sender = self.endpoints.entry(delivery.url.clone()).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             self.tasks
@@ -179,8 +189,20 @@ async fn deliver_with_retries<S: PresenceStore>(
             context.config.retry_timeout
         };
         match context.client.deliver(target, &body, timeout).await {
-            Ok(()) => return,
+            Ok(()) => {
+                context
+                    .metrics
+                    .outcomes
+                    .get_or_create(&OutcomeLabels { outcome: "delivered" })
+                    .inc_by(batch.len() as u64);
+                return;
+            }
             Err(e) => {
+                context
+                    .metrics
+                    .outcomes
+                    .get_or_create(&OutcomeLabels { outcome: "failed" })
+                    .inc();
                 attempt += 1;
                 let oldest = batch
                     .iter()
@@ -189,6 +211,11 @@ async fn deliver_with_retries<S: PresenceStore>(
                     .unwrap_or_else(|| context.clock.now());
                 if context.clock.now().duration_since(oldest) >= context.config.retry_for {
                     tracing::warn!(url = %target, error = %e, count = batch.len(), "giving up on deliveries");
+                    context
+                        .metrics
+                        .outcomes
+                        .get_or_create(&OutcomeLabels { outcome: "dropped" })
+                        .inc_by(batch.len() as u64);
                     report_missed(context, batch).await;
                     return;
                 }
@@ -273,6 +300,7 @@ async fn build_items<S: PresenceStore>(context: &Context<S>, batch: &[Delivery])
 }
 
 async fn finish<S: PresenceStore>(context: &Context<S>, batch: &[Delivery]) {
+    context.metrics.queue_depth.dec_by(batch.len() as i64);
     let _ = context.finished.send(batch.iter().map(|d| d.id).collect());
 }
 

@@ -11,6 +11,7 @@ pub mod subscriptions;
 pub mod writer;
 
 use super::{Commit, Delivery, NewDelivery, OutboxEntry, PresenceStore, StoreError, Versioned};
+use crate::metrics::StoreMetrics;
 use crate::notify::subscription::Subscription;
 use deadlines::DeadlineIndex;
 use disk::{Disk, OpenError};
@@ -39,6 +40,9 @@ pub struct Shared {
     pub commits: AtomicU64,
     // Read on every fan-out and API lookup, written only by the writer thread after a commit.
     pub subscriptions: RwLock<SubscriptionIndex>,
+    pub metrics: StoreMetrics,
+    /// Sessions across all users, kept by the writer as it publishes states.
+    pub sessions: std::sync::atomic::AtomicI64,
 }
 
 impl Shared {
@@ -79,12 +83,16 @@ impl EmbeddedStore {
             ready: AtomicBool::new(false),
             commits: AtomicU64::new(0),
             subscriptions: RwLock::new(SubscriptionIndex::default()),
+            metrics: StoreMetrics::default(),
+            sessions: std::sync::atomic::AtomicI64::new(0),
         });
         for subscription in loaded.subscriptions {
             shared.subscriptions_mut().put(Arc::new(subscription));
         }
         let delivery_next = loaded.deliveries.last().map_or(1, |d| d.id + 1);
         let users = loaded.users.len();
+        let loaded_sessions: usize = loaded.users.iter().map(|(_, s)| s.sessions().len()).sum();
+        shared.sessions.store(loaded_sessions as i64, Ordering::Relaxed);
         for (key, state) in loaded.users {
             shared.deadlines.set(&key, state.next_deadline());
             shared.memory.put(
@@ -142,6 +150,14 @@ impl EmbeddedStore {
 
     pub fn commit_count(&self) -> u64 {
         self.shared.commits.load(Ordering::Relaxed)
+    }
+
+    pub fn session_count(&self) -> i64 {
+        self.shared.sessions.load(Ordering::Relaxed)
+    }
+
+    pub fn metrics(&self) -> &StoreMetrics {
+        &self.shared.metrics
     }
 
     pub fn subscription_count(&self) -> usize {

@@ -193,7 +193,14 @@ impl Writer {
             return;
         }
         batch.durable = effects.iter().any(|e| !matches!(e, Effect::Finish { .. }));
-        if let Err(e) = self.disk.write_batch(&batch) {
+        let started = std::time::Instant::now();
+        let written = self.disk.write_batch(&batch);
+        self.shared
+            .metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.shared.metrics.batch_size.observe(effects.len() as f64);
+        if let Err(e) = written {
             // Nothing in this batch is durable: undo the ids and fail every request, so no client
             // is told "200" for a write that a crash could lose.
             (self.outbox_next, self.delivery_next) = (outbox_start, delivery_start);
@@ -205,6 +212,7 @@ impl Writer {
         }
         if batch.durable {
             self.shared.commits.fetch_add(1, Ordering::Relaxed);
+            self.shared.metrics.commits.inc();
         }
         self.publish(effects);
         if !new_deliveries.is_empty() {
@@ -223,6 +231,9 @@ impl Writer {
                     reply,
                 } => {
                     let deadline = state.next_deadline();
+                    let before = self.shared.memory.get(&key).map_or(0, |e| e.state.sessions().len());
+                    let delta = state.sessions().len() as i64 - before as i64;
+                    self.shared.sessions.fetch_add(delta, Ordering::Relaxed);
                     self.shared.memory.put(
                         key.clone(),
                         Entry {
