@@ -29,6 +29,8 @@ pub enum Cmd {
     Serve(ServeArgs),
     /// Print a token (JWT) that a server using the same data directory accepts.
     Token(TokenArgs),
+    /// Print the OpenAPI document of the API (as served at /openapi.json).
+    Openapi,
 }
 
 #[derive(Debug, Args, Default)]

@@ -10,9 +10,10 @@ use presence_core::{
     Activity, Availability, OutOfOfficeSettings, PreferredState, PresenceView, SessionId, SessionState,
     StatusMessageInput, UserId,
 };
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SetPresenceBody {
     pub session_id: Option<String>,
@@ -21,13 +22,13 @@ pub struct SetPresenceBody {
     pub expiration_duration: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClearPresenceBody {
     pub session_id: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SetPreferredBody {
     pub availability: Option<String>,
@@ -35,47 +36,47 @@ pub struct SetPreferredBody {
     pub expiration_duration: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SetStatusMessageBody {
     pub status_message: Option<StatusMessageDto>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusMessageDto {
     pub message: Option<ItemBody>,
     pub expiry_date_time: Option<DateTimeTimeZone>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ItemBody {
     pub content: Option<String>,
     pub content_type: Option<String>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DateTimeTimeZone {
     pub date_time: Option<String>,
     pub time_zone: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SetOutOfOfficeBody {
     pub out_of_office_settings: Option<OutOfOfficeDto>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OutOfOfficeDto {
     pub is_out_of_office: Option<bool>,
     pub message: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct GetPresencesBody {
     pub ids: Option<Vec<String>>,
 }
@@ -180,20 +181,22 @@ impl SetOutOfOfficeBody {
 
 // ---- responses ----
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PresenceDto {
     #[serde(rename = "@odata.context", skip_serializing_if = "Option::is_none")]
     pub odata_context: Option<String>,
     pub id: String,
+    #[schemars(with = "String")]
     pub availability: Availability,
+    #[schemars(with = "String")]
     pub activity: Activity,
     pub status_message: Option<StatusMessageOut>,
     pub out_of_office_settings: OutOfOfficeOut,
     pub sequence_number: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusMessageOut {
     pub message: ItemBody,
@@ -203,7 +206,7 @@ pub struct StatusMessageOut {
     pub published_date_time: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OutOfOfficeOut {
     pub message: Option<String>,

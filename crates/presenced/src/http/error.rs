@@ -108,3 +108,27 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+/// Graph's error body, as every error response carries it.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+    #[serde(rename = "innerError")]
+    pub inner_error: InnerError,
+}
+
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct InnerError {
+    /// UTC, without offset, as Graph writes it.
+    pub date: String,
+    #[serde(rename = "request-id")]
+    pub request_id: String,
+    #[serde(rename = "client-request-id", skip_serializing_if = "Option::is_none")]
+    pub client_request_id: Option<String>,
+}

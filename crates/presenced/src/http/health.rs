@@ -37,3 +37,11 @@ pub async fn metrics(State(state): State<AppState>) -> impl axum::response::Into
         state.metrics.encode(),
     )
 }
+
+/// The OpenAPI document of the whole API; public, like any API description.
+pub async fn openapi() -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        super::openapi::document_text(),
+    )
+}

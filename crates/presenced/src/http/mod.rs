@@ -7,6 +7,7 @@ pub mod body;
 pub mod dto;
 pub mod error;
 pub mod health;
+pub mod openapi;
 pub mod presence;
 pub mod rate_limit;
 pub mod request_context;
@@ -56,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route("/openapi.json", get(health::openapi))
         .fallback(graph)
         .with_state(state.clone())
         .layer(axum::middleware::from_fn_with_state(

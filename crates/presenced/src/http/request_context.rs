@@ -2,7 +2,7 @@
 //!
 //! Every response carries `request-id` (ours) and echoes `client-request-id` (the caller's), as
 //! Graph does, so a support ticket can quote either.
-use super::error::ErrorPayload;
+use super::error::{ErrorBody, ErrorDetail, ErrorPayload, InnerError};
 use crate::metrics::{Metrics, RequestLabels, RouteLabels};
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -68,18 +68,21 @@ pub async fn request_context(State(metrics): State<Arc<Metrics>>, mut request: R
 }
 
 fn render_error(response: &mut Response, payload: &ErrorPayload, context: &RequestContext) {
-    let date = crate::clock::SystemClock
-        .now()
-        .strftime("%Y-%m-%dT%H:%M:%S")
-        .to_string();
-    let mut inner = serde_json::json!({ "date": date, "request-id": context.request_id });
-    if let Some(client) = &context.client_request_id {
-        inner["client-request-id"] = client.clone().into();
-    }
-    let body = serde_json::json!({
-        "error": { "code": payload.code, "message": payload.message, "innerError": inner }
-    });
-    *response.body_mut() = Body::from(body.to_string());
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code: payload.code.to_owned(),
+            message: payload.message.clone(),
+            inner_error: InnerError {
+                date: crate::clock::SystemClock
+                    .now()
+                    .strftime("%Y-%m-%dT%H:%M:%S")
+                    .to_string(),
+                request_id: context.request_id.clone(),
+                client_request_id: context.client_request_id.clone(),
+            },
+        },
+    };
+    *response.body_mut() = Body::from(serde_json::to_string(&body).unwrap_or_default());
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));

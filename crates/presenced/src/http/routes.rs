@@ -51,6 +51,10 @@ impl PresenceAction {
         PresenceAction::SetOutOfOfficeSettings,
     ];
 
+    pub fn all() -> [PresenceAction; 6] {
+        Self::ALL
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             PresenceAction::SetPresence => "setPresence",

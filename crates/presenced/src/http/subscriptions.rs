@@ -19,10 +19,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use presence_core::TenantId;
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateBody {
     change_type: Option<String>,
@@ -37,7 +38,7 @@ pub struct CreateBody {
     latest_supported_tls_version: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UpdateBody {
     expiration_date_time: Option<String>,
@@ -321,31 +322,53 @@ pub async fn reauthorize(state: &AppState, principal: &Principal, id: &str) -> R
 }
 
 /// The subscription resource as Graph returns it.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionDto {
+    #[serde(rename = "@odata.context", skip_serializing_if = "Option::is_none")]
+    odata_context: Option<String>,
+    id: String,
+    resource: String,
+    application_id: String,
+    change_type: &'static str,
+    client_state: Option<String>,
+    notification_url: String,
+    notification_query_options: Option<String>,
+    lifecycle_notification_url: Option<String>,
+    expiration_date_time: String,
+    creator_id: Option<String>,
+    include_resource_data: bool,
+    latest_supported_tls_version: Option<String>,
+    encryption_certificate: Option<String>,
+    encryption_certificate_id: Option<String>,
+    notification_url_app_id: Option<String>,
+    notification_content_type: &'static str,
+}
+
 fn render(s: &Subscription, context_version: Option<ApiVersion>) -> Value {
-    let mut v = json!({
-        "id": s.id,
-        "resource": s.resource,
-        "applicationId": s.application_id,
-        "changeType": "updated",
-        "clientState": s.client_state,
-        "notificationUrl": s.notification_url,
-        "notificationQueryOptions": null,
-        "lifecycleNotificationUrl": s.lifecycle_notification_url,
-        "expirationDateTime": s.expiration.to_string(),
-        "creatorId": s.creator_id,
-        "includeResourceData": s.include_resource_data,
-        "latestSupportedTlsVersion": s.latest_supported_tls_version,
-        "encryptionCertificate": s.encryption_certificate,
-        "encryptionCertificateId": s.encryption_certificate_id,
-        "notificationUrlAppId": null,
-        "notificationContentType": "application/json",
-    });
-    if let Some(version) = context_version {
-        v["@odata.context"] = format!(
-            "https://graph.microsoft.com/{}/$metadata#subscriptions/$entity",
-            version.as_str()
-        )
-        .into();
-    }
-    v
+    let dto = SubscriptionDto {
+        odata_context: context_version.map(|v| {
+            format!(
+                "https://graph.microsoft.com/{}/$metadata#subscriptions/$entity",
+                v.as_str()
+            )
+        }),
+        id: s.id.clone(),
+        resource: s.resource.clone(),
+        application_id: s.application_id.clone(),
+        change_type: "updated",
+        client_state: s.client_state.clone(),
+        notification_url: s.notification_url.clone(),
+        notification_query_options: None,
+        lifecycle_notification_url: s.lifecycle_notification_url.clone(),
+        expiration_date_time: s.expiration.to_string(),
+        creator_id: s.creator_id.clone(),
+        include_resource_data: s.include_resource_data,
+        latest_supported_tls_version: s.latest_supported_tls_version.clone(),
+        encryption_certificate: s.encryption_certificate.clone(),
+        encryption_certificate_id: s.encryption_certificate_id.clone(),
+        notification_url_app_id: None,
+        notification_content_type: "application/json",
+    };
+    serde_json::to_value(dto).unwrap_or(Value::Null)
 }
