@@ -4,31 +4,11 @@
 //! Applying it to the claims means a token can never name a tenant or user that the store could not
 //! key (no `/`, no whitespace, no unbounded length), and `ABC…` and `abc…` are one Entra ID object.
 
-/// Longest accepted identifier: a GUID is 36, realistic UPNs fit, storage keys stay small.
-pub const MAX_ID_LEN: usize = 128;
-
 /// Validates `raw` as an identifier and returns its canonical form (GUIDs lower-cased, anything else
-/// unchanged), or `None` if it breaks the rule.
+/// unchanged), or `None` if it breaks the rule. The rule itself lives in the core (`UserId`), so
+/// claims and stored keys can never disagree about what an id is.
 pub fn normalize_id(raw: &str) -> Option<String> {
-    let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-');
-    // The alphabet is ASCII, so byte length equals character count here.
-    if raw.is_empty() || raw.len() > MAX_ID_LEN || !raw.bytes().all(allowed) {
-        return None;
-    }
-    if looks_like_guid(raw) {
-        Some(raw.to_ascii_lowercase())
-    } else {
-        Some(raw.to_owned())
-    }
-}
-
-fn looks_like_guid(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() == 36
-        && b.iter().enumerate().all(|(i, c)| match i {
-            8 | 13 | 18 | 23 => *c == b'-',
-            _ => c.is_ascii_hexdigit(),
-        })
+    presence_core::UserId::parse(raw).ok().map(String::from)
 }
 
 #[cfg(test)]

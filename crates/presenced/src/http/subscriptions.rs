@@ -184,13 +184,8 @@ pub async fn create(
             .check_url(l)
             .map_err(|e| url_error("lifecycleNotificationUrl", e))?;
     }
-    let existing = state
-        .service
-        .store()
-        .subscriptions(Some(&tenant))
-        .await
-        .map_err(store_error)?;
-    if existing.iter().filter(|s| s.application_id == application_id).count() >= MAX_SUBSCRIPTIONS_PER_APP {
+    let existing = app_subscriptions(state, &tenant, Some(&application_id)).await?;
+    if existing.len() >= MAX_SUBSCRIPTIONS_PER_APP {
         return Err(ApiError::forbidden(format!(
             "This application already has {MAX_SUBSCRIPTIONS_PER_APP} subscriptions in this tenant; delete some first."
         )));
@@ -227,20 +222,25 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(render(&subscription, Some(version)))).into_response())
 }
 
-pub async fn list(state: &AppState, principal: &Principal, version: ApiVersion) -> Result<Response, ApiError> {
-    let tenant = tenant(principal)?;
-    let app = principal.app.clone();
+/// The subscriptions one application owns in one tenant (none for a token without an app id).
+async fn app_subscriptions(
+    state: &AppState,
+    tenant: &TenantId,
+    app: Option<&String>,
+) -> Result<Vec<Subscription>, ApiError> {
     let all = state
         .service
         .store()
-        .subscriptions(Some(&tenant))
+        .subscriptions(Some(tenant))
         .await
         .map_err(store_error)?;
-    let value: Vec<Value> = all
-        .iter()
-        .filter(|s| Some(&s.application_id) == app.as_ref())
-        .map(|s| render(s, None))
-        .collect();
+    Ok(all.into_iter().filter(|s| Some(&s.application_id) == app).collect())
+}
+
+pub async fn list(state: &AppState, principal: &Principal, version: ApiVersion) -> Result<Response, ApiError> {
+    let tenant = tenant(principal)?;
+    let mine = app_subscriptions(state, &tenant, principal.app.as_ref()).await?;
+    let value: Vec<Value> = mine.iter().map(|s| render(s, None)).collect();
     let context = format!(
         "https://graph.microsoft.com/{}/$metadata#subscriptions",
         version.as_str()

@@ -24,6 +24,8 @@ pub struct Inner {
     pub delay_ms: AtomicU64,
     /// When set, the handshake echoes this instead of the token (to fail it).
     pub wrong_token: Mutex<Option<String>>,
+    /// When each notification request arrived, delivered or not (before any delay or error status).
+    pub attempts: Mutex<Vec<Instant>>,
 }
 
 #[derive(Clone)]
@@ -57,6 +59,15 @@ impl Receiver {
             .iter()
             .flat_map(|(_, body)| body["value"].as_array().cloned().unwrap_or_default())
             .collect()
+    }
+
+    pub fn first_attempt(&self) -> Option<Instant> {
+        self.inner.attempts.lock().unwrap().first().copied()
+    }
+
+    /// Arrival times of the accepted notification POSTs.
+    pub fn arrivals(&self) -> Vec<Instant> {
+        self.inner.posts.lock().unwrap().iter().map(|(at, _)| *at).collect()
     }
 
     pub fn post_count(&self) -> usize {
@@ -97,6 +108,7 @@ async fn handle(
             .unwrap_or_else(|| token.clone());
         return ([(header::CONTENT_TYPE, "text/plain")], answer).into_response();
     }
+    inner.attempts.lock().unwrap().push(Instant::now());
     let delay = inner.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
