@@ -393,13 +393,15 @@ async fn application_tokens_need_the_switch() {
 
 #[tokio::test]
 async fn lifecycle_reauthorization_then_removal() {
+    // Reauthorization is due min(4 s, lifetime / 4) = 2 s before expiry: two lifecycle ticks wide,
+    // so a loaded machine cannot skip it.
     let server = server_with(&[
         "--subscription-lifetime-min",
         "1s",
         "--subscription-lifetime-max",
-        "4s",
+        "8s",
         "--subscription-reauthorize-before",
-        "2s",
+        "4s",
     ]);
     let notifications = Receiver::start().await;
     let lifecycle = Receiver::start().await;
