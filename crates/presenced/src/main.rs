@@ -38,7 +38,10 @@ fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {
         tracing_subscriber::EnvFilter::try_new(level).with_context(|| format!("invalid log level {level:?}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // A full disk under a redirected stderr must not take the server down: tracing would
+        // report the failed write with eprintln!, which panics when stderr itself fails.
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -7,6 +7,7 @@ use crate::notify::subscription::Subscription;
 use presence_core::{ChangeEvent, UserKey, UserPresence};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard};
 
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
@@ -21,9 +22,9 @@ pub const FILE_NAME: &str = "presence.redb";
 pub enum OpenError {
     #[error("cannot create or read the data directory {path}: {source}")]
     Directory { path: PathBuf, source: std::io::Error },
-    #[error("cannot open the database {path}: {reason}. The file was left untouched; restore it from a backup or move it aside to start empty.")]
+    #[error("cannot open the database {path}: {reason}. Nothing in it was repaired, replaced or deleted; restore it from a backup or move it aside to start empty.")]
     Database { path: PathBuf, reason: String },
-    #[error("the database {path} is corrupt ({reason}). The file was left untouched; restore it from a backup or move it aside to start empty.")]
+    #[error("the database {path} is corrupt ({reason}). Nothing in it was repaired, replaced or deleted; restore it from a backup or move it aside to start empty.")]
     Corrupt { path: PathBuf, reason: String },
     #[error("the database {path} has schema version {found}, this presenced understands {SCHEMA_VERSION}; refusing to start")]
     Schema { path: PathBuf, found: u64 },
@@ -39,7 +40,10 @@ pub struct Loaded {
 }
 
 pub struct Disk {
-    db: Database,
+    path: PathBuf,
+    // Read-locked by every transaction; write-locked only to reopen the file after a failed
+    // commit (redb must be reopened to rebuild its allocator state, e.g. after the disk was full).
+    db: RwLock<Option<Database>>,
 }
 
 /// One user's record in a batch, already encoded.
@@ -80,8 +84,18 @@ impl Disk {
         };
         // `create` opens an existing valid file and only initialises a missing or empty one; it
         // refuses anything else, so a damaged file is reported, never silently replaced.
-        let db = Database::create(&path).map_err(|e| db_err(&e))?;
-        let disk = Self { db };
+        let mut db = Database::create(&path).map_err(|e| db_err(&e))?;
+        // Verify every page checksum before trusting the file: a flipped bit in a page must stop
+        // the server, not be served (or, worse, be written back) as if it were data.
+        match db.check_integrity() {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(path = %path.display(), "database was repaired after an unclean shutdown"),
+            Err(e) => return Err(corrupt(format!("integrity check failed: {e}"))),
+        }
+        let disk = Self {
+            path: path.clone(),
+            db: RwLock::new(Some(db)),
+        };
         disk.init_schema().map_err(|e| db_err(&e))?;
         let found = disk.schema_version().map_err(|e| db_err(&e))?;
         if found != SCHEMA_VERSION {
@@ -94,8 +108,29 @@ impl Disk {
         Ok((disk, loaded))
     }
 
+    /// The open database (read guard). Errors only if a reopen after a failure also failed.
+    fn db(&self) -> Result<DbGuard<'_>, redb::Error> {
+        let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            return Err(redb::Error::Corrupted(
+                "the database could not be reopened after an I/O error".into(),
+            ));
+        }
+        Ok(DbGuard(guard))
+    }
+
+    /// Close and reopen the file after a failed commit, so writes can resume once the cause (a
+    /// full disk, say) is gone. Nothing acknowledged is lost: a failed commit acknowledged nothing.
+    pub fn reopen(&self) -> Result<(), String> {
+        let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
+        drop(slot.take());
+        let db = Database::create(&self.path).map_err(|e| e.to_string())?;
+        *slot = Some(db);
+        Ok(())
+    }
+
     fn init_schema(&self) -> Result<(), redb::Error> {
-        let txn = self.db.begin_write()?;
+        let txn = self.db()?.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
             if meta.get(SCHEMA_KEY)?.is_none() {
@@ -111,13 +146,13 @@ impl Disk {
     }
 
     fn schema_version(&self) -> Result<u64, redb::Error> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let meta = txn.open_table(META)?;
         Ok(meta.get(SCHEMA_KEY)?.map_or(0, |v| v.value()))
     }
 
     fn load(&self) -> Result<Loaded, LoadError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let users_table = txn.open_table(USERS)?;
         let mut users = Vec::new();
         for row in users_table.iter()? {
@@ -159,7 +194,7 @@ impl Disk {
     /// durability): this is the group commit, one fsync shared by every request in the batch.
     /// Outbox entries below `prune_outbox_below` are dropped in the same transaction to bound the file.
     pub fn write_batch(&self, batch: &Batch) -> Result<(), redb::Error> {
-        let mut txn = self.db.begin_write()?;
+        let mut txn = self.db()?.begin_write()?;
         if !batch.durable {
             txn.set_durability(redb::Durability::None)?;
         }
@@ -196,7 +231,7 @@ impl Disk {
 
     pub fn deliveries(&self) -> Result<Vec<Delivery>, String> {
         let read = || -> Result<Vec<Delivery>, LoadError> {
-            let txn = self.db.begin_read()?;
+            let txn = self.db()?.begin_read()?;
             let mut out = Vec::new();
             for row in txn.open_table(DELIVERIES)?.iter()? {
                 let (k, v) = row?;
@@ -212,7 +247,7 @@ impl Disk {
 
     pub fn outbox_after(&self, after_id: u64, limit: usize) -> Result<Vec<OutboxEntry>, String> {
         let read = || -> Result<Vec<OutboxEntry>, LoadError> {
-            let txn = self.db.begin_read()?;
+            let txn = self.db()?.begin_read()?;
             let outbox = txn.open_table(OUTBOX)?;
             let mut out = Vec::new();
             for row in outbox.range(after_id.saturating_add(1)..)?.take(limit) {
@@ -243,3 +278,14 @@ macro_rules! into_load_error {
     ($($t:ty),*) => {$(impl From<$t> for LoadError { fn from(e: $t) -> Self { LoadError::Db(e.into()) } })*};
 }
 into_load_error!(redb::TransactionError, redb::TableError, redb::StorageError);
+
+/// A read guard that derefs to the open database.
+struct DbGuard<'a>(RwLockReadGuard<'a, Option<Database>>);
+
+impl std::ops::Deref for DbGuard<'_> {
+    type Target = Database;
+    fn deref(&self) -> &Database {
+        // `Disk::db` returns a guard only when the slot holds a database.
+        self.0.as_ref().expect("checked in Disk::db")
+    }
+}

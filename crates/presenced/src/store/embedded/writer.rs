@@ -205,6 +205,9 @@ impl Writer {
             // is told "200" for a write that a crash could lose.
             (self.outbox_next, self.delivery_next) = (outbox_start, delivery_start);
             tracing::error!(error = %e, requests = effects.len(), "commit failed");
+            if let Err(reopen) = self.disk.reopen() {
+                tracing::error!(error = %reopen, "could not reopen the database after a failed commit");
+            }
             for effect in effects {
                 fail(effect, &e.to_string());
             }
