@@ -50,19 +50,29 @@ pub(crate) fn principal_from_claims(
     })
 }
 
-fn check_time_window(claims: &Map<String, Value>, rules: &ClaimRules<'_>) -> Result<(), AuthError> {
-    // A token without `exp` would be valid forever once leaked; Entra ID always sets it.
+/// `exp` and `nbf` of claims that already passed `principal_from_claims`, for the verified-token
+/// cache, which must re-check the time window on every hit.
+pub(crate) fn validity(claims: &Map<String, Value>) -> Result<(i64, Option<i64>), AuthError> {
     let exp = numeric_date(claims, "exp")?.ok_or(AuthError::MissingClaim("exp"))?;
+    Ok((exp, numeric_date(claims, "nbf")?))
+}
+
+/// The time-window rule, shared by fresh verification and cache hits.
+pub(crate) fn within_window(exp: i64, nbf: Option<i64>, rules: &ClaimRules<'_>) -> Result<(), AuthError> {
     // RFC 7519 §4.1.4: the token must not be accepted on or after `exp` (plus the skew allowance).
     if rules.now_unix >= exp.saturating_add(rules.leeway_seconds) {
         return Err(AuthError::Expired);
     }
-    if let Some(nbf) = numeric_date(claims, "nbf")? {
-        if rules.now_unix.saturating_add(rules.leeway_seconds) < nbf {
-            return Err(AuthError::NotYetValid);
-        }
+    if nbf.is_some_and(|nbf| rules.now_unix.saturating_add(rules.leeway_seconds) < nbf) {
+        return Err(AuthError::NotYetValid);
     }
     Ok(())
+}
+
+fn check_time_window(claims: &Map<String, Value>, rules: &ClaimRules<'_>) -> Result<(), AuthError> {
+    // A token without `exp` would be valid forever once leaked; Entra ID always sets it.
+    let (exp, nbf) = validity(claims)?;
+    within_window(exp, nbf, rules)
 }
 
 fn check_issuer(claims: &Map<String, Value>, issuers: &[String]) -> Result<(), AuthError> {

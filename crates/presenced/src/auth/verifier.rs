@@ -13,7 +13,7 @@ use std::fmt;
 use jsonwebtoken::{Algorithm, DecodingKey};
 
 use super::bearer::bearer_token;
-use super::claims::{principal_from_claims, ClaimRules};
+use super::claims::{principal_from_claims, validity, within_window, ClaimRules};
 use super::error::{AuthError, AuthSetupError};
 use super::jwks::JwkSetKeys;
 use super::jws;
@@ -70,6 +70,9 @@ pub struct Verifier {
     audiences: Vec<String>,
     issuers: Vec<String>,
     leeway_seconds: i64,
+    // Verified tokens, so a client reusing its token (all of them do) costs a map lookup
+    // instead of a signature check per request.
+    cache: std::sync::Arc<VerifiedTokens>,
 }
 
 impl fmt::Debug for Verifier {
@@ -110,13 +113,49 @@ impl Verifier {
             audiences,
             issuers,
             leeway_seconds: i64::try_from(config.leeway_seconds).unwrap_or(i64::MAX),
+            cache: std::sync::Arc::default(),
         })
+    }
+
+    /// `verify`, remembering tokens that passed: a hit re-checks only the time window, which is
+    /// all that can change for a token whose signature, issuer and audience already checked out.
+    /// Only verified tokens are stored, so invalid tokens cannot fill the cache.
+    pub fn verify_cached(
+        &self,
+        authorization_header: Option<&str>,
+        now_unix: i64,
+    ) -> Result<std::sync::Arc<Principal>, AuthError> {
+        let token = bearer_token(authorization_header)?;
+        let rules = self.rules(now_unix);
+        if let Some((principal, exp, nbf)) = self.cache.get(token) {
+            within_window(exp, nbf, &rules)?;
+            return Ok(principal);
+        }
+        let (principal, exp, nbf) = self.verify_token(token, &rules)?;
+        let principal = std::sync::Arc::new(principal);
+        self.cache.put(token, principal.clone(), exp, nbf);
+        Ok(principal)
+    }
+
+    fn rules(&self, now_unix: i64) -> ClaimRules<'_> {
+        ClaimRules {
+            audiences: &self.audiences,
+            issuers: &self.issuers,
+            leeway_seconds: self.leeway_seconds,
+            now_unix,
+        }
     }
 
     /// Authenticates a request. `authorization_header` is the raw `Authorization` value (if any);
     /// `now_unix` is the current time in seconds since the Unix epoch, supplied by the caller.
     pub fn verify(&self, authorization_header: Option<&str>, now_unix: i64) -> Result<Principal, AuthError> {
         let token = bearer_token(authorization_header)?;
+        self.verify_token(token, &self.rules(now_unix))
+            .map(|(principal, _, _)| principal)
+    }
+
+    /// The full check of one compact token: returns the principal with its `exp` and `nbf`.
+    fn verify_token(&self, token: &str, rules: &ClaimRules<'_>) -> Result<(Principal, i64, Option<i64>), AuthError> {
         let jws = jws::parse(token)?;
         let alg = accepted_algorithm(&jws.header.alg)?;
         let key = self.key_for(alg, jws.header.kid.as_deref())?;
@@ -133,13 +172,9 @@ impl Verifier {
             Ok(false) | Err(_) => return Err(AuthError::BadSignature),
         }
         let claims = jws::decode_json_object(jws.payload_b64)?;
-        let rules = ClaimRules {
-            audiences: &self.audiences,
-            issuers: &self.issuers,
-            leeway_seconds: self.leeway_seconds,
-            now_unix,
-        };
-        principal_from_claims(&claims, &rules)
+        let principal = principal_from_claims(&claims, rules)?;
+        let (exp, nbf) = validity(&claims)?;
+        Ok((principal, exp, nbf))
     }
 
     fn key_for(&self, alg: Algorithm, kid: Option<&str>) -> Result<&DecodingKey, AuthError> {
@@ -154,6 +189,36 @@ impl Verifier {
                 .select(alg, kid),
             _ => Err(AuthError::UnsupportedAlgorithm),
         }
+    }
+}
+
+/// Tokens that passed verification, with their validity window. Bounded: when full it is
+/// emptied, which costs one signature check per active token and keeps memory fixed.
+#[derive(Default)]
+struct VerifiedTokens {
+    entries: std::sync::Mutex<std::collections::HashMap<Box<str>, CachedToken>>,
+}
+
+type CachedToken = (std::sync::Arc<Principal>, i64, Option<i64>);
+
+/// About 4 MB of tokens at most; far more than the distinct live tokens a deployment sees.
+const MAX_CACHED_TOKENS: usize = 10_000;
+
+impl VerifiedTokens {
+    fn get(&self, token: &str) -> Option<CachedToken> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(token)
+            .cloned()
+    }
+
+    fn put(&self, token: &str, principal: std::sync::Arc<Principal>, exp: i64, nbf: Option<i64>) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= MAX_CACHED_TOKENS {
+            entries.clear();
+        }
+        entries.insert(token.into(), (principal, exp, nbf));
     }
 }
 
@@ -245,6 +310,30 @@ mod tests {
             claims,
             hmac(HMAC_SHA256, SECRET),
         )
+    }
+
+    #[test]
+    fn cached_tokens_still_expire_and_bad_tokens_are_never_cached() {
+        let v = verifier();
+        let token = mint_hs256(SECRET, &request()).unwrap();
+        let header = format!("Bearer {token}");
+        let first = v.verify_cached(Some(&header), NOW).unwrap();
+        let again = v.verify_cached(Some(&header), NOW + 1).unwrap();
+        assert!(
+            std::sync::Arc::ptr_eq(&first, &again),
+            "the second check is a cache hit"
+        );
+        assert_eq!(*first, v.verify(Some(&header), NOW).unwrap());
+        let ttl = request().ttl_seconds;
+        let expired = v.verify_cached(Some(&header), NOW + ttl + DEFAULT_LEEWAY_SECONDS as i64 + 1);
+        assert_eq!(expired, Err(AuthError::Expired), "a cache hit re-checks exp");
+        let tampered = format!("Bearer {}x", token);
+        assert_eq!(v.verify_cached(Some(&tampered), NOW), Err(AuthError::BadSignature));
+        assert_eq!(
+            v.verify_cached(Some(&tampered), NOW),
+            Err(AuthError::BadSignature),
+            "failures are not cached"
+        );
     }
 
     #[test]

@@ -127,6 +127,9 @@ struct StormArgs {
     /// common deadline T is chosen to fall just after the storm users are loaded.
     #[arg(long, default_value_t = 20_000)]
     calibration: u64,
+    /// Seconds from the end of calibration to T, instead of the estimate from the rate.
+    #[arg(long)]
+    lead_secs: Option<f64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -1113,7 +1116,11 @@ fn storm(args: StormArgs) -> Result<()> {
         let c = load(&store, &ids, n..n + cal, common.inflight, build, None).await?;
         let rate = c.loaded as f64 / c.secs;
         // T: when the storm users are expected to be loaded, with margin, plus the baseline phase.
-        let lead = n as f64 / rate * 1.5 + args.baseline_secs + 2.0;
+        // The rate falls as the file outgrows redb's cache (random keys: ~3x slower at 1M),
+        // hence the factor; `--lead-secs` overrides.
+        let lead = args
+            .lead_secs
+            .unwrap_or(n as f64 / rate * 4.0 + args.baseline_secs + 2.0);
         let due = clock.now() + SignedDuration::from_secs_f64(lead);
         let built_at = due - expiration;
         eprintln!("[bench-scale] calibration: {rate:.0} commits/s; all {n} sessions expire at {due} (in {lead:.1} s)");
@@ -1488,6 +1495,7 @@ fn micro(
         }
         Ok(total / reps as f64 * 1000.0)
     };
+    txn_ms(512, false, 3)?; // warm redb's cache after the reopen
     let r512_nosync = txn_ms(512, false, 10)?;
     let r4096_nosync = txn_ms(4096, false, 5)?;
     txn_ms(1, true, 1)?; // flush the non-durable ones before timing durable commits

@@ -79,7 +79,7 @@ async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiErr
     let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let principal = state
         .verifier
-        .verify(authorization, state.clock.unix_seconds())
+        .verify_cached(authorization, state.clock.unix_seconds())
         .map_err(|e| ApiError::unauthorized(e.to_string()))?;
     let presence_call = matches!(
         route.endpoint,

@@ -40,8 +40,10 @@ impl RateLimit {
     }
 }
 
-/// (tenant, application) → its current window.
-type Windows = HashMap<(String, String), Window>;
+/// Hash of (tenant, application) → its current window. Keyed by a keyed 64-bit hash rather than
+/// owned strings so the per-request check allocates nothing; a collision would need a forged pair
+/// under a per-process random key.
+type Windows = HashMap<u64, Window>;
 
 struct Window {
     started: Timestamp,
@@ -65,8 +67,8 @@ impl RateLimiter {
 
     /// Count one request; `Err(retry_after_seconds)` when the budget of this window is spent.
     pub fn check(&self, tenant: &str, app: &str, now: Timestamp) -> Result<(), u64> {
-        let key = (tenant.to_owned(), app.to_owned());
-        let shard = &self.shards[self.hasher.hash_one(&key) as usize % SHARDS];
+        let key = self.hasher.hash_one((tenant, app));
+        let shard = &self.shards[key as usize % SHARDS];
         let mut windows = shard.lock().unwrap_or_else(|e| e.into_inner());
         if windows.len() > 10_000 {
             let horizon = self.limit.window * IDLE_WINDOWS;

@@ -22,7 +22,7 @@ pub struct RequestContext {
 
 pub async fn request_context(State(metrics): State<Arc<Metrics>>, mut request: Request, next: Next) -> Response {
     let started = std::time::Instant::now();
-    let request_id = uuid::Uuid::new_v4().to_string();
+    let request_id = next_request_id();
     let client_request_id = request
         .headers()
         .get("client-request-id")
@@ -45,7 +45,7 @@ pub async fn request_context(State(metrics): State<Arc<Metrics>>, mut request: R
         .observe(started.elapsed().as_secs_f64());
     let labels = RequestLabels {
         route,
-        method: method.to_string(),
+        method: method_label(&method),
         status: response.status().as_u16(),
     };
     metrics.requests.get_or_create(&labels).inc();
@@ -87,4 +87,31 @@ fn render_error(response: &mut Response, payload: &ErrorPayload, context: &Reque
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response.headers_mut().remove(header::CONTENT_LENGTH);
+}
+
+/// Standard methods by name; anything else shares one label so clients cannot grow the metric set.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::PUT => "PUT",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// A unique GUID-shaped request id without a random-number syscall per request: a random
+/// per-process prefix plus a counter. Unique is all a request id needs to be.
+fn next_request_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    uuid::Uuid::from_u64_pair(prefix, n).hyphenated().to_string()
 }
