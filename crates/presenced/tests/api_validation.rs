@@ -119,6 +119,10 @@ async fn set_presence_validation() {
             "array for a string",
         ),
         (json!([1, 2, 3]), "not an object"),
+        (
+            json!(["s1", "Busy", "InACall", "PT1H"]),
+            "an array in field order is not an object",
+        ),
         (json!("setPresence"), "a bare string"),
     ] {
         let r = post(&url, &app, body).await;

@@ -45,6 +45,11 @@ pub fn json<T: DeserializeOwned>(headers: &HeaderMap, bytes: &Bytes) -> Result<O
             essence.chars().take(64).collect::<String>()
         )));
     }
+    // serde's derived structs also accept a JSON array in field order; Graph bodies are objects,
+    // and `["s1","Busy","InACall"]` must not be read as a setPresence.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::bad_request("The request body must be a JSON object."));
+    }
     serde_json::from_slice(bytes)
         .map(Some)
         .map_err(|e| ApiError::bad_request(format!("The request body is not valid: {e}.")))

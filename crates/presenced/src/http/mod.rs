@@ -59,11 +59,21 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(health::metrics))
         .route("/openapi.json", get(health::openapi))
         .fallback(graph)
+        // Wrong methods on the fixed routes get Graph's error body too, not axum's empty 405.
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone())
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             request_context::request_context,
         ))
+}
+
+async fn method_not_allowed(request: Request) -> Response {
+    ApiError::method_not_allowed(format!(
+        "The HTTP method '{}' is not allowed for this resource; use GET.",
+        request.method()
+    ))
+    .into_response()
 }
 
 async fn graph(State(state): State<AppState>, request: Request) -> Response {
@@ -76,6 +86,12 @@ async fn graph(State(state): State<AppState>, request: Request) -> Response {
 async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
     let route = routes::parse(&parts.method, parts.uri.path())?;
+    // Two Authorization headers would let a proxy and the server disagree about who is calling.
+    if parts.headers.get_all(header::AUTHORIZATION).iter().count() > 1 {
+        return Err(ApiError::unauthorized(
+            "The request has more than one Authorization header.",
+        ));
+    }
     let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let principal = state
         .verifier
