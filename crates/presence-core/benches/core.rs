@@ -36,6 +36,15 @@ fn session(i: usize) -> SessionId {
     SessionId::parse(&format!("{i:08x}-6f1c-4d3e-9a51-2b7e8c0d4f10")).expect("session id")
 }
 
+/// "1 session", "4 sessions": benchmark names.
+fn sessions(n: usize) -> String {
+    if n == 1 {
+        "1 session".to_owned()
+    } else {
+        format!("{n} sessions")
+    }
+}
+
 fn set_presence(i: usize) -> Command {
     Command::SetPresence {
         session: session(i),
@@ -65,7 +74,7 @@ fn fold(c: &mut Criterion) {
     let mut group = c.benchmark_group("fold");
     for n in [1, 4, 16] {
         let u = user(n, false);
-        group.bench_function(format!("view/{n} sessions"), |b| b.iter(|| black_box(&u).view()));
+        group.bench_function(format!("view/{}", sessions(n)), |b| b.iter(|| black_box(&u).view()));
     }
     let u = user(1, true);
     group.bench_function("view/1 session + status message", |b| b.iter(|| black_box(&u).view()));
@@ -79,7 +88,7 @@ fn apply(c: &mut Criterion) {
     for n in [1, 4] {
         let u = user(n, false);
         let now = t0() + secs(60);
-        group.bench_function(format!("keep-alive/{n} sessions"), |b| {
+        group.bench_function(format!("keep-alive/{}", sessions(n)), |b| {
             b.iter_batched(
                 || (u.clone(), set_presence(0)),
                 |(mut u, cmd)| {
@@ -134,7 +143,7 @@ fn next_deadline(c: &mut Criterion) {
     let mut group = c.benchmark_group("next_deadline");
     for n in [1, 4, 16] {
         let u = user(n, false);
-        group.bench_function(format!("{n} sessions"), |b| b.iter(|| black_box(&u).next_deadline()));
+        group.bench_function(sessions(n), |b| b.iter(|| black_box(&u).next_deadline()));
     }
     group.finish();
 }

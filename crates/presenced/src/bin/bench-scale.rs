@@ -1163,7 +1163,6 @@ fn storm(args: StormArgs) -> Result<()> {
         }
 
         // The storm: what `Sweeper::run` does when it wakes at T, driven by hand.
-        let sweeper = Sweeper::new(service.clone());
         let metrics = store.metrics();
         let (fsync_sum0, fsync_n0) = histogram_sum_count(&metrics.commit_seconds);
         let batches0 = store.commit_count();
@@ -1172,20 +1171,26 @@ fn storm(args: StormArgs) -> Result<()> {
         let storm_started = Instant::now();
         let storm_started_at = clock.now();
         let tick_now = due + SignedDuration::from_secs(1);
-        let mut ticks: Vec<(usize, usize, f64)> = Vec::new();
-        let mut committed_total = 0;
-        loop {
-            let t0 = Instant::now();
-            let (seen, committed) = sweeper.tick(tick_now).await;
-            ticks.push((seen, committed, t0.elapsed().as_secs_f64()));
-            committed_total += committed;
-            if (seen, committed) == (0, 0) {
-                break;
+        // A task on the runtime, as `Sweeper::run` is in the server (not on this main thread).
+        let sweeper = Sweeper::new(service.clone());
+        let storm_task = tokio::spawn(async move {
+            let mut ticks: Vec<(usize, usize, f64)> = Vec::new();
+            let mut committed_total = 0;
+            loop {
+                let t0 = Instant::now();
+                let (seen, committed) = sweeper.tick(tick_now).await;
+                ticks.push((seen, committed, t0.elapsed().as_secs_f64()));
+                committed_total += committed;
+                if (seen, committed) == (0, 0) {
+                    break;
+                }
+                if seen > 0 && committed == 0 && ticks.len() > 10 {
+                    bail!("the sweeper stalls: {seen} due, nothing committed");
+                }
             }
-            if seen > 0 && committed == 0 && ticks.len() > 10 {
-                bail!("the sweeper stalls: {seen} due, nothing committed");
-            }
-        }
+            Ok((ticks, committed_total))
+        });
+        let (ticks, committed_total) = storm_task.await??;
         let storm_secs = storm_started.elapsed().as_secs_f64();
         phase.store(PHASE_AFTER, Ordering::Relaxed);
         let cpu = cpu_delta(&cpu0, &thread_cpu());
@@ -1196,7 +1201,6 @@ fn storm(args: StormArgs) -> Result<()> {
         tokio::time::sleep(Duration::from_secs(2)).await;
         stop.store(true, Ordering::Relaxed);
         let (samples, read_errors) = reads.await?;
-        drop(sweeper);
         Ok(StormRun {
             cal_n: c.loaded,
             cal_rate: rate,
@@ -1395,17 +1399,28 @@ fn storm(args: StormArgs) -> Result<()> {
     );
     for (k, label) in [
         (
-            "redb_512_nosync_ms",
-            "micro: redb txn of 512 users + outbox, no fsync (ms)",
-        ),
-        ("redb_512_fsync_ms", "micro: redb txn of 512 users + outbox, fsync (ms)"),
-        (
-            "redb_4096_nosync_ms",
-            "micro: redb txn of 4096 users + outbox, no fsync (ms)",
+            "redb_ordered_512_nosync_ms",
+            "micro: redb txn, 512 key-adjacent users + outbox, no fsync (ms)",
         ),
         (
-            "redb_4096_fsync_ms",
-            "micro: redb txn of 4096 users + outbox, fsync (ms)",
+            "redb_ordered_512_fsync_ms",
+            "micro: redb txn, 512 key-adjacent users + outbox, fsync (ms)",
+        ),
+        (
+            "redb_random_512_nosync_ms",
+            "micro: redb txn, 512 random users + outbox, no fsync (ms)",
+        ),
+        (
+            "redb_random_512_fsync_ms",
+            "micro: redb txn, 512 random users + outbox, fsync (ms)",
+        ),
+        (
+            "redb_ordered_4096_nosync_ms",
+            "micro: redb txn, 4096 key-adjacent users + outbox, no fsync (ms)",
+        ),
+        (
+            "redb_ordered_4096_fsync_ms",
+            "micro: redb txn, 4096 key-adjacent users + outbox, fsync (ms)",
         ),
         ("redb_1_fsync_ms", "micro: redb txn of 1 user, fsync (ms)"),
         ("raw_fsync_ms", "micro: raw 4 KiB write + fdatasync (ms)"),
@@ -1467,15 +1482,29 @@ fn micro(
         last + 1
     };
     let mut rng = 0xb0b_u64;
-    let mut txn_ms = |size: usize, durable: bool, reps: usize| -> Result<f64> {
+    // `ordered`: `size` users adjacent in key order, as the storm commits them (the sweeper takes
+    // due keys in (deadline, key) order); otherwise users at random, as independent writes are.
+    let mut txn_ms = |size: usize, durable: bool, reps: usize, ordered: bool| -> Result<f64> {
         let mut total = 0.0;
         for _ in 0..reps {
-            let keys: Vec<String> = (0..size)
-                .map(|_| {
-                    rng = splitmix(rng);
-                    ids.key(rng % n).storage_key()
-                })
-                .collect();
+            rng = splitmix(rng);
+            let keys: Vec<String> = if ordered {
+                let from = ids.key(rng % n).storage_key();
+                let read = db.begin_read()?;
+                let users = read.open_table(USERS)?;
+                let mut keys = Vec::with_capacity(size);
+                for row in users.range(from.as_str()..)?.take(size) {
+                    keys.push(row?.0.value().to_owned());
+                }
+                keys
+            } else {
+                (0..size)
+                    .map(|_| {
+                        rng = splitmix(rng);
+                        ids.key(rng % n).storage_key()
+                    })
+                    .collect()
+            };
             let started = Instant::now();
             let mut txn = db.begin_write()?;
             if !durable {
@@ -1495,13 +1524,15 @@ fn micro(
         }
         Ok(total / reps as f64 * 1000.0)
     };
-    txn_ms(512, false, 3)?; // warm redb's cache after the reopen
-    let r512_nosync = txn_ms(512, false, 10)?;
-    let r4096_nosync = txn_ms(4096, false, 5)?;
-    txn_ms(1, true, 1)?; // flush the non-durable ones before timing durable commits
-    let r512_fsync = txn_ms(512, true, 10)?;
-    let r4096_fsync = txn_ms(4096, true, 5)?;
-    let r1_fsync = txn_ms(1, true, 20)?;
+    txn_ms(512, false, 3, false)?; // warm redb's cache after the reopen
+    let ordered_512_nosync = txn_ms(512, false, 10, true)?;
+    let random_512_nosync = txn_ms(512, false, 10, false)?;
+    let ordered_4096_nosync = txn_ms(4096, false, 5, true)?;
+    txn_ms(1, true, 1, false)?; // flush the non-durable ones before timing durable commits
+    let ordered_512_fsync = txn_ms(512, true, 10, true)?;
+    let random_512_fsync = txn_ms(512, true, 10, false)?;
+    let ordered_4096_fsync = txn_ms(4096, true, 5, true)?;
+    let one_fsync = txn_ms(1, true, 20, false)?;
     drop(db);
 
     let raw_fsync_ms = {
@@ -1526,11 +1557,13 @@ fn micro(
         "json_encode_us": round3(json_us),
         "state_json_bytes": bytes.0,
         "outbox_json_bytes": bytes.1,
-        "redb_512_nosync_ms": round3(r512_nosync),
-        "redb_512_fsync_ms": round3(r512_fsync),
-        "redb_4096_nosync_ms": round3(r4096_nosync),
-        "redb_4096_fsync_ms": round3(r4096_fsync),
-        "redb_1_fsync_ms": round3(r1_fsync),
+        "redb_ordered_512_nosync_ms": round3(ordered_512_nosync),
+        "redb_ordered_512_fsync_ms": round3(ordered_512_fsync),
+        "redb_random_512_nosync_ms": round3(random_512_nosync),
+        "redb_random_512_fsync_ms": round3(random_512_fsync),
+        "redb_ordered_4096_nosync_ms": round3(ordered_4096_nosync),
+        "redb_ordered_4096_fsync_ms": round3(ordered_4096_fsync),
+        "redb_1_fsync_ms": round3(one_fsync),
         "raw_fsync_ms": round3(raw_fsync_ms),
         "file": path_str(&dir.path.join(FILE_NAME)),
     }))

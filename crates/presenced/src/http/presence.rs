@@ -17,6 +17,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use presence_core::{Command, CommandError, UserId, UserKey};
 
+/// `{"value": [...]}` of `getPresencesByUserId`.
+#[derive(serde::Serialize)]
+struct PresenceList {
+    value: Vec<PresenceDto>,
+}
+
 /// Graph's documented maximum for one `getPresencesByUserId` call.
 pub const MAX_BULK_IDS: usize = 650;
 
@@ -40,10 +46,13 @@ pub fn denied(d: Denied) -> ApiError {
     }
 }
 
+fn tenant_of(principal: &Principal) -> Result<presence_core::TenantId, ApiError> {
+    presence_core::TenantId::parse(&principal.tenant)
+        .map_err(|e| ApiError::unauthorized(format!("The token's tenant is invalid: {e}.")))
+}
+
 fn key(principal: &Principal, user: UserId) -> Result<UserKey, ApiError> {
-    let tenant = presence_core::TenantId::parse(&principal.tenant)
-        .map_err(|e| ApiError::unauthorized(format!("The token's tenant is invalid: {e}.")))?;
-    Ok(UserKey::new(tenant, user))
+    Ok(UserKey::new(tenant_of(principal)?, user))
 }
 
 pub fn store_error(e: StoreError) -> ApiError {
@@ -113,23 +122,27 @@ pub async fn get_many(
         )));
     }
     let mut users: Vec<UserId> = Vec::with_capacity(ids.len());
+    let mut seen = std::collections::HashSet::with_capacity(ids.len());
     for (i, raw) in ids.iter().enumerate() {
         let id = UserId::parse(raw).map_err(|e| ApiError::invalid_argument(format!("[Ids][{i}]: {e}.")))?;
-        // Duplicates are answered once, in first-seen order: one presence per user.
-        if !users.contains(&id) {
+        // Duplicates are answered once, in first-seen order: one presence per user. A set, not a
+        // scan of `users`, keeps 650 ids linear.
+        if seen.insert(id.clone()) {
             users.push(id);
         }
     }
+    let tenant = tenant_of(principal)?;
     let mut value = Vec::with_capacity(users.len());
     for user in users {
         let view = state
             .service
-            .read(&key(principal, user.clone())?)
+            .read(&UserKey::new(tenant.clone(), user.clone()))
             .await
             .map_err(store_error)?;
         value.push(PresenceDto::from_view(&user, view, is_self(principal, &user), None));
     }
-    Ok(Json(serde_json::json!({ "value": value })).into_response())
+    // Serialised straight from the DTOs: building a `serde_json::Value` tree first doubled the cost.
+    Ok(Json(PresenceList { value }).into_response())
 }
 
 pub async fn action(
