@@ -214,13 +214,14 @@ async fn disk_full_answers_503_loses_nothing_and_recovers() {
         eprintln!("skipped: PRESENCED_SKIP_DISK_FULL_TEST is set");
         return;
     }
-    let fs = Tmpfs::mount("3m");
+    let fs = Tmpfs::mount("16m");
     let data = fs.0.join("data");
     let mut server = Server::start_in(&data, &["--rate-limit", "off"]);
     let app = server.app_token(&["Presence.ReadWrite.All"]);
-    // Leave ~1.5 MB for the database, so it fills after a few hundred writes.
+    // Leave ~1.5 MB for the database, so it fills after a few hundred writes. Freeing the filler
+    // later returns 14 MB: room for the store to replay its log and carry on.
     let filler = fs.0.join("filler");
-    std::fs::write(&filler, vec![0u8; 1500 * 1024]).unwrap();
+    std::fs::write(&filler, vec![0u8; 14 * 1024 * 1024 + 512 * 1024]).unwrap();
     let message = "x".repeat(270);
     let write = |s: &Server, user: String| {
         let url = s.url(&format!("/v1.0/users/{user}/presence/setStatusMessage"));
@@ -327,4 +328,49 @@ async fn a_truncated_database_stops_the_server() {
         "{stderr}"
     );
     assert_eq!(std::fs::read(&file).unwrap(), cut);
+}
+
+#[tokio::test]
+async fn acknowledged_writes_live_in_the_log_until_a_checkpoint_and_damage_there_stops_the_server() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("data");
+    let mut server = Server::start_in(&dir, &[]);
+    let app = server.app_token(&["Presence.ReadWrite.All"]);
+    for i in 0..3 {
+        let body =
+            json!({ "sessionId": "s", "availability": "Busy", "activity": "InACall", "expirationDuration": "PT4H" });
+        let r = post(
+            &server.url(&format!("/v1.0/users/logged-{i}/presence/setPresence")),
+            &app,
+            body,
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    // Killed well within the checkpoint interval: the writes are in the log, not yet checkpointed.
+    server.kill();
+    let log = dir.join("presence.wal");
+    let bytes = std::fs::read(&log).unwrap();
+    assert!(bytes.len() > 12, "the acknowledged writes are in the write-ahead log");
+
+    // Damage inside the first frame (not a torn tail): refuse rather than guess.
+    let mut damaged = bytes.clone();
+    damaged[20] ^= 0x10;
+    std::fs::write(&log, &damaged).unwrap();
+    let (status, stderr) = start_expecting_failure(&dir);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("presence.wal") && stderr.contains("corrupt"),
+        "{stderr}"
+    );
+
+    // Undamaged, the log is replayed: every acknowledged write is back.
+    std::fs::write(&log, &bytes).unwrap();
+    server.crash_and_restart();
+    for i in 0..3 {
+        assert_eq!(
+            presence_of(&server, &app, &format!("logged-{i}")).await,
+            pair("Busy", "InACall")
+        );
+    }
 }

@@ -36,7 +36,10 @@ impl Server {
 
     pub fn start_in(data_dir: &Path, extra_args: &[&str]) -> Server {
         let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
-        let stderr_log = data_dir.with_extension(format!("stderr-{}.log", std::process::id()));
+        // Outside the data dir's file system, so a test that fills that disk still gets its log.
+        static SERVERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SERVERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stderr_log = std::env::temp_dir().join(format!("presenced-test-{}-{n}.log", std::process::id()));
         let (child, base) = spawn(data_dir, &extra_args, &stderr_log).unwrap_or_else(|e| panic!("{e}"));
         Server {
             child,

@@ -3,11 +3,26 @@
 //! Values are JSON: a few bytes more than a binary encoding, but a record written by one version
 //! of presenced stays readable by the next, and a damaged file can be inspected by hand.
 use super::super::{Delivery, OutboxEntry};
+use super::wal::{self, Wal};
 use crate::notify::subscription::Subscription;
 use presence_core::{ChangeEvent, UserKey, UserPresence};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
-use std::sync::{RwLock, RwLockReadGuard};
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
+
+/// Checkpoint (make redb durable, empty the log) when the log grows past this...
+const CHECKPOINT_BYTES: u64 = 32 * 1024 * 1024;
+/// ...or this long after the last checkpoint if anything was written since. Bounds both replay
+/// time after a crash and the non-durable pages redb holds until the next durable commit.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(2);
+
+struct WalState {
+    log: Wal,
+    last_checkpoint: Instant,
+    /// Non-durable redb commits since the last checkpoint.
+    commits_since: u64,
+}
 
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
@@ -15,6 +30,7 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const SUBSCRIPTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("subscriptions");
 const DELIVERIES: TableDefinition<u64, &[u8]> = TableDefinition::new("deliveries");
 const SCHEMA_KEY: &str = "schema_version";
+const CHECKPOINTS_KEY: &str = "checkpoints";
 const SCHEMA_VERSION: u64 = 1;
 pub const FILE_NAME: &str = "presence.redb";
 
@@ -41,6 +57,10 @@ pub struct Loaded {
 
 pub struct Disk {
     path: PathBuf,
+    // Only the writer thread appends; the mutex is uncontended and only satisfies `Sync`.
+    wal: Mutex<WalState>,
+    /// A write failed; redb must be reopened before the next one.
+    broken: std::sync::atomic::AtomicBool,
     // Read-locked by every transaction; write-locked only to reopen the file after a failed
     // commit (redb must be reopened to rebuild its allocator state, e.g. after the disk was full).
     db: RwLock<Option<Database>>,
@@ -92,8 +112,18 @@ impl Disk {
             Ok(false) => tracing::warn!(path = %path.display(), "database was repaired after an unclean shutdown"),
             Err(e) => return Err(corrupt(format!("integrity check failed: {e}"))),
         }
+        let log = Wal::open(dir).map_err(|source| OpenError::Directory {
+            path: dir.into(),
+            source,
+        })?;
         let disk = Self {
             path: path.clone(),
+            wal: Mutex::new(WalState {
+                log,
+                last_checkpoint: Instant::now(),
+                commits_since: 0,
+            }),
+            broken: std::sync::atomic::AtomicBool::new(false),
             db: RwLock::new(Some(db)),
         };
         disk.init_schema().map_err(|e| db_err(&e))?;
@@ -101,6 +131,17 @@ impl Disk {
         if found != SCHEMA_VERSION {
             return Err(OpenError::Schema { path, found });
         }
+        disk.replay(dir).map_err(|e| match e {
+            ReplayError::Wal(e) => OpenError::Corrupt {
+                path: dir.join(wal::FILE_NAME),
+                reason: e.to_string(),
+            },
+            ReplayError::Frame(reason) => OpenError::Corrupt {
+                path: dir.join(wal::FILE_NAME),
+                reason,
+            },
+            ReplayError::Db(e) => db_err(&e),
+        })?;
         let loaded = disk.load().map_err(|e| match e {
             LoadError::Db(e) => db_err(&e),
             LoadError::Record(reason) => corrupt(reason),
@@ -121,12 +162,18 @@ impl Disk {
 
     /// Close and reopen the file after a failed commit, so writes can resume once the cause (a
     /// full disk, say) is gone. Nothing acknowledged is lost: a failed commit acknowledged nothing.
+    ///
+    /// Reopening drops redb's non-durable commits, which hold acknowledged batches since the last
+    /// checkpoint; the log still has them, so it is replayed (and checkpointed) right away.
     pub fn reopen(&self) -> Result<(), String> {
-        let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
-        drop(slot.take());
-        let db = Database::create(&self.path).map_err(|e| e.to_string())?;
-        *slot = Some(db);
-        Ok(())
+        {
+            let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
+            drop(slot.take());
+            let db = Database::create(&self.path).map_err(|e| e.to_string())?;
+            *slot = Some(db);
+        }
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        self.replay(dir).map_err(|e| e.to_string())
     }
 
     fn init_schema(&self) -> Result<(), redb::Error> {
@@ -190,42 +237,81 @@ impl Disk {
         })
     }
 
-    /// Write a batch in one transaction and, if `durable`, fsync it (redb's `Immediate`
-    /// durability): this is the group commit, one fsync shared by every request in the batch.
-    /// Outbox entries below `prune_outbox_below` are dropped in the same transaction to bound the file.
+    /// Make a batch durable and visible: append it to the write-ahead log and `fdatasync` (one
+    /// small sequential write shared by every request in the batch: the group commit), then apply
+    /// it to redb as a non-durable commit that the next checkpoint makes durable. Batches that
+    /// only forget delivered notifications skip the log: losing them to a crash means a re-send.
     pub fn write_batch(&self, batch: &Batch) -> Result<(), redb::Error> {
+        // After a failed write redb must be reopened (and the log replayed) before it takes
+        // another; if that fails too (the disk is still full), the next batch tries again, so
+        // writes resume as soon as the cause is gone.
+        if self.broken.load(std::sync::atomic::Ordering::Acquire) {
+            self.reopen().map_err(redb::Error::Corrupted)?;
+            self.broken.store(false, std::sync::atomic::Ordering::Release);
+        }
+        let result = self.write_batch_inner(batch);
+        if result.is_err() {
+            self.broken.store(true, std::sync::atomic::Ordering::Release);
+        }
+        result
+    }
+
+    fn write_batch_inner(&self, batch: &Batch) -> Result<(), redb::Error> {
+        let ops = batch_ops(batch);
+        let mut wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
+        if batch.durable {
+            wal.log.append(&encode_ops(&ops))?;
+        }
         let mut txn = self.db()?.begin_write()?;
-        if !batch.durable {
-            txn.set_durability(redb::Durability::None)?;
-        }
-        {
-            let mut users = txn.open_table(USERS)?;
-            let mut outbox = txn.open_table(OUTBOX)?;
-            for r in &batch.records {
-                users.insert(r.storage_key.as_str(), r.state_json.as_slice())?;
-                if let Some((id, json)) = &r.outbox {
-                    outbox.insert(*id, json.as_slice())?;
-                }
-            }
-            if batch.prune_outbox_below > 0 {
-                outbox.retain_in(..batch.prune_outbox_below, |_, _| false)?;
-            }
-            let mut subscriptions = txn.open_table(SUBSCRIPTIONS)?;
-            for (id, json) in &batch.subscriptions_put {
-                subscriptions.insert(id.as_str(), json.as_slice())?;
-            }
-            for id in &batch.subscriptions_delete {
-                subscriptions.remove(id.as_str())?;
-            }
-            let mut deliveries = txn.open_table(DELIVERIES)?;
-            for (id, json) in &batch.deliveries_put {
-                deliveries.insert(*id, json.as_slice())?;
-            }
-            for id in &batch.deliveries_delete {
-                deliveries.remove(*id)?;
-            }
-        }
+        txn.set_durability(redb::Durability::None)?;
+        apply_ops(&txn, &ops)?;
         txn.commit()?;
+        wal.commits_since += 1;
+        let due = wal.log.len() > CHECKPOINT_BYTES || wal.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL;
+        if due {
+            self.checkpoint(&mut wal)?;
+        }
+        Ok(())
+    }
+
+    /// Make everything committed so far durable in redb, then empty the log. A crash between the
+    /// two only means the log is replayed onto a state that already holds it, which is harmless.
+    fn checkpoint(&self, wal: &mut WalState) -> Result<(), redb::Error> {
+        if wal.commits_since > 0 || !wal.log.is_empty() {
+            let txn = self.db()?.begin_write()?;
+            {
+                let mut meta = txn.open_table(META)?;
+                let n = meta.get(CHECKPOINTS_KEY)?.map_or(0, |v| v.value());
+                meta.insert(CHECKPOINTS_KEY, n + 1)?;
+            }
+            txn.commit()?;
+            wal.log.reset()?;
+        }
+        wal.commits_since = 0;
+        wal.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    /// Checkpoint now (clean shutdown), so the next start has nothing to replay.
+    pub fn checkpoint_now(&self) -> Result<(), redb::Error> {
+        let mut wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
+        self.checkpoint(&mut wal)
+    }
+
+    /// Apply what the log holds beyond the last checkpoint, in order, then empty it.
+    fn replay(&self, dir: &Path) -> Result<(), ReplayError> {
+        let frames = wal::read_frames(dir).map_err(ReplayError::Wal)?;
+        if !frames.is_empty() {
+            let txn = self.db()?.begin_write()?;
+            for frame in &frames {
+                let ops = decode_ops(frame).map_err(ReplayError::Frame)?;
+                apply_ops(&txn, &ops)?;
+            }
+            txn.commit()?;
+            tracing::info!(frames = frames.len(), "replayed the write-ahead log");
+        }
+        let mut wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
+        wal.log.reset().map_err(|e| ReplayError::Db(e.into()))?;
         Ok(())
     }
 
@@ -287,5 +373,189 @@ impl std::ops::Deref for DbGuard<'_> {
     fn deref(&self) -> &Database {
         // `Disk::db` returns a guard only when the slot holds a database.
         self.0.as_ref().expect("checked in Disk::db")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ReplayError {
+    #[error(transparent)]
+    Wal(wal::WalError),
+    #[error("a log frame does not decode: {0}")]
+    Frame(String),
+    #[error(transparent)]
+    Db(#[from] redb::Error),
+}
+
+macro_rules! into_replay_error {
+    ($($t:ty),*) => {$(impl From<$t> for ReplayError { fn from(e: $t) -> Self { ReplayError::Db(e.into()) } })*};
+}
+into_replay_error!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// One change to one table: what a batch is made of, and what a log frame holds.
+#[derive(Debug, PartialEq, Eq)]
+enum Op<'a> {
+    UserPut(&'a str, &'a [u8]),
+    OutboxPut(u64, &'a [u8]),
+    PruneOutbox(u64),
+    SubscriptionPut(&'a str, &'a [u8]),
+    SubscriptionDelete(&'a str),
+    DeliveryPut(u64, &'a [u8]),
+    DeliveryDelete(u64),
+}
+
+fn batch_ops(batch: &Batch) -> Vec<Op<'_>> {
+    let mut ops = Vec::with_capacity(batch.records.len() * 2 + batch.deliveries_put.len() + 4);
+    for r in &batch.records {
+        ops.push(Op::UserPut(&r.storage_key, &r.state_json));
+        if let Some((id, json)) = &r.outbox {
+            ops.push(Op::OutboxPut(*id, json));
+        }
+    }
+    if batch.prune_outbox_below > 0 {
+        ops.push(Op::PruneOutbox(batch.prune_outbox_below));
+    }
+    ops.extend(
+        batch
+            .subscriptions_put
+            .iter()
+            .map(|(id, json)| Op::SubscriptionPut(id, json)),
+    );
+    ops.extend(batch.subscriptions_delete.iter().map(|id| Op::SubscriptionDelete(id)));
+    ops.extend(batch.deliveries_put.iter().map(|(id, json)| Op::DeliveryPut(*id, json)));
+    ops.extend(batch.deliveries_delete.iter().map(|id| Op::DeliveryDelete(*id)));
+    ops
+}
+
+fn apply_ops(txn: &redb::WriteTransaction, ops: &[Op<'_>]) -> Result<(), redb::Error> {
+    let mut users = txn.open_table(USERS)?;
+    let mut outbox = txn.open_table(OUTBOX)?;
+    let mut subscriptions = txn.open_table(SUBSCRIPTIONS)?;
+    let mut deliveries = txn.open_table(DELIVERIES)?;
+    for op in ops {
+        match *op {
+            Op::UserPut(key, value) => drop(users.insert(key, value)?),
+            Op::OutboxPut(id, value) => drop(outbox.insert(id, value)?),
+            Op::PruneOutbox(below) => outbox.retain_in(..below, |_, _| false)?,
+            Op::SubscriptionPut(id, value) => drop(subscriptions.insert(id, value)?),
+            Op::SubscriptionDelete(id) => drop(subscriptions.remove(id)?),
+            Op::DeliveryPut(id, value) => drop(deliveries.insert(id, value)?),
+            Op::DeliveryDelete(id) => drop(deliveries.remove(id)?),
+        }
+    }
+    Ok(())
+}
+
+fn encode_ops(ops: &[Op<'_>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let bytes = |out: &mut Vec<u8>, b: &[u8]| {
+        out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        out.extend_from_slice(b);
+    };
+    for op in ops {
+        match *op {
+            Op::UserPut(k, v) => {
+                out.push(1);
+                bytes(&mut out, k.as_bytes());
+                bytes(&mut out, v);
+            }
+            Op::OutboxPut(id, v) => {
+                out.push(2);
+                out.extend_from_slice(&id.to_le_bytes());
+                bytes(&mut out, v);
+            }
+            Op::PruneOutbox(below) => {
+                out.push(3);
+                out.extend_from_slice(&below.to_le_bytes());
+            }
+            Op::SubscriptionPut(k, v) => {
+                out.push(4);
+                bytes(&mut out, k.as_bytes());
+                bytes(&mut out, v);
+            }
+            Op::SubscriptionDelete(k) => {
+                out.push(5);
+                bytes(&mut out, k.as_bytes());
+            }
+            Op::DeliveryPut(id, v) => {
+                out.push(6);
+                out.extend_from_slice(&id.to_le_bytes());
+                bytes(&mut out, v);
+            }
+            Op::DeliveryDelete(id) => {
+                out.push(7);
+                out.extend_from_slice(&id.to_le_bytes());
+            }
+        }
+    }
+    out
+}
+
+/// The inverse of `encode_ops`, bounds-checked: a frame passed its checksum, but a decoder must
+/// still never panic on bytes it did not write.
+fn decode_ops(frame: &[u8]) -> Result<Vec<Op<'_>>, String> {
+    struct Reader<'a>(&'a [u8]);
+    impl<'a> Reader<'a> {
+        fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+            if self.0.len() < n {
+                return Err("truncated operation".into());
+            }
+            let (head, rest) = self.0.split_at(n);
+            self.0 = rest;
+            Ok(head)
+        }
+        fn u64(&mut self) -> Result<u64, String> {
+            let b = self.take(8)?;
+            Ok(u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+        }
+        fn bytes(&mut self) -> Result<&'a [u8], String> {
+            let b = self.take(4)?;
+            let n = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
+            self.take(n)
+        }
+        fn str(&mut self) -> Result<&'a str, String> {
+            std::str::from_utf8(self.bytes()?).map_err(|_| "a key is not UTF-8".to_string())
+        }
+    }
+    let mut r = Reader(frame);
+    let mut ops = Vec::new();
+    while let Some((&tag, rest)) = r.0.split_first() {
+        r.0 = rest;
+        ops.push(match tag {
+            1 => Op::UserPut(r.str()?, r.bytes()?),
+            2 => Op::OutboxPut(r.u64()?, r.bytes()?),
+            3 => Op::PruneOutbox(r.u64()?),
+            4 => Op::SubscriptionPut(r.str()?, r.bytes()?),
+            5 => Op::SubscriptionDelete(r.str()?),
+            6 => Op::DeliveryPut(r.u64()?, r.bytes()?),
+            7 => Op::DeliveryDelete(r.u64()?),
+            other => return Err(format!("unknown operation {other}")),
+        });
+    }
+    Ok(ops)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ops_roundtrip_through_a_frame() {
+        let ops = vec![
+            Op::UserPut("t/u", b"{}"),
+            Op::OutboxPut(7, b"[1]"),
+            Op::PruneOutbox(3),
+            Op::SubscriptionPut("s", b"{\"a\":1}"),
+            Op::SubscriptionDelete("s2"),
+            Op::DeliveryPut(9, b"x"),
+            Op::DeliveryDelete(4),
+        ];
+        assert_eq!(decode_ops(&encode_ops(&ops)).unwrap(), ops);
+        assert!(decode_ops(&[1, 5, 0, 0, 0, b'a']).is_err());
+        assert!(decode_ops(&[99]).is_err());
     }
 }

@@ -8,6 +8,7 @@ pub mod deadlines;
 pub mod disk;
 pub mod memory;
 pub mod subscriptions;
+pub mod wal;
 pub mod writer;
 
 use super::{Commit, Delivery, NewDelivery, OutboxEntry, PresenceStore, StoreError, Versioned};

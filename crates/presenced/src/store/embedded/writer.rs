@@ -110,6 +110,10 @@ impl Writer {
             }
             self.process(batch);
         }
+        // A clean stop leaves nothing to replay on the next start.
+        if let Err(e) = self.disk.checkpoint_now() {
+            tracing::warn!(error = %e, "final checkpoint failed; the log will be replayed on start");
+        }
         self.shared.ready.store(false, Ordering::Release);
     }
 
@@ -205,9 +209,7 @@ impl Writer {
             // is told "200" for a write that a crash could lose.
             (self.outbox_next, self.delivery_next) = (outbox_start, delivery_start);
             tracing::error!(error = %e, requests = effects.len(), "commit failed");
-            if let Err(reopen) = self.disk.reopen() {
-                tracing::error!(error = %reopen, "could not reopen the database after a failed commit");
-            }
+
             for effect in effects {
                 fail(effect, &e.to_string());
             }
