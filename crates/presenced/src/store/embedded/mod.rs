@@ -3,7 +3,10 @@
 //! Reads are served from memory without touching the disk. Writes go through one writer thread
 //! ([`writer`]) that group-commits them to [`disk`] and only then publishes them to [`memory`] and
 //! the [`deadlines`] index, so a `200` always means fsynced and readers never see a state a crash
-//! could take back.
+//! could take back. A batch is durable once its frame in the write-ahead log ([`wal`]) is
+//! fdatasync'd; redb receives it as a non-durable commit and is made durable by periodic
+//! checkpoints, after which the log is emptied. [`subscriptions`] indexes change-notification
+//! subscriptions for fan-out at commit time.
 pub mod deadlines;
 pub mod disk;
 pub mod memory;
