@@ -13,15 +13,81 @@ use std::time::{Duration, Instant};
 
 /// Checkpoint (make redb durable, empty the log) when the log grows past this...
 const CHECKPOINT_BYTES: u64 = 32 * 1024 * 1024;
-/// ...or this long after the last checkpoint if anything was written since. Bounds both replay
-/// time after a crash and the non-durable pages redb holds until the next durable commit.
+/// ...or this long after the last checkpoint if anything was written since. Bounds replay time
+/// after a crash and the memory the pending changes take.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(2);
 
 struct WalState {
     log: Wal,
     last_checkpoint: Instant,
-    /// Non-durable redb commits since the last checkpoint.
-    commits_since: u64,
+    /// Everything logged since the last checkpoint, latest value per key: what the next
+    /// checkpoint writes to redb in one transaction, each key once however often it changed.
+    pending: Pending,
+}
+
+#[derive(Default)]
+struct Pending {
+    users: std::collections::HashMap<String, Vec<u8>>,
+    outbox: std::collections::BTreeMap<u64, Vec<u8>>,
+    prune_outbox_below: u64,
+    subscriptions: std::collections::HashMap<String, Option<Vec<u8>>>,
+    deliveries: std::collections::BTreeMap<u64, Option<Vec<u8>>>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.users.is_empty()
+            && self.outbox.is_empty()
+            && self.prune_outbox_below == 0
+            && self.subscriptions.is_empty()
+            && self.deliveries.is_empty()
+    }
+
+    fn merge(&mut self, ops: &[Op<'_>]) {
+        for op in ops {
+            match *op {
+                Op::UserPut(k, v) => drop(self.users.insert(k.to_owned(), v.to_vec())),
+                Op::OutboxPut(id, v) => drop(self.outbox.insert(id, v.to_vec())),
+                Op::PruneOutbox(below) => {
+                    self.prune_outbox_below = self.prune_outbox_below.max(below);
+                    self.outbox.retain(|id, _| *id >= below);
+                }
+                Op::SubscriptionPut(k, v) => drop(self.subscriptions.insert(k.to_owned(), Some(v.to_vec()))),
+                Op::SubscriptionDelete(k) => drop(self.subscriptions.insert(k.to_owned(), None)),
+                Op::DeliveryPut(id, v) => drop(self.deliveries.insert(id, Some(v.to_vec()))),
+                Op::DeliveryDelete(id) => drop(self.deliveries.insert(id, None)),
+            }
+        }
+    }
+
+    fn apply(&self, txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
+        let mut users = txn.open_table(USERS)?;
+        for (k, v) in &self.users {
+            users.insert(k.as_str(), v.as_slice())?;
+        }
+        let mut outbox = txn.open_table(OUTBOX)?;
+        for (id, v) in &self.outbox {
+            outbox.insert(*id, v.as_slice())?;
+        }
+        if self.prune_outbox_below > 0 {
+            outbox.retain_in(..self.prune_outbox_below, |_, _| false)?;
+        }
+        let mut subscriptions = txn.open_table(SUBSCRIPTIONS)?;
+        for (k, v) in &self.subscriptions {
+            match v {
+                Some(v) => drop(subscriptions.insert(k.as_str(), v.as_slice())?),
+                None => drop(subscriptions.remove(k.as_str())?),
+            }
+        }
+        let mut deliveries = txn.open_table(DELIVERIES)?;
+        for (id, v) in &self.deliveries {
+            match v {
+                Some(v) => drop(deliveries.insert(*id, v.as_slice())?),
+                None => drop(deliveries.remove(*id)?),
+            }
+        }
+        Ok(())
+    }
 }
 
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
@@ -121,7 +187,7 @@ impl Disk {
             wal: Mutex::new(WalState {
                 log,
                 last_checkpoint: Instant::now(),
-                commits_since: 0,
+                pending: Pending::default(),
             }),
             broken: std::sync::atomic::AtomicBool::new(false),
             db: RwLock::new(Some(db)),
@@ -160,20 +226,13 @@ impl Disk {
         Ok(DbGuard(guard))
     }
 
-    /// Close and reopen the file after a failed commit, so writes can resume once the cause (a
-    /// full disk, say) is gone. Nothing acknowledged is lost: a failed commit acknowledged nothing.
-    ///
-    /// Reopening drops redb's non-durable commits, which hold acknowledged batches since the last
-    /// checkpoint; the log still has them, so it is replayed (and checkpointed) right away.
-    pub fn reopen(&self) -> Result<(), String> {
-        {
-            let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
-            drop(slot.take());
-            let db = Database::create(&self.path).map_err(|e| e.to_string())?;
-            *slot = Some(db);
-        }
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        self.replay(dir).map_err(|e| e.to_string())
+    /// Close and reopen redb after a failed checkpoint: redb must be reopened to rebuild its
+    /// allocator state. Nothing is lost: the pending changes are still in memory and in the log.
+    fn reopen_db(&self) -> Result<(), redb::Error> {
+        let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
+        drop(slot.take());
+        *slot = Some(Database::create(&self.path)?);
+        Ok(())
     }
 
     fn init_schema(&self) -> Result<(), redb::Error> {
@@ -237,62 +296,61 @@ impl Disk {
         })
     }
 
-    /// Make a batch durable and visible: append it to the write-ahead log and `fdatasync` (one
-    /// small sequential write shared by every request in the batch: the group commit), then apply
-    /// it to redb as a non-durable commit that the next checkpoint makes durable. Batches that
-    /// only forget delivered notifications skip the log: losing them to a crash means a re-send.
+    /// Make a batch durable: append it to the write-ahead log and `fdatasync` (one small
+    /// sequential write shared by every request in the batch: the group commit), and keep it as
+    /// pending for the next checkpoint. Batches that only forget delivered notifications skip the
+    /// log: losing them to a crash means a re-send, which at-least-once allows.
     pub fn write_batch(&self, batch: &Batch) -> Result<(), redb::Error> {
-        // After a failed write redb must be reopened (and the log replayed) before it takes
-        // another; if that fails too (the disk is still full), the next batch tries again, so
-        // writes resume as soon as the cause is gone.
-        if self.broken.load(std::sync::atomic::Ordering::Acquire) {
-            self.reopen().map_err(redb::Error::Corrupted)?;
-            self.broken.store(false, std::sync::atomic::Ordering::Release);
-        }
-        let result = self.write_batch_inner(batch);
-        if result.is_err() {
-            self.broken.store(true, std::sync::atomic::Ordering::Release);
-        }
-        result
-    }
-
-    fn write_batch_inner(&self, batch: &Batch) -> Result<(), redb::Error> {
         let ops = batch_ops(batch);
         let mut wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
         if batch.durable {
             wal.log.append(&encode_ops(&ops))?;
         }
-        let mut txn = self.db()?.begin_write()?;
-        txn.set_durability(redb::Durability::None)?;
-        apply_ops(&txn, &ops)?;
-        txn.commit()?;
-        wal.commits_since += 1;
+        wal.pending.merge(&ops);
         let due = wal.log.len() > CHECKPOINT_BYTES || wal.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL;
         if due {
-            self.checkpoint(&mut wal)?;
+            // The batch is durable in the log whatever happens here; a failed checkpoint is
+            // retried on the next batch (after reopening redb) and meanwhile the log grows.
+            if let Err(e) = self.checkpoint(&mut wal) {
+                tracing::warn!(error = %e, "checkpoint failed; will retry");
+            }
         }
         Ok(())
     }
 
-    /// Make everything committed so far durable in redb, then empty the log. A crash between the
-    /// two only means the log is replayed onto a state that already holds it, which is harmless.
+    /// Write the pending changes to redb in one durable transaction, then empty the log. A crash
+    /// between the two only means the log is replayed onto a state that already holds it, which
+    /// is harmless: frames hold whole values and explicit ids.
     fn checkpoint(&self, wal: &mut WalState) -> Result<(), redb::Error> {
-        if wal.commits_since > 0 || !wal.log.is_empty() {
-            let txn = self.db()?.begin_write()?;
-            {
-                let mut meta = txn.open_table(META)?;
-                let n = meta.get(CHECKPOINTS_KEY)?.map_or(0, |v| v.value());
-                meta.insert(CHECKPOINTS_KEY, n + 1)?;
-            }
-            txn.commit()?;
-            wal.log.reset()?;
+        if self.broken.load(std::sync::atomic::Ordering::Acquire) {
+            self.reopen_db()?;
+            self.broken.store(false, std::sync::atomic::Ordering::Release);
         }
-        wal.commits_since = 0;
+        if !wal.pending.is_empty() || !wal.log.is_empty() {
+            let written = (|| {
+                let txn = self.db()?.begin_write()?;
+                wal.pending.apply(&txn)?;
+                {
+                    let mut meta = txn.open_table(META)?;
+                    let n = meta.get(CHECKPOINTS_KEY)?.map_or(0, |v| v.value());
+                    meta.insert(CHECKPOINTS_KEY, n + 1)?;
+                }
+                txn.commit()?;
+                Ok::<(), redb::Error>(())
+            })();
+            if let Err(e) = written {
+                self.broken.store(true, std::sync::atomic::Ordering::Release);
+                return Err(e);
+            }
+            wal.log.reset()?;
+            wal.pending = Pending::default();
+        }
         wal.last_checkpoint = Instant::now();
         Ok(())
     }
 
-    /// Checkpoint now (clean shutdown), so the next start has nothing to replay.
+    /// Checkpoint now: on clean shutdown (nothing to replay on the next start), and before
+    /// reading tables directly, so such reads see every committed change.
     pub fn checkpoint_now(&self) -> Result<(), redb::Error> {
         let mut wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
         self.checkpoint(&mut wal)
@@ -301,21 +359,20 @@ impl Disk {
     /// Apply what the log holds beyond the last checkpoint, in order, then empty it.
     fn replay(&self, dir: &Path) -> Result<(), ReplayError> {
         let frames = wal::read_frames(dir).map_err(ReplayError::Wal)?;
-        if !frames.is_empty() {
-            let txn = self.db()?.begin_write()?;
-            for frame in &frames {
-                let ops = decode_ops(frame).map_err(ReplayError::Frame)?;
-                apply_ops(&txn, &ops)?;
-            }
-            txn.commit()?;
-            tracing::info!(frames = frames.len(), "replayed the write-ahead log");
-        }
         let mut wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
-        wal.log.reset().map_err(|e| ReplayError::Db(e.into()))?;
+        for frame in &frames {
+            let ops = decode_ops(frame).map_err(ReplayError::Frame)?;
+            wal.pending.merge(&ops);
+        }
+        if !frames.is_empty() {
+            tracing::info!(frames = frames.len(), "replaying the write-ahead log");
+        }
+        self.checkpoint(&mut wal)?;
         Ok(())
     }
 
     pub fn deliveries(&self) -> Result<Vec<Delivery>, String> {
+        self.checkpoint_now().map_err(|e| e.to_string())?;
         let read = || -> Result<Vec<Delivery>, LoadError> {
             let txn = self.db()?.begin_read()?;
             let mut out = Vec::new();
@@ -332,6 +389,7 @@ impl Disk {
     }
 
     pub fn outbox_after(&self, after_id: u64, limit: usize) -> Result<Vec<OutboxEntry>, String> {
+        self.checkpoint_now().map_err(|e| e.to_string())?;
         let read = || -> Result<Vec<OutboxEntry>, LoadError> {
             let txn = self.db()?.begin_read()?;
             let outbox = txn.open_table(OUTBOX)?;
@@ -429,25 +487,6 @@ fn batch_ops(batch: &Batch) -> Vec<Op<'_>> {
     ops.extend(batch.deliveries_put.iter().map(|(id, json)| Op::DeliveryPut(*id, json)));
     ops.extend(batch.deliveries_delete.iter().map(|id| Op::DeliveryDelete(*id)));
     ops
-}
-
-fn apply_ops(txn: &redb::WriteTransaction, ops: &[Op<'_>]) -> Result<(), redb::Error> {
-    let mut users = txn.open_table(USERS)?;
-    let mut outbox = txn.open_table(OUTBOX)?;
-    let mut subscriptions = txn.open_table(SUBSCRIPTIONS)?;
-    let mut deliveries = txn.open_table(DELIVERIES)?;
-    for op in ops {
-        match *op {
-            Op::UserPut(key, value) => drop(users.insert(key, value)?),
-            Op::OutboxPut(id, value) => drop(outbox.insert(id, value)?),
-            Op::PruneOutbox(below) => outbox.retain_in(..below, |_, _| false)?,
-            Op::SubscriptionPut(id, value) => drop(subscriptions.insert(id, value)?),
-            Op::SubscriptionDelete(id) => drop(subscriptions.remove(id)?),
-            Op::DeliveryPut(id, value) => drop(deliveries.insert(id, value)?),
-            Op::DeliveryDelete(id) => drop(deliveries.remove(id)?),
-        }
-    }
-    Ok(())
 }
 
 fn encode_ops(ops: &[Op<'_>]) -> Vec<u8> {
