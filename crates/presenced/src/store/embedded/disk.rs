@@ -14,8 +14,10 @@ use std::time::{Duration, Instant};
 /// Checkpoint (make redb durable, empty the log) when the log grows past this...
 const CHECKPOINT_BYTES: u64 = 32 * 1024 * 1024;
 /// ...or this long after the last checkpoint if anything was written since. Bounds replay time
-/// after a crash and the memory the pending changes take.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(2);
+/// after a crash and the memory the pending changes take; short, because the writer is busy
+/// during a checkpoint (2 s made each one a ~200 ms stall; 250 ms measured faster overall, see
+/// BENCHMARKS.md).
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
 
 struct WalState {
     log: Wal,
