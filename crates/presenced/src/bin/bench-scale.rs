@@ -3,15 +3,19 @@
 //! - `memory --sessions N`: resident memory per held session. N users with one Busy/InACall
 //!   session each (expiring in 1 h, so nothing fades) are committed through the store with many
 //!   commits in flight (group commit batches them). The baseline is the same process with the
-//!   store open and empty; the result is (RSS after − RSS before) / N, plus the size of
-//!   `presence.redb`, the load rate, and the restart: close, reopen (in this process, and in a
-//!   fresh process, which is what a restarted server looks like). A fresh helper process also
-//!   builds the in-memory structures alone (no redb), to split the total into "our maps" and
-//!   "redb's page cache", and the `size_of` of the types involved is printed for the breakdown.
+//!   store open and empty; the result is (RSS after − RSS before) / N, plus the size of the
+//!   files, the load rate, and the restart: close, reopen in the same process (skipped when it
+//!   would not fit: glibc keeps freed memory) and in a fresh process, which is what a restarted
+//!   server looks like. Each step runs in its own process (this binary, hidden subcommands), so
+//!   one step's freed-but-kept memory cannot distort the next; one of them builds the in-memory
+//!   structures alone (no redb), to split the total into "our maps" and "the rest" (redb's
+//!   cache, the log's pending changes), and the `size_of` of the types involved is printed.
 //! - `storm --sessions N`: N sessions expiring at the same instant T; after T the sweeper's
-//!   `tick` is called until it returns `(0, 0)`, timing the whole storm, while another task reads
-//!   random users at a fixed rate, recording read latency during the storm against the same reads
-//!   before it. Then it times the parts a transition costs (core, JSON, redb insert, fsync).
+//!   `tick` is called (in a runtime task, as in the server) until it returns `(0, 0)`, timing the
+//!   whole storm, while another task reads random users at a fixed rate, recording read latency
+//!   during the storm against the same reads before it. Then it times the parts a transition
+//!   costs alone: core step, JSON encoding, write-ahead-log append + fdatasync, redb transactions
+//!   (group-commit and checkpoint sized) on the storm's own file.
 //!
 //! Output: one JSON object per line on stdout, then a markdown table. Progress goes to stderr.
 //! See `bench/scale.sh`.
@@ -28,6 +32,7 @@ use presenced::service::PresenceService;
 use presenced::store::embedded::deadlines::DeadlineIndex;
 use presenced::store::embedded::disk::FILE_NAME;
 use presenced::store::embedded::memory::{Entry, Memory};
+use presenced::store::embedded::wal::FILE_NAME as WAL_FILE_NAME;
 use presenced::store::embedded::EmbeddedStore;
 use presenced::store::{Commit, PresenceStore};
 use presenced::sweeper::Sweeper;
@@ -761,8 +766,22 @@ fn memory(args: MemoryArgs) -> Result<()> {
     );
     let disk = u(&load, "disk_bytes");
     report.row(
-        "presence.redb",
-        format!("{:.1} MiB ({:.0} B/session)", mib(disk), disk as f64 / loaded as f64),
+        "presence.redb after load (+ presence.wal)",
+        format!(
+            "{:.1} MiB ({:.0} B/session) + {:.1} MiB",
+            mib(disk),
+            disk as f64 / loaded as f64,
+            mib(u(&load, "wal_bytes"))
+        ),
+    );
+    let closed = u(&in_process, "disk_bytes_after_close");
+    report.row(
+        "presence.redb after clean close",
+        format!(
+            "{:.1} MiB ({:.0} B/session)",
+            mib(closed),
+            closed as f64 / loaded as f64
+        ),
     );
     report.row(
         "load (commit) rate",
@@ -775,7 +794,10 @@ fn memory(args: MemoryArgs) -> Result<()> {
         ),
     );
     if in_process["skipped"].is_string() {
-        report.row("in-process restart", format!("skipped: {}", in_process["skipped"]));
+        report.row(
+            "in-process restart",
+            format!("skipped: {}", in_process["skipped"].as_str().unwrap_or("")),
+        );
     } else {
         report.row(
             "in-process restart: close / reopen (load)",
@@ -812,6 +834,10 @@ fn memory(args: MemoryArgs) -> Result<()> {
             "**bytes per session after restart (fresh process)**",
             format!("**{:.0}**", f(v, "bytes_per_session")),
         );
+        report.row(
+            "redb integrity check alone (part of open; file in page cache)",
+            format!("{:.2} s", f(v, "integrity_check_secs_warm")),
+        );
     }
     for (part, bytes) in &model_rows {
         report.row(format!("model: {part}"), format!("{bytes:.0}"));
@@ -843,7 +869,9 @@ fn fill(args: FillArgs) -> Result<()> {
     let hwm = proc_status("VmHWM");
     let loaded = outcome.loaded;
     let per_session = loaded_rss.saturating_sub(base) as f64 / loaded as f64;
-    let disk = std::fs::metadata(args.data_dir.join(FILE_NAME)).map_or(0, |m| m.len());
+    let size = |name: &str| std::fs::metadata(args.data_dir.join(name)).map_or(0, |m| m.len());
+    let disk = size(FILE_NAME);
+    let wal_bytes = size(WAL_FILE_NAME);
     let (users, sessions, deadlines) = (store.user_count(), store.session_count(), store.pending_deadlines());
     if users as u64 != loaded || deadlines as u64 != loaded {
         bail!("store holds {users} users and {deadlines} deadlines, expected {loaded}");
@@ -863,6 +891,7 @@ fn fill(args: FillArgs) -> Result<()> {
             "bytes_per_session": round3(per_session),
             "disk_bytes": disk,
             "disk_bytes_per_session": round3(disk as f64 / loaded as f64),
+            "wal_bytes": wal_bytes,
             "load_secs": round3(outcome.secs),
             "commits_per_sec": round3(loaded as f64 / outcome.secs),
             "group_commits": outcome.batches,
@@ -879,6 +908,7 @@ fn fill(args: FillArgs) -> Result<()> {
     store.close();
     let close_secs = close_started.elapsed().as_secs_f64();
     let after_close = rss();
+    let disk_after_close = size(FILE_NAME);
     let need = after_close + loaded_rss.saturating_sub(base) * 5 / 4;
     if need > limit {
         println!(
@@ -886,6 +916,7 @@ fn fill(args: FillArgs) -> Result<()> {
             json!({
                 "phase": "reopen_in_process",
                 "close_secs": round3(close_secs),
+                "disk_bytes_after_close": disk_after_close,
                 "rss_after_close_bytes": after_close,
                 "skipped": format!("would need ~{:.1} GiB", need as f64 / GIB),
             })
@@ -906,6 +937,7 @@ fn fill(args: FillArgs) -> Result<()> {
         json!({
             "phase": "reopen_in_process",
             "close_secs": round3(close_secs),
+            "disk_bytes_after_close": disk_after_close,
             "rss_after_close_bytes": after_close,
             "open_secs": round3(reopen_secs),
             "users_per_sec": round3(loaded as f64 / reopen_secs),
@@ -969,6 +1001,8 @@ fn structures(args: StructuresArgs) -> Result<()> {
 }
 
 /// Helper: open an existing data directory in a fresh process, as a restarted server does.
+/// Afterwards (store closed) times redb's integrity check alone, which `open` includes: the
+/// file's pages are then in the OS page cache, so that is its CPU cost rather than its I/O.
 fn reopen(args: ReopenArgs) -> Result<()> {
     let before = rss();
     let started = Instant::now();
@@ -978,6 +1012,11 @@ fn reopen(args: ReopenArgs) -> Result<()> {
     let hwm = proc_status("VmHWM");
     let users = report.users;
     store.close();
+    let started = Instant::now();
+    let mut db = redb::Database::create(args.data_dir.join(FILE_NAME))?;
+    let intact = db.check_integrity()?;
+    let integrity_secs = started.elapsed().as_secs_f64();
+    drop(db);
     println!(
         "{}",
         json!({
@@ -989,6 +1028,8 @@ fn reopen(args: ReopenArgs) -> Result<()> {
             "rss_after_open_bytes": after,
             "vm_hwm_bytes": hwm,
             "bytes_per_session": round3(after.saturating_sub(before) as f64 / users.max(1) as f64),
+            "integrity_check_secs_warm": round3(integrity_secs),
+            "integrity_ok": intact,
         })
     );
     Ok(())
@@ -1057,18 +1098,47 @@ async fn reader(
     (samples, errors)
 }
 
-/// (sum, count) of a histogram, read through the Prometheus text encoding.
-fn histogram_sum_count(h: &prometheus_client::metrics::histogram::Histogram) -> (f64, f64) {
+/// A histogram's sum and cumulative bucket counts `(upper bound, count)`, read through the
+/// Prometheus text encoding (the last bucket is +Inf, i.e. the total count).
+fn histogram_snapshot(h: &prometheus_client::metrics::histogram::Histogram) -> (f64, Vec<(f64, f64)>) {
     let mut registry = prometheus_client::registry::Registry::default();
     registry.register("h", "h", h.clone());
     let mut text = String::new();
     let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
-    let get = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
+    let sum = text
+        .lines()
+        .find_map(|l| l.strip_prefix("h_sum ")?.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let buckets = text
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("h_bucket{le=\"")?;
+            let (le, count) = rest.split_once("\"}")?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, count.trim().parse::<f64>().ok()?))
+        })
+        .collect();
+    (sum, buckets)
+}
+
+/// Between two snapshots: (sum of seconds, count, how many took longer than each of `over`).
+fn histogram_delta(
+    before: &(f64, Vec<(f64, f64)>),
+    after: &(f64, Vec<(f64, f64)>),
+    over: &[f64],
+) -> (f64, f64, Vec<(f64, f64)>) {
+    let cum = |snap: &(f64, Vec<(f64, f64)>), le: f64| {
+        snap.1
+            .iter()
+            .find(|(b, _)| (b.is_infinite() && le.is_infinite()) || (*b - le).abs() < 1e-12)
+            .map_or(0.0, |(_, c)| *c)
     };
-    (get("h_sum "), get("h_count "))
+    let total = cum(after, f64::INFINITY) - cum(before, f64::INFINITY);
+    let above = over
+        .iter()
+        .map(|&le| (le, total - (cum(after, le) - cum(before, le))))
+        .collect();
+    (after.0 - before.0, total, above)
 }
 
 /// What the async part of the storm hands back for reporting.
@@ -1088,6 +1158,9 @@ struct StormRun {
     batches: u64,
     writer_commit_secs: f64,
     writer_commits: f64,
+    /// How many write_batch calls (log append + fdatasync, and the checkpoint when one falls due)
+    /// took longer than each bound.
+    writer_commits_over: Vec<(f64, f64)>,
     cpu: Value,
     remaining: (i64, usize),
     samples: Vec<Sample>,
@@ -1164,7 +1237,7 @@ fn storm(args: StormArgs) -> Result<()> {
 
         // The storm: what `Sweeper::run` does when it wakes at T, driven by hand.
         let metrics = store.metrics();
-        let (fsync_sum0, fsync_n0) = histogram_sum_count(&metrics.commit_seconds);
+        let commit_hist0 = histogram_snapshot(&metrics.commit_seconds);
         let batches0 = store.commit_count();
         let cpu0 = thread_cpu();
         phase.store(PHASE_STORM, Ordering::Relaxed);
@@ -1195,7 +1268,11 @@ fn storm(args: StormArgs) -> Result<()> {
         phase.store(PHASE_AFTER, Ordering::Relaxed);
         let cpu = cpu_delta(&cpu0, &thread_cpu());
         let batches = store.commit_count() - batches0;
-        let (fsync_sum1, fsync_n1) = histogram_sum_count(&metrics.commit_seconds);
+        let (writer_commit_secs, writer_commits, writer_commits_over) = histogram_delta(
+            &commit_hist0,
+            &histogram_snapshot(&metrics.commit_seconds),
+            &[0.02, 0.1, 0.25, 1.0],
+        );
         let remaining_sessions = store.session_count();
         let remaining_deadlines = store.pending_deadlines();
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -1214,8 +1291,9 @@ fn storm(args: StormArgs) -> Result<()> {
             ticks,
             committed: committed_total,
             batches,
-            writer_commit_secs: fsync_sum1 - fsync_sum0,
-            writer_commits: fsync_n1 - fsync_n0,
+            writer_commit_secs,
+            writer_commits,
+            writer_commits_over,
             cpu,
             remaining: (remaining_sessions, remaining_deadlines),
             samples,
@@ -1237,6 +1315,7 @@ fn storm(args: StormArgs) -> Result<()> {
         batches,
         writer_commit_secs,
         writer_commits,
+        writer_commits_over,
         cpu,
         remaining: (remaining_sessions, remaining_deadlines),
         samples,
@@ -1287,6 +1366,7 @@ fn storm(args: StormArgs) -> Result<()> {
             "writer_write_batch_secs": round3(writer_commit_secs),
             "writer_write_batch_count": writer_commits,
             "writer_write_batch_mean_ms": round3(writer_commit_secs / writer_commits.max(1.0) * 1000.0),
+            "writer_write_batch_over_secs": writer_commits_over.iter().map(|(le, n)| json!({"over": le, "count": n})).collect::<Vec<_>>(),
             "thread_cpu_secs": cpu,
             "baseline_clean": baseline_clean,
         }),
@@ -1311,7 +1391,8 @@ fn storm(args: StormArgs) -> Result<()> {
     // Where the time goes: the parts of one transition, timed alone.
     drop(service);
     store.close();
-    let micro = micro(&ids, n, due, expiration, &timing, &dir)?;
+    let mean_batch = (committed as f64 / batches.max(1) as f64).round() as usize;
+    let micro = micro(&ids, n, due, expiration, &timing, &dir, mean_batch)?;
     report.line("micro", micro.clone());
 
     let ms = |v: &Value| v.as_f64().unwrap_or(0.0);
@@ -1348,10 +1429,15 @@ fn storm(args: StormArgs) -> Result<()> {
         format!("{batches} / {:.0}", committed as f64 / batches.max(1) as f64),
     );
     report.row(
-        "writer: time in write_batch (redb insert + commit + fsync)",
+        "writer: time in write_batch (log append + fdatasync; checkpoints when due)",
         format!(
-            "{writer_commit_secs:.2} s of {storm_secs:.2} s ({:.2} ms per group commit)",
-            writer_commit_secs / writer_commits.max(1.0) * 1000.0
+            "{writer_commit_secs:.2} s of {storm_secs:.2} s ({:.2} ms per group commit); longer than 20 ms / 100 ms / 250 ms / 1 s: {}",
+            writer_commit_secs / writer_commits.max(1.0) * 1000.0,
+            writer_commits_over
+                .iter()
+                .map(|(_, n)| format!("{n:.0}"))
+                .collect::<Vec<_>>()
+                .join(" / ")
         ),
     );
     report.row("thread CPU during the storm (s)", cpu.to_string());
@@ -1423,7 +1509,15 @@ fn storm(args: StormArgs) -> Result<()> {
             "micro: redb txn, 4096 key-adjacent users + outbox, fsync (ms)",
         ),
         ("redb_1_fsync_ms", "micro: redb txn of 1 user, fsync (ms)"),
-        ("raw_fsync_ms", "micro: raw 4 KiB write + fdatasync (ms)"),
+        (
+            "redb_checkpoint_ms",
+            "micro: checkpoint-sized redb txn, 32768 key-adjacent users + outbox, fsync (ms)",
+        ),
+        ("wal_append_fdatasync_4k_ms", "micro: append 4 KiB + fdatasync (ms)"),
+        (
+            "wal_append_fdatasync_batch_ms",
+            "micro: append one WAL frame of a mean storm batch + fdatasync (ms)",
+        ),
     ] {
         report.row(label, format!("{:.2}", m(k)));
     }
@@ -1444,6 +1538,7 @@ fn micro(
     expiration: SignedDuration,
     timing: &Timing,
     dir: &DataDir,
+    frame_records: usize,
 ) -> Result<Value> {
     let sample: u64 = 100_000.min(n);
     let built_at = due - expiration;
@@ -1533,30 +1628,43 @@ fn micro(
     let random_512_fsync = txn_ms(512, true, 10, false)?;
     let ordered_4096_fsync = txn_ms(4096, true, 5, true)?;
     let one_fsync = txn_ms(1, true, 20, false)?;
+    // A checkpoint: the store writes everything logged in the last 2 s as one durable redb
+    // transaction (here ~2 s of the storm's rate, key-adjacent).
+    let checkpoint_records = 32_768;
+    let checkpoint_ms = txn_ms(checkpoint_records, true, 1, true)?;
     drop(db);
 
-    let raw_fsync_ms = {
+    // The durable path: one write-ahead-log frame per group commit, appended and fdatasync'd.
+    // Per user a frame holds tag, lengths, storage key, state JSON, outbox id and event JSON.
+    let record_frame_bytes = 1 + 4 + 73 + 4 + bytes.0 + 1 + 8 + 4 + bytes.1;
+    let append_ms = |frame_bytes: usize, reps: usize| -> Result<f64> {
         use std::io::Write;
-        let path = dir.path.join("fsync-probe");
-        let mut f = std::fs::File::create(&path)?;
-        let block = vec![0u8; 4096];
-        let reps = 20;
+        let path = dir.path.join("append-probe");
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+        let frame = vec![0x5au8; frame_bytes];
         let started = Instant::now();
         for _ in 0..reps {
-            f.write_all(&block)?;
+            f.write_all(&frame)?;
             f.sync_data()?;
         }
         let ms = started.elapsed().as_secs_f64() * 1000.0 / reps as f64;
         drop(f);
         std::fs::remove_file(&path)?;
-        ms
+        Ok(ms)
     };
+    let append_4k = append_ms(4096, 20)?;
+    let frame_records = frame_records.max(1);
+    let append_batch = append_ms(frame_records * record_frame_bytes, 20)?;
     Ok(json!({
         "sample_users": sample,
         "core_advance_us": round3(core_us),
         "json_encode_us": round3(json_us),
         "state_json_bytes": bytes.0,
         "outbox_json_bytes": bytes.1,
+        "wal_record_bytes": record_frame_bytes,
+        "wal_append_fdatasync_4k_ms": round3(append_4k),
+        "wal_append_fdatasync_batch_records": frame_records,
+        "wal_append_fdatasync_batch_ms": round3(append_batch),
         "redb_ordered_512_nosync_ms": round3(ordered_512_nosync),
         "redb_ordered_512_fsync_ms": round3(ordered_512_fsync),
         "redb_random_512_nosync_ms": round3(random_512_nosync),
@@ -1564,7 +1672,8 @@ fn micro(
         "redb_ordered_4096_nosync_ms": round3(ordered_4096_nosync),
         "redb_ordered_4096_fsync_ms": round3(ordered_4096_fsync),
         "redb_1_fsync_ms": round3(one_fsync),
-        "raw_fsync_ms": round3(raw_fsync_ms),
+        "redb_checkpoint_records": checkpoint_records,
+        "redb_checkpoint_ms": round3(checkpoint_ms),
         "file": path_str(&dir.path.join(FILE_NAME)),
     }))
 }
