@@ -213,12 +213,7 @@ pub async fn create(
         latest_supported_tls_version: Some(tls),
         reauthorization_requested: false,
     };
-    state
-        .service
-        .store()
-        .put_subscription(subscription.clone())
-        .await
-        .map_err(store_error)?;
+    save(state, &subscription).await?;
     Ok((StatusCode::CREATED, Json(render(&subscription, Some(version)))).into_response())
 }
 
@@ -287,12 +282,7 @@ pub async fn update(
     if let Some(url) = b.notification_url.as_deref() {
         subscription.notification_url = validate(state, "notificationUrl", url).await?;
     }
-    state
-        .service
-        .store()
-        .put_subscription(subscription.clone())
-        .await
-        .map_err(store_error)?;
+    save(state, &subscription).await?;
     Ok(Json(render(&subscription, Some(version))).into_response())
 }
 
@@ -319,6 +309,16 @@ pub async fn reauthorize(state: &AppState, principal: &Principal, id: &str) -> R
         .await
         .map_err(store_error)?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Store a created or changed subscription durably.
+async fn save(state: &AppState, subscription: &Subscription) -> Result<(), ApiError> {
+    state
+        .service
+        .store()
+        .put_subscription(subscription.clone())
+        .await
+        .map_err(store_error)
 }
 
 /// The subscription resource as Graph returns it.
