@@ -349,7 +349,13 @@ async fn acknowledged_writes_live_in_the_log_until_a_checkpoint_and_damage_there
     }
     // Killed well within the checkpoint interval: the writes are in the log, not yet checkpointed.
     server.kill();
-    let log = dir.join("presence.wal");
+    // The newest log segment holds the writes (older ones are checkpointed and deleted).
+    let log = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with("presence.wal"))
+        .max()
+        .expect("a write-ahead log segment");
     let bytes = std::fs::read(&log).unwrap();
     assert!(bytes.len() > 12, "the acknowledged writes are in the write-ahead log");
 

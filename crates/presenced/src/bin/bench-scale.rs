@@ -32,7 +32,7 @@ use presenced::service::PresenceService;
 use presenced::store::embedded::deadlines::DeadlineIndex;
 use presenced::store::embedded::disk::FILE_NAME;
 use presenced::store::embedded::memory::{Entry, Memory};
-use presenced::store::embedded::wal::FILE_NAME as WAL_FILE_NAME;
+use presenced::store::embedded::wal;
 use presenced::store::embedded::EmbeddedStore;
 use presenced::store::{Commit, PresenceStore};
 use presenced::sweeper::Sweeper;
@@ -871,7 +871,7 @@ fn fill(args: FillArgs) -> Result<()> {
     let per_session = loaded_rss.saturating_sub(base) as f64 / loaded as f64;
     let size = |name: &str| std::fs::metadata(args.data_dir.join(name)).map_or(0, |m| m.len());
     let disk = size(FILE_NAME);
-    let wal_bytes = size(WAL_FILE_NAME);
+    let wal_bytes = wal::total_size(&args.data_dir);
     let (users, sessions, deadlines) = (store.user_count(), store.session_count(), store.pending_deadlines());
     if users as u64 != loaded || deadlines as u64 != loaded {
         bail!("store holds {users} users and {deadlines} deadlines, expected {loaded}");

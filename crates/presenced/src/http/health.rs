@@ -1,28 +1,52 @@
-//! Liveness and readiness, without authentication so orchestrators can probe them.
+//! The fixed routes: liveness, readiness, metrics and the API description. No authentication,
+//! so orchestrators and scrapers can reach them; none holds user data.
+use super::error::ApiError;
 use super::AppState;
 use crate::store::PresenceStore;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::Json;
-use serde_json::{json, Value};
+use axum::extract::Request;
+use axum::http::{header, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+/// Answer a fixed route (the caller matched the path): its metric name and response.
+pub async fn fixed(state: &AppState, request: Request) -> (&'static str, Response) {
+    let path = request.uri().path();
+    let route = super::routes::route_name(request.method(), path);
+    if !matches!(*request.method(), Method::GET | Method::HEAD) {
+        let e = ApiError::method_not_allowed(format!(
+            "The HTTP method '{}' is not allowed for this resource; use GET.",
+            request.method()
+        ));
+        return (route, e.into_response());
+    }
+    let response = match path {
+        "/healthz" => healthz(),
+        "/readyz" => readyz(state),
+        "/metrics" => metrics(state),
+        _ => openapi(),
+    };
+    (route, response)
+}
+
+fn status_json(status: StatusCode, text: &str) -> Response {
+    super::json_response(status, &serde_json::json!({ "status": text }), 32)
+}
 
 /// Alive as long as the process answers HTTP.
-pub async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+fn healthz() -> Response {
+    status_json(StatusCode::OK, "ok")
 }
 
 /// Ready when the store accepts writes (loaded, writer running).
-pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+fn readyz(state: &AppState) -> Response {
     if state.service.store().is_ready() {
-        (StatusCode::OK, Json(json!({ "status": "ready" })))
+        status_json(StatusCode::OK, "ready")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "not ready" })))
+        status_json(StatusCode::SERVICE_UNAVAILABLE, "not ready")
     }
 }
 
-/// Prometheus text exposition. Unauthenticated like the probes: it holds no user data (no ids
-/// as labels), only counts and latencies.
-pub async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
+/// Prometheus text exposition: counts and latencies only, no ids as labels.
+fn metrics(state: &AppState) -> Response {
     let store = state.service.store();
     let gauges = &state.metrics.state;
     gauges.users.set(store.user_count() as i64);
@@ -30,18 +54,17 @@ pub async fn metrics(State(state): State<AppState>) -> impl axum::response::Into
     gauges.deadlines_pending.set(store.pending_deadlines() as i64);
     gauges.subscriptions.set(store.subscription_count() as i64);
     (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         state.metrics.encode(),
     )
+        .into_response()
 }
 
 /// The OpenAPI document of the whole API; public, like any API description.
-pub async fn openapi() -> impl axum::response::IntoResponse {
+fn openapi() -> Response {
     (
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        [(header::CONTENT_TYPE, "application/json")],
         super::openapi::document_text(),
     )
+        .into_response()
 }

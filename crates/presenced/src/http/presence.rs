@@ -14,7 +14,6 @@ use crate::store::StoreError;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use presence_core::{Command, CommandError, UserId, UserKey};
 
 /// `{"value": [...]}` of `getPresencesByUserId`.
@@ -101,7 +100,7 @@ pub async fn get(
         .await
         .map_err(store_error)?;
     let dto = PresenceDto::from_view(&user, view, is_self(principal, &user), context(version, host, &user));
-    Ok(Json(dto).into_response())
+    Ok(super::json_response(StatusCode::OK, &dto, 512))
 }
 
 pub async fn get_many(
@@ -142,7 +141,8 @@ pub async fn get_many(
         value.push(PresenceDto::from_view(&user, view, is_self(principal, &user), None));
     }
     // Serialised straight from the DTOs: building a `serde_json::Value` tree first doubled the cost.
-    Ok(Json(PresenceList { value }).into_response())
+    let hint = 300 * value.len() + 16;
+    Ok(super::json_response(StatusCode::OK, &PresenceList { value }, hint))
 }
 
 pub async fn action(

@@ -85,6 +85,18 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// A fixed, low-cardinality name for metrics: the endpoint kind, never a path with ids in it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Endpoint::GetPresence(_) => "get_presence",
+            Endpoint::Action(_, action) => action.name(),
+            Endpoint::GetPresencesByUserId => "getPresencesByUserId",
+            Endpoint::Subscriptions => "subscriptions",
+            Endpoint::Subscription(_) => "subscription",
+            Endpoint::Reauthorize(_) => "reauthorize",
+        }
+    }
+
     fn methods(&self) -> &'static [Method] {
         const GET: &[Method] = &[Method::GET];
         const POST: &[Method] = &[Method::POST];
@@ -116,9 +128,18 @@ pub fn parse(method: &Method, path: &str) -> Result<Route, ApiError> {
         Some(v) if v.eq_ignore_ascii_case("beta") => ApiVersion::Beta,
         _ => return Err(not_found()),
     };
-    let rest: Vec<&str> = segments.collect();
+    // At most four segments after the version; more is no endpoint. (No Vec: this runs per request.)
+    let mut rest = [""; 4];
+    let mut count = 0;
+    for segment in segments {
+        if count == rest.len() {
+            return Err(not_found());
+        }
+        rest[count] = segment;
+        count += 1;
+    }
     let is = |s: &str, lit: &str| s.eq_ignore_ascii_case(lit);
-    let endpoint = match rest.as_slice() {
+    let endpoint = match &rest[..count] {
         [me, presence] if is(me, "me") && is(presence, "presence") => Endpoint::GetPresence(Target::Me),
         [me, presence, action] if is(me, "me") && is(presence, "presence") => {
             Endpoint::Action(Target::Me, PresenceAction::parse(action).ok_or_else(not_found)?)
@@ -166,23 +187,17 @@ fn user_id(raw: &str) -> Result<UserId, ApiError> {
     UserId::parse(&decoded).map_err(|e| ApiError::invalid_argument(format!("Invalid user id in the path: {e}.")))
 }
 
-/// A fixed, low-cardinality name for metrics: the endpoint kind, never a path with ids in it.
+/// The metric name of a path that is no endpoint.
+pub const UNMATCHED: &str = "unmatched";
+
+/// The metric name a request gets (see [`Endpoint::name`]; the fixed routes are named here).
 pub fn route_name(method: &Method, path: &str) -> &'static str {
     match path {
-        "/healthz" => return "healthz",
-        "/readyz" => return "readyz",
-        "/metrics" => return "metrics",
-        "/openapi.json" => return "openapi",
-        _ => {}
-    }
-    match parse(method, path).map(|r| r.endpoint) {
-        Ok(Endpoint::GetPresence(_)) => "get_presence",
-        Ok(Endpoint::Action(_, action)) => action.name(),
-        Ok(Endpoint::GetPresencesByUserId) => "getPresencesByUserId",
-        Ok(Endpoint::Subscriptions) => "subscriptions",
-        Ok(Endpoint::Subscription(_)) => "subscription",
-        Ok(Endpoint::Reauthorize(_)) => "reauthorize",
-        Err(_) => "unmatched",
+        "/healthz" => "healthz",
+        "/readyz" => "readyz",
+        "/metrics" => "metrics",
+        "/openapi.json" => "openapi",
+        _ => parse(method, path).map_or(UNMATCHED, |r| r.endpoint.name()),
     }
 }
 

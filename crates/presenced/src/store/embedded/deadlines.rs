@@ -25,14 +25,34 @@ impl DeadlineIndex {
     /// Record `key`'s next deadline (`None` removes it). Returns true if this deadline is now the
     /// earliest of all, which is when a sleeping sweeper must wake to re-plan.
     pub fn set(&self, key: &UserKey, deadline: Option<Timestamp>) -> bool {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(old) = inner.by_key.remove(key) {
-            inner.by_time.remove(&(old, key.clone()));
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let Inner { by_time, by_key } = &mut *guard;
+        match (by_key.get_mut(key), deadline) {
+            (Some(old), Some(at)) => {
+                // A renewal (every write to a user with a session) moves the owned key from its
+                // old slot to the new one: no allocation on the writer's hot path.
+                if *old != at {
+                    let slot = by_time.take(&(*old, key.clone()));
+                    let owned = slot.map_or_else(|| key.clone(), |(_, k)| k);
+                    by_time.insert((at, owned));
+                    *old = at;
+                }
+            }
+            (Some(_), None) => {
+                if let Some(old) = by_key.remove(key) {
+                    by_time.remove(&(old, key.clone()));
+                }
+                return false;
+            }
+            (None, Some(at)) => {
+                by_key.insert(key.clone(), at);
+                by_time.insert((at, key.clone()));
+            }
+            (None, None) => return false,
         }
-        let Some(at) = deadline else { return false };
-        inner.by_key.insert(key.clone(), at);
-        inner.by_time.insert((at, key.clone()));
-        inner.by_time.first().is_some_and(|(first, _)| *first == at)
+        by_time
+            .first()
+            .is_some_and(|(first, _)| Some(first) == deadline.as_ref())
     }
 
     pub fn due(&self, now: Timestamp, limit: usize) -> Vec<UserKey> {

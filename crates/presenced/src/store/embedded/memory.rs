@@ -50,9 +50,10 @@ impl Memory {
         self.get(key).map_or(0, |e| e.version)
     }
 
-    pub fn put(&self, key: UserKey, entry: Entry) {
+    /// Store `entry`; returns the one it replaces.
+    pub fn put(&self, key: UserKey, entry: Entry) -> Option<Entry> {
         let mut shard = self.shard(&key).write().unwrap_or_else(|e| e.into_inner());
-        shard.insert(key, entry);
+        shard.insert(key, entry)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -4,8 +4,7 @@
 //! ([`writer`]) that group-commits them to [`disk`] and only then publishes them to [`memory`] and
 //! the [`deadlines`] index, so a `200` always means fsynced and readers never see a state a crash
 //! could take back. A batch is durable once its frame in the write-ahead log ([`wal`]) is
-//! fdatasync'd; redb receives it as a non-durable commit and is made durable by periodic
-//! checkpoints, after which the log is emptied. [`subscriptions`] indexes change-notification
+//! fdatasync'd; a background thread checkpoints closed log segments into redb and deletes them. [`subscriptions`] indexes change-notification
 //! subscriptions for fan-out at commit time.
 pub mod deadlines;
 pub mod disk;
@@ -194,7 +193,9 @@ impl PresenceStore for EmbeddedStore {
     }
 
     async fn commit(&self, commit: Commit) -> Result<u64, StoreError> {
-        self.request(|reply| writer::Request::Commit { commit, reply }).await
+        let encoded = writer::Encoded::of(&commit)?;
+        self.request(|reply| writer::Request::Commit { commit, encoded, reply })
+            .await
     }
 
     async fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<UserKey>, StoreError> {

@@ -1,17 +1,20 @@
 //! The write-ahead log: what makes a group commit durable with one small sequential write.
 //!
 //! redb's copy-on-write B-tree turns N random updates into N dirty pages, so fsyncing it per
-//! batch made durable writes cost ~10 ms per commit. Instead each batch is appended here as one
-//! checksummed frame and `fdatasync`ed (a sequential write of a few KB), while redb takes the same
-//! batch as a non-durable commit. Every few seconds a checkpoint makes redb durable and empties
-//! the log. After a crash, redb is back at its last checkpoint and replaying the log (idempotent:
-//! frames hold whole values and explicit ids) brings it to the last acknowledged batch.
+//! batch made durable writes cost ~10 ms per commit. Instead each batch is appended to the log
+//! as one checksummed frame and `fdatasync`ed (a sequential write of a few KB). The log is a
+//! series of numbered segments (`presence.wal.<n>`): the writer appends to the newest, and a
+//! full or old segment is closed and handed to a background checkpoint that writes its contents
+//! to redb and deletes it. After a crash, redb is at its last checkpoint and replaying the
+//! remaining segments in order (idempotent: frames hold whole values and explicit ids) brings it
+//! to the last acknowledged batch.
 //!
 //! Frame: magic `PWAL` (4 bytes) · payload length (u32 LE) · CRC-32 of the payload (u32 LE) · payload.
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+/// The name of the first log file, before segments were numbered; read as segment 0.
 pub const FILE_NAME: &str = "presence.wal";
 const MAGIC: [u8; 4] = *b"PWAL";
 const HEADER: usize = 12;
@@ -28,20 +31,85 @@ pub enum WalError {
     },
 }
 
+/// The path of segment `seq` in `dir`.
+pub fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+    if seq == 0 {
+        dir.join(FILE_NAME)
+    } else {
+        dir.join(format!("{FILE_NAME}.{seq:010}"))
+    }
+}
+
+/// Every segment in `dir`, oldest first.
+pub fn segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let seq = if name == FILE_NAME {
+            Some(0)
+        } else {
+            name.strip_prefix(FILE_NAME)
+                .and_then(|rest| rest.strip_prefix('.'))
+                .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|n| n.parse().ok())
+        };
+        if let Some(seq) = seq {
+            found.push((seq, entry.path()));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Bytes held by all segments: what a crash would replay.
+pub fn total_size(dir: &Path) -> u64 {
+    segments(dir)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|(_, p)| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Make a directory entry (a created, renamed or deleted file) durable.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// The segment the writer appends to.
 pub struct Wal {
     file: File,
+    path: PathBuf,
+    seq: u64,
     len: u64,
 }
 
 impl Wal {
-    pub fn open(dir: &Path) -> std::io::Result<Wal> {
-        let file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(dir.join(FILE_NAME))?;
-        let len = file.metadata()?.len();
-        Ok(Wal { file, len })
+    /// Create segment `seq` and make its directory entry durable before anything is acknowledged
+    /// from it: an fdatasync'd frame in a file whose name a crash could lose would be lost too.
+    pub fn create(dir: &Path, seq: u64) -> std::io::Result<Wal> {
+        let path = segment_path(dir, seq);
+        // Append mode: after a failed write is cut back, the next one lands at the new end, not
+        // past a hole where the failed one stopped.
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        file.set_len(0)?;
+        sync_dir(dir)?;
+        Ok(Wal {
+            file,
+            path,
+            seq,
+            len: 0,
+        })
+    }
+
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     pub fn len(&self) -> u64 {
@@ -52,9 +120,11 @@ impl Wal {
         self.len == 0
     }
 
-    /// Append one frame and wait until it is on stable storage. On failure the file is cut back
-    /// to where it was, so a half-written frame can never sit in front of later ones.
-    pub fn append(&mut self, payload: &[u8]) -> std::io::Result<()> {
+    /// Append one frame; with `sync`, wait until it is on stable storage. On failure the file is
+    /// cut back to where it was, so a half-written frame can never sit in front of later ones.
+    /// Unsynced frames become durable with the next synced one (or are lost with a crash, which
+    /// callers accept by asking for no sync).
+    pub fn append(&mut self, payload: &[u8], sync: bool) -> std::io::Result<()> {
         let len = u32::try_from(payload.len())
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "batch too large for one frame"))?;
         let mut frame = Vec::with_capacity(HEADER + payload.len());
@@ -62,7 +132,10 @@ impl Wal {
         frame.extend_from_slice(&len.to_le_bytes());
         frame.extend_from_slice(&crc32(payload).to_le_bytes());
         frame.extend_from_slice(payload);
-        let written = self.file.write_all(&frame).and_then(|()| self.file.sync_data());
+        let mut written = self.file.write_all(&frame);
+        if sync {
+            written = written.and_then(|()| self.file.sync_data());
+        }
         match written {
             Ok(()) => {
                 self.len += frame.len() as u64;
@@ -74,26 +147,17 @@ impl Wal {
             }
         }
     }
-
-    /// Empty the log once its contents are durable elsewhere (after a checkpoint).
-    pub fn reset(&mut self) -> std::io::Result<()> {
-        self.file.set_len(0)?;
-        self.file.sync_all()?;
-        self.len = 0;
-        Ok(())
-    }
 }
 
-/// Every complete frame in the log, in order. A torn frame at the very end (a crash mid-append,
-/// never acknowledged) is dropped; damage anywhere before the end is an error.
-pub fn read_frames(dir: &Path) -> Result<Vec<Vec<u8>>, WalError> {
-    let path = dir.join(FILE_NAME);
+/// Every complete frame in one segment, in order. A torn frame at the very end (a crash
+/// mid-append, never acknowledged) is dropped; damage anywhere before the end is an error.
+pub fn read_frames(path: &Path) -> Result<Vec<Vec<u8>>, WalError> {
     let io = |source| WalError::Io {
-        path: path.clone(),
+        path: path.to_path_buf(),
         source,
     };
     let mut bytes = Vec::new();
-    match File::open(&path) {
+    match File::open(path) {
         Ok(mut f) => f.read_to_end(&mut bytes).map_err(io)?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(io(e)),
@@ -102,7 +166,7 @@ pub fn read_frames(dir: &Path) -> Result<Vec<Vec<u8>>, WalError> {
     let mut at = 0usize;
     while at < bytes.len() {
         let corrupt = |reason| WalError::Corrupt {
-            path: path.clone(),
+            path: path.to_path_buf(),
             offset: at as u64,
             reason,
         };
@@ -131,28 +195,9 @@ pub fn read_frames(dir: &Path) -> Result<Vec<Vec<u8>>, WalError> {
     Ok(frames)
 }
 
-/// CRC-32 (IEEE), table-driven: a checksum for torn and flipped frames, not a security measure.
+/// CRC-32 (IEEE): a checksum for torn and flipped frames, not a security measure.
 pub fn crc32(data: &[u8]) -> u32 {
-    const TABLE: [u32; 256] = {
-        let mut table = [0u32; 256];
-        let mut i = 0;
-        while i < 256 {
-            let mut c = i as u32;
-            let mut k = 0;
-            while k < 8 {
-                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
-                k += 1;
-            }
-            table[i] = c;
-            i += 1;
-        }
-        table
-    };
-    let mut crc = !0u32;
-    for &b in data {
-        crc = TABLE[((crc ^ u32::from(b)) & 0xFF) as usize] ^ (crc >> 8);
-    }
-    !crc
+    crc32fast::hash(data)
 }
 
 #[cfg(test)]
@@ -167,40 +212,46 @@ mod tests {
     #[test]
     fn frames_roundtrip_and_a_torn_tail_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let mut wal = Wal::open(dir.path()).unwrap();
-        wal.append(b"first").unwrap();
-        wal.append(b"second").unwrap();
-        assert_eq!(
-            read_frames(dir.path()).unwrap(),
-            vec![b"first".to_vec(), b"second".to_vec()]
-        );
+        let mut wal = Wal::create(dir.path(), 1).unwrap();
+        wal.append(b"first", true).unwrap();
+        wal.append(b"second", false).unwrap();
+        let path = wal.path().to_path_buf();
+        assert_eq!(read_frames(&path).unwrap(), vec![b"first".to_vec(), b"second".to_vec()]);
         // A crash in the middle of a third append.
-        let path = dir.path().join(FILE_NAME);
         let mut bytes = std::fs::read(&path).unwrap();
         let full = bytes.len();
         bytes.extend_from_slice(b"PWAL\x10\x00\x00\x00\x00\x00\x00\x00par");
         std::fs::write(&path, &bytes).unwrap();
-        assert_eq!(read_frames(dir.path()).unwrap().len(), 2);
+        assert_eq!(read_frames(&path).unwrap().len(), 2);
         bytes.truncate(full + 5);
         std::fs::write(&path, &bytes).unwrap();
-        assert_eq!(read_frames(dir.path()).unwrap().len(), 2);
+        assert_eq!(read_frames(&path).unwrap().len(), 2);
     }
 
     #[test]
     fn damage_before_the_end_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let mut wal = Wal::open(dir.path()).unwrap();
-        wal.append(b"first").unwrap();
-        wal.append(b"second").unwrap();
-        let path = dir.path().join(FILE_NAME);
-        let mut bytes = std::fs::read(&path).unwrap();
+        let mut wal = Wal::create(dir.path(), 1).unwrap();
+        wal.append(b"first", true).unwrap();
+        wal.append(b"second", true).unwrap();
+        let mut bytes = std::fs::read(wal.path()).unwrap();
         bytes[HEADER + 1] ^= 0x40; // inside the first payload
-        std::fs::write(&path, &bytes).unwrap();
+        std::fs::write(wal.path(), &bytes).unwrap();
         assert!(matches!(
-            read_frames(dir.path()),
+            read_frames(wal.path()),
             Err(WalError::Corrupt { offset: 0, .. })
         ));
-        wal.reset().unwrap();
-        assert!(read_frames(dir.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn segments_are_listed_oldest_first_including_the_unnumbered_first_log() {
+        let dir = tempfile::tempdir().unwrap();
+        for seq in [12, 3, 0] {
+            Wal::create(dir.path(), seq).unwrap();
+        }
+        std::fs::write(dir.path().join("presence.wal.tmp"), b"").unwrap();
+        std::fs::write(dir.path().join("presence.redb"), b"").unwrap();
+        let seqs: Vec<u64> = segments(dir.path()).unwrap().into_iter().map(|(s, _)| s).collect();
+        assert_eq!(seqs, vec![0, 3, 12]);
     }
 }
