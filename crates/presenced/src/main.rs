@@ -7,6 +7,11 @@ use presenced::clock::SystemClock;
 use presenced::config::{Cli, Cmd, LogFormat, TokenArgs};
 use std::process::ExitCode;
 
+// mimalloc rather than glibc malloc: a request allocates and frees many small buffers across
+// threads, and glibc's consolidation passes cost ~3-4% of a write's CPU (BENCHMARKS.md §1).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
