@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 const CHECKPOINT_BYTES: u64 = 32 * 1024 * 1024;
 /// ...or when it is this old and not empty. Bounds the replay after a crash; each checkpoint
 /// writes every key changed in its segment once, so longer means less work per write.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(2);
 /// Pause before retrying a failed checkpoint (a full disk, say); the log keeps everything.
 const CHECKPOINT_RETRY: Duration = Duration::from_secs(1);
 
@@ -636,7 +636,17 @@ fn batch_ops(batch: &Batch) -> Vec<Op<'_>> {
 }
 
 fn encode_ops(ops: &[Op<'_>]) -> Vec<u8> {
-    let mut out = Vec::new();
+    // Sized up front: a batch frame is tens of KB, and regrowing it copies every record again.
+    let size: usize = ops
+        .iter()
+        .map(|op| match *op {
+            Op::UserPut(k, v) | Op::SubscriptionPut(k, v) => 9 + k.len() + v.len(),
+            Op::OutboxPut(_, v) | Op::DeliveryPut(_, v) => 13 + v.len(),
+            Op::SubscriptionDelete(k) => 5 + k.len(),
+            Op::PruneOutbox(_) | Op::DeliveryDelete(_) => 9,
+        })
+        .sum();
+    let mut out = Vec::with_capacity(size);
     let bytes = |out: &mut Vec<u8>, b: &[u8]| {
         out.extend_from_slice(&(b.len() as u32).to_le_bytes());
         out.extend_from_slice(b);

@@ -127,18 +127,18 @@ impl Wal {
     pub fn append(&mut self, payload: &[u8], sync: bool) -> std::io::Result<()> {
         let len = u32::try_from(payload.len())
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "batch too large for one frame"))?;
-        let mut frame = Vec::with_capacity(HEADER + payload.len());
-        frame.extend_from_slice(&MAGIC);
-        frame.extend_from_slice(&len.to_le_bytes());
-        frame.extend_from_slice(&crc32(payload).to_le_bytes());
-        frame.extend_from_slice(payload);
-        let mut written = self.file.write_all(&frame);
+        let mut header = [0u8; HEADER];
+        header[..4].copy_from_slice(&MAGIC);
+        header[4..8].copy_from_slice(&len.to_le_bytes());
+        header[8..].copy_from_slice(&crc32(payload).to_le_bytes());
+        // Header and payload in one vectored write: no copy of the payload into a frame buffer.
+        let mut written = write_both(&mut self.file, &header, payload);
         if sync {
             written = written.and_then(|()| self.file.sync_data());
         }
         match written {
             Ok(()) => {
-                self.len += frame.len() as u64;
+                self.len += (HEADER + payload.len()) as u64;
                 Ok(())
             }
             Err(e) => {
@@ -146,6 +146,17 @@ impl Wal {
                 Err(e)
             }
         }
+    }
+}
+
+/// Write `a` then `b`, finishing a short vectored write with plain writes.
+fn write_both(file: &mut File, a: &[u8], b: &[u8]) -> std::io::Result<()> {
+    let n = file.write_vectored(&[std::io::IoSlice::new(a), std::io::IoSlice::new(b)])?;
+    if n < a.len() {
+        file.write_all(&a[n..])?;
+        file.write_all(b)
+    } else {
+        file.write_all(&b[n - a.len()..])
     }
 }
 
