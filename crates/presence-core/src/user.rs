@@ -102,6 +102,9 @@ impl UserPresence {
         next.apply_due(now);
         next.execute(command, now, timing)?;
         let change = next.finish_change(&before, now);
+        // A user typically has one or two sessions; the first push reserves four. Millions of
+        // users are held in memory, so keep exactly what is used.
+        next.sessions.shrink_to_fit();
         *self = next;
         Ok(Outcome { change })
     }
@@ -112,6 +115,7 @@ impl UserPresence {
     pub fn advance(&mut self, now: Timestamp) -> Option<ChangeEvent> {
         let before = self.view();
         let at = self.apply_due(now)?;
+        self.sessions.shrink_to_fit();
         self.finish_change(&before, at)
     }
 
