@@ -84,7 +84,42 @@ impl<S: PresenceStore> PresenceService<S> {
         Err(StoreError::Unavailable("too many concurrent updates of one user".into()).into())
     }
 
-    /// Apply every transition due for `key` by now (the sweeper's step). Returns whether anything
+    /// Apply the transitions due by now for many users in one store round trip: the sweeper's
+    /// step. It takes no per-user lock: a commit that races an API write to the same user loses
+    /// the compare-and-set and is left for the next tick (by then the API write has applied what
+    /// was due, or the deadline is still pending). Returns how many users were committed; an
+    /// error only if every commit failed for a reason other than a conflict.
+    pub async fn advance_many(&self, keys: &[UserKey]) -> Result<usize, StoreError> {
+        let now = self.clock.now();
+        let mut commits = Vec::with_capacity(keys.len());
+        for key in keys {
+            let loaded = self.store.load(key).await?;
+            let mut state = (*loaded.state).clone();
+            let event = state.advance(now);
+            if state != *loaded.state {
+                commits.push(Commit {
+                    key: key.clone(),
+                    expected_version: loaded.version,
+                    state,
+                    event,
+                });
+            }
+        }
+        if commits.is_empty() {
+            return Ok(0);
+        }
+        let outcomes = self.store.commit_many(commits).await;
+        let committed = outcomes.iter().filter(|o| o.is_ok()).count();
+        let failure = outcomes
+            .into_iter()
+            .find_map(|o| o.err().filter(|e| *e != StoreError::Conflict));
+        match failure {
+            Some(e) if committed == 0 => Err(e),
+            _ => Ok(committed),
+        }
+    }
+
+    /// Apply every transition due for `key` by now (one user; see `advance_many`). Returns whether anything
     /// was committed.
     pub async fn advance(&self, key: &UserKey) -> Result<bool, StoreError> {
         let _guard = self.lock(key).await;

@@ -13,9 +13,9 @@ use tokio::task::JoinSet;
 
 /// Keys taken per tick: bounds the memory of one pass; a storm is worked off in consecutive ticks.
 const BATCH: usize = 4096;
-/// In-flight advances per tick: enough to fill a group commit, bounded so a storm cannot spawn
-/// millions of tasks at once.
-const CONCURRENCY: usize = 512;
+/// Users per store round trip: each chunk is one writer request and one log frame, so a storm
+/// costs a few hundred group commits per million transitions, not one request per user.
+const CHUNK: usize = 1024;
 /// Even with no deadline pending, re-check this often: a cheap guard against a missed wake-up.
 const IDLE_RECHECK: Duration = Duration::from_secs(1);
 /// Pause after a tick that made no progress, so a store error cannot turn into a hot loop.
@@ -41,24 +41,19 @@ impl<S: PresenceStore> Sweeper<S> {
         };
         let seen = due.len();
         let mut committed = 0;
+        // The chunks run concurrently, so the next one is prepared while one is being fsynced.
         let mut tasks = JoinSet::new();
-        for key in due {
-            if tasks.len() >= CONCURRENCY {
-                committed += usize::from(matches!(tasks.join_next().await, Some(Ok(true))));
-            }
+        for chunk in due.chunks(CHUNK) {
             let service = self.service.clone();
-            tasks.spawn(async move {
-                match service.advance(&key).await {
-                    Ok(changed) => changed,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "sweeper could not apply a transition; will retry");
-                        false
-                    }
-                }
-            });
+            let chunk = chunk.to_vec();
+            tasks.spawn(async move { service.advance_many(&chunk).await });
         }
         while let Some(result) = tasks.join_next().await {
-            committed += usize::from(matches!(result, Ok(true)));
+            match result {
+                Ok(Ok(n)) => committed += n,
+                Ok(Err(e)) => tracing::warn!(error = %e, "sweeper could not apply transitions; will retry"),
+                Err(e) => tracing::warn!(error = %e, "sweeper task failed; will retry"),
+            }
         }
         (seen, committed)
     }

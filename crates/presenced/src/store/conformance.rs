@@ -38,6 +38,7 @@ pub async fn run_all<H: Harness>(mut harness: H) {
     let store = harness.open();
     unknown_user_is_version_zero(&store).await;
     compare_and_set(&store).await;
+    commit_many_checks_each_commit(&store).await;
     deadlines_follow_commits(&store).await;
     outbox_keeps_commit_order(&store).await;
     concurrent_commits_all_land(&store).await;
@@ -220,6 +221,36 @@ async fn unknown_user_is_version_zero<S: PresenceStore>(store: &S) {
     let loaded = store.load(&key("nobody")).await.unwrap();
     assert_eq!(loaded.version, 0);
     assert_eq!(*loaded.state, UserPresence::default());
+}
+
+async fn commit_many_checks_each_commit<S: PresenceStore>(store: &S) {
+    let (state, event) = busy_state(t0());
+    let commit = |user: &str, expected_version: u64| Commit {
+        key: key(user),
+        expected_version,
+        state: state.clone(),
+        event: event.clone(),
+    };
+    store.commit(commit("many-b", 0)).await.unwrap();
+    // "many-b" exists, so expecting version 0 is stale; the others still land.
+    let outcomes = store
+        .commit_many(vec![commit("many-a", 0), commit("many-b", 0), commit("many-c", 0)])
+        .await;
+    assert_eq!(outcomes.len(), 3);
+    assert!(outcomes[0].is_ok(), "{outcomes:?}");
+    assert_eq!(outcomes[1], Err(StoreError::Conflict));
+    assert!(outcomes[2].is_ok(), "{outcomes:?}");
+    for user in ["many-a", "many-c"] {
+        let loaded = store.load(&key(user)).await.unwrap();
+        assert_eq!(*loaded.state, state, "{user}");
+        assert!(loaded.version > 0);
+    }
+    // Two commits of one user in one call: the second expects the first's version.
+    let v = store.load(&key("many-a")).await.unwrap().version;
+    let outcomes = store.commit_many(vec![commit("many-a", v), commit("many-a", v)]).await;
+    assert!(outcomes[0].is_ok());
+    assert_eq!(outcomes[1], Err(StoreError::Conflict));
+    assert!(store.commit_many(Vec::new()).await.is_empty());
 }
 
 async fn compare_and_set<S: PresenceStore>(store: &S) {

@@ -70,7 +70,11 @@ impl Pending {
 
     fn apply(&self, txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
         let mut users = txn.open_table(USERS)?;
-        for (k, v) in &self.users {
+        // In key order: redb's B-tree then visits each leaf once, in sequence. In hash order, a
+        // checkpoint of a timer storm (every user once) measured ~9x slower per user.
+        let mut sorted: Vec<(&String, &Vec<u8>)> = self.users.iter().collect();
+        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (k, v) in sorted {
             users.insert(k.as_str(), v.as_slice())?;
         }
         let mut outbox = txn.open_table(OUTBOX)?;

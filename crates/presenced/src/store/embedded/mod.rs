@@ -198,6 +198,46 @@ impl PresenceStore for EmbeddedStore {
             .await
     }
 
+    async fn commit_many(&self, commits: Vec<Commit>) -> Vec<Result<u64, StoreError>> {
+        let n = commits.len();
+        let mut outcomes: Vec<Option<Result<u64, StoreError>>> = vec![None; n];
+        let mut encoded = Vec::with_capacity(n);
+        let mut positions = Vec::with_capacity(n);
+        for (i, commit) in commits.into_iter().enumerate() {
+            match writer::Encoded::of(&commit) {
+                Ok(e) => {
+                    encoded.push((commit, e));
+                    positions.push(i);
+                }
+                Err(e) => outcomes[i] = Some(Err(e)),
+            }
+        }
+        if !encoded.is_empty() {
+            let sent = self
+                .request(|reply| writer::Request::CommitMany {
+                    commits: encoded,
+                    reply,
+                })
+                .await;
+            match sent {
+                Ok(results) => {
+                    for (i, result) in positions.into_iter().zip(results) {
+                        outcomes[i] = Some(result);
+                    }
+                }
+                Err(e) => {
+                    for i in positions {
+                        outcomes[i] = Some(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(StoreError::Unavailable("the writer gave no answer".into()))))
+            .collect()
+    }
+
     async fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<UserKey>, StoreError> {
         Ok(self.shared.deadlines.due(now, limit))
     }

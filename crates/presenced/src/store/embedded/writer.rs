@@ -30,6 +30,12 @@ pub enum Request {
         encoded: Encoded,
         reply: Reply<u64>,
     },
+    /// Independent commits in one request (the sweeper's batches): each is checked and applied
+    /// like a `Commit`, and the answer lists every outcome in order.
+    CommitMany {
+        commits: Vec<(Commit, Encoded)>,
+        reply: Reply<Vec<Result<u64, StoreError>>>,
+    },
     PutSubscription {
         subscription: Subscription,
         reply: Reply<()>,
@@ -69,6 +75,50 @@ impl Encoded {
     }
 }
 
+/// Where a commit's outcome goes.
+enum Answer {
+    One(Reply<u64>),
+    /// Item `index` of the `CommitMany` collected in `Pass::groups[group]`.
+    Part {
+        group: usize,
+        index: usize,
+    },
+}
+
+/// The outcomes of one `CommitMany`, sent together when the batch is settled.
+struct Group {
+    results: Vec<Result<u64, StoreError>>,
+    reply: Reply<Vec<Result<u64, StoreError>>>,
+}
+
+/// One batch as the writer assembles it.
+#[derive(Default)]
+struct Pass {
+    batch: Batch,
+    effects: Vec<Effect>,
+    new_deliveries: Vec<Delivery>,
+    /// Versions and subscriptions as this batch changes them, before they are published.
+    versions: HashMap<UserKey, u64>,
+    subscription_overlay: HashMap<String, Option<Arc<Subscription>>>,
+    groups: Vec<Group>,
+}
+
+impl Pass {
+    fn settle(&mut self, answer: Answer, result: Result<u64, StoreError>) {
+        match answer {
+            Answer::One(reply) => drop(reply.send(result)),
+            Answer::Part { group, index } => self.groups[group].results[index] = result,
+        }
+    }
+
+    /// Answer every `CommitMany` of the batch (after its individual outcomes were settled).
+    fn send_groups(&mut self) {
+        for group in self.groups.drain(..) {
+            let _ = group.reply.send(Ok(group.results));
+        }
+    }
+}
+
 /// What to do once the batch is durable, in request order.
 enum Effect {
     // Boxed: the state is large and the other effects are small.
@@ -76,7 +126,7 @@ enum Effect {
         key: UserKey,
         version: u64,
         state: Box<presence_core::UserPresence>,
-        reply: Reply<u64>,
+        answer: Answer,
     },
     PutSubscription {
         subscription: Arc<Subscription>,
@@ -143,115 +193,135 @@ impl Writer {
 
     fn process(&mut self, requests: Vec<Request>) {
         let (outbox_start, delivery_start) = (self.outbox_next, self.delivery_next);
-        let mut batch = Batch {
-            prune_outbox_below: self.outbox_next.saturating_sub(OUTBOX_RETAIN),
-            ..Batch::default()
+        let mut pass = Pass {
+            batch: Batch {
+                prune_outbox_below: self.outbox_next.saturating_sub(OUTBOX_RETAIN),
+                ..Batch::default()
+            },
+            effects: Vec::with_capacity(requests.len()),
+            ..Pass::default()
         };
-        let mut effects = Vec::with_capacity(requests.len());
-        let mut new_deliveries: Vec<Delivery> = Vec::new();
-        // Versions and subscriptions as this batch changes them, before they are published.
-        let mut versions: HashMap<UserKey, u64> = HashMap::new();
-        let mut subscription_overlay: HashMap<String, Option<Arc<Subscription>>> = HashMap::new();
         for request in requests {
             match request {
                 Request::Commit { commit, encoded, reply } => {
-                    let key = &commit.key;
-                    let current = versions
-                        .get(key)
-                        .copied()
-                        .unwrap_or_else(|| self.shared.memory.version(key));
-                    if current != commit.expected_version {
-                        let _ = reply.send(Err(StoreError::Conflict));
-                        continue;
-                    }
-                    let record = self.record(encoded);
-                    if let Some(event) = commit.event.as_ref().filter(|e| e.availability_or_activity_changed()) {
-                        for delivery in self.fan_out(key, event, &subscription_overlay) {
-                            batch.deliveries_put.push((delivery.id, encode(&delivery)));
-                            new_deliveries.push(delivery);
-                        }
-                    }
-                    versions.insert(key.clone(), current + 1);
-                    batch.records.push(record);
-                    let Commit { key, state, .. } = commit;
-                    effects.push(Effect::Commit {
-                        key,
-                        version: current + 1,
-                        state: Box::new(state),
+                    self.accept(&mut pass, commit, encoded, Answer::One(reply))
+                }
+                Request::CommitMany { commits, reply } => {
+                    let group = pass.groups.len();
+                    pass.groups.push(Group {
+                        results: vec![Err(StoreError::Conflict); commits.len()],
                         reply,
                     });
+                    for (index, (commit, encoded)) in commits.into_iter().enumerate() {
+                        self.accept(&mut pass, commit, encoded, Answer::Part { group, index });
+                    }
                 }
                 Request::PutSubscription { subscription, reply } => {
-                    batch
+                    pass.batch
                         .subscriptions_put
                         .push((subscription.id.clone(), encode(&subscription)));
                     let subscription = Arc::new(subscription);
-                    subscription_overlay.insert(subscription.id.clone(), Some(subscription.clone()));
-                    effects.push(Effect::PutSubscription { subscription, reply });
+                    pass.subscription_overlay
+                        .insert(subscription.id.clone(), Some(subscription.clone()));
+                    pass.effects.push(Effect::PutSubscription { subscription, reply });
                 }
                 Request::DeleteSubscription { id, reply } => {
-                    batch.subscriptions_delete.push(id.clone());
-                    subscription_overlay.insert(id.clone(), None);
-                    effects.push(Effect::DeleteSubscription { id, reply });
+                    pass.batch.subscriptions_delete.push(id.clone());
+                    pass.subscription_overlay.insert(id.clone(), None);
+                    pass.effects.push(Effect::DeleteSubscription { id, reply });
                 }
                 Request::Enqueue { deliveries, reply } => {
                     let assigned: Vec<Delivery> = deliveries.into_iter().map(|d| self.assign(d)).collect();
                     for d in &assigned {
-                        batch.deliveries_put.push((d.id, encode(d)));
+                        pass.batch.deliveries_put.push((d.id, encode(d)));
                     }
-                    new_deliveries.extend(assigned.iter().cloned());
-                    effects.push(Effect::Enqueue {
+                    pass.new_deliveries.extend(assigned.iter().cloned());
+                    pass.effects.push(Effect::Enqueue {
                         deliveries: assigned,
                         reply,
                     });
                 }
                 Request::Finish { ids, reply } => {
-                    batch.deliveries_delete.extend(ids);
-                    effects.push(Effect::Finish { reply });
+                    pass.batch.deliveries_delete.extend(ids);
+                    pass.effects.push(Effect::Finish { reply });
                 }
             }
         }
-        if effects.is_empty() {
+        if pass.effects.is_empty() {
+            pass.send_groups();
             return;
         }
-        batch.durable = effects.iter().any(|e| !matches!(e, Effect::Finish { .. }));
+        pass.batch.durable = pass.effects.iter().any(|e| !matches!(e, Effect::Finish { .. }));
         let started = std::time::Instant::now();
-        let written = self.disk.write_batch(&batch);
+        let written = self.disk.write_batch(&pass.batch);
         self.shared
             .metrics
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
-        self.shared.metrics.batch_size.observe(effects.len() as f64);
+        self.shared.metrics.batch_size.observe(pass.effects.len() as f64);
+        let effects = std::mem::take(&mut pass.effects);
         if let Err(e) = written {
             // Nothing in this batch is durable: undo the ids and fail every request, so no client
             // is told "200" for a write that a crash could lose.
             (self.outbox_next, self.delivery_next) = (outbox_start, delivery_start);
             tracing::error!(error = %e, requests = effects.len(), "commit failed");
-
             for effect in effects {
-                fail(effect, &e.to_string());
+                fail(&mut pass, effect, &e.to_string());
             }
+            pass.send_groups();
             return;
         }
-        if batch.durable {
+        if pass.batch.durable {
             self.shared.commits.fetch_add(1, Ordering::Relaxed);
             self.shared.metrics.commits.inc();
         }
-        self.publish(effects);
-        if !new_deliveries.is_empty() {
+        self.publish(&mut pass, effects);
+        pass.send_groups();
+        if !pass.new_deliveries.is_empty() {
             // The dispatcher may be gone at shutdown; the deliveries are durable and resume on start.
-            let _ = self.feed.send(new_deliveries);
+            let _ = self.feed.send(std::mem::take(&mut pass.new_deliveries));
         }
     }
 
-    fn publish(&self, effects: Vec<Effect>) {
+    /// Check one commit against the current version (as this batch has changed it) and add it to
+    /// the batch with its change event and the deliveries it owes; a stale one is a conflict.
+    fn accept(&mut self, pass: &mut Pass, commit: Commit, encoded: Encoded, answer: Answer) {
+        let key = &commit.key;
+        let current = pass
+            .versions
+            .get(key)
+            .copied()
+            .unwrap_or_else(|| self.shared.memory.version(key));
+        if current != commit.expected_version {
+            pass.settle(answer, Err(StoreError::Conflict));
+            return;
+        }
+        let record = self.record(encoded);
+        if let Some(event) = commit.event.as_ref().filter(|e| e.availability_or_activity_changed()) {
+            for delivery in self.fan_out(key, event, &pass.subscription_overlay) {
+                pass.batch.deliveries_put.push((delivery.id, encode(&delivery)));
+                pass.new_deliveries.push(delivery);
+            }
+        }
+        pass.versions.insert(key.clone(), current + 1);
+        pass.batch.records.push(record);
+        let Commit { key, state, .. } = commit;
+        pass.effects.push(Effect::Commit {
+            key,
+            version: current + 1,
+            state: Box::new(state),
+            answer,
+        });
+    }
+
+    fn publish(&self, pass: &mut Pass, effects: Vec<Effect>) {
         for effect in effects {
             match effect {
                 Effect::Commit {
                     key,
                     version,
                     state,
-                    reply,
+                    answer,
                 } => {
                     let deadline = state.next_deadline();
                     let after = state.sessions().len() as i64;
@@ -267,7 +337,7 @@ impl Writer {
                     if self.shared.deadlines.set(&key, deadline) {
                         self.shared.deadline_moved.notify_one();
                     }
-                    let _ = reply.send(Ok(version));
+                    pass.settle(answer, Ok(version));
                 }
                 Effect::PutSubscription { subscription, reply } => {
                     self.shared.subscriptions_mut().put(subscription);
@@ -359,10 +429,10 @@ fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("store records serialise to JSON")
 }
 
-fn fail(effect: Effect, message: &str) {
+fn fail(pass: &mut Pass, effect: Effect, message: &str) {
     let err = StoreError::Unavailable(message.to_owned());
     match effect {
-        Effect::Commit { reply, .. } => drop(reply.send(Err(err))),
+        Effect::Commit { answer, .. } => pass.settle(answer, Err(err)),
         Effect::PutSubscription { reply, .. } => drop(reply.send(Err(err))),
         Effect::DeleteSubscription { reply, .. } => drop(reply.send(Err(err))),
         Effect::Enqueue { reply, .. } => drop(reply.send(Err(err))),
