@@ -20,6 +20,11 @@
 //! Output: one JSON object per line on stdout, then a markdown table. Progress goes to stderr.
 //! See `bench/scale.sh`.
 use anyhow::{bail, Context, Result};
+
+// The server's allocator (see main.rs): memory per session depends on it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 use jiff::{SignedDuration, Timestamp};
 use presence_core::user::{Preferred, Session, StatusMessage};
@@ -581,7 +586,8 @@ fn model(n: u64) -> (Value, Vec<(String, f64)>) {
     let tenant_len = key.tenant.as_str().len();
     let user_len = key.user.as_str().len();
     let key_heap = chunk(tenant_len) + chunk(user_len);
-    let sessions_cap = state.sessions().len().max(4); // a first push into an empty Vec allocates 4
+    // Commands keep the sessions vector exactly as long as it is (UserPresence::apply).
+    let sessions_cap = state.sessions().len();
     let sizes = json!({
         "UserKey": size_of::<UserKey>(),
         "TenantId/UserId/SessionId (String)": size_of::<TenantId>(),
@@ -628,7 +634,7 @@ fn model(n: u64) -> (Value, Vec<(String, f64)>) {
         ),
         (
             format!(
-                "Vec<Session> buffer (capacity {sessions_cap} x {} bytes: first push allocates 4)",
+                "Vec<Session> buffer (capacity {sessions_cap} x {} bytes)",
                 size_of::<Session>()
             ),
             chunk(sessions_cap * size_of::<Session>()) as f64,

@@ -159,8 +159,10 @@ struct Redb {
     db: RwLock<Option<Database>>,
 }
 
-/// Hands closed segments from the writer to the checkpoint thread, one at a time and in order:
-/// the writer closes a segment only when no older one is waiting.
+/// Hands closed segments from the writer to the checkpoint thread, oldest first. The writer
+/// closes a segment when it is old and nothing is waiting, or when it is big whatever is waiting:
+/// so a lagging checkpoint (a storm of distinct users) queues bounded segments on disk instead of
+/// growing one without limit, which the checkpoint would then have to read into memory at once.
 #[derive(Default)]
 struct Checkpoints {
     state: Mutex<CheckpointState>,
@@ -169,8 +171,8 @@ struct Checkpoints {
 
 #[derive(Default)]
 struct CheckpointState {
-    /// A closed segment waiting for (or, after a failure, waiting again for) its checkpoint.
-    queued: Option<PathBuf>,
+    /// Closed segments waiting for (or, after a failure, waiting again for) their checkpoint.
+    queued: std::collections::VecDeque<PathBuf>,
     /// The checkpoint thread is writing a segment to redb.
     busy: bool,
     stop: bool,
@@ -183,22 +185,22 @@ impl Checkpoints {
 
     fn idle(&self) -> bool {
         let s = self.lock();
-        s.queued.is_none() && !s.busy
+        s.queued.is_empty() && !s.busy
     }
 
     fn queue(&self, segment: PathBuf) {
-        self.lock().queued = Some(segment);
+        self.lock().queued.push_back(segment);
         self.changed.notify_all();
     }
 
-    /// Wait until the checkpoint thread is not writing, then take what is queued, so the caller
-    /// can checkpoint it itself.
-    fn take_when_not_busy(&self) -> Option<PathBuf> {
+    /// Wait until the checkpoint thread is not writing, then take what is queued (oldest first),
+    /// so the caller can checkpoint it itself.
+    fn take_when_not_busy(&self) -> std::collections::VecDeque<PathBuf> {
         let mut s = self.lock();
         while s.busy {
             s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
         }
-        s.queued.take()
+        std::mem::take(&mut s.queued)
     }
 
     /// The checkpoint thread: write each closed segment to redb, then delete it. A failure
@@ -211,7 +213,7 @@ impl Checkpoints {
                     if s.stop {
                         return;
                     }
-                    if let Some(segment) = s.queued.take() {
+                    if let Some(segment) = s.queued.pop_front() {
                         s.busy = true;
                         break segment;
                     }
@@ -223,7 +225,7 @@ impl Checkpoints {
             s.busy = false;
             if let Err(e) = result {
                 tracing::warn!(error = %e, segment = %segment.display(), "checkpoint failed; will retry");
-                s.queued.get_or_insert(segment);
+                s.queued.push_front(segment);
                 self.changed.notify_all();
                 let (guard, _) = self
                     .changed
@@ -476,8 +478,9 @@ impl Disk {
         let ops = batch_ops(batch);
         let mut wal = self.lock_wal();
         wal.log.append(&encode_ops(&ops), batch.durable)?;
-        let due = wal.log.len() > CHECKPOINT_BYTES || wal.opened.elapsed() >= CHECKPOINT_INTERVAL;
-        if due && self.checkpoints.idle() {
+        let big = wal.log.len() > CHECKPOINT_BYTES;
+        let old = wal.opened.elapsed() >= CHECKPOINT_INTERVAL;
+        if big || (old && self.checkpoints.idle()) {
             // The batch is durable in the log whatever happens here; a segment that cannot be
             // closed now is closed on a later batch, and meanwhile the log grows.
             match self.close_segment(&mut wal) {
@@ -509,9 +512,15 @@ impl Disk {
     /// change. Holds the log, so the writer waits meanwhile.
     pub fn checkpoint_now(&self) -> Result<(), String> {
         let mut wal = self.lock_wal();
-        if let Some(queued) = self.checkpoints.take_when_not_busy() {
-            if let Err(e) = self.redb.checkpoint_segment(&queued, &self.dir) {
-                self.checkpoints.queue(queued);
+        let mut queued = self.checkpoints.take_when_not_busy();
+        while let Some(segment) = queued.pop_front() {
+            if let Err(e) = self.redb.checkpoint_segment(&segment, &self.dir) {
+                // Back in front, in order, for the checkpoint thread to retry.
+                queued.push_front(segment);
+                let mut s = self.checkpoints.lock();
+                while let Some(segment) = queued.pop_back() {
+                    s.queued.push_front(segment);
+                }
                 return Err(e.to_string());
             }
         }
