@@ -92,9 +92,8 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()> + Send 
     std::io::stdout().flush()?;
     tracing::info!(%addr, "serving");
 
-    axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let entry = axum::ServiceExt::<axum::extract::Request>::into_make_service(http::service(state));
+    axum::serve(listener, entry).with_graceful_shutdown(shutdown).await?;
     tracing::info!("draining finished; stopping");
     let _ = stop_tx.send(true);
     let _ = tokio::join!(sweeper, dispatcher, lifecycle);

@@ -24,7 +24,6 @@ use crate::store::embedded::EmbeddedStore;
 use axum::extract::Request;
 use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Router;
 use error::ApiError;
 use routes::Endpoint;
 use std::sync::Arc;
@@ -51,10 +50,30 @@ pub struct SubscriptionContext {
     pub client: WebhookClient,
 }
 
-pub fn router(state: AppState) -> Router {
-    // One handler for everything: `request_context::entry` routes by itself, so a request pays
-    // for one path parse and no per-route layers.
-    Router::new().fallback(request_context::entry).with_state(state)
+/// The service `axum::serve` runs: every request goes to `request_context::entry`, which routes
+/// by itself. A plain service rather than an axum `Router` with one fallback: the router's
+/// per-request work (route table walk, URL-parameter map, handler clone, state clone) measured
+/// ~4% of a read's CPU for nothing we use.
+#[derive(Clone)]
+pub struct EntryService(Arc<AppState>);
+
+pub fn service(state: AppState) -> EntryService {
+    EntryService(Arc::new(state))
+}
+
+impl tower_service::Service<Request> for EntryService {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let state = self.0.clone();
+        Box::pin(async move { Ok(request_context::entry(&state, request).await) })
+    }
 }
 
 /// A Graph request: the endpoint's metric name and its response.

@@ -9,7 +9,7 @@ use super::error::{ErrorBody, ErrorDetail, ErrorPayload, InnerError};
 use super::AppState;
 use crate::metrics::{Metrics, RequestLabels, RouteLabels};
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use std::time::Instant;
@@ -17,8 +17,8 @@ use std::time::Instant;
 /// Client ids longer than this are not echoed: a header we reflect must stay small.
 const MAX_CLIENT_REQUEST_ID: usize = 128;
 
-/// The router's only handler.
-pub async fn entry(State(state): State<AppState>, request: Request) -> Response {
+/// Every request, whatever its path.
+pub async fn entry(state: &AppState, request: Request) -> Response {
     let started = Instant::now();
     let client_request_id = request
         .headers()
@@ -32,8 +32,8 @@ pub async fn entry(State(state): State<AppState>, request: Request) -> Response 
     // Cheap: the path is reference-counted; kept only to name it in the log of a failed request.
     let uri = request.uri().clone();
     let (route, mut response) = match uri.path() {
-        "/healthz" | "/readyz" | "/metrics" | "/openapi.json" => super::health::fixed(&state, request).await,
-        _ => super::graph(&state, request).await,
+        "/healthz" | "/readyz" | "/metrics" | "/openapi.json" => super::health::fixed(state, request).await,
+        _ => super::graph(state, request).await,
     };
     record(&state.metrics, route, &method, response.status(), started);
     let request_id = next_request_id();
