@@ -637,7 +637,7 @@ fn model(n: u64) -> (Value, Vec<(String, f64)>) {
                 "Vec<Session> buffer (capacity {sessions_cap} x {} bytes)",
                 size_of::<Session>()
             ),
-            chunk(sessions_cap * size_of::<Session>()) as f64,
+            chunk(std::mem::size_of_val(state.sessions())) as f64,
         ),
         (
             format!("SessionId string ({} chars)", APP_ID.len()),
