@@ -33,16 +33,17 @@ struct WalState {
 
 /// The latest value per key in a run of log frames: what one checkpoint writes to redb, each key
 /// once however often it changed.
+/// Values are borrowed from the segment being checkpointed.
 #[derive(Default)]
-struct Pending {
-    users: std::collections::HashMap<String, Vec<u8>>,
-    outbox: std::collections::BTreeMap<u64, Vec<u8>>,
+struct Pending<'a> {
+    users: std::collections::HashMap<&'a str, &'a [u8]>,
+    outbox: std::collections::BTreeMap<u64, &'a [u8]>,
     prune_outbox_below: u64,
-    subscriptions: std::collections::HashMap<String, Option<Vec<u8>>>,
-    deliveries: std::collections::BTreeMap<u64, Option<Vec<u8>>>,
+    subscriptions: std::collections::HashMap<&'a str, Option<&'a [u8]>>,
+    deliveries: std::collections::BTreeMap<u64, Option<&'a [u8]>>,
 }
 
-impl Pending {
+impl<'a> Pending<'a> {
     fn is_empty(&self) -> bool {
         self.users.is_empty()
             && self.outbox.is_empty()
@@ -51,18 +52,18 @@ impl Pending {
             && self.deliveries.is_empty()
     }
 
-    fn merge(&mut self, ops: &[Op<'_>]) {
+    fn merge(&mut self, ops: &[Op<'a>]) {
         for op in ops {
             match *op {
-                Op::UserPut(k, v) => drop(self.users.insert(k.to_owned(), v.to_vec())),
-                Op::OutboxPut(id, v) => drop(self.outbox.insert(id, v.to_vec())),
+                Op::UserPut(k, v) => drop(self.users.insert(k, v)),
+                Op::OutboxPut(id, v) => drop(self.outbox.insert(id, v)),
                 Op::PruneOutbox(below) => {
                     self.prune_outbox_below = self.prune_outbox_below.max(below);
                     self.outbox.retain(|id, _| *id >= below);
                 }
-                Op::SubscriptionPut(k, v) => drop(self.subscriptions.insert(k.to_owned(), Some(v.to_vec()))),
-                Op::SubscriptionDelete(k) => drop(self.subscriptions.insert(k.to_owned(), None)),
-                Op::DeliveryPut(id, v) => drop(self.deliveries.insert(id, Some(v.to_vec()))),
+                Op::SubscriptionPut(k, v) => drop(self.subscriptions.insert(k, Some(v))),
+                Op::SubscriptionDelete(k) => drop(self.subscriptions.insert(k, None)),
+                Op::DeliveryPut(id, v) => drop(self.deliveries.insert(id, Some(v))),
                 Op::DeliveryDelete(id) => drop(self.deliveries.insert(id, None)),
             }
         }
@@ -72,14 +73,14 @@ impl Pending {
         let mut users = txn.open_table(USERS)?;
         // In key order: redb's B-tree then visits each leaf once, in sequence. In hash order, a
         // checkpoint of a timer storm (every user once) measured ~9x slower per user.
-        let mut sorted: Vec<(&String, &Vec<u8>)> = self.users.iter().collect();
+        let mut sorted: Vec<(&str, &[u8])> = self.users.iter().map(|(k, v)| (*k, *v)).collect();
         sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
         for (k, v) in sorted {
-            users.insert(k.as_str(), v.as_slice())?;
+            users.insert(k, v)?;
         }
         let mut outbox = txn.open_table(OUTBOX)?;
         for (id, v) in &self.outbox {
-            outbox.insert(*id, v.as_slice())?;
+            outbox.insert(*id, *v)?;
         }
         if self.prune_outbox_below > 0 {
             outbox.retain_in(..self.prune_outbox_below, |_, _| false)?;
@@ -87,14 +88,14 @@ impl Pending {
         let mut subscriptions = txn.open_table(SUBSCRIPTIONS)?;
         for (k, v) in &self.subscriptions {
             match v {
-                Some(v) => drop(subscriptions.insert(k.as_str(), v.as_slice())?),
-                None => drop(subscriptions.remove(k.as_str())?),
+                Some(v) => drop(subscriptions.insert(*k, *v)?),
+                None => drop(subscriptions.remove(*k)?),
             }
         }
         let mut deliveries = txn.open_table(DELIVERIES)?;
         for (id, v) in &self.deliveries {
             match v {
-                Some(v) => drop(deliveries.insert(*id, v.as_slice())?),
+                Some(v) => drop(deliveries.insert(*id, *v)?),
                 None => drop(deliveries.remove(*id)?),
             }
         }
@@ -438,7 +439,7 @@ impl Redb {
     fn checkpoint_segment(&self, segment: &Path, dir: &Path) -> Result<(), CheckpointError> {
         let frames = wal::read_frames(segment).map_err(CheckpointError::Wal)?;
         let mut pending = Pending::default();
-        for frame in &frames {
+        for frame in frames.frames() {
             let ops = decode_ops(frame).map_err(|reason| CheckpointError::Frame(segment.to_path_buf(), reason))?;
             pending.merge(&ops);
         }
