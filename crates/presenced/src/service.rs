@@ -149,7 +149,6 @@ impl<S: PresenceStore> PresenceService<S> {
     /// The presence as of now. Transitions the sweeper has not committed yet are applied to a
     /// copy, so a read never shows a session that has already faded or expired.
     pub async fn read(&self, key: &UserKey) -> Result<PresenceView, StoreError> {
-        let loaded = self.store.load(key).await?;
-        Ok(loaded.state.view_at(self.clock.now()))
+        self.store.view(key, self.clock.now()).await
     }
 }

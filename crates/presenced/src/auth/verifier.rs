@@ -194,8 +194,9 @@ impl Verifier {
 
 /// Tokens that passed verification, with their validity window. Bounded: when full it is
 /// emptied, which costs one signature check per active token and keeps memory fixed.
-#[derive(Default)]
 struct VerifiedTokens {
+    /// Tells apart the caches of several verifiers in one process (tests build many).
+    id: u64,
     entries: std::sync::Mutex<std::collections::HashMap<Box<str>, CachedToken>>,
 }
 
@@ -203,14 +204,49 @@ type CachedToken = (std::sync::Arc<Principal>, i64, Option<i64>);
 
 /// About 4 MB of tokens at most; far more than the distinct live tokens a deployment sees.
 const MAX_CACHED_TOKENS: usize = 10_000;
+/// Per thread, in front of the shared map.
+const MAX_THREAD_CACHED_TOKENS: usize = 1_000;
+
+thread_local! {
+    /// Each worker thread's own copy of the hits it has seen, principal included: a hit then
+    /// touches no lock and no reference count shared with the other threads (the shared mutex and
+    /// `Arc` bounced a cache line between cores on every request).
+    static THREAD_TOKENS: std::cell::RefCell<std::collections::HashMap<u64, std::collections::HashMap<Box<str>, CachedToken>>> =
+        std::cell::RefCell::default();
+}
+
+impl Default for VerifiedTokens {
+    fn default() -> Self {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        Self {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            entries: Default::default(),
+        }
+    }
+}
 
 impl VerifiedTokens {
     fn get(&self, token: &str) -> Option<CachedToken> {
-        self.entries
+        let local = THREAD_TOKENS.with(|t| t.borrow().get(&self.id).and_then(|m| m.get(token).cloned()));
+        if local.is_some() {
+            return local;
+        }
+        let (principal, exp, nbf) = self
+            .entries
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(token)
-            .cloned()
+            .cloned()?;
+        let own = (std::sync::Arc::new((*principal).clone()), exp, nbf);
+        THREAD_TOKENS.with(|t| {
+            let mut t = t.borrow_mut();
+            let mine = t.entry(self.id).or_default();
+            if mine.len() >= MAX_THREAD_CACHED_TOKENS {
+                mine.clear();
+            }
+            mine.insert(token.into(), own.clone());
+        });
+        Some(own)
     }
 
     fn put(&self, token: &str, principal: std::sync::Arc<Principal>, exp: i64, nbf: Option<i64>) {
@@ -218,7 +254,17 @@ impl VerifiedTokens {
         if entries.len() >= MAX_CACHED_TOKENS {
             entries.clear();
         }
-        entries.insert(token.into(), (principal, exp, nbf));
+        entries.insert(token.into(), (principal.clone(), exp, nbf));
+        drop(entries);
+        // This thread made the principal, so it is already this thread's own copy.
+        THREAD_TOKENS.with(|t| {
+            let mut t = t.borrow_mut();
+            let mine = t.entry(self.id).or_default();
+            if mine.len() >= MAX_THREAD_CACHED_TOKENS {
+                mine.clear();
+            }
+            mine.insert(token.into(), (principal, exp, nbf));
+        });
     }
 }
 
@@ -310,6 +356,36 @@ mod tests {
             claims,
             hmac(HMAC_SHA256, SECRET),
         )
+    }
+
+    #[test]
+    fn other_threads_hit_the_cache_with_the_same_principal_and_window() {
+        let v = std::sync::Arc::new(verifier());
+        let token = mint_hs256(SECRET, &request()).unwrap();
+        let header = format!("Bearer {token}");
+        let first = v.verify_cached(Some(&header), NOW).unwrap();
+        let ttl = request().ttl_seconds;
+        let (v2, h2) = (v.clone(), header.clone());
+        let (hit, expired) = std::thread::spawn(move || {
+            let hit = v2.verify_cached(Some(&h2), NOW + 1).unwrap();
+            let expired = v2.verify_cached(Some(&h2), NOW + ttl + DEFAULT_LEEWAY_SECONDS as i64 + 1);
+            (hit, expired)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(*hit, *first);
+        assert_eq!(
+            expired,
+            Err(AuthError::Expired),
+            "a thread's own copy re-checks exp too"
+        );
+        // A second verifier (another key) shares nothing with the first one's caches.
+        let other = Verifier::new(AuthConfig {
+            hs256_secret: Some(b"another-secret-another-secret-xx".to_vec()),
+            ..config()
+        })
+        .unwrap();
+        assert_eq!(other.verify_cached(Some(&header), NOW), Err(AuthError::BadSignature));
     }
 
     #[test]

@@ -13,7 +13,9 @@ pub mod embedded;
 
 use crate::notify::subscription::Subscription;
 use jiff::Timestamp;
-use presence_core::{Activity, Availability, ChangeEvent, SequenceNumber, TenantId, UserId, UserKey, UserPresence};
+use presence_core::{
+    Activity, Availability, ChangeEvent, PresenceView, SequenceNumber, TenantId, UserId, UserKey, UserPresence,
+};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::sync::Arc;
@@ -110,6 +112,12 @@ pub enum StoreError {
 
 pub trait PresenceStore: Send + Sync + 'static {
     fn load(&self, key: &UserKey) -> impl Future<Output = Result<Versioned, StoreError>> + Send;
+
+    /// The user's presence as of `now`: what reads serve. The default loads and folds; a backend
+    /// holding states in memory can fold in place without handing out a reference-counted copy.
+    fn view(&self, key: &UserKey, now: Timestamp) -> impl Future<Output = Result<PresenceView, StoreError>> + Send {
+        async move { Ok(self.load(key).await?.state.view_at(now)) }
+    }
 
     fn commit(&self, commit: Commit) -> impl Future<Output = Result<u64, StoreError>> + Send;
 

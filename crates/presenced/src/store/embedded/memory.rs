@@ -51,6 +51,13 @@ impl Memory {
         shard.find(hash, |(k, _)| k == key).map(|(_, e)| e.clone())
     }
 
+    /// `f` applied to the entry, under the shard's read lock (keep `f` short).
+    pub fn read<R>(&self, key: &UserKey, f: impl FnOnce(&Entry) -> R) -> Option<R> {
+        let (hash, shard) = self.locate(key);
+        let shard = shard.read().unwrap_or_else(|e| e.into_inner());
+        shard.find(hash, |(k, _)| k == key).map(|(_, e)| f(e))
+    }
+
     pub fn version(&self, key: &UserKey) -> u64 {
         self.get(key).map_or(0, |e| e.version)
     }

@@ -192,6 +192,16 @@ impl PresenceStore for EmbeddedStore {
             .unwrap_or_default())
     }
 
+    async fn view(&self, key: &UserKey, now: Timestamp) -> Result<presence_core::PresenceView, StoreError> {
+        // Folded under the shard's read lock: no clone of the shared `Arc` (whose count every
+        // core would otherwise bounce) for a read that only needs the view.
+        Ok(self
+            .shared
+            .memory
+            .read(key, |e| e.state.view_at(now))
+            .unwrap_or_else(|| presence_core::UserPresence::default().view_at(now)))
+    }
+
     async fn commit(&self, commit: Commit) -> Result<u64, StoreError> {
         let encoded = writer::Encoded::of(&commit)?;
         self.request(|reply| writer::Request::Commit { commit, encoded, reply })
