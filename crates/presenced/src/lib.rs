@@ -5,7 +5,8 @@
 //! - [`auth`]: JWT verification (HS256 secret, JWKS), minting, and the Graph permission matrix.
 //! - [`http`]: the Graph wire API (routing, DTOs, errors, request ids) and health endpoints.
 //! - [`service`]: load → apply (core) → commit, with per-user serialisation.
-//! - [`store`]: the store port and its backends (embedded redb with group commit).
+//! - [`store`]: the store port and its backends (embedded: memory, a segmented write-ahead log with
+//!   group commit, redb checkpoints on their own thread).
 //! - [`sweeper`]: applies fades and expiries on time from the store's deadline index.
 //! - [`server`]: wiring and graceful shutdown.
 //! - [`notify`]: change-notification subscriptions, webhook delivery, lifecycle events.

@@ -1,8 +1,10 @@
 //! The HTTP edge: request context, routing, authentication, and the Graph handlers.
 //!
-//! Everything under `/v1.0` and `/beta` goes through [`graph`], which parses the path into a typed
-//! [`routes::Endpoint`], authenticates, reads the body within limits and dispatches to one handler
-//! per operation. Errors of every layer become one [`error::ApiError`], rendered as Graph's JSON.
+//! [`EntryService`] hands every request to [`request_context::entry`] (request ids, metrics, error
+//! bodies), which sends the fixed routes to [`health`] and everything else to [`graph`]: that parses
+//! the path into a typed [`routes::Endpoint`], authenticates, reads the body within limits and
+//! dispatches to one handler per operation. Errors of every layer become one [`error::ApiError`],
+//! rendered as Graph's JSON.
 pub mod body;
 pub mod dto;
 pub mod error;
