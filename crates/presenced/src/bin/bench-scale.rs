@@ -603,8 +603,8 @@ fn model(n: u64) -> (Value, Vec<(String, f64)>) {
         "memory::Entry": size_of::<Entry>(),
         "ArcInner<UserPresence>": 16 + size_of::<UserPresence>(),
         "(UserKey, Entry) map slot": size_of::<(UserKey, Entry)>(),
-        "(UserKey, Timestamp) by_key slot": size_of::<(UserKey, Timestamp)>(),
-        "(Timestamp, UserKey) by_time element": size_of::<(Timestamp, UserKey)>(),
+        "(Arc<UserKey>, Timestamp) by_key slot": size_of::<(std::sync::Arc<UserKey>, Timestamp)>(),
+        "(Timestamp, Arc<UserKey>) by_time element": size_of::<(Timestamp, std::sync::Arc<UserKey>)>(),
         "ChangeEvent": size_of::<ChangeEvent>(),
         "tenant id chars": tenant_len,
         "user id chars": user_len,
@@ -612,7 +612,7 @@ fn model(n: u64) -> (Value, Vec<(String, f64)>) {
     });
     // BTreeSet leaf: parent pointer, parent index, length, 11 elements. Deadlines arrive in time
     // order, so nodes split at the right end and stay ~6 of 11 full; one internal node per ~7 leaves.
-    let elem = size_of::<(Timestamp, UserKey)>();
+    let elem = size_of::<(Timestamp, std::sync::Arc<UserKey>)>();
     let leaf = 16 + 11 * elem;
     let internal = leaf + 12 * 8;
     let btree_per_key = chunk(leaf) as f64 / 6.0 + chunk(internal) as f64 / 42.0;
@@ -644,15 +644,17 @@ fn model(n: u64) -> (Value, Vec<(String, f64)>) {
             chunk(APP_ID.len()) as f64,
         ),
         (
-            "deadline by_key slot (UserKey 48 + Timestamp 16 + ctrl; one table)".to_owned(),
-            table_bytes_per_user(n, 1, size_of::<(UserKey, Timestamp)>()),
+            "deadline by_key slot (Arc<UserKey> 8 + Timestamp 16 + ctrl; one table)".to_owned(),
+            table_bytes_per_user(n, 1, size_of::<(std::sync::Arc<UserKey>, Timestamp)>()),
         ),
-        ("deadline by_key: cloned key strings".to_owned(), key_heap as f64),
         (
-            format!("deadline by_time BTreeSet<(Timestamp, UserKey)> nodes ({elem}-byte elements, ~6/11 full)"),
+            "deadline index: one shared key (Arc header 16 + UserKey 48, and its strings)".to_owned(),
+            (chunk(16 + size_of::<UserKey>()) + key_heap) as f64,
+        ),
+        (
+            format!("deadline by_time BTreeSet<(Timestamp, Arc<UserKey>)> nodes ({elem}-byte elements, ~6/11 full)"),
             btree_per_key,
         ),
-        ("deadline by_time: cloned key strings".to_owned(), key_heap as f64),
     ];
     (sizes, rows)
 }

@@ -6,12 +6,14 @@
 use jiff::Timestamp;
 use presence_core::UserKey;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+/// Both tables share one copy of each key: millions of users are indexed, and a second copy of
+/// the tenant and user strings cost ~100 B per user (BENCHMARKS.md §5).
 #[derive(Default)]
 struct Inner {
-    by_time: BTreeSet<(Timestamp, UserKey)>,
-    by_key: HashMap<UserKey, Timestamp>,
+    by_time: BTreeSet<(Timestamp, Arc<UserKey>)>,
+    by_key: HashMap<Arc<UserKey>, Timestamp>,
 }
 
 #[derive(Default)]
@@ -27,26 +29,28 @@ impl DeadlineIndex {
     pub fn set(&self, key: &UserKey, deadline: Option<Timestamp>) -> bool {
         let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let Inner { by_time, by_key } = &mut *guard;
-        match (by_key.get_mut(key), deadline) {
-            (Some(old), Some(at)) => {
-                // A renewal (every write to a user with a session) moves the owned key from its
-                // old slot to the new one: no allocation on the writer's hot path.
-                if *old != at {
-                    let slot = by_time.take(&(*old, key.clone()));
-                    let owned = slot.map_or_else(|| key.clone(), |(_, k)| k);
-                    by_time.insert((at, owned));
-                    *old = at;
+        let current = by_key.get_key_value(key).map(|(shared, at)| (shared.clone(), *at));
+        match (current, deadline) {
+            (Some((shared, old)), Some(at)) => {
+                // A renewal (every write to a user with a session) moves the shared key to its new
+                // slot: no allocation on the writer's hot path.
+                if old != at {
+                    by_time.remove(&(old, shared.clone()));
+                    by_time.insert((at, shared));
+                    if let Some(slot) = by_key.get_mut(key) {
+                        *slot = at;
+                    }
                 }
             }
-            (Some(_), None) => {
-                if let Some(old) = by_key.remove(key) {
-                    by_time.remove(&(old, key.clone()));
-                }
+            (Some((shared, old)), None) => {
+                by_time.remove(&(old, shared));
+                by_key.remove(key);
                 return false;
             }
             (None, Some(at)) => {
-                by_key.insert(key.clone(), at);
-                by_time.insert((at, key.clone()));
+                let shared = Arc::new(key.clone());
+                by_key.insert(shared.clone(), at);
+                by_time.insert((at, shared));
             }
             (None, None) => return false,
         }
@@ -62,7 +66,7 @@ impl DeadlineIndex {
             .iter()
             .take_while(|(at, _)| *at <= now)
             .take(limit)
-            .map(|(_, k)| k.clone())
+            .map(|(_, k)| UserKey::clone(k))
             .collect()
     }
 
