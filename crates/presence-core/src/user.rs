@@ -69,7 +69,9 @@ pub struct StatusMessage {
 pub struct UserPresence {
     sessions: Vec<Session>,
     preferred: Option<Preferred>,
-    status_message: Option<StatusMessage>,
+    // Boxed: most users have no status message, and millions of states are held in memory; inline
+    // it made every state ~100 bytes larger (BENCHMARKS.md §5). Serialised the same either way.
+    status_message: Option<Box<StatusMessage>>,
     #[serde(default)]
     out_of_office: OutOfOfficeSettings,
     sequence: SequenceNumber,
@@ -205,7 +207,7 @@ impl UserPresence {
         if let Some(p) = self.preferred.take_if(|p| p.expires_at <= now) {
             note(p.expires_at);
         }
-        let expired = |m: &mut StatusMessage| m.expiry.as_ref().is_some_and(|e| e.at <= now);
+        let expired = |m: &mut Box<StatusMessage>| m.expiry.as_ref().is_some_and(|e| e.at <= now);
         if let Some(m) = self.status_message.take_if(expired) {
             note(m.expiry.map_or(now, |e| e.at));
         }
@@ -260,11 +262,11 @@ impl UserPresence {
                 if let Some(e) = expiry.as_ref().filter(|e| e.at <= now) {
                     return Err(CommandError::ExpiryInPast(e.at));
                 }
-                self.status_message = Some(StatusMessage {
+                self.status_message = Some(Box::new(StatusMessage {
                     content,
                     expiry,
                     published_at: now,
-                });
+                }));
             }
             Command::SetOutOfOffice(settings) => {
                 let too_long = settings
