@@ -197,7 +197,7 @@ impl Verifier {
 struct VerifiedTokens {
     /// Tells apart the caches of several verifiers in one process (tests build many).
     id: u64,
-    entries: std::sync::Mutex<std::collections::HashMap<Box<str>, CachedToken>>,
+    entries: std::sync::Mutex<TokenTable>,
 }
 
 type CachedToken = (std::sync::Arc<Principal>, i64, Option<i64>);
@@ -206,13 +206,71 @@ type CachedToken = (std::sync::Arc<Principal>, i64, Option<i64>);
 const MAX_CACHED_TOKENS: usize = 10_000;
 /// Per thread, in front of the shared map.
 const MAX_THREAD_CACHED_TOKENS: usize = 1_000;
+/// How much of a token's end is hashed (see `TokenTable`).
+const HASHED_TAIL: usize = 32;
+
+/// Verified tokens by their full text, hashed by their last bytes only. A compact token ends
+/// in its signature (43+ base64url characters for every accepted algorithm), which differs
+/// between any two tokens, so its tail spreads them as well as the whole would; hashing all
+/// ~300+ bytes was ~1,300 instructions of every request. Equality is still the whole token, and
+/// only tokens that verified are ever inserted, so a caller cannot choose colliding entries.
+#[derive(Default)]
+struct TokenTable {
+    hasher: std::hash::RandomState,
+    table: hashbrown::HashTable<(Box<str>, CachedToken)>,
+}
+
+impl TokenTable {
+    fn hash(&self, token: &str) -> u64 {
+        let bytes = token.as_bytes();
+        std::hash::BuildHasher::hash_one(&self.hasher, &bytes[bytes.len().saturating_sub(HASHED_TAIL)..])
+    }
+
+    fn get(&self, token: &str) -> Option<&CachedToken> {
+        self.table
+            .find(self.hash(token), |(key, _)| **key == *token)
+            .map(|(_, cached)| cached)
+    }
+
+    /// Insert, first emptying the table if it holds `limit` tokens.
+    fn put(&mut self, token: &str, cached: CachedToken, limit: usize) {
+        if self.table.len() >= limit {
+            self.table.clear();
+        }
+        let hash = self.hash(token);
+        let hasher = &self.hasher;
+        let rehash = |(key, _): &(Box<str>, CachedToken)| {
+            let bytes = key.as_bytes();
+            std::hash::BuildHasher::hash_one(hasher, &bytes[bytes.len().saturating_sub(HASHED_TAIL)..])
+        };
+        match self.table.entry(hash, |(key, _)| **key == *token, rehash) {
+            hashbrown::hash_table::Entry::Occupied(mut slot) => slot.get_mut().1 = cached,
+            hashbrown::hash_table::Entry::Vacant(slot) => drop(slot.insert((token.into(), cached))),
+        }
+    }
+}
 
 thread_local! {
     /// Each worker thread's own copy of the hits it has seen, principal included: a hit then
     /// touches no lock and no reference count shared with the other threads (the shared mutex and
-    /// `Arc` bounced a cache line between cores on every request).
-    static THREAD_TOKENS: std::cell::RefCell<std::collections::HashMap<u64, std::collections::HashMap<Box<str>, CachedToken>>> =
-        std::cell::RefCell::default();
+    /// `Arc` bounced a cache line between cores on every request). One table per verifier (a
+    /// process has one; tests have many), found by the verifier's id.
+    static THREAD_TOKENS: std::cell::RefCell<Vec<(u64, TokenTable)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// This thread's table for verifier `id`.
+fn thread_table<T>(id: u64, f: impl FnOnce(&mut TokenTable) -> T) -> T {
+    THREAD_TOKENS.with(|t| {
+        let mut tables = t.borrow_mut();
+        let index = match tables.iter().position(|(owner, _)| *owner == id) {
+            Some(index) => index,
+            None => {
+                tables.push((id, TokenTable::default()));
+                tables.len() - 1
+            }
+        };
+        f(&mut tables[index].1)
+    })
 }
 
 impl Default for VerifiedTokens {
@@ -227,7 +285,7 @@ impl Default for VerifiedTokens {
 
 impl VerifiedTokens {
     fn get(&self, token: &str) -> Option<CachedToken> {
-        let local = THREAD_TOKENS.with(|t| t.borrow().get(&self.id).and_then(|m| m.get(token).cloned()));
+        let local = thread_table(self.id, |mine| mine.get(token).cloned());
         if local.is_some() {
             return local;
         }
@@ -238,32 +296,19 @@ impl VerifiedTokens {
             .get(token)
             .cloned()?;
         let own = (std::sync::Arc::new((*principal).clone()), exp, nbf);
-        THREAD_TOKENS.with(|t| {
-            let mut t = t.borrow_mut();
-            let mine = t.entry(self.id).or_default();
-            if mine.len() >= MAX_THREAD_CACHED_TOKENS {
-                mine.clear();
-            }
-            mine.insert(token.into(), own.clone());
-        });
+        thread_table(self.id, |mine| mine.put(token, own.clone(), MAX_THREAD_CACHED_TOKENS));
         Some(own)
     }
 
     fn put(&self, token: &str, principal: std::sync::Arc<Principal>, exp: i64, nbf: Option<i64>) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= MAX_CACHED_TOKENS {
-            entries.clear();
-        }
-        entries.insert(token.into(), (principal.clone(), exp, nbf));
-        drop(entries);
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).put(
+            token,
+            (principal.clone(), exp, nbf),
+            MAX_CACHED_TOKENS,
+        );
         // This thread made the principal, so it is already this thread's own copy.
-        THREAD_TOKENS.with(|t| {
-            let mut t = t.borrow_mut();
-            let mine = t.entry(self.id).or_default();
-            if mine.len() >= MAX_THREAD_CACHED_TOKENS {
-                mine.clear();
-            }
-            mine.insert(token.into(), (principal, exp, nbf));
+        thread_table(self.id, |mine| {
+            mine.put(token, (principal, exp, nbf), MAX_THREAD_CACHED_TOKENS)
         });
     }
 }
