@@ -7,18 +7,26 @@
 //! a read takes (BENCHMARKS.md §1).
 use super::error::{ErrorBody, ErrorDetail, ErrorPayload, InnerError};
 use super::AppState;
-use crate::metrics::{Metrics, RequestLabels, RouteLabels};
+use crate::metrics::Metrics;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::Response;
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Client ids longer than this are not echoed: a header we reflect must stay small.
 const MAX_CLIENT_REQUEST_ID: usize = 128;
 
-/// Every request, whatever its path.
-pub async fn entry(state: &AppState, request: Request) -> Response {
+/// Every request, whatever its path. Never fails: errors are responses (the `Result` is the
+/// service's, so the future is boxed as it is, without a wrapper holding it twice).
+// Not an `async fn`, for the reason given at `graph`: what is needed of the request is taken
+// before the future is made, so the request is not held in it twice.
+pub fn entry(
+    state: Arc<AppState>,
+    request: Request,
+) -> impl Future<Output = Result<Response, std::convert::Infallible>> + Send {
     let started = Instant::now();
     let client_request_id = request
         .headers()
@@ -31,43 +39,44 @@ pub async fn entry(state: &AppState, request: Request) -> Response {
     let method = request.method().clone();
     // Cheap: the path is reference-counted; kept only to name it in the log of a failed request.
     let uri = request.uri().clone();
-    let (route, mut response) = match uri.path() {
-        "/healthz" | "/readyz" | "/metrics" | "/openapi.json" => super::health::fixed(state, request).await,
-        _ => super::graph(state, request).await,
-    };
-    record(&state.metrics, route, &method, response.status(), started);
-    let request_id = next_request_id();
-    if let Some(payload) = response.extensions_mut().remove::<ErrorPayload>() {
-        let status = response.status().as_u16();
-        let path = uri.path();
-        if response.status().is_server_error() {
-            tracing::error!(%request_id, %method, path, status, code = payload.code, message = %payload.message, "request failed");
+    let fixed = matches!(uri.path(), "/healthz" | "/readyz" | "/metrics" | "/openapi.json");
+    async move {
+        let state = &*state;
+        let (route, mut response) = if fixed {
+            super::health::fixed(state, request).await
         } else {
-            tracing::info!(%request_id, %method, path, status, code = payload.code, "request failed");
+            super::graph(state, request).await
+        };
+        record(&state.metrics, route, &method, response.status(), started);
+        let request_id = next_request_id();
+        if let Some(payload) = response.extensions_mut().remove::<ErrorPayload>() {
+            let status = response.status().as_u16();
+            let path = uri.path();
+            if response.status().is_server_error() {
+                tracing::error!(%request_id, %method, path, status, code = payload.code, message = %payload.message, "request failed");
+            } else {
+                tracing::info!(%request_id, %method, path, status, code = payload.code, "request failed");
+            }
+            render_error(&mut response, &payload, &request_id, client_request_id.as_ref());
         }
-        render_error(&mut response, &payload, &request_id, client_request_id.as_ref());
+        let headers = response.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            headers.insert("request-id", v);
+        }
+        if let Some(v) = client_request_id {
+            headers.insert("client-request-id", v);
+        }
+        Ok(response)
     }
-    let headers = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        headers.insert("request-id", v);
-    }
-    if let Some(v) = client_request_id {
-        headers.insert("client-request-id", v);
-    }
-    response
 }
 
 fn record(metrics: &Metrics, route: &'static str, method: &Method, status: StatusCode, started: Instant) {
-    metrics
-        .request_seconds
-        .get_or_create(&RouteLabels { route })
-        .observe(started.elapsed().as_secs_f64());
-    let labels = RequestLabels {
+    metrics.record_request(
         route,
-        method: method_label(method),
-        status: status.as_u16(),
-    };
-    metrics.requests.get_or_create(&labels).inc();
+        method_label(method),
+        status.as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
 }
 
 fn render_error(response: &mut Response, payload: &ErrorPayload, request_id: &str, client: Option<&HeaderValue>) {
