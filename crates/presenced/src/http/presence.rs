@@ -16,12 +16,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use presence_core::{Command, CommandError, UserId, UserKey};
 
-/// `{"value": [...]}` of `getPresencesByUserId`.
-#[derive(serde::Serialize)]
-struct PresenceList {
-    value: Vec<PresenceDto>,
-}
-
 /// Graph's documented maximum for one `getPresencesByUserId` call.
 pub const MAX_BULK_IDS: usize = 650;
 
@@ -70,11 +64,21 @@ fn service_error(e: ServiceError) -> ApiError {
 }
 
 fn context(version: ApiVersion, host: Option<&str>, user: &UserId) -> Option<String> {
+    // Concatenated rather than `format!`ed: this is built for every read.
+    let (version, user) = (version.as_str(), user.as_str());
     host.map(|h| {
-        format!(
-            "http://{h}/{}/$metadata#users('{user}')/presence/$entity",
-            version.as_str()
-        )
+        let parts = [
+            "http://",
+            h,
+            "/",
+            version,
+            "/$metadata#users('",
+            user,
+            "')/presence/$entity",
+        ];
+        let mut context = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+        parts.iter().for_each(|p| context.push_str(p));
+        context
     })
 }
 
@@ -100,7 +104,9 @@ pub async fn get(
         .await
         .map_err(store_error)?;
     let dto = PresenceDto::from_view(&user, view, is_self(principal, &user), context(version, host, &user));
-    Ok(super::json_response(StatusCode::OK, &dto, 512))
+    Ok(super::written_json_response(StatusCode::OK, 512, |out| {
+        dto.write_json(out)
+    }))
 }
 
 pub async fn get_many(
@@ -140,9 +146,11 @@ pub async fn get_many(
             .map_err(store_error)?;
         value.push(PresenceDto::from_view(&user, view, is_self(principal, &user), None));
     }
-    // Serialised straight from the DTOs: building a `serde_json::Value` tree first doubled the cost.
+    // Written straight from the DTOs: building a `serde_json::Value` tree first doubled the cost.
     let hint = 300 * value.len() + 16;
-    Ok(super::json_response(StatusCode::OK, &PresenceList { value }, hint))
+    Ok(super::written_json_response(StatusCode::OK, hint, |out| {
+        dto::write_presence_list(&value, out)
+    }))
 }
 
 pub async fn action(

@@ -168,14 +168,26 @@ impl EmbeddedStore {
     }
 
     /// Hand a request to the writer and wait until it is durable (or failed).
-    async fn request<T>(
+    // An `async` block rather than an `async fn`: an `async fn` keeps its arguments twice in its
+    // future (as arguments and as locals), and this future is part of every write's, which is
+    // allocated and copied per request.
+    #[allow(clippy::manual_async_fn)]
+    fn request<T>(
         &self,
-        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> writer::Request,
-    ) -> Result<T, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        let gone = || StoreError::Unavailable("the writer has stopped".into());
-        self.tx.send(make(reply)).await.map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> writer::Request + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<T, StoreError>> + Send + '_
+    where
+        T: Send + 'static,
+    {
+        async move {
+            let gone = || StoreError::Unavailable("the writer has stopped".into());
+            // A queue slot first, then the request: a request held inside `send`'s future across
+            // its await made the future larger by the request's size.
+            let slot = self.tx.reserve().await.map_err(|_| gone())?;
+            let (reply, answer) = oneshot::channel();
+            slot.send(make(reply));
+            answer.await.map_err(|_| gone())?
+        }
     }
 }
 
@@ -202,10 +214,14 @@ impl PresenceStore for EmbeddedStore {
             .unwrap_or_else(|| presence_core::UserPresence::default().view_at(now)))
     }
 
-    async fn commit(&self, commit: Commit) -> Result<u64, StoreError> {
-        let encoded = writer::Encoded::of(&commit)?;
-        self.request(|reply| writer::Request::Commit { commit, encoded, reply })
-            .await
+    fn commit(&self, commit: Commit) -> impl std::future::Future<Output = Result<u64, StoreError>> + Send {
+        // Not an `async fn`, for the reason given at `request`.
+        let encoded = writer::Encoded::of(&commit);
+        async move {
+            let encoded = encoded?;
+            self.request(|reply| writer::Request::Commit { commit, encoded, reply })
+                .await
+        }
     }
 
     async fn commit_many(&self, commits: Vec<Commit>) -> Vec<Result<u64, StoreError>> {
