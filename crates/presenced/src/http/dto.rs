@@ -352,6 +352,15 @@ mod tests {
             dto(Some("http://h/beta/x"), "alice@contoso.com", Some(status(false)), Some("")),
             dto(None, "quote\"back\\slash\u{7f}/é", None, Some("plain")),
         ];
+        for &availability in Availability::ALL {
+            for &activity in Activity::ALL {
+                let mut sample = dto(None, "u", None, None);
+                (sample.availability, sample.activity) = (availability, activity);
+                let mut ours = Vec::new();
+                sample.write_json(&mut ours).unwrap();
+                assert_eq!(ours, serde_json::to_vec(&sample).unwrap());
+            }
+        }
         for sample in &samples {
             let mut ours = Vec::new();
             sample.write_json(&mut ours).unwrap();
