@@ -12,7 +12,7 @@ pub struct SequenceNumber(pub u64);
 impl SequenceNumber {
     /// The 20 zero-padded decimal digits (every `u64` fits): what `Display` writes, without the
     /// formatting machinery, which cost ~800 instructions of every presence read.
-    pub fn digits(self) -> [u8; 20] {
+    fn digits(self) -> [u8; 20] {
         let mut out = [b'0'; 20];
         let mut n = self.0;
         for slot in out.iter_mut().rev() {

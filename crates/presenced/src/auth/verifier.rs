@@ -220,15 +220,16 @@ struct TokenTable {
     table: hashbrown::HashTable<(Box<str>, CachedToken)>,
 }
 
-impl TokenTable {
-    fn hash(&self, token: &str) -> u64 {
-        let bytes = token.as_bytes();
-        std::hash::BuildHasher::hash_one(&self.hasher, &bytes[bytes.len().saturating_sub(HASHED_TAIL)..])
-    }
+/// The hash a `TokenTable` files `token` under: that of its last `HASHED_TAIL` bytes.
+fn tail_hash(hasher: &std::hash::RandomState, token: &str) -> u64 {
+    let bytes = token.as_bytes();
+    std::hash::BuildHasher::hash_one(hasher, &bytes[bytes.len().saturating_sub(HASHED_TAIL)..])
+}
 
+impl TokenTable {
     fn get(&self, token: &str) -> Option<&CachedToken> {
         self.table
-            .find(self.hash(token), |(key, _)| **key == *token)
+            .find(tail_hash(&self.hasher, token), |(key, _)| **key == *token)
             .map(|(_, cached)| cached)
     }
 
@@ -237,13 +238,12 @@ impl TokenTable {
         if self.table.len() >= limit {
             self.table.clear();
         }
-        let hash = self.hash(token);
         let hasher = &self.hasher;
-        let rehash = |(key, _): &(Box<str>, CachedToken)| {
-            let bytes = key.as_bytes();
-            std::hash::BuildHasher::hash_one(hasher, &bytes[bytes.len().saturating_sub(HASHED_TAIL)..])
-        };
-        match self.table.entry(hash, |(key, _)| **key == *token, rehash) {
+        let rehash = |(key, _): &(Box<str>, CachedToken)| tail_hash(hasher, key);
+        match self
+            .table
+            .entry(tail_hash(hasher, token), |(key, _)| **key == *token, rehash)
+        {
             hashbrown::hash_table::Entry::Occupied(mut slot) => slot.get_mut().1 = cached,
             hashbrown::hash_table::Entry::Vacant(slot) => drop(slot.insert((token.into(), cached))),
         }

@@ -150,16 +150,25 @@ async fn dispatch(
             .map_err(ApiError::too_many_requests)?;
     }
     match route.endpoint {
-        Endpoint::GetPresence(target) => {
-            let host = parts.headers.get(header::HOST).and_then(|v| v.to_str().ok());
-            presence::get(state, &principal, route.version, target, host).await
-        }
+        Endpoint::GetPresence(target) => get_presence(state, &principal, route.version, target, &parts).await,
         // Every other endpoint's future is boxed: a request's future is as large as its largest
         // branch, and writes (which await the store) and subscription handlers (which await a
         // webhook handshake) made every request's future ~4.7 KB, allocated and copied per
         // request, reads included.
         _ => Box::pin(dispatch_endpoint(state, route, principal, parts, body)).await,
     }
+}
+
+/// A presence read: `dispatch`'s unboxed hot path, and `dispatch_endpoint`'s arm for the same.
+async fn get_presence(
+    state: &AppState,
+    principal: &Principal,
+    version: routes::ApiVersion,
+    target: routes::Target,
+    parts: &axum::http::request::Parts,
+) -> Result<Response, ApiError> {
+    let host = parts.headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    presence::get(state, principal, version, target, host).await
 }
 
 /// Serve an authenticated, admitted request (`dispatch` short-cuts presence reads, whose future is
@@ -172,10 +181,7 @@ async fn dispatch_endpoint(
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     match route.endpoint {
-        Endpoint::GetPresence(target) => {
-            let host = parts.headers.get(header::HOST).and_then(|v| v.to_str().ok());
-            presence::get(state, &principal, route.version, target, host).await
-        }
+        Endpoint::GetPresence(target) => get_presence(state, &principal, route.version, target, &parts).await,
         Endpoint::Action(target, action) => {
             let bytes = body::read(&parts.headers, body).await?;
             presence::action(state, &principal, target, action, &parts.headers, &bytes).await
