@@ -92,6 +92,14 @@ impl UserPresence {
         self.preferred.as_ref()
     }
 
+    pub fn status_message(&self) -> Option<&StatusMessage> {
+        self.status_message.as_deref()
+    }
+
+    pub fn out_of_office(&self) -> &OutOfOfficeSettings {
+        &self.out_of_office
+    }
+
     pub fn sequence(&self) -> SequenceNumber {
         self.sequence
     }

@@ -12,12 +12,14 @@
 //! - [`notify`]: change-notification subscriptions, webhook delivery, lifecycle events.
 //! - [`metrics`]: Prometheus metrics (`/metrics`).
 //! - [`clock`]: the only place allowed to read the wall clock.
+//! - [`json_text`]: JSON values written by hand, byte-equal to serde_json, for the hot paths.
 #![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod http;
+pub mod json_text;
 pub mod metrics;
 pub mod notify;
 pub mod server;

@@ -3,6 +3,7 @@
 //! Request fields are all `Option` so that a missing field gets Graph's own message
 //! ("[SessionId]: The SessionId field is required.") rather than serde's.
 use super::error::ApiError;
+use crate::json_text;
 use presence_core::duration::parse_wire_duration;
 use presence_core::view::MessageExpiry;
 use presence_core::zone::resolve_date_time_zone;
@@ -249,21 +250,21 @@ impl PresenceDto {
         out.push(b'{');
         if let Some(context) = &self.odata_context {
             out.extend_from_slice(b"\"@odata.context\":");
-            json_string(out, context);
+            json_text::string(out, context);
             out.push(b',');
         }
         out.extend_from_slice(b"\"id\":");
-        json_string(out, &self.id);
+        json_text::string(out, &self.id);
         out.extend_from_slice(b",\"availability\":");
-        json_string(out, self.availability.as_str());
+        json_text::string(out, self.availability.as_str());
         out.extend_from_slice(b",\"activity\":");
-        json_string(out, self.activity.as_str());
+        json_text::string(out, self.activity.as_str());
         out.extend_from_slice(b",\"statusMessage\":");
         // Rare, and nested: serde's own output.
         serde_json::to_writer(&mut *out, &self.status_message)?;
         out.extend_from_slice(b",\"outOfOfficeSettings\":{\"message\":");
         match &self.out_of_office_settings.message {
-            Some(message) => json_string(out, message),
+            Some(message) => json_text::string(out, message),
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(if self.out_of_office_settings.is_out_of_office {
@@ -271,27 +272,9 @@ impl PresenceDto {
         } else {
             b",\"isOutOfOffice\":false},\"sequenceNumber\":"
         });
-        json_string(out, &self.sequence_number);
+        json_text::string(out, &self.sequence_number);
         out.push(b'}');
         Ok(())
-    }
-}
-
-/// A JSON string as serde_json writes it: copied as is unless it holds a byte JSON requires
-/// escaped (a control character, `"` or `\\`), in which case serde_json escapes it.
-fn json_string(out: &mut Vec<u8>, text: &str) {
-    // Not short-circuiting, so the check runs over whole words at a time.
-    let needs_escape = text
-        .bytes()
-        .fold(false, |any, b| any | (b < 0x20) | (b == b'"') | (b == b'\\'));
-    if needs_escape {
-        // Writing a string into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *out, text);
-    } else {
-        out.reserve(text.len() + 2);
-        out.push(b'"');
-        out.extend_from_slice(text.as_bytes());
-        out.push(b'"');
     }
 }
 

@@ -9,6 +9,7 @@
 pub mod deadlines;
 pub mod disk;
 pub mod memory;
+pub mod records;
 pub mod subscriptions;
 pub mod wal;
 pub mod writer;
@@ -218,50 +219,30 @@ impl PresenceStore for EmbeddedStore {
         // Not an `async fn`, for the reason given at `request`.
         let encoded = writer::Encoded::of(&commit);
         async move {
-            let encoded = encoded?;
             self.request(|reply| writer::Request::Commit { commit, encoded, reply })
                 .await
         }
     }
 
     async fn commit_many(&self, commits: Vec<Commit>) -> Vec<Result<u64, StoreError>> {
+        if commits.is_empty() {
+            return Vec::new();
+        }
         let n = commits.len();
-        let mut outcomes: Vec<Option<Result<u64, StoreError>>> = vec![None; n];
-        let mut encoded = Vec::with_capacity(n);
-        let mut positions = Vec::with_capacity(n);
-        for (i, commit) in commits.into_iter().enumerate() {
-            match writer::Encoded::of(&commit) {
-                Ok(e) => {
-                    encoded.push((commit, e));
-                    positions.push(i);
-                }
-                Err(e) => outcomes[i] = Some(Err(e)),
-            }
-        }
-        if !encoded.is_empty() {
-            let sent = self
-                .request(|reply| writer::Request::CommitMany {
-                    commits: encoded,
-                    reply,
-                })
-                .await;
-            match sent {
-                Ok(results) => {
-                    for (i, result) in positions.into_iter().zip(results) {
-                        outcomes[i] = Some(result);
-                    }
-                }
-                Err(e) => {
-                    for i in positions {
-                        outcomes[i] = Some(Err(e.clone()));
-                    }
-                }
-            }
-        }
-        outcomes
+        let commits: Vec<(Commit, writer::Encoded)> = commits
             .into_iter()
-            .map(|o| o.unwrap_or_else(|| Err(StoreError::Unavailable("the writer gave no answer".into()))))
-            .collect()
+            .map(|commit| {
+                let encoded = writer::Encoded::of(&commit);
+                (commit, encoded)
+            })
+            .collect();
+        match self
+            .request(|reply| writer::Request::CommitMany { commits, reply })
+            .await
+        {
+            Ok(results) => results,
+            Err(e) => vec![Err(e); n],
+        }
     }
 
     async fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<UserKey>, StoreError> {

@@ -7,6 +7,7 @@
 //! lets it fan a change out to its subscribers inside the very transaction that records it.
 use super::disk::{Batch, Disk, Record};
 use super::memory::Entry;
+use super::records;
 use super::Shared;
 use crate::notify::subscription::Subscription;
 use crate::store::{Commit, Delivery, DeliveryKind, NewDelivery, StoreError};
@@ -63,15 +64,12 @@ pub struct Encoded {
 }
 
 impl Encoded {
-    pub fn of(commit: &Commit) -> Result<Encoded, StoreError> {
-        Ok(Encoded {
+    pub fn of(commit: &Commit) -> Encoded {
+        Encoded {
             storage_key: commit.key.storage_key(),
-            state_json: serde_json::to_vec(&commit.state).map_err(encode_err)?,
-            event_json: match &commit.event {
-                Some(event) => Some(serde_json::to_vec(&(&commit.key, event)).map_err(encode_err)?),
-                None => None,
-            },
-        })
+            state_json: records::state(&commit.state),
+            event_json: commit.event.as_ref().map(|event| records::event(&commit.key, event)),
+        }
     }
 }
 
@@ -418,10 +416,6 @@ impl Writer {
             outbox,
         }
     }
-}
-
-fn encode_err(e: serde_json::Error) -> StoreError {
-    StoreError::Unavailable(format!("encoding failed: {e}"))
 }
 
 /// Our own types always serialise; a failure here would be a bug, not an input problem.
