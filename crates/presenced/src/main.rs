@@ -35,7 +35,10 @@ fn serve(args: presenced::config::ServeArgs) -> anyhow::Result<()> {
     let config = args.resolve()?;
     init_logging(config.log_format, &config.log_level)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(presenced::server::run(config, presenced::server::shutdown_signal()))
+    runtime.block_on(async move {
+        let shutdown = presenced::server::shutdown_signal().context("cannot install the SIGTERM/SIGINT handlers")?;
+        presenced::server::run(config, shutdown).await
+    })
 }
 
 fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {
