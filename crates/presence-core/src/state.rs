@@ -83,7 +83,8 @@ pub enum PairError {
     },
 }
 
-const SESSION_PAIRS: &[(Availability, Activity)] = &[
+/// The pairs `setPresence` accepts (Graph's documented table).
+pub const SESSION_PAIRS: &[(Availability, Activity)] = &[
     (Availability::Available, Activity::Available),
     (Availability::Busy, Activity::InACall),
     (Availability::Busy, Activity::InAConferenceCall),
@@ -91,7 +92,8 @@ const SESSION_PAIRS: &[(Availability, Activity)] = &[
     (Availability::DoNotDisturb, Activity::Presenting),
 ];
 
-const PREFERRED_PAIRS: &[(Availability, Activity)] = &[
+/// The pairs `setUserPreferredPresence` accepts.
+pub const PREFERRED_PAIRS: &[(Availability, Activity)] = &[
     (Availability::Available, Activity::Available),
     (Availability::Busy, Activity::Busy),
     (Availability::DoNotDisturb, Activity::DoNotDisturb),

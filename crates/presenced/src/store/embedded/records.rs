@@ -164,8 +164,7 @@ mod tests {
     use super::*;
     use jiff::{SignedDuration, Timestamp};
     use presence_core::{
-        Activity, Availability, Command, PreferredState, SessionId, SessionState, StatusMessageInput, TenantId, Timing,
-        UserId,
+        Command, PreferredState, SessionId, SessionState, StatusMessageInput, TenantId, Timing, UserId,
     };
     use proptest::prelude::*;
 
@@ -215,13 +214,7 @@ mod tests {
         let sessions = ["app", "desktop.1", "mobile_x", "web@2"];
         Some(match step {
             Step::Set { session, pair, minutes } => {
-                let pairs = [
-                    (Availability::Available, Activity::Available),
-                    (Availability::Busy, Activity::InACall),
-                    (Availability::Busy, Activity::InAConferenceCall),
-                    (Availability::Away, Activity::Away),
-                    (Availability::DoNotDisturb, Activity::Presenting),
-                ];
+                let pairs = presence_core::state::SESSION_PAIRS;
                 let (a, b) = pairs[pair % pairs.len()];
                 Command::SetPresence {
                     session: SessionId::parse(sessions[*session as usize]).unwrap(),
@@ -233,14 +226,7 @@ mod tests {
                 session: SessionId::parse(sessions[*session as usize]).unwrap(),
             },
             Step::Prefer { pair } => {
-                let pairs = [
-                    (Availability::Available, Activity::Available),
-                    (Availability::Busy, Activity::Busy),
-                    (Availability::DoNotDisturb, Activity::DoNotDisturb),
-                    (Availability::BeRightBack, Activity::BeRightBack),
-                    (Availability::Away, Activity::Away),
-                    (Availability::Offline, Activity::OffWork),
-                ];
+                let pairs = presence_core::state::PREFERRED_PAIRS;
                 let (a, b) = pairs[pair % pairs.len()];
                 Command::SetPreferred {
                     state: PreferredState::new(a, b).ok()?,
