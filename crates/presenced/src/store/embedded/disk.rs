@@ -25,6 +25,11 @@ const CHECKPOINT_BYTES: u64 = 32 * 1024 * 1024;
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(2);
 /// Pause before retrying a failed checkpoint (a full disk, say); the log keeps everything.
 const CHECKPOINT_RETRY: Duration = Duration::from_secs(1);
+/// Size bounds of a spare (a preallocated segment). Each spare is sized from the segment it
+/// follows, so a busy log gets big ones and an idle one does not write megabytes of zeros every
+/// checkpoint interval; a segment that outgrows its spare just grows the file.
+const SPARE_MIN_BYTES: u64 = 256 * 1024;
+const SPARE_MAX_BYTES: u64 = CHECKPOINT_BYTES + 1024 * 1024;
 
 struct WalState {
     log: Wal,
@@ -177,6 +182,10 @@ struct CheckpointState {
     /// The checkpoint thread is writing a segment to redb.
     busy: bool,
     stop: bool,
+    /// The writer used (or never had) the spare and wants one of this size.
+    spare_wanted: Option<u64>,
+    /// A spare is durable and ready for the next segment.
+    spare_ready: bool,
 }
 
 impl Checkpoints {
@@ -204,6 +213,32 @@ impl Checkpoints {
         std::mem::take(&mut s.queued)
     }
 
+    /// Make segment `seq` from the spare, if one is ready. The rename happens under the lock,
+    /// which the checkpoint thread also holds when it starts filling a new spare: so a spare is
+    /// never renamed into place while zeros are still being written to it.
+    fn take_spare(&self, dir: &Path, seq: u64) -> Option<std::io::Result<Wal>> {
+        let mut s = self.lock();
+        std::mem::take(&mut s.spare_ready).then(|| Wal::from_spare(dir, seq))
+    }
+
+    /// Ask the checkpoint thread for a new spare of about `bytes`.
+    fn want_spare(&self, bytes: u64) {
+        self.lock().spare_wanted = Some(bytes.clamp(SPARE_MIN_BYTES, SPARE_MAX_BYTES));
+        self.changed.notify_all();
+    }
+
+    /// Prepare the spare the writer asked for (outside the lock: it writes and syncs megabytes).
+    /// Comes before checkpoints, which can take seconds: the writer needs the spare sooner.
+    /// A failure (a full disk) only means the next segment grows as it is written.
+    fn prepare_spare(&self, dir: &Path, bytes: u64) {
+        let prepared = wal::prepare_spare(dir, bytes);
+        if let Err(e) = &prepared {
+            tracing::warn!(error = %e, "cannot preallocate the next log segment; it will grow as written");
+            let _ = wal::remove_spare(dir);
+        }
+        self.lock().spare_ready = prepared.is_ok();
+    }
+
     /// The checkpoint thread: write each closed segment to redb, then delete it. A failure
     /// (a full disk, say) leaves the segment queued and is retried; the data is safe in the log.
     fn run(&self, redb: &Redb, dir: &Path) {
@@ -213,6 +248,13 @@ impl Checkpoints {
                 loop {
                     if s.stop {
                         return;
+                    }
+                    // A spare already waiting serves the next segment too, whatever its size.
+                    if let Some(bytes) = s.spare_wanted.take().filter(|_| !s.spare_ready) {
+                        drop(s);
+                        self.prepare_spare(dir, bytes);
+                        s = self.lock();
+                        continue;
                     }
                     if let Some(segment) = s.queued.pop_front() {
                         s.busy = true;
@@ -315,8 +357,10 @@ impl Disk {
             LoadError::Db(e) => db_err(&e),
             LoadError::Record(reason) => corrupt(reason),
         })?;
+        wal::remove_spare(dir).map_err(dir_err)?;
         let log = Wal::create(dir, next_segment).map_err(dir_err)?;
         let checkpoints = Arc::new(Checkpoints::default());
+        checkpoints.want_spare(SPARE_MIN_BYTES);
         let thread = {
             let (redb, checkpoints, dir) = (redb.clone(), checkpoints.clone(), dir.to_path_buf());
             std::thread::Builder::new()
@@ -503,8 +547,18 @@ impl Disk {
         if wal.log.is_empty() {
             return Ok(None);
         }
-        let next = Wal::create(&self.dir, wal.log.seq() + 1)?;
-        let closed = std::mem::replace(&mut wal.log, next);
+        let seq = wal.log.seq() + 1;
+        let next = match self.checkpoints.take_spare(&self.dir, seq) {
+            Some(Ok(log)) => Ok(log),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "cannot use the preallocated log segment; creating one");
+                Wal::create(&self.dir, seq)
+            }
+            None => Wal::create(&self.dir, seq),
+        };
+        // The next spare is sized for a segment like this one, with room to grow.
+        self.checkpoints.want_spare(wal.log.len() + wal.log.len() / 2);
+        let closed = std::mem::replace(&mut wal.log, next?);
         Ok(Some(closed.path().to_path_buf()))
     }
 
@@ -810,5 +864,58 @@ mod tests {
             "replayed segments are deleted; writing continues in the next one"
         );
         drop(disk);
+    }
+
+    /// Wait (bounded) until the checkpoint thread has a spare ready.
+    fn await_spare(disk: &Disk) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !disk.checkpoints.lock().spare_ready {
+            assert!(Instant::now() < deadline, "no spare was prepared");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn new_segments_are_made_from_zero_filled_spares_this_process_prepared() {
+        let dir = tempfile::tempdir().unwrap();
+        // A spare from an earlier process: its blocks may never have reached the disk, so what
+        // reads as zeros now need not after a crash. It is replaced, never used.
+        std::fs::write(dir.path().join(wal::SPARE_NAME), b"PWAL left by a crash").unwrap();
+        let (disk, _) = Disk::open(dir.path()).unwrap();
+        await_spare(&disk);
+        let spare = std::fs::read(dir.path().join(wal::SPARE_NAME)).unwrap();
+        assert_eq!(spare.len() as u64, SPARE_MIN_BYTES);
+        assert!(
+            spare.iter().all(|&b| b == 0),
+            "a fresh spare, zero-filled by this process"
+        );
+
+        let state = state_json(presence_core::Availability::Busy, presence_core::Activity::InACall);
+        let batch = Batch {
+            records: vec![Record {
+                storage_key: "t1/u1".into(),
+                state_json: state.clone(),
+                outbox: None,
+            }],
+            durable: true,
+            ..Batch::default()
+        };
+        disk.write_batch(&batch).unwrap();
+        // Closing the segment (here on demand; normally every 2 s) starts the next from the spare.
+        disk.checkpoint_now().unwrap();
+        let current = disk.lock_wal().log.path().to_path_buf();
+        assert_eq!(std::fs::metadata(&current).unwrap().len(), SPARE_MIN_BYTES);
+        disk.write_batch(&batch).unwrap();
+        assert_eq!(
+            std::fs::metadata(&current).unwrap().len(),
+            SPARE_MIN_BYTES,
+            "written in place"
+        );
+        assert_eq!(wal::read_frames(&current).unwrap().len(), 1);
+        // And the checkpoint thread prepares the next spare.
+        await_spare(&disk);
+        drop(disk);
+        let (_disk, loaded) = Disk::open(dir.path()).unwrap();
+        assert_eq!(serde_json::to_vec(&loaded.users[0].1).unwrap(), state);
     }
 }
