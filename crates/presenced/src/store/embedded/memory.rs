@@ -59,7 +59,9 @@ impl Memory {
     }
 
     pub fn version(&self, key: &UserKey) -> u64 {
-        self.get(key).map_or(0, |e| e.version)
+        // Read in place: `get` clones the state's `Arc`, two atomic updates of a count that the
+        // readers of this user share; this runs on the writer thread for every write.
+        self.read(key, |e| e.version).unwrap_or(0)
     }
 
     /// Store `entry`; returns the one it replaces.
