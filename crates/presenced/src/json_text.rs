@@ -25,10 +25,10 @@ pub fn string(out: &mut Vec<u8>, text: &str) {
     }
 }
 
-/// An optional string: the string, or `null`.
-pub fn optional_string(out: &mut Vec<u8>, text: Option<&str>) {
-    match text {
-        Some(text) => string(out, text),
+/// An optional value: `write` for `Some`, `null` for `None` (serde's `Option`).
+pub fn optional<T>(out: &mut Vec<u8>, value: Option<T>, write: impl FnOnce(&mut Vec<u8>, T)) {
+    match value {
+        Some(value) => write(out, value),
         None => out.extend_from_slice(b"null"),
     }
 }
@@ -178,6 +178,7 @@ mod tests {
             assert_eq!(ours(|o| u64(o, n)), n.to_string());
         }
         assert_eq!(ours(|o| bool(o, true)), "true");
-        assert_eq!(ours(|o| optional_string(o, None)), "null");
+        assert_eq!(ours(|o| optional(o, None::<&str>, string)), "null");
+        assert_eq!(ours(|o| optional(o, Some("x"), string)), "\"x\"");
     }
 }

@@ -263,10 +263,7 @@ impl PresenceDto {
         // Rare, and nested: serde's own output.
         serde_json::to_writer(&mut *out, &self.status_message)?;
         out.extend_from_slice(b",\"outOfOfficeSettings\":{\"message\":");
-        match &self.out_of_office_settings.message {
-            Some(message) => json_text::string(out, message),
-            None => out.extend_from_slice(b"null"),
-        }
+        json_text::optional(out, self.out_of_office_settings.message.as_deref(), json_text::string);
         out.extend_from_slice(if self.out_of_office_settings.is_out_of_office {
             b",\"isOutOfOffice\":true},\"sequenceNumber\":"
         } else {

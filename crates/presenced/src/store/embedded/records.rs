@@ -21,15 +21,9 @@ pub fn state(state: &UserPresence) -> Vec<u8> {
         session(&mut out, s);
     }
     out.extend_from_slice(b"],\"preferred\":");
-    match state.preferred() {
-        Some(p) => preferred(&mut out, p),
-        None => out.extend_from_slice(b"null"),
-    }
+    json_text::optional(&mut out, state.preferred(), preferred);
     out.extend_from_slice(b",\"status_message\":");
-    match state.status_message() {
-        Some(m) => status_message(&mut out, m),
-        None => out.extend_from_slice(b"null"),
-    }
+    json_text::optional(&mut out, state.status_message(), status_message);
     out.extend_from_slice(b",\"out_of_office\":");
     out_of_office(&mut out, state.out_of_office());
     out.extend_from_slice(b",\"sequence\":");
@@ -72,9 +66,9 @@ fn session(out: &mut Vec<u8>, s: &Session) {
     out.extend_from_slice(b",\"set_at\":");
     json_text::timestamp(out, s.set_at);
     out.extend_from_slice(b",\"idle_at\":");
-    optional_timestamp(out, s.idle_at);
+    json_text::optional(out, s.idle_at, json_text::timestamp);
     out.extend_from_slice(b",\"away_at\":");
-    optional_timestamp(out, s.away_at);
+    json_text::optional(out, s.away_at, json_text::timestamp);
     out.extend_from_slice(b",\"expires_at\":");
     json_text::timestamp(out, s.expires_at);
     out.push(b'}');
@@ -106,20 +100,19 @@ fn message(out: &mut Vec<u8>, content: &str, expiry: Option<&MessageExpiry>, pub
     out.extend_from_slice(b"{\"content\":");
     json_text::string(out, content);
     out.extend_from_slice(b",\"expiry\":");
-    match expiry {
-        Some(e) => {
-            out.extend_from_slice(b"{\"at\":");
-            json_text::timestamp(out, e.at);
-            out.extend_from_slice(b",\"date_time\":");
-            json_text::string(out, &e.date_time);
-            out.extend_from_slice(b",\"time_zone\":");
-            json_text::string(out, &e.time_zone);
-            out.push(b'}');
-        }
-        None => out.extend_from_slice(b"null"),
-    }
+    json_text::optional(out, expiry, message_expiry);
     out.extend_from_slice(b",\"published_at\":");
     json_text::timestamp(out, published_at);
+    out.push(b'}');
+}
+
+fn message_expiry(out: &mut Vec<u8>, e: &MessageExpiry) {
+    out.extend_from_slice(b"{\"at\":");
+    json_text::timestamp(out, e.at);
+    out.extend_from_slice(b",\"date_time\":");
+    json_text::string(out, &e.date_time);
+    out.extend_from_slice(b",\"time_zone\":");
+    json_text::string(out, &e.time_zone);
     out.push(b'}');
 }
 
@@ -127,7 +120,7 @@ fn out_of_office(out: &mut Vec<u8>, o: &OutOfOfficeSettings) {
     out.extend_from_slice(b"{\"is_out_of_office\":");
     json_text::bool(out, o.is_out_of_office);
     out.extend_from_slice(b",\"message\":");
-    json_text::optional_string(out, o.message.as_deref());
+    json_text::optional(out, o.message.as_deref(), json_text::string);
     out.push(b'}');
 }
 
@@ -137,26 +130,14 @@ fn view(out: &mut Vec<u8>, v: &PresenceView) {
     out.extend_from_slice(b",\"activity\":");
     json_text::string(out, v.activity.as_str());
     out.extend_from_slice(b",\"status_message\":");
-    match &v.status_message {
-        Some(StatusMessageView {
-            content,
-            expiry,
-            published_at,
-        }) => message(out, content, expiry.as_ref(), *published_at),
-        None => out.extend_from_slice(b"null"),
-    }
+    json_text::optional(out, v.status_message.as_ref(), |out, m: &StatusMessageView| {
+        message(out, &m.content, m.expiry.as_ref(), m.published_at)
+    });
     out.extend_from_slice(b",\"out_of_office\":");
     out_of_office(out, &v.out_of_office);
     out.extend_from_slice(b",\"sequence\":");
     json_text::u64(out, v.sequence.0);
     out.push(b'}');
-}
-
-fn optional_timestamp(out: &mut Vec<u8>, at: Option<jiff::Timestamp>) {
-    match at {
-        Some(at) => json_text::timestamp(out, at),
-        None => out.extend_from_slice(b"null"),
-    }
 }
 
 #[cfg(test)]
