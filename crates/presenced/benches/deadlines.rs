@@ -8,6 +8,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use jiff::{SignedDuration, Timestamp};
 use presence_core::{TenantId, UserId, UserKey};
 use presenced::store::embedded::deadlines::DeadlineIndex;
+use presenced::store::embedded::key_hash::{KeyHash, KeyHasher};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -38,11 +39,20 @@ fn deadline(i: u64) -> Timestamp {
     T0 + SignedDuration::from_millis((mix(i) % (4 * 3600 * 1000)) as i64)
 }
 
+/// Key `i` with its hash. The store hashes a key once, on the worker that queues the commit, so
+/// the timed loops below take hashes made beforehand, as the writer thread does.
+fn hashed(hasher: &KeyHasher, i: u64) -> (UserKey, KeyHash) {
+    let k = key(i);
+    let hash = hasher.hash(&k);
+    (k, hash)
+}
+
 /// An index of `n` keys `0..n` with scrambled deadlines.
-fn index(n: u64) -> DeadlineIndex {
+fn index(hasher: &KeyHasher, n: u64) -> DeadlineIndex {
     let index = DeadlineIndex::default();
     for i in 0..n {
-        index.set(&key(i), Some(deadline(i)));
+        let (k, hash) = hashed(hasher, i);
+        index.set(hash, &k, Some(deadline(i)));
     }
     index
 }
@@ -55,11 +65,17 @@ fn far_future() -> Timestamp {
 fn deadlines(c: &mut Criterion) {
     const N: u64 = 100_000;
     let mut group = c.benchmark_group("deadlines");
+    let hasher = KeyHasher::new();
 
     // Insert a key the index has not seen into an index of 100k. The keys are made before the clock
     // starts and removed after it stops, so every timed insert meets an index of ~100k.
-    let idx = index(N);
-    let fresh: Vec<(UserKey, Timestamp)> = (N..N + 50_000).map(|i| (key(i), deadline(i))).collect();
+    let idx = index(&hasher, N);
+    let fresh: Vec<(UserKey, KeyHash, Timestamp)> = (N..N + 50_000)
+        .map(|i| {
+            let (k, hash) = hashed(&hasher, i);
+            (k, hash, deadline(i))
+        })
+        .collect();
     group.bench_function("insert/100k", |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
@@ -67,12 +83,12 @@ fn deadlines(c: &mut Criterion) {
             while left > 0 {
                 let chunk = left.min(fresh.len() as u64) as usize;
                 let started = Instant::now();
-                for (k, at) in &fresh[..chunk] {
-                    black_box(idx.set(k, Some(*at)));
+                for (k, hash, at) in &fresh[..chunk] {
+                    black_box(idx.set(*hash, k, Some(*at)));
                 }
                 total += started.elapsed();
-                for (k, _) in &fresh[..chunk] {
-                    idx.set(k, None);
+                for (k, hash, _) in &fresh[..chunk] {
+                    idx.set(*hash, k, None);
                 }
                 left -= chunk as u64;
             }
@@ -80,23 +96,34 @@ fn deadlines(c: &mut Criterion) {
         })
     });
 
-    // Renew: an existing key moves to a later deadline (a keep-alive), cycling through all 100k keys.
-    let keys: Vec<UserKey> = (0..N).map(key).collect();
+    // Renew: an existing key moves to a later deadline (a keep-alive), cycling through all 100k
+    // keys. Lazy: the key's tree entry stays where it is until the sweeper reaches it.
+    let keys: Vec<(UserKey, KeyHash)> = (0..N).map(|i| hashed(&hasher, i)).collect();
     let mut round: u64 = 0;
     let base = far_future();
     group.bench_function("renew/100k", |b| {
         b.iter(|| {
             round += 1;
-            let k = &keys[(round % N) as usize];
+            let (k, hash) = &keys[(round % N) as usize];
             let later = base + SignedDuration::from_millis(round as i64);
-            black_box(idx.set(black_box(k), Some(later)))
+            black_box(idx.set(*hash, black_box(k), Some(later)))
+        })
+    });
+    // Bring forward: an existing key moves to an earlier deadline, which moves its tree entry at
+    // once (the sweeper must wake for it). Each round is earlier than the last.
+    group.bench_function("bring-forward/100k", |b| {
+        b.iter(|| {
+            round += 1;
+            let (k, hash) = &keys[(round % N) as usize];
+            let earlier = T0 - SignedDuration::from_millis(round as i64);
+            black_box(idx.set(*hash, black_box(k), Some(earlier)))
         })
     });
     drop(idx);
 
     // Pop: what the sweeper does per user, `due(now, 1)` then removing the key once handled. Popped
     // keys are put back (untimed) in chunks, so the index stays between 50k and 100k keys.
-    let idx = index(N);
+    let idx = index(&hasher, N);
     let now = far_future();
     group.bench_function("pop/100k", |b| {
         b.iter_custom(|iters| {
@@ -109,12 +136,12 @@ fn deadlines(c: &mut Criterion) {
                 for _ in 0..chunk {
                     let due = idx.due(black_box(now), 1);
                     let k = due.into_iter().next().expect("an entry is due");
-                    idx.set(&k, None);
+                    idx.set(hasher.hash(&k), &k, None);
                     popped.push(k);
                 }
                 total += started.elapsed();
                 for (i, k) in popped.drain(..).enumerate() {
-                    idx.set(&k, Some(deadline(i as u64)));
+                    idx.set(hasher.hash(&k), &k, Some(deadline(i as u64)));
                 }
                 left -= chunk;
             }
@@ -127,7 +154,7 @@ fn deadlines(c: &mut Criterion) {
     // One sweeper batch from a big index: the first 1000 due of 1M.
     let mut group = c.benchmark_group("deadlines-1M");
     group.sample_size(50);
-    let big = index(1_000_000);
+    let big = index(&hasher, 1_000_000);
     group.bench_function("due(now, 1000)/1M", |b| {
         b.iter(|| black_box(big.due(black_box(now), 1000)))
     });

@@ -966,7 +966,7 @@ fn structures(args: StructuresArgs) -> Result<()> {
     let start = SystemClock.now();
     let base = rss();
     let started = Instant::now();
-    let memory = Memory::new();
+    let memory = Memory::default();
     for i in 0..n {
         // Real time advances between commits; a microsecond per user stands in for it.
         let now = start + SignedDuration::from_micros(i as i64);
@@ -983,7 +983,8 @@ fn structures(args: StructuresArgs) -> Result<()> {
     let deadlines = DeadlineIndex::default();
     for i in 0..n {
         let at = start + SignedDuration::from_micros(i as i64) + SignedDuration::from_hours(1);
-        deadlines.set(&ids.key(i), Some(at));
+        let key = ids.key(i);
+        deadlines.set(memory.hash(&key), &key, Some(at));
     }
     let after_deadlines = rss();
     let secs = started.elapsed().as_secs_f64();

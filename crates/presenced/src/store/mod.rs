@@ -138,7 +138,9 @@ pub trait PresenceStore: Send + Sync + 'static {
     /// Users whose next deadline is at or before `now`, earliest first, at most `limit`.
     fn due(&self, now: Timestamp, limit: usize) -> impl Future<Output = Result<Vec<UserKey>, StoreError>> + Send;
 
-    /// The earliest deadline pending across all users.
+    /// The earliest deadline pending across all users, or an earlier time: a backend may answer
+    /// early (the embedded one files renewals lazily), and a sweeper woken early finds nothing
+    /// due and asks again. Never later.
     fn next_deadline(&self) -> impl Future<Output = Option<Timestamp>> + Send;
 
     /// Resolves when a commit may have moved the earliest deadline earlier, so a sleeping sweeper

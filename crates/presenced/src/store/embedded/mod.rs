@@ -8,6 +8,7 @@
 //! subscriptions for fan-out at commit time.
 pub mod deadlines;
 pub mod disk;
+pub mod key_hash;
 pub mod memory;
 pub mod records;
 pub mod subscriptions;
@@ -20,6 +21,7 @@ use crate::notify::subscription::Subscription;
 use deadlines::DeadlineIndex;
 use disk::{Disk, OpenError};
 use jiff::Timestamp;
+use key_hash::KeyHasher;
 use memory::{Entry, Memory};
 use presence_core::TenantId;
 use presence_core::UserKey;
@@ -81,7 +83,7 @@ impl EmbeddedStore {
     pub fn open(dir: &Path) -> Result<(Self, OpenReport), OpenError> {
         let (disk, loaded) = Disk::open(dir)?;
         let shared = Arc::new(Shared {
-            memory: Memory::new(),
+            memory: Memory::new(KeyHasher::new()),
             deadlines: DeadlineIndex::default(),
             deadline_moved: Notify::new(),
             ready: AtomicBool::new(false),
@@ -98,8 +100,10 @@ impl EmbeddedStore {
         let loaded_sessions: usize = loaded.users.iter().map(|(_, s)| s.sessions().len()).sum();
         shared.sessions.store(loaded_sessions as i64, Ordering::Relaxed);
         for (key, state) in loaded.users {
-            shared.deadlines.set(&key, state.next_deadline());
-            shared.memory.put(
+            let hash = shared.memory.hash(&key);
+            shared.deadlines.set(hash, &key, state.next_deadline());
+            shared.memory.put_hashed(
+                hash,
                 key,
                 Entry {
                     version: 1,
@@ -217,7 +221,7 @@ impl PresenceStore for EmbeddedStore {
 
     fn commit(&self, commit: Commit) -> impl std::future::Future<Output = Result<u64, StoreError>> + Send {
         // Not an `async fn`, for the reason given at `request`.
-        let encoded = writer::Encoded::of(&commit);
+        let encoded = writer::Encoded::of(&commit, self.shared.memory.hash(&commit.key));
         async move {
             self.request(|reply| writer::Request::Commit { commit, encoded, reply })
                 .await
@@ -232,7 +236,7 @@ impl PresenceStore for EmbeddedStore {
         let commits: Vec<(Commit, writer::Encoded)> = commits
             .into_iter()
             .map(|commit| {
-                let encoded = writer::Encoded::of(&commit);
+                let encoded = writer::Encoded::of(&commit, self.shared.memory.hash(&commit.key));
                 (commit, encoded)
             })
             .collect();

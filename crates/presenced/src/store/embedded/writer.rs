@@ -6,12 +6,14 @@
 //! subscription index, which makes the compare-and-set check exact without further locking, and
 //! lets it fan a change out to its subscribers inside the very transaction that records it.
 use super::disk::{Batch, Disk, Record};
+use super::key_hash::KeyHash;
 use super::memory::Entry;
 use super::records;
 use super::Shared;
 use crate::notify::subscription::Subscription;
 use crate::store::{Commit, Delivery, DeliveryKind, NewDelivery, StoreError};
-use presence_core::{ChangeEvent, UserKey};
+use hashbrown::HashTable;
+use presence_core::{ChangeEvent, UserKey, UserPresence};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -58,14 +60,18 @@ pub enum Request {
 /// A commit's records, serialised by the caller before it queues: JSON encoding is the largest
 /// per-write cost, and done here it runs on every core instead of on the one writer thread.
 pub struct Encoded {
+    /// The store's hash of the key, so the writer hashes nothing (`key_hash`).
+    hash: KeyHash,
     storage_key: String,
     state_json: Vec<u8>,
     event_json: Option<Vec<u8>>,
 }
 
 impl Encoded {
-    pub fn of(commit: &Commit) -> Encoded {
+    /// `hash` is the store's hash of `commit.key` (`Memory::hash`).
+    pub fn of(commit: &Commit, hash: KeyHash) -> Encoded {
         Encoded {
+            hash,
             storage_key: commit.key.storage_key(),
             state_json: records::state(&commit.state),
             event_json: commit.event.as_ref().map(|event| records::event(&commit.key, event)),
@@ -95,13 +101,39 @@ struct Pass {
     batch: Batch,
     effects: Vec<Effect>,
     new_deliveries: Vec<Delivery>,
-    /// Versions and subscriptions as this batch changes them, before they are published.
-    versions: HashMap<UserKey, u64>,
+    /// Versions as this batch changes them, before they are published: (key hash, index in
+    /// `effects` of the commit that set it, version). The key is the effect's, so none is cloned.
+    versions: HashTable<(u64, usize, u64)>,
+    /// Subscriptions as this batch changes them, before they are published.
     subscription_overlay: HashMap<String, Option<Arc<Subscription>>>,
     groups: Vec<Group>,
 }
 
 impl Pass {
+    /// The version `key` has as of this point in the batch, if the batch changed it.
+    fn version(&self, hash: KeyHash, key: &UserKey) -> Option<u64> {
+        let effects = &self.effects;
+        self.versions
+            .find(hash.0, |&(h, i, _)| {
+                h == hash.0 && effects[i].committed_key() == Some(key)
+            })
+            .map(|&(_, _, version)| version)
+    }
+
+    /// Record that the commit at `effects[index]` gave its key `version`.
+    fn set_version(&mut self, hash: KeyHash, index: usize, version: u64) {
+        let effects = &self.effects;
+        let key = effects[index].committed_key();
+        match self.versions.entry(
+            hash.0,
+            |&(h, i, _)| h == hash.0 && effects[i].committed_key() == key,
+            |&(h, _, _)| h,
+        ) {
+            hashbrown::hash_table::Entry::Occupied(mut slot) => *slot.get_mut() = (hash.0, index, version),
+            hashbrown::hash_table::Entry::Vacant(slot) => drop(slot.insert((hash.0, index, version))),
+        }
+    }
+
     fn settle(&mut self, answer: Answer, result: Result<u64, StoreError>) {
         match answer {
             Answer::One(reply) => drop(reply.send(result)),
@@ -119,11 +151,13 @@ impl Pass {
 
 /// What to do once the batch is durable, in request order.
 enum Effect {
-    // Boxed: the state is large and the other effects are small.
     Commit {
         key: UserKey,
+        hash: KeyHash,
         version: u64,
-        state: Box<presence_core::UserPresence>,
+        // Shared from here on: the memory map stores this very allocation. It also keeps the
+        // effect small, as the other effects are.
+        state: Arc<UserPresence>,
         answer: Answer,
     },
     PutSubscription {
@@ -141,6 +175,15 @@ enum Effect {
     Finish {
         reply: Reply<()>,
     },
+}
+
+impl Effect {
+    fn committed_key(&self) -> Option<&UserKey> {
+        match self {
+            Effect::Commit { key, .. } => Some(key),
+            _ => None,
+        }
+    }
 }
 
 pub struct Writer {
@@ -285,11 +328,10 @@ impl Writer {
     /// the batch with its change event and the deliveries it owes; a stale one is a conflict.
     fn accept(&mut self, pass: &mut Pass, commit: Commit, encoded: Encoded, answer: Answer) {
         let key = &commit.key;
+        let hash = encoded.hash;
         let current = pass
-            .versions
-            .get(key)
-            .copied()
-            .unwrap_or_else(|| self.shared.memory.version(key));
+            .version(hash, key)
+            .unwrap_or_else(|| self.shared.memory.version_hashed(hash, key));
         if current != commit.expected_version {
             pass.settle(answer, Err(StoreError::Conflict));
             return;
@@ -301,41 +343,42 @@ impl Writer {
                 pass.new_deliveries.push(delivery);
             }
         }
-        pass.versions.insert(key.clone(), current + 1);
         pass.batch.records.push(record);
         let Commit { key, state, .. } = commit;
         pass.effects.push(Effect::Commit {
             key,
+            hash,
             version: current + 1,
-            state: Box::new(state),
+            state: Arc::new(state),
             answer,
         });
+        pass.set_version(hash, pass.effects.len() - 1, current + 1);
     }
 
     fn publish(&self, pass: &mut Pass, effects: Vec<Effect>) {
+        // Replaced states are freed after every reply is out: a state's last reference frees all
+        // its sessions, memory that other threads allocated.
+        let mut retired = Vec::with_capacity(effects.len());
         for effect in effects {
             match effect {
                 Effect::Commit {
                     key,
+                    hash,
                     version,
                     state,
                     answer,
                 } => {
-                    let deadline = state.next_deadline();
-                    let after = state.sessions().len() as i64;
-                    let replaced = self.shared.memory.put(
-                        key.clone(),
-                        Entry {
-                            version,
-                            state: Arc::new(*state),
-                        },
-                    );
-                    let before = replaced.map_or(0, |e| e.state.sessions().len() as i64);
-                    self.shared.sessions.fetch_add(after - before, Ordering::Relaxed);
-                    if self.shared.deadlines.set(&key, deadline) {
+                    // Before the put, which takes the key. A sweeper that sees the deadline first
+                    // loads the old state and loses the compare-and-set, as in any race with a write.
+                    if self.shared.deadlines.set(hash, &key, state.next_deadline()) {
                         self.shared.deadline_moved.notify_one();
                     }
+                    let after = state.sessions().len() as i64;
+                    let replaced = self.shared.memory.put_hashed(hash, key, Entry { version, state });
+                    let before = replaced.as_ref().map_or(0, |e| e.state.sessions().len() as i64);
+                    self.shared.sessions.fetch_add(after - before, Ordering::Relaxed);
                     pass.settle(answer, Ok(version));
+                    retired.push(replaced);
                 }
                 Effect::PutSubscription { subscription, reply } => {
                     self.shared.subscriptions_mut().put(subscription);
