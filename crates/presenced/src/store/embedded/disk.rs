@@ -9,6 +9,7 @@
 //! Values are JSON: a few bytes more than a binary encoding, but a record written by one version
 //! of presenced stays readable by the next, and a damaged file can be inspected by hand.
 use super::super::{Delivery, OutboxEntry};
+use super::direct_io::IoMode;
 use super::wal::{self, Wal};
 use crate::notify::subscription::Subscription;
 use presence_core::{ChangeEvent, UserKey, UserPresence};
@@ -184,8 +185,8 @@ struct CheckpointState {
     stop: bool,
     /// The writer used (or never had) the spare and wants one of this size.
     spare_wanted: Option<u64>,
-    /// A spare is durable and ready for the next segment.
-    spare_ready: bool,
+    /// A spare is durable and ready for the next segment, to be written in this mode.
+    spare_ready: Option<IoMode>,
 }
 
 impl Checkpoints {
@@ -218,7 +219,7 @@ impl Checkpoints {
     /// never renamed into place while zeros are still being written to it.
     fn take_spare(&self, dir: &Path, seq: u64) -> Option<std::io::Result<Wal>> {
         let mut s = self.lock();
-        std::mem::take(&mut s.spare_ready).then(|| Wal::from_spare(dir, seq))
+        s.spare_ready.take().map(|mode| Wal::from_spare(dir, seq, mode))
     }
 
     /// Ask the checkpoint thread for a new spare of about `bytes`.
@@ -236,7 +237,7 @@ impl Checkpoints {
             tracing::warn!(error = %e, "cannot preallocate the next log segment; it will grow as written");
             let _ = wal::remove_spare(dir);
         }
-        self.lock().spare_ready = prepared.is_ok();
+        self.lock().spare_ready = prepared.ok();
     }
 
     /// The checkpoint thread: write each closed segment to redb, then delete it. A failure
@@ -250,7 +251,7 @@ impl Checkpoints {
                         return;
                     }
                     // A spare already waiting serves the next segment too, whatever its size.
-                    if let Some(bytes) = s.spare_wanted.take().filter(|_| !s.spare_ready) {
+                    if let Some(bytes) = s.spare_wanted.take().filter(|_| s.spare_ready.is_none()) {
                         drop(s);
                         self.prepare_spare(dir, bytes);
                         s = self.lock();
@@ -869,7 +870,7 @@ mod tests {
     /// Wait (bounded) until the checkpoint thread has a spare ready.
     fn await_spare(disk: &Disk) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !disk.checkpoints.lock().spare_ready {
+        while disk.checkpoints.lock().spare_ready.is_none() {
             assert!(Instant::now() < deadline, "no spare was prepared");
             std::thread::sleep(Duration::from_millis(5));
         }

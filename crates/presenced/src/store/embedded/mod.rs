@@ -7,6 +7,7 @@
 //! fdatasync'd; a background thread checkpoints closed log segments into redb and deletes them. [`subscriptions`] indexes change-notification
 //! subscriptions for fan-out at commit time.
 pub mod deadlines;
+pub mod direct_io;
 pub mod disk;
 pub mod key_hash;
 pub mod memory;

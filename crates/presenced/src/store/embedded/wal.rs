@@ -18,6 +18,11 @@
 //! and a write's CPU down ~9%, for ~9% more writes per second at 64 connections (BENCHMARKS.md
 //! §1). A segment's end is therefore the first frame not followed by any valid one, not the
 //! file's length (see [`read_frames`]).
+//!
+//! Where the filesystem allows it, spares are filled and segments made from them appended to
+//! with direct I/O ([`direct_io`](super::direct_io)): the data reaches the disk during the write,
+//! and the `fdatasync` is only the flush of the disk's cache.
+use super::direct_io::{self, BlockAppender, IoMode};
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -89,17 +94,30 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Fill a new spare with `bytes` zeros and make it durable, replacing any older spare. Only a
-/// spare this process prepared is used: one left by a crash could hold blocks that never reached
-/// the disk, and this filesystem may show such blocks with stale contents instead of zeros.
-pub fn prepare_spare(dir: &Path, bytes: u64) -> std::io::Result<()> {
+/// Fill a new spare with about `bytes` zeros and make it durable, replacing any older spare.
+/// Only a spare this process prepared is used: one left by a crash could hold blocks that never
+/// reached the disk, and this filesystem may show such blocks with stale contents instead of
+/// zeros. Direct I/O is tried first; the answer says which worked, and so how the segment made
+/// from this spare is to be written.
+pub fn prepare_spare(dir: &Path, bytes: u64) -> std::io::Result<IoMode> {
     let path = dir.join(SPARE_NAME);
-    let mut file = OpenOptions::new().create(true).write(true).truncate(true).open(&path)?;
-    let zeros = vec![0u8; 1 << 20];
+    // Whole blocks, so every direct write of zeros is aligned.
+    let bytes = bytes.next_multiple_of(direct_io::BLOCK as u64);
+    if fill_with_zeros(&path, bytes, IoMode::Direct).is_ok() {
+        return Ok(IoMode::Direct);
+    }
+    // No direct I/O here (or a real error, which the buffered attempt meets and reports).
+    fill_with_zeros(&path, bytes, IoMode::Buffered)?;
+    Ok(IoMode::Buffered)
+}
+
+fn fill_with_zeros(path: &Path, bytes: u64, mode: IoMode) -> std::io::Result<()> {
+    let mut file = direct_io::open_options(mode).create(true).truncate(true).open(path)?;
+    let zeros = direct_io::AlignedBuf::zeroed(1 << 20);
     let mut left = bytes;
     while left > 0 {
         let n = left.min(zeros.len() as u64) as usize;
-        file.write_all(&zeros[..n])?;
+        file.write_all(&zeros.as_slice()[..n])?;
         left -= n as u64;
     }
     file.sync_all()
@@ -120,6 +138,8 @@ pub struct Wal {
     seq: u64,
     /// Bytes of frames written; the file may be longer (zeros, when preallocated).
     len: u64,
+    /// Set when the file was opened for direct I/O.
+    direct: Option<BlockAppender>,
 }
 
 impl Wal {
@@ -134,22 +154,30 @@ impl Wal {
             path,
             seq,
             len: 0,
+            direct: None,
         })
     }
 
-    /// Make segment `seq` from the spare [`prepare_spare`] made durable in this process (the
-    /// rename is made durable before anything is acknowledged from the segment, as in `create`).
-    pub fn from_spare(dir: &Path, seq: u64) -> std::io::Result<Wal> {
+    /// Make segment `seq` from the spare [`prepare_spare`] made durable in this process, written
+    /// in the `mode` it answered (the rename is made durable before anything is acknowledged
+    /// from the segment, as in `create`).
+    pub fn from_spare(dir: &Path, seq: u64, mode: IoMode) -> std::io::Result<Wal> {
         let path = segment_path(dir, seq);
         std::fs::rename(dir.join(SPARE_NAME), &path)?;
         sync_dir(dir)?;
-        let file = OpenOptions::new().write(true).open(&path)?;
+        let file = direct_io::open_options(mode).open(&path)?;
         Ok(Wal {
             file,
             path,
             seq,
             len: 0,
+            direct: (mode == IoMode::Direct).then(BlockAppender::default),
         })
+    }
+
+    /// Whether appends bypass the page cache.
+    pub fn is_direct(&self) -> bool {
+        self.direct.is_some()
     }
 
     pub fn seq(&self) -> u64 {
@@ -179,8 +207,11 @@ impl Wal {
         header[..4].copy_from_slice(&MAGIC);
         header[4..8].copy_from_slice(&len.to_le_bytes());
         header[8..].copy_from_slice(&crc32(payload).to_le_bytes());
-        // Header and payload in one vectored write: no copy of the payload into a frame buffer.
-        let mut written = write_both(&mut self.file, &header, payload);
+        let mut written = match &mut self.direct {
+            Some(appender) => appender.append(&self.file, self.len, &[&header, payload]),
+            // Header and payload in one vectored write: no copy of the payload into a frame buffer.
+            None => write_both(&mut self.file, &header, payload),
+        };
         if sync {
             written = written.and_then(|()| self.file.sync_data());
         }
@@ -357,10 +388,21 @@ mod tests {
         ));
     }
 
-    /// A segment made from a spare of `bytes` zeros, holding `frames`.
-    fn preallocated(dir: &Path, bytes: u64, frames: &[&[u8]]) -> Wal {
+    /// Both ways a segment made from a spare can be written: direct I/O where this filesystem
+    /// has it (what `prepare_spare` answers), and buffered, the fallback.
+    fn modes(dir: &Path) -> Vec<IoMode> {
+        let mut modes = vec![prepare_spare(dir, 4096).unwrap()];
+        if modes[0] == IoMode::Direct {
+            modes.push(IoMode::Buffered);
+        }
+        modes
+    }
+
+    /// A segment made from a spare of `bytes` zeros, written in `mode`, holding `frames`.
+    fn preallocated(dir: &Path, bytes: u64, mode: IoMode, frames: &[&[u8]]) -> Wal {
         prepare_spare(dir, bytes).unwrap();
-        let mut wal = Wal::from_spare(dir, 3).unwrap();
+        let mut wal = Wal::from_spare(dir, 3, mode).unwrap();
+        assert_eq!(wal.is_direct(), mode == IoMode::Direct);
         for frame in frames {
             wal.append(frame, true).unwrap();
         }
@@ -369,22 +411,46 @@ mod tests {
 
     #[test]
     fn a_preallocated_segment_is_written_in_place_and_ends_where_the_zeros_start() {
-        let dir = tempfile::tempdir().unwrap();
-        let wal = preallocated(dir.path(), 64 * 1024, &[b"first", b"second"]);
-        assert!(!dir.path().join(SPARE_NAME).exists(), "the spare became the segment");
-        assert_eq!(
-            std::fs::metadata(wal.path()).unwrap().len(),
-            64 * 1024,
-            "frames overwrite zeros; the file does not grow (so an fdatasync need not write its size)"
-        );
-        let frames: Vec<Vec<u8>> = read_frames(wal.path()).unwrap().frames().map(<[u8]>::to_vec).collect();
-        assert_eq!(frames, vec![b"first".to_vec(), b"second".to_vec()]);
+        for mode in modes(tempfile::tempdir().unwrap().path()) {
+            let dir = tempfile::tempdir().unwrap();
+            let wal = preallocated(dir.path(), 64 * 1024, mode, &[b"first", b"second"]);
+            assert!(!dir.path().join(SPARE_NAME).exists(), "the spare became the segment");
+            assert_eq!(
+                std::fs::metadata(wal.path()).unwrap().len(),
+                64 * 1024,
+                "{mode:?}: frames overwrite zeros; the file does not grow (so an fdatasync need not write its size)"
+            );
+            let frames: Vec<Vec<u8>> = read_frames(wal.path()).unwrap().frames().map(<[u8]>::to_vec).collect();
+            assert_eq!(frames, vec![b"first".to_vec(), b"second".to_vec()], "{mode:?}");
+        }
+    }
+
+    /// Frames of every size, across block boundaries and past the preallocated end, read back
+    /// whole: in direct mode each append rewrites the partly filled last block.
+    #[test]
+    fn frames_of_any_size_read_back_in_either_mode() {
+        for mode in modes(tempfile::tempdir().unwrap().path()) {
+            let dir = tempfile::tempdir().unwrap();
+            let sizes = [1usize, 4083, 4084, 4085, 9000, 12, 20_000, 3];
+            let payloads: Vec<Vec<u8>> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| (0..n).map(|j| (i * 31 + j) as u8).collect())
+                .collect();
+            let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+            let wal = preallocated(dir.path(), 16 * 1024, mode, &refs);
+            let expected: u64 = sizes.iter().map(|n| (HEADER + n) as u64).sum();
+            assert_eq!(wal.len(), expected);
+            let frames: Vec<Vec<u8>> = read_frames(wal.path()).unwrap().frames().map(<[u8]>::to_vec).collect();
+            assert_eq!(frames, payloads, "{mode:?}");
+        }
     }
 
     #[test]
     fn a_torn_frame_before_the_zeros_is_dropped_but_damage_before_a_valid_frame_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = preallocated(dir.path(), 64 * 1024, &[b"first", b"second"]);
+        let mode = prepare_spare(dir.path(), 4096).unwrap();
+        let wal = preallocated(dir.path(), 64 * 1024, mode, &[b"first", b"second"]);
         let path = wal.path().to_path_buf();
         let end = 2 * HEADER + 11;
         // A crash in the middle of a third append: its header and part of its payload.
@@ -400,19 +466,29 @@ mod tests {
 
     #[test]
     fn after_a_failed_append_the_next_frame_follows_the_last_complete_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut wal = preallocated(dir.path(), 64 * 1024, &[b"first"]);
-        // A write that failed halfway (a full disk, say) left part of a frame behind.
-        wal.file.write_all(b"PWAL\x10\x00\x00\x00half").unwrap();
-        wal.cut_back();
-        wal.append(b"second", true).unwrap();
-        let frames: Vec<Vec<u8>> = read_frames(wal.path()).unwrap().frames().map(<[u8]>::to_vec).collect();
-        assert_eq!(frames, vec![b"first".to_vec(), b"second".to_vec()]);
-        assert_eq!(
-            std::fs::metadata(wal.path()).unwrap().len(),
-            wal.len(),
-            "the zeros went with the cut; the segment now grows as written"
-        );
+        use std::os::unix::fs::FileExt;
+        for mode in modes(tempfile::tempdir().unwrap().path()) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut wal = preallocated(dir.path(), 64 * 1024, mode, &[b"first"]);
+            // A write that failed halfway (a full disk, say) left part of a frame behind.
+            let other = OpenOptions::new().write(true).open(wal.path()).unwrap();
+            other.write_all_at(b"PWAL\x10\x00\x00\x00half", wal.len()).unwrap();
+            other.sync_all().unwrap();
+            wal.cut_back();
+            wal.append(b"second", true).unwrap();
+            let frames: Vec<Vec<u8>> = read_frames(wal.path()).unwrap().frames().map(<[u8]>::to_vec).collect();
+            assert_eq!(frames, vec![b"first".to_vec(), b"second".to_vec()], "{mode:?}");
+            // Direct writes are whole blocks, so the file ends at the next block boundary.
+            let grows_to = match mode {
+                IoMode::Direct => wal.len().next_multiple_of(direct_io::BLOCK as u64),
+                IoMode::Buffered => wal.len(),
+            };
+            assert_eq!(
+                std::fs::metadata(wal.path()).unwrap().len(),
+                grows_to,
+                "{mode:?}: the zeros went with the cut; the segment now grows as written"
+            );
+        }
     }
 
     #[test]
