@@ -107,6 +107,21 @@ impl UserPresence {
     /// Apply a command at `now`. Transitions already due are applied first, so a session that
     /// expired a moment ago is gone (and clearing it is `SessionNotFound`). On error `self` is unchanged.
     pub fn apply(&mut self, command: Command, now: Timestamp, timing: &Timing) -> Result<Outcome, CommandError> {
+        let (next, outcome) = self.applied(&command, now, timing)?;
+        *self = next;
+        Ok(outcome)
+    }
+
+    /// What [`apply`](Self::apply) would make of this state, leaving it as it is. A server holds
+    /// the current state shared with its readers until the new one is committed, so it wants the
+    /// new state beside the old, made with one copy. The command is borrowed, so a caller that
+    /// retries (a lost compare-and-set) keeps it without copying it per attempt.
+    pub fn applied(
+        &self,
+        command: &Command,
+        now: Timestamp,
+        timing: &Timing,
+    ) -> Result<(UserPresence, Outcome), CommandError> {
         let before = self.view();
         let mut next = self.clone();
         next.apply_due(now);
@@ -115,8 +130,7 @@ impl UserPresence {
         // A user typically has one or two sessions; the first push reserves four. Millions of
         // users are held in memory, so keep exactly what is used.
         next.sessions.shrink_to_fit();
-        *self = next;
-        Ok(Outcome { change })
+        Ok((next, Outcome { change }))
     }
 
     /// Apply every transition due at or before `now`. The change, if any, is stamped with the
@@ -222,7 +236,7 @@ impl UserPresence {
         latest
     }
 
-    fn execute(&mut self, command: Command, now: Timestamp, timing: &Timing) -> Result<(), CommandError> {
+    fn execute(&mut self, command: &Command, now: Timestamp, timing: &Timing) -> Result<(), CommandError> {
         match command {
             Command::SetPresence {
                 session,
@@ -230,43 +244,55 @@ impl UserPresence {
                 expiration,
             } => {
                 let fades = state.availability == Availability::Available;
-                let fresh = Session {
-                    id: session,
-                    state,
-                    stage: FadeStage::Active,
-                    set_at: now,
-                    idle_at: fades.then(|| now + timing.fade_after),
-                    away_at: fades.then(|| now + timing.fade_after * 2),
-                    expires_at: now + expiration,
+                // Everything but the id, which a renewed session keeps (no copy of it).
+                let renew = |s: &mut Session| {
+                    s.state = *state;
+                    s.stage = FadeStage::Active;
+                    s.set_at = now;
+                    s.idle_at = fades.then(|| now + timing.fade_after);
+                    s.away_at = fades.then(|| now + timing.fade_after * 2);
+                    s.expires_at = now + *expiration;
                 };
                 let count = self.sessions.len();
-                match self.sessions.iter_mut().find(|s| s.id == fresh.id) {
-                    Some(existing) => *existing = fresh,
+                match self.sessions.iter_mut().find(|s| s.id == *session) {
+                    Some(existing) => renew(existing),
                     None if count >= MAX_SESSIONS_PER_USER => {
                         return Err(CommandError::TooManySessions {
                             max: MAX_SESSIONS_PER_USER,
                         })
                     }
-                    None => self.sessions.push(fresh),
+                    None => {
+                        let mut fresh = Session {
+                            id: session.clone(),
+                            state: *state,
+                            stage: FadeStage::Active,
+                            set_at: now,
+                            idle_at: None,
+                            away_at: None,
+                            expires_at: now,
+                        };
+                        renew(&mut fresh);
+                        self.sessions.push(fresh);
+                    }
                 }
             }
             Command::ClearPresence { session } => {
-                let index = self.sessions.iter().position(|s| s.id == session);
+                let index = self.sessions.iter().position(|s| s.id == *session);
                 match index {
                     Some(i) => drop(self.sessions.remove(i)),
-                    None => return Err(CommandError::SessionNotFound(session)),
+                    None => return Err(CommandError::SessionNotFound(session.clone())),
                 }
             }
             Command::SetPreferred { state, expiration } => {
                 self.preferred = Some(Preferred {
-                    state,
-                    expires_at: now + expiration,
+                    state: *state,
+                    expires_at: now + *expiration,
                 });
             }
             Command::ClearPreferred => self.preferred = None,
             Command::SetStatusMessage(None) => self.status_message = None,
             Command::SetStatusMessage(Some(input)) => {
-                let (content, expiry) = input.into_parts();
+                let (content, expiry) = input.clone().into_parts();
                 if let Some(e) = expiry.as_ref().filter(|e| e.at <= now) {
                     return Err(CommandError::ExpiryInPast(e.at));
                 }
@@ -286,7 +312,7 @@ impl UserPresence {
                         max: MAX_OUT_OF_OFFICE_MESSAGE_CHARS,
                     });
                 }
-                self.out_of_office = settings;
+                self.out_of_office = settings.clone();
             }
         }
         Ok(())

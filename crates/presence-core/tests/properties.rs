@@ -81,6 +81,39 @@ proptest! {
         prop_assert_eq!((a.view().availability, a.view().activity), (b.view().availability, b.view().activity));
     }
 
+    /// Renewing a session (setPresence on an id the user already has) leaves the user exactly as
+    /// clearing it and setting it afresh would: a renewal updates the session in place, keeping
+    /// its id, and must not keep anything else from before. `applied` leaves the state it is
+    /// asked about as it was.
+    #[test]
+    fn a_renewal_is_a_fresh_session(ops in prop::collection::vec(op(), 1..10), renew in op(), later in 0i64..3_600) {
+        let timing = Timing::default();
+        let u = run(&ops, &timing);
+        let before = u.clone();
+        let last = ops.iter().map(|o| o.offset).max().unwrap_or(0);
+        let at = t0() + SignedDuration::from_secs(last + later);
+        let set = command(&Op { clear: false, ..renew.clone() });
+        let Ok((renewed, _)) = u.applied(&set, at, &timing) else {
+            return Ok(()); // too many sessions: nothing to compare
+        };
+        prop_assert_eq!(&u, &before);
+        let clear = Command::ClearPresence { session: SessionId::parse(&format!("s{}", renew.session)).unwrap() };
+        let cleared = u.applied(&clear, at, &timing).map(|(c, _)| c).unwrap_or_else(|_| u.clone());
+        let (fresh, _) = cleared.applied(&set, at, &timing).unwrap();
+        let sorted = |p: &UserPresence| {
+            let mut s = p.sessions().to_vec();
+            s.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+            s
+        };
+        prop_assert_eq!(sorted(&renewed), sorted(&fresh));
+        for probe in [0i64, 299, 300, 600, 3_600, 20_000] {
+            let t = at + SignedDuration::from_secs(probe);
+            let (a, b) = (renewed.view_at(t), fresh.view_at(t));
+            prop_assert_eq!((a.availability, a.activity), (b.availability, b.activity));
+        }
+        prop_assert_eq!(renewed.next_deadline(), fresh.next_deadline());
+    }
+
     /// Between `now` and `next_deadline()` the view is constant; at the deadline something changes
     /// in the state (a stage, a removal), so the deadline is never spurious.
     #[test]

@@ -65,8 +65,8 @@ impl<S: PresenceStore> PresenceService<S> {
         let _guard = self.lock(key).await;
         for _ in 0..MAX_CONFLICT_RETRIES {
             let loaded = self.store.load(key).await?;
-            let mut state = (*loaded.state).clone();
-            let outcome = state.apply(command.clone(), self.clock.now(), &self.timing)?;
+            // One copy of the state, made by the core; the loaded one stays shared with readers.
+            let (state, outcome) = loaded.state.applied(&command, self.clock.now(), &self.timing)?;
             if state == *loaded.state {
                 return Ok(());
             }

@@ -188,6 +188,34 @@ async fn durations_in_every_sdk_form_are_accepted() {
     }
 }
 
+/// Write bodies borrow their strings from the request where they can; a value with JSON escapes
+/// is decoded instead, and means the same as the unescaped text.
+#[tokio::test]
+async fn escaped_strings_in_write_bodies_mean_what_they_decode_to() {
+    let server = Server::start(&[]);
+    let app = server.app_token(&["Presence.ReadWrite.All"]);
+    let body = r#"{"sessionId":"s\u0031","availability":"B\u0075sy","activity":"InA\u0043all","expirationDuration":"PT\u0035M"}"#;
+    let r = raw(
+        &server,
+        Method::POST,
+        &action(&server, "setPresence"),
+        &app,
+        Some("application/json"),
+        body,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let presence = get(&server.url(&format!("/v1.0/users/{USER}/presence")), &app).await;
+    assert_eq!(presence.json()["availability"], "Busy", "{}", presence.text);
+    assert_eq!(presence.json()["activity"], "InACall");
+    let cleared = post(&action(&server, "clearPresence"), &app, json!({ "sessionId": "s1" })).await;
+    assert_eq!(cleared.status, 200, "the escaped id named session s1: {}", cleared.text);
+    let body = r#"{"availability":"Do\u004eotDisturb","activity":"DoNotDisturb","expirationDuration":"PT1H"}"#;
+    let url = action(&server, "setUserPreferredPresence");
+    let r = raw(&server, Method::POST, &url, &app, Some("application/json"), body).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+}
+
 #[tokio::test]
 async fn status_message_validation() {
     let server = Server::start(&[]);

@@ -2,14 +2,16 @@
 use super::error::ApiError;
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap};
-use serde::de::DeserializeOwned;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::Deserialize;
 
 /// The largest legitimate body is `getPresencesByUserId` with 650 ids of up to 128 characters
 /// (~90 KB); 256 KiB leaves room for whitespace and future fields while capping what one
 /// request can make the server buffer.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
-/// Read the whole body, refusing early on a declared length over the limit.
+/// Read the whole body, refusing early on a declared length over the limit. A body that arrives
+/// in one piece (every SDK request) is returned as that piece: no collecting buffer, no copy.
 pub async fn read(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -18,19 +20,31 @@ pub async fn read(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return Err(ApiError::payload_too_large(MAX_BODY_BYTES));
     }
-    axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if too_large {
-            ApiError::payload_too_large(MAX_BODY_BYTES)
-        } else {
-            ApiError::bad_request("The request body could not be read.")
+    let mut body = Limited::new(body, MAX_BODY_BYTES);
+    let mut first = Bytes::new();
+    let mut joined: Option<Vec<u8>> = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            if e.is::<LengthLimitError>() {
+                ApiError::payload_too_large(MAX_BODY_BYTES)
+            } else {
+                ApiError::bad_request("The request body could not be read.")
+            }
+        })?;
+        // Trailers carry nothing a Graph request uses.
+        let Ok(data) = frame.into_data() else { continue };
+        match &mut joined {
+            Some(all) => all.extend_from_slice(&data),
+            None if first.is_empty() => first = data,
+            None => joined = Some([&first[..], &data[..]].concat()),
         }
-    })
+    }
+    Ok(joined.map_or(first, Bytes::from))
 }
 
 /// Decode a JSON body. `None` for an empty body lets actions that take no parameters accept
 /// the SDKs' body-less POST; others turn it into "body required".
-pub fn json<T: DeserializeOwned>(headers: &HeaderMap, bytes: &Bytes) -> Result<Option<T>, ApiError> {
+pub fn json<'a, T: Deserialize<'a>>(headers: &HeaderMap, bytes: &'a Bytes) -> Result<Option<T>, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }

@@ -13,28 +13,94 @@ use presence_core::{
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct SetPresenceBody {
-    pub session_id: Option<String>,
-    pub availability: Option<String>,
-    pub activity: Option<String>,
-    pub expiration_duration: Option<String>,
+// The write bodies borrow their strings from the request body (see `Text`).
+/// A string field of a request body, borrowed from the body unless it has JSON escapes. Each one
+/// is parsed into a core type at once, so an owned copy was an allocation per field (four per
+/// setPresence) for nothing. serde's own `Cow<str>` support borrows only for a bare `Cow` field,
+/// never inside an `Option`, hence this type.
+#[derive(Debug)]
+pub struct Text<'a>(Cow<'a, str>);
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Text<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(text)))
+            }
+
+            fn visit_str<E>(self, text: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(text.to_owned())))
+            }
+
+            fn visit_string<E>(self, text: String) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(text)))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
+}
+
+/// Documented as the string it is.
+impl JsonSchema for Text<'_> {
+    fn schema_name() -> Cow<'static, str> {
+        String::schema_name()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        String::json_schema(generator)
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct ClearPresenceBody {
-    pub session_id: Option<String>,
+pub struct SetPresenceBody<'a> {
+    #[serde(borrow)]
+    pub session_id: Option<Text<'a>>,
+    #[serde(borrow)]
+    pub availability: Option<Text<'a>>,
+    #[serde(borrow)]
+    pub activity: Option<Text<'a>>,
+    #[serde(borrow)]
+    pub expiration_duration: Option<Text<'a>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct SetPreferredBody {
-    pub availability: Option<String>,
-    pub activity: Option<String>,
-    pub expiration_duration: Option<String>,
+pub struct ClearPresenceBody<'a> {
+    #[serde(borrow)]
+    pub session_id: Option<Text<'a>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SetPreferredBody<'a> {
+    #[serde(borrow)]
+    pub availability: Option<Text<'a>>,
+    #[serde(borrow)]
+    pub activity: Option<Text<'a>>,
+    #[serde(borrow)]
+    pub expiration_duration: Option<Text<'a>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -82,13 +148,11 @@ pub struct GetPresencesBody {
     pub ids: Option<Vec<String>>,
 }
 
-fn required<'a>(value: &'a Option<String>, graph_name: &str) -> Result<&'a str, ApiError> {
-    value
-        .as_deref()
-        .ok_or_else(|| ApiError::invalid_argument(format!("[{graph_name}]: The {graph_name} field is required.")))
+fn required<'a>(value: Option<&'a str>, graph_name: &str) -> Result<&'a str, ApiError> {
+    value.ok_or_else(|| ApiError::invalid_argument(format!("[{graph_name}]: The {graph_name} field is required.")))
 }
 
-fn pair(availability: &Option<String>, activity: &Option<String>) -> Result<(Availability, Activity), ApiError> {
+fn pair(availability: Option<&str>, activity: Option<&str>) -> Result<(Availability, Activity), ApiError> {
     let availability = Availability::parse(required(availability, "Availability")?)
         .map_err(|e| ApiError::invalid_argument(e.to_string()))?;
     let activity =
@@ -96,29 +160,28 @@ fn pair(availability: &Option<String>, activity: &Option<String>) -> Result<(Ava
     Ok((availability, activity))
 }
 
-pub fn duration(raw: &Option<String>) -> Result<Option<jiff::SignedDuration>, ApiError> {
-    raw.as_deref()
-        .map(|text| {
-            parse_wire_duration(text)
-                .map_err(|e| ApiError::invalid_argument(format!("The provided [ExpirationDuration] is invalid: {e}")))
-        })
-        .transpose()
+pub fn duration(raw: Option<&str>) -> Result<Option<jiff::SignedDuration>, ApiError> {
+    raw.map(|text| {
+        parse_wire_duration(text)
+            .map_err(|e| ApiError::invalid_argument(format!("The provided [ExpirationDuration] is invalid: {e}")))
+    })
+    .transpose()
 }
 
-pub fn session_id(raw: &Option<String>) -> Result<SessionId, ApiError> {
+pub fn session_id(raw: Option<&str>) -> Result<SessionId, ApiError> {
     SessionId::parse(required(raw, "SessionId")?).map_err(|e| ApiError::invalid_argument(format!("[SessionId]: {e}.")))
 }
 
-impl SetPresenceBody {
+impl SetPresenceBody<'_> {
     pub fn session_state(&self) -> Result<SessionState, ApiError> {
-        let (availability, activity) = pair(&self.availability, &self.activity)?;
+        let (availability, activity) = pair(self.availability.as_deref(), self.activity.as_deref())?;
         SessionState::new(availability, activity).map_err(|e| ApiError::invalid_argument(e.to_string()))
     }
 }
 
-impl SetPreferredBody {
+impl SetPreferredBody<'_> {
     pub fn preferred_state(&self) -> Result<PreferredState, ApiError> {
-        let (availability, activity) = pair(&self.availability, &self.activity)?;
+        let (availability, activity) = pair(self.availability.as_deref(), self.activity.as_deref())?;
         PreferredState::new(availability, activity).map_err(|e| ApiError::invalid_argument(e.to_string()))
     }
 }

@@ -180,10 +180,10 @@ fn command(state: &AppState, action: PresenceAction, headers: &HeaderMap, bytes:
     Ok(match action {
         PresenceAction::SetPresence => {
             let b: SetPresenceBody = body::required(body::json(headers, bytes)?)?;
-            let session = dto::session_id(&b.session_id)?;
+            let session = dto::session_id(b.session_id.as_deref())?;
             let state = b.session_state()?;
             let expiration = timing
-                .session_expiration(dto::duration(&b.expiration_duration)?)
+                .session_expiration(dto::duration(b.expiration_duration.as_deref())?)
                 .map_err(range)?;
             Command::SetPresence {
                 session,
@@ -194,14 +194,14 @@ fn command(state: &AppState, action: PresenceAction, headers: &HeaderMap, bytes:
         PresenceAction::ClearPresence => {
             let b: ClearPresenceBody = body::required(body::json(headers, bytes)?)?;
             Command::ClearPresence {
-                session: dto::session_id(&b.session_id)?,
+                session: dto::session_id(b.session_id.as_deref())?,
             }
         }
         PresenceAction::SetUserPreferredPresence => {
             let b: SetPreferredBody = body::required(body::json(headers, bytes)?)?;
             let state = b.preferred_state()?;
             let expiration = timing
-                .preferred_expiration(state, dto::duration(&b.expiration_duration)?)
+                .preferred_expiration(state, dto::duration(b.expiration_duration.as_deref())?)
                 .map_err(range)?;
             Command::SetPreferred { state, expiration }
         }

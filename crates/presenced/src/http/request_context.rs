@@ -10,7 +10,7 @@ use super::AppState;
 use crate::metrics::Metrics;
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use std::future::Future;
 use std::sync::Arc;
@@ -48,7 +48,8 @@ pub fn entry(
             super::graph(state, request).await
         };
         record(&state.metrics, route, &method, response.status(), started);
-        let request_id = next_request_id();
+        let mut id_text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let request_id: &str = next_request_id().encode_lower(&mut id_text);
         if let Some(payload) = response.extensions_mut().remove::<ErrorPayload>() {
             let status = response.status().as_u16();
             let path = uri.path();
@@ -57,14 +58,14 @@ pub fn entry(
             } else {
                 tracing::info!(%request_id, %method, path, status, code = payload.code, "request failed");
             }
-            render_error(&mut response, &payload, &request_id, client_request_id.as_ref());
+            render_error(&mut response, &payload, request_id, client_request_id.as_ref());
         }
         let headers = response.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(&request_id) {
-            headers.insert("request-id", v);
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            headers.insert(REQUEST_ID, v);
         }
         if let Some(v) = client_request_id {
-            headers.insert("client-request-id", v);
+            headers.insert(CLIENT_REQUEST_ID, v);
         }
         Ok(response)
     }
@@ -115,14 +116,19 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
+// Names made once: a name given as a string is copied into a new buffer on every insert.
+const REQUEST_ID: HeaderName = HeaderName::from_static("request-id");
+const CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("client-request-id");
+
 /// A unique GUID-shaped request id without a random-number syscall per request: a random
-/// per-process prefix plus a counter. Unique is all a request id needs to be.
-fn next_request_id() -> String {
+/// per-process prefix plus a counter. Unique is all a request id needs to be. Written into the
+/// caller's buffer, not a `String` grown through the formatter.
+fn next_request_id() -> uuid::fmt::Hyphenated {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
     static PREFIX: OnceLock<u64> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let prefix = *PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    uuid::Uuid::from_u64_pair(prefix, n).hyphenated().to_string()
+    uuid::Uuid::from_u64_pair(prefix, n).hyphenated()
 }
