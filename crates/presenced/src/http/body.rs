@@ -1,5 +1,6 @@
 //! Reading request bodies: size limit, content type, and JSON decoding into Graph-style 4xx errors.
 use super::error::ApiError;
+use super::flat_json;
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -45,6 +46,36 @@ pub async fn read(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
 /// Decode a JSON body. `None` for an empty body lets actions that take no parameters accept
 /// the SDKs' body-less POST; others turn it into "body required".
 pub fn json<'a, T: Deserialize<'a>>(headers: &HeaderMap, bytes: &'a Bytes) -> Result<Option<T>, ApiError> {
+    let Some(object) = object(headers, bytes)? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(object)
+        .map(Some)
+        .map_err(|e| ApiError::bad_request(format!("The request body is not valid: {e}.")))
+}
+
+/// A body type that can be read from a flat object of strings without serde ([`flat_json`]).
+pub trait FlatBody<'a>: Deserialize<'a> {
+    /// The body these members make; `None` leaves the body to serde.
+    fn from_members(members: &flat_json::Members<'a>) -> Option<Self>;
+}
+
+/// [`json`], taking the fast path when the body is a flat object of plain strings (what every
+/// SDK sends for the write actions) and serde otherwise, with serde's errors.
+pub fn flat_json<'a, T: FlatBody<'a>>(headers: &HeaderMap, bytes: &'a Bytes) -> Result<Option<T>, ApiError> {
+    let Some(object) = object(headers, bytes)? else {
+        return Ok(None);
+    };
+    if let Some(body) = flat_json::string_members(object).and_then(|members| T::from_members(&members)) {
+        return Ok(Some(body));
+    }
+    serde_json::from_slice(object)
+        .map(Some)
+        .map_err(|e| ApiError::bad_request(format!("The request body is not valid: {e}.")))
+}
+
+/// The body, checked to be a JSON object sent as JSON (not yet parsed); `None` if it is empty.
+fn object<'a>(headers: &HeaderMap, bytes: &'a Bytes) -> Result<Option<&'a [u8]>, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
@@ -64,9 +95,7 @@ pub fn json<'a, T: Deserialize<'a>>(headers: &HeaderMap, bytes: &'a Bytes) -> Re
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(ApiError::bad_request("The request body must be a JSON object."));
     }
-    serde_json::from_slice(bytes)
-        .map(Some)
-        .map_err(|e| ApiError::bad_request(format!("The request body is not valid: {e}.")))
+    Ok(Some(bytes))
 }
 
 pub fn required<T>(value: Option<T>) -> Result<T, ApiError> {

@@ -8,6 +8,7 @@
 pub mod body;
 pub mod dto;
 pub mod error;
+pub mod flat_json;
 pub mod health;
 pub mod openapi;
 pub mod presence;
