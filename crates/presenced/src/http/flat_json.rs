@@ -1,8 +1,8 @@
 //! A fast path for the write bodies clients send: a JSON object whose values are plain strings.
 //!
-//! `setPresence` and its siblings carry a handful of short string fields. serde_json reads them
-//! in ~3,300 instructions (UTF-8 validation per string, field-name matching through a visitor),
-//! as much as the rest of the body handling together. [`string_members`] reads exactly that
+//! `setPresence` and its siblings carry a handful of short string fields. Reading one with
+//! serde_json took ~3,300 instructions (UTF-8 validation per string, field-name matching through
+//! a visitor); this path takes ~2,400 with the content checks. [`string_members`] reads exactly that
 //! shape and nothing else: invalid UTF-8, any escape or control character, a non-string value,
 //! nesting or an excess member makes it answer `None`, and the caller hands the body to serde,
 //! whose result and error messages stay the reference. A property test holds the two to the same
