@@ -24,7 +24,7 @@
 //! and the `fdatasync` is only the flush of the disk's cache.
 use super::direct_io::{self, BlockAppender, IoMode};
 use std::fs::{File, OpenOptions};
-use std::io::{Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// The name of the first log file, before segments were numbered; read as segment 0.
@@ -268,6 +268,11 @@ impl Segment {
     pub fn is_empty(&self) -> bool {
         self.payloads.is_empty()
     }
+
+    /// The memory the segment was read into, for the next [`read_frames_into`].
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.bytes
+    }
 }
 
 /// Every complete frame in one segment, in order. The log ends at the first frame that is not
@@ -275,16 +280,25 @@ impl Segment {
 /// frame torn by a crash mid-append (never acknowledged, as its sync did not return). An invalid
 /// frame with a valid one after it is damage, and an error.
 pub fn read_frames(path: &Path) -> Result<Segment, WalError> {
+    read_frames_into(path, Vec::new())
+}
+
+/// [`read_frames`], reading into `buffer`'s memory (its contents are discarded).
+pub fn read_frames_into(path: &Path, mut buffer: Vec<u8>) -> Result<Segment, WalError> {
     let io = |source| WalError::Io {
         path: path.to_path_buf(),
         source,
     };
-    // `fs::read` sizes the buffer from the file's length: one allocation, no regrowth.
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
+    buffer.clear();
+    // `read_to_end` reserves from the file's length: at most one allocation, none when the
+    // buffer already has the room.
+    let read = File::open(path).and_then(|mut file| file.read_to_end(&mut buffer));
+    match read {
+        Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Segment::default()),
         Err(e) => return Err(io(e)),
-    };
+    }
+    let bytes = buffer;
     let mut payloads = Vec::new();
     let mut at = 0usize;
     while at < bytes.len() {
