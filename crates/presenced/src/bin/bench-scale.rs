@@ -578,6 +578,11 @@ fn table_bytes_per_user(n: u64, shards: u64, elem: usize) -> f64 {
     (shards * (b * (elem as u64 + 1) + 16)) as f64 / n as f64
 }
 
+// The layouts of the store's private table entries (memory::Memory, deadlines::DeadlineIndex).
+type MapSlot = (u64, UserKey, Entry);
+type DeadlineSlot = (u64, std::sync::Arc<UserKey>, i64, i64);
+type ByTimeElement = ((i64, usize), (u64, std::sync::Arc<UserKey>));
+
 /// The `size_of`-and-allocation model of one user with one session, for the breakdown.
 fn model(n: u64) -> (Value, Vec<(String, f64)>) {
     let (state, _) = busy(SystemClock.now(), SignedDuration::from_hours(1), &Timing::default());
@@ -602,9 +607,9 @@ fn model(n: u64) -> (Value, Vec<(String, f64)>) {
         "SequenceNumber": size_of::<SequenceNumber>(),
         "memory::Entry": size_of::<Entry>(),
         "ArcInner<UserPresence>": 16 + size_of::<UserPresence>(),
-        "(UserKey, Entry) map slot": size_of::<(UserKey, Entry)>(),
-        "(Arc<UserKey>, Timestamp) by_key slot": size_of::<(std::sync::Arc<UserKey>, Timestamp)>(),
-        "(Timestamp, Arc<UserKey>) by_time element": size_of::<(Timestamp, std::sync::Arc<UserKey>)>(),
+        "(hash, UserKey, Entry) map slot": size_of::<MapSlot>(),
+        "deadline slot (hash, Arc<UserKey>, due, filed)": size_of::<DeadlineSlot>(),
+        "((filed, address), (hash, Arc<UserKey>)) by_time element": size_of::<ByTimeElement>(),
         "ChangeEvent": size_of::<ChangeEvent>(),
         "tenant id chars": tenant_len,
         "user id chars": user_len,
@@ -612,14 +617,14 @@ fn model(n: u64) -> (Value, Vec<(String, f64)>) {
     });
     // BTreeSet leaf: parent pointer, parent index, length, 11 elements. Deadlines arrive in time
     // order, so nodes split at the right end and stay ~6 of 11 full; one internal node per ~7 leaves.
-    let elem = size_of::<(Timestamp, std::sync::Arc<UserKey>)>();
+    let elem = size_of::<ByTimeElement>();
     let leaf = 16 + 11 * elem;
     let internal = leaf + 12 * 8;
     let btree_per_key = chunk(leaf) as f64 / 6.0 + chunk(internal) as f64 / 42.0;
     let rows = vec![
         (
-            "memory map slot (UserKey 48 + Entry 16 + ctrl; 64 hashbrown shards, power-of-two slack)".to_owned(),
-            table_bytes_per_user(n, 64, size_of::<(UserKey, Entry)>()),
+            "memory map slot (hash 8 + UserKey 48 + Entry 16 + ctrl; 64 hashbrown shards, power-of-two slack)".to_owned(),
+            table_bytes_per_user(n, 64, size_of::<MapSlot>()),
         ),
         (
             format!("memory map key strings (tenant {tenant_len} + user {user_len} chars, malloc chunks)"),
@@ -644,15 +649,15 @@ fn model(n: u64) -> (Value, Vec<(String, f64)>) {
             chunk(APP_ID.len()) as f64,
         ),
         (
-            "deadline by_key slot (Arc<UserKey> 8 + Timestamp 16 + ctrl; one table)".to_owned(),
-            table_bytes_per_user(n, 1, size_of::<(std::sync::Arc<UserKey>, Timestamp)>()),
+            "deadline slot (hash 8 + Arc<UserKey> 8 + due 8 + filed 8 + ctrl; one table)".to_owned(),
+            table_bytes_per_user(n, 1, size_of::<DeadlineSlot>()),
         ),
         (
             "deadline index: one shared key (Arc header 16 + UserKey 48, and its strings)".to_owned(),
             (chunk(16 + size_of::<UserKey>()) + key_heap) as f64,
         ),
         (
-            format!("deadline by_time BTreeSet<(Timestamp, Arc<UserKey>)> nodes ({elem}-byte elements, ~6/11 full)"),
+            format!("deadline by_time BTreeMap<(filed, address), (hash, Arc<UserKey>)> nodes ({elem}-byte elements, ~6/11 full)"),
             btree_per_key,
         ),
     ];

@@ -11,6 +11,19 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 
+/// An instant as nanoseconds since the Unix epoch: half the size of a `Timestamp`, which matters
+/// at millions of users (each is held three times: `due`, `filed`, and the tree's key). Instants
+/// past the year 2262 are held as 2262; nothing falls due that late that could not wait.
+type Nanos = i64;
+
+fn nanos(at: Timestamp) -> Nanos {
+    at.as_nanosecond().clamp(Nanos::MIN.into(), Nanos::MAX.into()) as Nanos
+}
+
+fn timestamp(at: Nanos) -> Timestamp {
+    Timestamp::from_nanosecond(at.into()).unwrap_or(Timestamp::MAX)
+}
+
 /// A user's place in the index.
 struct Slot {
     hash: u64,
@@ -18,10 +31,10 @@ struct Slot {
     /// user strings cost ~100 B per user (BENCHMARKS.md §5).
     key: Arc<UserKey>,
     /// When the user's next transition falls due.
-    due: Timestamp,
+    due: Nanos,
     /// Where `by_time` files the user: never after `due`, and earlier when a renewal moved `due`
     /// later and the tree entry was left where it was (see `DeadlineIndex::set`).
-    filed: Timestamp,
+    filed: Nanos,
 }
 
 #[derive(Default)]
@@ -30,7 +43,7 @@ struct Inner {
     /// indexed. So every comparison is between integers (ties on the deadline used to compare
     /// tenant and user strings), and a removal searches without cloning the key. One entry per
     /// indexed user.
-    by_time: BTreeMap<(Timestamp, usize), (u64, Arc<UserKey>)>,
+    by_time: BTreeMap<(Nanos, usize), (u64, Arc<UserKey>)>,
     by_key: HashTable<Slot>,
 }
 
@@ -49,7 +62,7 @@ impl Inner {
 
     /// Refile a user whose tree entry lies before its deadline at that deadline. Returns false
     /// if the entry at `filed` was already where it belongs.
-    fn refile(&mut self, filed: Timestamp, addr: usize, hash: u64) -> bool {
+    fn refile(&mut self, filed: Nanos, addr: usize, hash: u64) -> bool {
         let Inner { by_time, by_key } = self;
         let Some(slot) = by_key.find_mut(hash, |s| s.hash == hash && address(&s.key) == addr) else {
             return false;
@@ -70,10 +83,10 @@ impl Inner {
         for _ in 0..REFILE_LIMIT {
             let (&(at, addr), &(hash, _)) = self.by_time.first_key_value()?;
             if !self.refile(at, addr, hash) {
-                return Some(at);
+                return Some(timestamp(at));
             }
         }
-        self.by_time.first_key_value().map(|((at, _), _)| *at)
+        self.by_time.first_key_value().map(|((at, _), _)| timestamp(*at))
     }
 }
 
@@ -100,7 +113,7 @@ impl DeadlineIndex {
         let hash = hash.0;
         let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let inner = &mut *guard;
-        let Some(at) = deadline else {
+        let Some(at) = deadline.map(nanos) else {
             if let Ok(slot) = inner.by_key.find_entry(hash, |s| s.hash == hash && *s.key == *key) {
                 let (slot, _) = slot.remove();
                 inner.by_time.remove(&(slot.filed, address(&slot.key)));
@@ -141,10 +154,11 @@ impl DeadlineIndex {
     /// Up to `limit` users whose deadline is at or before `now`, earliest first. Fewer, even
     /// none, when it met more than `REFILE_LIMIT` stale entries; then `earliest` is in the past.
     pub fn due(&self, now: Timestamp, limit: usize) -> Vec<UserKey> {
+        let now = nanos(now);
         let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let inner = &mut *guard;
         let mut keys = Vec::new();
-        let mut after: Option<(Timestamp, usize)> = None;
+        let mut after: Option<(Nanos, usize)> = None;
         let mut refiled = 0;
         while keys.len() < limit && refiled < REFILE_LIMIT {
             let next = match after {
