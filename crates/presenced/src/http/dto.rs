@@ -17,7 +17,6 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
-// The write bodies borrow their strings from the request body (see `Text`).
 /// A string field of a request body, borrowed from the body unless it has JSON escapes. Each one
 /// is parsed into a core type at once, so an owned copy was an allocation per field (four per
 /// setPresence) for nothing. serde's own `Cow<str>` support borrows only for a bare `Cow` field,
@@ -74,34 +73,29 @@ impl JsonSchema for Text<'_> {
     }
 }
 
+// Borrows its strings from the request body (`Text`).
 #[derive(Debug, PartialEq, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", bound(deserialize = "'de: 'a"))]
 pub struct SetPresenceBody<'a> {
-    #[serde(borrow)]
     pub session_id: Option<Text<'a>>,
-    #[serde(borrow)]
     pub availability: Option<Text<'a>>,
-    #[serde(borrow)]
     pub activity: Option<Text<'a>>,
-    #[serde(borrow)]
     pub expiration_duration: Option<Text<'a>>,
 }
 
+// Borrows its strings from the request body (`Text`).
 #[derive(Debug, PartialEq, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", bound(deserialize = "'de: 'a"))]
 pub struct ClearPresenceBody<'a> {
-    #[serde(borrow)]
     pub session_id: Option<Text<'a>>,
 }
 
+// Borrows its strings from the request body (`Text`).
 #[derive(Debug, PartialEq, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", bound(deserialize = "'de: 'a"))]
 pub struct SetPreferredBody<'a> {
-    #[serde(borrow)]
     pub availability: Option<Text<'a>>,
-    #[serde(borrow)]
     pub activity: Option<Text<'a>>,
-    #[serde(borrow)]
     pub expiration_duration: Option<Text<'a>>,
 }
 
