@@ -4,7 +4,8 @@
 //! bodies), which sends the fixed routes to [`health`] and everything else to [`graph`]: that parses
 //! the path into a typed [`routes::Endpoint`], authenticates, reads the body within limits and
 //! dispatches to one handler per operation. Errors of every layer become one [`error::ApiError`],
-//! rendered as Graph's JSON.
+//! rendered as Graph's JSON. Write bodies that are flat objects of plain strings are read by
+//! [`flat_json`] rather than serde.
 pub mod body;
 pub mod dto;
 pub mod error;

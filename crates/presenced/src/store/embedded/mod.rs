@@ -5,7 +5,9 @@
 //! the [`deadlines`] index, so a `200` always means fsynced and readers never see a state a crash
 //! could take back. A batch is durable once its frame in the write-ahead log ([`wal`]) is
 //! fdatasync'd; a background thread checkpoints closed log segments into redb and deletes them. [`subscriptions`] indexes change-notification
-//! subscriptions for fan-out at commit time.
+//! subscriptions for fan-out at commit time. [`direct_io`] writes preallocated segments past the
+//! page cache where the filesystem allows; [`key_hash`] is the one hash of a user's key that every
+//! table a write touches shares.
 pub mod deadlines;
 pub mod direct_io;
 pub mod disk;
