@@ -46,12 +46,7 @@ pub async fn read(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
 /// Decode a JSON body. `None` for an empty body lets actions that take no parameters accept
 /// the SDKs' body-less POST; others turn it into "body required".
 pub fn json<'a, T: Deserialize<'a>>(headers: &HeaderMap, bytes: &'a Bytes) -> Result<Option<T>, ApiError> {
-    let Some(object) = object(headers, bytes)? else {
-        return Ok(None);
-    };
-    serde_json::from_slice(object)
-        .map(Some)
-        .map_err(|e| ApiError::bad_request(format!("The request body is not valid: {e}.")))
+    object(headers, bytes)?.map(decode).transpose()
 }
 
 /// A body type that can be read from a flat object of strings without serde ([`flat_json`]).
@@ -66,12 +61,13 @@ pub fn flat_json<'a, T: FlatBody<'a>>(headers: &HeaderMap, bytes: &'a Bytes) -> 
     let Some(object) = object(headers, bytes)? else {
         return Ok(None);
     };
-    if let Some(body) = flat_json::string_members(object).and_then(|members| T::from_members(&members)) {
-        return Ok(Some(body));
-    }
-    serde_json::from_slice(object)
-        .map(Some)
-        .map_err(|e| ApiError::bad_request(format!("The request body is not valid: {e}.")))
+    let fast = flat_json::string_members(object).and_then(|members| T::from_members(&members));
+    fast.map_or_else(|| decode(object), Ok).map(Some)
+}
+
+/// serde's reading of a checked object, its error as Graph's 400.
+fn decode<'a, T: Deserialize<'a>>(object: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(object).map_err(|e| ApiError::bad_request(format!("The request body is not valid: {e}.")))
 }
 
 /// The body, checked to be a JSON object sent as JSON (not yet parsed); `None` if it is empty.

@@ -55,9 +55,16 @@ fn address(key: &Arc<UserKey>) -> usize {
     Arc::as_ptr(key) as usize
 }
 
+impl Slot {
+    /// Whether this is `key`'s slot (`hash` is its hash): the hash first, the ids only on a match.
+    fn is(&self, hash: u64, key: &UserKey) -> bool {
+        self.hash == hash && *self.key == *key
+    }
+}
+
 impl Inner {
     fn slot(&mut self, hash: u64, key: &UserKey) -> Option<&mut Slot> {
-        self.by_key.find_mut(hash, |s| s.hash == hash && *s.key == *key)
+        self.by_key.find_mut(hash, |s| s.is(hash, key))
     }
 
     /// Refile a user whose tree entry lies before its deadline at that deadline. Returns false
@@ -114,7 +121,7 @@ impl DeadlineIndex {
         let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let inner = &mut *guard;
         let Some(at) = deadline.map(nanos) else {
-            if let Ok(slot) = inner.by_key.find_entry(hash, |s| s.hash == hash && *s.key == *key) {
+            if let Ok(slot) = inner.by_key.find_entry(hash, |s| s.is(hash, key)) {
                 let (slot, _) = slot.remove();
                 inner.by_time.remove(&(slot.filed, address(&slot.key)));
             }
