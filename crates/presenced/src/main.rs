@@ -9,8 +9,10 @@ use std::process::ExitCode;
 
 // mimalloc rather than glibc malloc: a request allocates and frees many small buffers across
 // threads, and glibc's consolidation passes cost ~3-4% of a write's CPU (BENCHMARKS.md §1).
+#[path = "allocator.rs"]
+mod allocator;
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: allocator::MiMalloc = allocator::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -22,8 +22,10 @@
 use anyhow::{bail, Context, Result};
 
 // The server's allocator (see main.rs): memory per session depends on it.
+#[path = "../allocator.rs"]
+mod allocator;
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: allocator::MiMalloc = allocator::MiMalloc;
 
 use clap::{Parser, Subcommand};
 use jiff::{SignedDuration, Timestamp};
