@@ -25,6 +25,27 @@ fn natural(size: usize, align: usize) -> bool {
 
 pub struct MiMalloc;
 
+/// `plain(size)` where that is aligned enough, else `aligned(size, align)`: one of mimalloc's
+/// allocating pairs (`mi_malloc`/`mi_malloc_aligned`, `mi_zalloc`/`mi_zalloc_aligned`).
+///
+/// # Safety
+/// As `GlobalAlloc::alloc`: `layout` has a non-zero size.
+#[inline(always)]
+unsafe fn allocate(
+    layout: Layout,
+    plain: unsafe extern "C" fn(usize) -> *mut c_void,
+    aligned: unsafe extern "C" fn(usize, usize) -> *mut c_void,
+) -> *mut u8 {
+    // SAFETY: both are mimalloc allocation functions, safe for any size and power-of-two alignment.
+    unsafe {
+        if natural(layout.size(), layout.align()) {
+            plain(layout.size()) as *mut u8
+        } else {
+            aligned(layout.size(), layout.align()) as *mut u8
+        }
+    }
+}
+
 // SAFETY: every method forwards to mimalloc's malloc family, which upholds the `GlobalAlloc`
 // contract; `natural` only picks the unaligned entry point where its guaranteed alignment
 // already satisfies the layout, and frees go through `mi_free`, which accepts both.
@@ -32,25 +53,13 @@ unsafe impl GlobalAlloc for MiMalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: plain C allocation calls; `layout` is valid by the caller's contract.
-        unsafe {
-            if natural(layout.size(), layout.align()) {
-                libmimalloc_sys::mi_malloc(layout.size()) as *mut u8
-            } else {
-                libmimalloc_sys::mi_malloc_aligned(layout.size(), layout.align()) as *mut u8
-            }
-        }
+        unsafe { allocate(layout, libmimalloc_sys::mi_malloc, libmimalloc_sys::mi_malloc_aligned) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: as `alloc`.
-        unsafe {
-            if natural(layout.size(), layout.align()) {
-                libmimalloc_sys::mi_zalloc(layout.size()) as *mut u8
-            } else {
-                libmimalloc_sys::mi_zalloc_aligned(layout.size(), layout.align()) as *mut u8
-            }
-        }
+        unsafe { allocate(layout, libmimalloc_sys::mi_zalloc, libmimalloc_sys::mi_zalloc_aligned) }
     }
 
     #[inline]
