@@ -86,38 +86,19 @@ unsafe impl GlobalAlloc for MiMalloc {
 mod tests {
     use super::*;
 
+    /// Sizes around mimalloc's size classes, including ones that are not multiples of the
+    /// alignment asked for (a valid `Layout`, and where a class's stride breaks a larger alignment).
+    #[rustfmt::skip]
+    const SIZES: [usize; 19] = [1, 2, 3, 4, 7, 8, 12, 16, 24, 40, 48, 72, 96, 100, 192, 1000, 5000, 70_000, 3 << 20];
+
     /// Every layout a program can ask for, small and large, comes back aligned as asked, through
     /// whichever entry point `natural` picks, and survives growing and shrinking. Many blocks of
     /// each layout are held at once: one block can be aligned by luck, a page full of them not.
-    const SIZES: [usize; 19] = [
-        1,
-        2,
-        3,
-        4,
-        7,
-        8,
-        12,
-        16,
-        24,
-        40,
-        48,
-        72,
-        96,
-        100,
-        192,
-        1000,
-        5000,
-        70_000,
-        3 << 20,
-    ];
-
     #[test]
     fn every_allocation_is_aligned_as_its_layout_asks() {
         let allocator = MiMalloc;
         for align in [1usize, 2, 4, 8, 16, 32, 64, 128, 4096] {
             for size in SIZES {
-                // Sizes that are not multiples of the alignment too: a valid `Layout`, and the
-                // case where a size class's stride would break a larger alignment.
                 let layout = Layout::from_size_align(size, align).unwrap();
                 let count = if size > 1 << 16 { 4 } else { 64 };
                 unsafe {
@@ -131,12 +112,11 @@ mod tests {
                         let grown = allocator.realloc(p, layout, size * 3);
                         assert_eq!(grown as usize % align, 0, "realloc up size {size} align {align}");
                         assert_eq!(*grown.add(size - 1), 0xAB, "realloc keeps the contents");
-                        let odd =
-                            allocator.realloc(grown, Layout::from_size_align(size * 3, align).unwrap(), size * 3 + 8);
+                        let tripled = Layout::from_size_align(size * 3, align).unwrap();
+                        let odd = allocator.realloc(grown, tripled, size * 3 + 8);
                         assert_eq!(odd as usize % align, 0, "realloc to an odd size, align {align}");
-                        let grown = odd;
-                        let bigger = Layout::from_size_align(size * 3 + 8, align).unwrap();
-                        let shrunk = allocator.realloc(grown, bigger, align);
+                        let odd_layout = Layout::from_size_align(size * 3 + 8, align).unwrap();
+                        let shrunk = allocator.realloc(odd, odd_layout, align);
                         assert_eq!(shrunk as usize % align, 0, "realloc down to {align} align {align}");
                         assert_eq!(*shrunk, 0xAB);
                         allocator.dealloc(shrunk, Layout::from_size_align(align, align).unwrap());
