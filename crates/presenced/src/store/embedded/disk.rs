@@ -1,10 +1,17 @@
 //! The durable files: the write-ahead log and the redb file it is checkpointed into.
 //!
 //! A batch is durable once its frame is fdatasync'd in the log ([`wal`]). The writer thread only
-//! appends; when the current segment is big or old enough it starts a new one and hands the
-//! closed one to the checkpoint thread, which writes its contents to redb in one durable
-//! transaction and deletes it. So a checkpoint never stalls the writer (on the writer thread a
-//! 2 s checkpoint was a ~50 ms stall, the p99 of every write).
+//! appends, keeping a copy of its frames in memory; when the current segment is big or old enough
+//! it starts a new one and hands the closed one (with that copy) to the checkpoint thread, which
+//! writes its contents to redb in one transaction. So a checkpoint never stalls the writer (on the
+//! writer thread a 2 s checkpoint was a ~50 ms stall, the p99 of every write).
+//!
+//! Nor does it compete with the writer for the disk more than it must: it neither reads the
+//! segment back nor syncs redb. Checkpoint commits are unsynced, and their segments stay on disk
+//! until a synced commit covers them, every [`SYNC_EVERY_SEGMENTS`] segments: a crash forgets the
+//! unsynced commits and the next start replays those segments again. Each commit records the
+//! number of the segment it came from, so the start skips a segment that redb already holds and
+//! whose deletion a crash undid: replaying it onto newer state would roll its keys back.
 //!
 //! Values are JSON: a few bytes more than a binary encoding, but a record written by one version
 //! of presenced stays readable by the next, and a damaged file can be inspected by hand.
@@ -13,7 +20,7 @@ use super::direct_io::IoMode;
 use super::wal::{self, Wal};
 use crate::notify::subscription::Subscription;
 use presence_core::{ChangeEvent, UserKey, UserPresence};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard};
@@ -31,6 +38,12 @@ const CHECKPOINT_RETRY: Duration = Duration::from_secs(1);
 /// checkpoint interval; a segment that outgrows its spare just grows the file.
 const SPARE_MIN_BYTES: u64 = 256 * 1024;
 const SPARE_MAX_BYTES: u64 = CHECKPOINT_BYTES + 1024 * 1024;
+/// A checkpoint commits to redb without a sync and leaves its segment on disk; every this many
+/// segments (or bytes of them) one synced commit covers them all and they are deleted. A synced
+/// checkpoint's writes queued in front of the log's cache flushes, and cost every write ~10%
+/// and its p99 (BENCHMARKS.md §1); the price is a replay of up to this much after a crash.
+const SYNC_EVERY_SEGMENTS: usize = 8;
+const SYNC_EVERY_BYTES: u64 = 128 * 1024 * 1024;
 
 struct WalState {
     log: Wal,
@@ -50,14 +63,6 @@ struct Pending<'a> {
 }
 
 impl<'a> Pending<'a> {
-    fn is_empty(&self) -> bool {
-        self.users.is_empty()
-            && self.outbox.is_empty()
-            && self.prune_outbox_below == 0
-            && self.subscriptions.is_empty()
-            && self.deliveries.is_empty()
-    }
-
     fn merge(&mut self, ops: &[Op<'a>]) {
         for op in ops {
             match *op {
@@ -116,6 +121,9 @@ const SUBSCRIPTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("subscr
 const DELIVERIES: TableDefinition<u64, &[u8]> = TableDefinition::new("deliveries");
 const SCHEMA_KEY: &str = "schema_version";
 const CHECKPOINTS_KEY: &str = "checkpoints";
+/// The number of the newest log segment a checkpoint wrote to redb: the start skips (and deletes)
+/// segments at or below it, so segments can be deleted in any order and without syncs.
+const LOG_APPLIED_THROUGH_KEY: &str = "log_applied_through";
 const SCHEMA_VERSION: u64 = 1;
 /// redb's page cache. Reads are served from memory, so redb is only written (at checkpoints)
 /// and read at start; its default 1 GiB cache held ~600 B per user at 1M users for nothing.
@@ -164,10 +172,31 @@ struct Redb {
     // Read-locked by every transaction; write-locked only to reopen the file after a failed
     // commit (redb must be reopened to rebuild its allocator state, e.g. after the disk was full).
     db: RwLock<Option<Database>>,
-    /// The memory the last checkpoint read its segment into, kept for the next. A fresh buffer
-    /// of up to 33 MiB per checkpoint was mapped and zeroed by the kernel each time: ~2% of the
-    /// server's CPU under a steady write load.
-    read_buffer: Mutex<Vec<u8>>,
+    /// The memory the last checkpoint's frames were in, for the next segment's copy of its
+    /// frames (or the next read of a segment). A fresh buffer of up to 33 MiB per checkpoint was
+    /// mapped and zeroed by the kernel each time: ~2% of the server's CPU under a steady write load.
+    spare_buffer: Mutex<Vec<u8>>,
+    /// Segments checkpointed by commits redb has not synced yet, oldest first.
+    unsynced: Mutex<Unsynced>,
+}
+
+/// What a crash would make the next start replay: segments in redb only by unsynced commits,
+/// which a crash (or a reopen of redb) forgets. Each stays on disk until a synced commit covers it.
+#[derive(Default)]
+struct Unsynced {
+    /// Number and path, oldest first.
+    segments: Vec<(u64, PathBuf)>,
+    bytes: u64,
+}
+
+/// A closed segment waiting for its checkpoint.
+struct Closed {
+    seq: u64,
+    path: PathBuf,
+    /// The segment's frames as the writer kept them, so the checkpoint need not read the file.
+    /// `None` means read it: after a restart or a failed checkpoint, or when checkpoints lag and
+    /// holding every queued segment's frames would let memory grow without bound.
+    frames: Option<Vec<u8>>,
 }
 
 /// Hands closed segments from the writer to the checkpoint thread, oldest first. The writer
@@ -183,7 +212,7 @@ struct Checkpoints {
 #[derive(Default)]
 struct CheckpointState {
     /// Closed segments waiting for (or, after a failure, waiting again for) their checkpoint.
-    queued: std::collections::VecDeque<PathBuf>,
+    queued: std::collections::VecDeque<Closed>,
     /// The checkpoint thread is writing a segment to redb.
     busy: bool,
     stop: bool,
@@ -203,14 +232,36 @@ impl Checkpoints {
         s.queued.is_empty() && !s.busy
     }
 
-    fn queue(&self, segment: PathBuf) {
-        self.lock().queued.push_back(segment);
+    /// Queue a closed segment, keeping its frames only if none are queued yet: at most two
+    /// segments' frames are then held, the one being checkpointed and the next.
+    fn queue(&self, mut closed: Closed) {
+        let mut s = self.lock();
+        if !s.queued.is_empty() {
+            closed.frames = None;
+        }
+        s.queued.push_back(closed);
+        drop(s);
+        self.changed.notify_all();
+    }
+
+    /// Put segments whose checkpoint failed back in front of the queue, in order, to be read
+    /// from disk when retried (their kept frames went with the attempt).
+    fn requeue(&self, failed: impl DoubleEndedIterator<Item = (u64, PathBuf)>) {
+        let mut s = self.lock();
+        for (seq, path) in failed.rev() {
+            s.queued.push_front(Closed {
+                seq,
+                path,
+                frames: None,
+            });
+        }
+        drop(s);
         self.changed.notify_all();
     }
 
     /// Wait until the checkpoint thread is not writing, then take what is queued (oldest first),
     /// so the caller can checkpoint it itself.
-    fn take_when_not_busy(&self) -> std::collections::VecDeque<PathBuf> {
+    fn take_when_not_busy(&self) -> std::collections::VecDeque<Closed> {
         let mut s = self.lock();
         while s.busy {
             s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
@@ -244,11 +295,12 @@ impl Checkpoints {
         self.lock().spare_ready = prepared.ok();
     }
 
-    /// The checkpoint thread: write each closed segment to redb, then delete it. A failure
-    /// (a full disk, say) leaves the segment queued and is retried; the data is safe in the log.
+    /// The checkpoint thread: write each closed segment to redb (deleting segments once a synced
+    /// commit covers them). A failure (a full disk, say) leaves the segment queued and is
+    /// retried; the data is safe in the log.
     fn run(&self, redb: &Redb, dir: &Path) {
         loop {
-            let segment = {
+            let closed = {
                 let mut s = self.lock();
                 loop {
                     if s.stop {
@@ -261,19 +313,19 @@ impl Checkpoints {
                         s = self.lock();
                         continue;
                     }
-                    if let Some(segment) = s.queued.pop_front() {
+                    if let Some(closed) = s.queued.pop_front() {
                         s.busy = true;
-                        break segment;
+                        break closed;
                     }
                     s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
                 }
             };
-            let result = redb.checkpoint_segment(&segment, dir);
-            let mut s = self.lock();
-            s.busy = false;
+            let result = redb.checkpoint_segment(closed.seq, &closed.path, closed.frames);
             if let Err(e) = result {
-                tracing::warn!(error = %e, segment = %segment.display(), "checkpoint failed; will retry");
-                s.queued.push_front(segment);
+                tracing::warn!(error = %e, segment = %closed.path.display(), "checkpoint failed; will retry");
+                self.requeue(std::iter::once((closed.seq, closed.path)));
+                let mut s = self.lock();
+                s.busy = false;
                 self.changed.notify_all();
                 let (guard, _) = self
                     .changed
@@ -282,6 +334,7 @@ impl Checkpoints {
                 drop(guard);
                 continue;
             }
+            self.lock().busy = false;
             self.changed.notify_all();
         }
     }
@@ -341,7 +394,8 @@ impl Disk {
             path: path.clone(),
             broken: AtomicBool::new(false),
             db: RwLock::new(Some(db)),
-            read_buffer: Mutex::new(Vec::new()),
+            spare_buffer: Mutex::new(Vec::new()),
+            unsynced: Mutex::new(Unsynced::default()),
         });
         redb.init_schema().map_err(|e| db_err(&e))?;
         let found = redb.schema_version().map_err(|e| db_err(&e))?;
@@ -470,62 +524,168 @@ impl Redb {
         })
     }
 
-    /// Apply every segment left in `dir` (oldest first) to redb, then delete them. Returns the
-    /// number the next segment takes.
+    /// Apply every segment left in `dir` that redb does not hold yet (oldest first), make it
+    /// durable, and delete them all. Returns the number the next segment takes: numbers only grow,
+    /// even across restarts, because redb records the newest segment it holds by number.
     fn replay(&self, dir: &Path) -> Result<u64, CheckpointError> {
         let segments = wal::segments(dir).map_err(CheckpointError::Io)?;
-        for (_, segment) in &segments {
-            self.checkpoint_segment(segment, dir)?;
+        let held = self.log_applied_through()?;
+        let mut replayed = 0;
+        for (seq, segment) in &segments {
+            if held.is_some_and(|held| *seq <= held) {
+                // A synced commit covers it; only its deletion was lost to the crash.
+                self.lock_unsynced().segments.push((*seq, segment.clone()));
+            } else {
+                self.checkpoint_segment(*seq, segment, None)?;
+                replayed += 1;
+            }
         }
-        if !segments.is_empty() {
-            tracing::info!(segments = segments.len(), "replayed the write-ahead log");
+        self.sync()?;
+        if replayed > 0 {
+            tracing::info!(segments = replayed, "replayed the write-ahead log");
         }
-        Ok(segments.last().map_or(1, |(seq, _)| seq + 1))
+        let newest = segments.last().map(|(seq, _)| *seq).max(held);
+        Ok(newest.map_or(1, |seq| seq + 1))
     }
 
-    /// Write one closed segment to redb in one durable transaction, then delete it. A crash in
-    /// between only means the segment is replayed onto a state that already holds it, which is
-    /// harmless: frames hold whole values and explicit ids.
-    fn checkpoint_segment(&self, segment: &Path, dir: &Path) -> Result<(), CheckpointError> {
-        let buffer = std::mem::take(&mut *self.read_buffer.lock().unwrap_or_else(|e| e.into_inner()));
-        let frames = wal::read_frames_into(segment, buffer).map_err(CheckpointError::Wal)?;
+    /// The number of the newest log segment whose frames redb holds, if any.
+    fn log_applied_through(&self) -> Result<Option<u64>, redb::Error> {
+        let txn = self.db()?.begin_read()?;
+        let meta = txn.open_table(META)?;
+        Ok(meta.get(LOG_APPLIED_THROUGH_KEY)?.map(|v| v.value()))
+    }
+
+    /// Write closed segment `seq` to redb in one transaction: `frames` if the writer kept them,
+    /// else what the file holds. The commit is synced (and the segments it covers deleted) only
+    /// every [`SYNC_EVERY_SEGMENTS`] segments or [`SYNC_EVERY_BYTES`]; until then a crash forgets
+    /// it and the next start replays the segment.
+    fn checkpoint_segment(&self, seq: u64, segment: &Path, frames: Option<Vec<u8>>) -> Result<(), CheckpointError> {
+        let mut unsynced = self.lock_unsynced();
+        self.reopen_if_broken(&unsynced)?;
+        let bytes = match &frames {
+            Some(frames) => frames.len() as u64,
+            None => std::fs::metadata(segment).map_or(0, |m| m.len()),
+        };
+        let sync = unsynced.segments.len() + 1 >= SYNC_EVERY_SEGMENTS || unsynced.bytes + bytes >= SYNC_EVERY_BYTES;
+        self.apply_segment(seq, segment, frames, sync)?;
+        unsynced.segments.push((seq, segment.to_path_buf()));
+        unsynced.bytes += bytes;
+        if sync {
+            delete_synced(&mut unsynced);
+        }
+        Ok(())
+    }
+
+    /// Make every checkpoint so far durable and delete the segments they came from: on clean
+    /// shutdown, after a replay, and before reading redb's tables directly.
+    fn sync(&self) -> Result<(), CheckpointError> {
+        let mut unsynced = self.lock_unsynced();
+        if unsynced.segments.is_empty() {
+            return Ok(());
+        }
+        self.reopen_if_broken(&unsynced)?;
+        self.commit(&Pending::default(), None, true)?;
+        delete_synced(&mut unsynced);
+        Ok(())
+    }
+
+    fn lock_unsynced(&self) -> MutexGuard<'_, Unsynced> {
+        self.unsynced.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// After a failed commit, reopen redb; the reopened file is at its last synced commit, so the
+    /// segments checkpointed since are written again first, in order. Only those: a listed one
+    /// the synced commit already covers (its deletion failed) would roll back newer state.
+    fn reopen_if_broken(&self, unsynced: &Unsynced) -> Result<(), CheckpointError> {
+        if !self.broken.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.reopen_db()?;
+        let held = self.log_applied_through()?;
+        for (seq, segment) in &unsynced.segments {
+            if !held.is_some_and(|held| *seq <= held) {
+                self.apply_segment(*seq, segment, None, false)?;
+            }
+        }
+        // Only now: if any of that failed, the next attempt reopens and starts over.
+        self.broken.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    /// Merge segment `seq`'s frames (each key once, its latest value) and commit them, with the
+    /// segment's number.
+    fn apply_segment(
+        &self,
+        seq: u64,
+        segment: &Path,
+        frames: Option<Vec<u8>>,
+        sync: bool,
+    ) -> Result<(), CheckpointError> {
+        let frames = match frames {
+            Some(bytes) => wal::parse_frames(segment, bytes),
+            None => wal::read_frames_into(segment, self.take_spare_buffer()),
+        }
+        .map_err(CheckpointError::Wal)?;
         let mut pending = Pending::default();
         for frame in frames.frames() {
             let ops = decode_ops(frame).map_err(|reason| CheckpointError::Frame(segment.to_path_buf(), reason))?;
             pending.merge(&ops);
         }
-        if self.broken.load(Ordering::Acquire) {
-            self.reopen_db()?;
-            self.broken.store(false, Ordering::Release);
-        }
-        if !pending.is_empty() {
-            let written = (|| {
-                let txn = self.db()?.begin_write()?;
-                pending.apply(&txn)?;
-                {
-                    let mut meta = txn.open_table(META)?;
-                    let n = meta.get(CHECKPOINTS_KEY)?.map_or(0, |v| v.value());
-                    meta.insert(CHECKPOINTS_KEY, n + 1)?;
-                }
-                txn.commit()?;
-                Ok::<(), redb::Error>(())
-            })();
-            if let Err(e) = written {
-                self.broken.store(true, Ordering::Release);
-                return Err(CheckpointError::Db(e));
-            }
-        }
+        self.commit(&pending, Some(seq), sync)?;
         // `pending` borrowed from the buffer; written, it is done with it. Kept for the next
         // segment unless far larger than this one: load has dropped, so the memory goes back.
         drop(pending);
         let buffer = frames.into_buffer();
         if buffer.capacity() <= 2 * buffer.len().max(1 << 20) {
-            *self.read_buffer.lock().unwrap_or_else(|e| e.into_inner()) = buffer;
+            *self.spare_buffer.lock().unwrap_or_else(|e| e.into_inner()) = buffer;
         }
-        std::fs::remove_file(segment).map_err(CheckpointError::Io)?;
-        wal::sync_dir(dir).map_err(CheckpointError::Io)?;
         Ok(())
     }
+
+    fn take_spare_buffer(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.spare_buffer.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Commit `pending` in one transaction, with the number of the segment it came from and a
+    /// count of checkpoints (so there is always something to commit); synced or not. A failure
+    /// marks redb for a reopen.
+    fn commit(&self, pending: &Pending<'_>, segment: Option<u64>, sync: bool) -> Result<(), CheckpointError> {
+        let written = (|| {
+            let mut txn = self.db()?.begin_write()?;
+            if !sync {
+                txn.set_durability(Durability::None)?;
+            }
+            pending.apply(&txn)?;
+            {
+                let mut meta = txn.open_table(META)?;
+                let n = meta.get(CHECKPOINTS_KEY)?.map_or(0, |v| v.value());
+                meta.insert(CHECKPOINTS_KEY, n + 1)?;
+                if let Some(seq) = segment {
+                    meta.insert(LOG_APPLIED_THROUGH_KEY, seq)?;
+                }
+            }
+            txn.commit()?;
+            Ok::<(), redb::Error>(())
+        })();
+        written.map_err(|e| {
+            self.broken.store(true, Ordering::Release);
+            CheckpointError::Db(e)
+        })
+    }
+}
+
+/// Delete the segments a synced commit now covers. No directory sync: a deletion a crash undoes
+/// is harmless, since the start skips segments numbered at or below what redb holds. One that
+/// cannot be deleted stays listed for the next sync.
+fn delete_synced(unsynced: &mut Unsynced) {
+    unsynced.segments.retain(|(_, segment)| match std::fs::remove_file(segment) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!(error = %e, segment = %segment.display(), "cannot delete a checkpointed log segment; will retry");
+            true
+        }
+        _ => false,
+    });
+    unsynced.bytes = 0;
 }
 
 impl Disk {
@@ -556,7 +716,7 @@ impl Disk {
     }
 
     /// Start the next segment and return the closed one (none if the current one is empty).
-    fn close_segment(&self, wal: &mut WalState) -> std::io::Result<Option<PathBuf>> {
+    fn close_segment(&self, wal: &mut WalState) -> std::io::Result<Option<Closed>> {
         wal.opened = Instant::now();
         if wal.log.is_empty() {
             return Ok(None);
@@ -570,36 +730,40 @@ impl Disk {
             }
             None => Wal::create(&self.dir, seq),
         };
+        let mut next = next?;
+        next.keep_frames_in(self.redb.take_spare_buffer());
         // The next spare is sized for a segment like this one, with room to grow.
         self.checkpoints.want_spare(wal.log.len() + wal.log.len() / 2);
-        let closed = std::mem::replace(&mut wal.log, next?);
-        Ok(Some(closed.path().to_path_buf()))
+        let mut closed = std::mem::replace(&mut wal.log, next);
+        Ok(Some(Closed {
+            seq: closed.seq(),
+            path: closed.path().to_path_buf(),
+            frames: Some(closed.take_frames()),
+        }))
     }
 
-    /// Checkpoint everything logged so far, on this thread: on clean shutdown (nothing to replay
-    /// on the next start), and before reading tables directly, so such reads see every committed
-    /// change. Holds the log, so the writer waits meanwhile.
+    /// Checkpoint everything logged so far, on this thread, and make it durable in redb: on clean
+    /// shutdown (nothing to replay on the next start), and before reading tables directly, so
+    /// such reads see every committed change. Holds the log, so the writer waits meanwhile.
     pub fn checkpoint_now(&self) -> Result<(), String> {
         let mut wal = self.lock_wal();
         let mut queued = self.checkpoints.take_when_not_busy();
-        while let Some(segment) = queued.pop_front() {
-            if let Err(e) = self.redb.checkpoint_segment(&segment, &self.dir) {
-                // Back in front, in order, for the checkpoint thread to retry.
-                queued.push_front(segment);
-                let mut s = self.checkpoints.lock();
-                while let Some(segment) = queued.pop_back() {
-                    s.queued.push_front(segment);
-                }
+        match self.close_segment(&mut wal) {
+            Ok(closed) => queued.extend(closed),
+            Err(e) => {
+                self.checkpoints.requeue(queued.into_iter().map(|c| (c.seq, c.path)));
                 return Err(e.to_string());
             }
         }
-        if let Some(closed) = self.close_segment(&mut wal).map_err(|e| e.to_string())? {
-            if let Err(e) = self.redb.checkpoint_segment(&closed, &self.dir) {
-                self.checkpoints.queue(closed);
+        while let Some(closed) = queued.pop_front() {
+            if let Err(e) = self.redb.checkpoint_segment(closed.seq, &closed.path, closed.frames) {
+                let failed =
+                    std::iter::once((closed.seq, closed.path)).chain(queued.into_iter().map(|c| (c.seq, c.path)));
+                self.checkpoints.requeue(failed.collect::<Vec<_>>().into_iter());
                 return Err(e.to_string());
             }
         }
-        Ok(())
+        self.redb.sync().map_err(|e| e.to_string())
     }
 
     pub fn deliveries(&self) -> Result<Vec<Delivery>, String> {
@@ -878,6 +1042,213 @@ mod tests {
             "replayed segments are deleted; writing continues in the next one"
         );
         drop(disk);
+    }
+
+    fn put(disk: &Disk, key: &str, state: &[u8]) {
+        let batch = Batch {
+            records: vec![Record {
+                storage_key: key.into(),
+                state_json: state.to_vec(),
+                outbox: None,
+            }],
+            durable: true,
+            ..Batch::default()
+        };
+        disk.write_batch(&batch).unwrap();
+    }
+
+    /// Close the current segment, as the writer does every 2 s, and wait (bounded) until the
+    /// checkpoint thread has written it to redb.
+    fn close_and_checkpoint(disk: &Disk) {
+        let closed = disk
+            .close_segment(&mut disk.lock_wal())
+            .unwrap()
+            .expect("a segment with frames");
+        assert!(closed.frames.is_some(), "the writer kept the frames");
+        disk.checkpoints.queue(closed);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !disk.checkpoints.idle() {
+            assert!(Instant::now() < deadline, "the checkpoint did not finish");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn segment_count(dir: &Path) -> usize {
+        wal::segments(dir).unwrap().len()
+    }
+
+    /// What a SIGKILL would leave now: the files as they are on disk, without whatever redb
+    /// holds only in memory (its unsynced commits), opened as the next start would.
+    fn open_crash_image(dir: &Path) -> (tempfile::TempDir, Loaded) {
+        let image = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), image.path().join(entry.file_name())).unwrap();
+        }
+        let (_disk, loaded) = Disk::open(image.path()).unwrap();
+        (image, loaded)
+    }
+
+    fn stored(loaded: &Loaded) -> std::collections::BTreeMap<String, String> {
+        loaded
+            .users
+            .iter()
+            .map(|(k, v)| (k.storage_key(), serde_json::to_string(v).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn checkpointed_segments_stay_on_disk_until_a_synced_commit_covers_them() {
+        use presence_core::{Activity, Availability};
+        let dir = tempfile::tempdir().unwrap();
+        let (disk, _) = Disk::open(dir.path()).unwrap();
+        let busy = state_json(Availability::Busy, Activity::InACall);
+        let away = state_json(Availability::Away, Activity::Away);
+        let text = |json: &[u8]| String::from_utf8(json.to_vec()).unwrap();
+        let mut expected = std::collections::BTreeMap::new();
+        for i in 0..SYNC_EVERY_SEGMENTS - 1 {
+            let key = format!("t1/u{i}");
+            put(&disk, &key, &busy);
+            // The last segment overwrites an earlier key: replay order decides what survives.
+            put(&disk, "t1/u0", if i % 2 == 0 { &away } else { &busy });
+            expected.insert(key, text(&busy));
+            expected.insert("t1/u0".to_string(), text(if i % 2 == 0 { &away } else { &busy }));
+            close_and_checkpoint(&disk);
+        }
+        assert_eq!(
+            segment_count(dir.path()),
+            SYNC_EVERY_SEGMENTS,
+            "every checkpointed segment is kept (unsynced in redb), plus the current one"
+        );
+        let (_image, loaded) = open_crash_image(dir.path());
+        assert_eq!(stored(&loaded), expected, "a crash now replays them all");
+
+        put(&disk, "t1/last", &away);
+        expected.insert("t1/last".to_string(), text(&away));
+        close_and_checkpoint(&disk);
+        assert_eq!(
+            segment_count(dir.path()),
+            1,
+            "the synced commit covers the kept segments, and they are deleted"
+        );
+        let (_image, loaded) = open_crash_image(dir.path());
+        assert_eq!(stored(&loaded), expected, "and redb alone holds everything");
+
+        put(&disk, "t1/u1", &away);
+        expected.insert("t1/u1".to_string(), text(&away));
+        close_and_checkpoint(&disk);
+        assert_eq!(segment_count(dir.path()), 2);
+        disk.checkpoint_now().unwrap();
+        assert_eq!(segment_count(dir.path()), 1, "checkpoint_now syncs whatever is kept");
+        let (_image, loaded) = open_crash_image(dir.path());
+        assert_eq!(stored(&loaded), expected);
+    }
+
+    #[test]
+    fn a_segment_redb_already_holds_is_skipped_at_start_not_replayed_over_newer_state() {
+        use presence_core::{Activity, Availability};
+        let dir = tempfile::tempdir().unwrap();
+        let older = state_json(Availability::Busy, Activity::InACall);
+        let newer = state_json(Availability::Away, Activity::Away);
+        let (disk, _) = Disk::open(dir.path()).unwrap();
+        put(&disk, "t1/u", &older);
+        let first = disk.lock_wal().log.path().to_path_buf();
+        let kept_first = std::fs::read(&first).unwrap();
+        close_and_checkpoint(&disk);
+        put(&disk, "t1/u", &newer);
+        disk.checkpoint_now().unwrap();
+        assert!(!first.exists(), "synced and deleted");
+        drop(disk);
+        // A crash undid the first segment's deletion (deletions are not synced).
+        std::fs::write(&first, &kept_first).unwrap();
+        let (disk, loaded) = Disk::open(dir.path()).unwrap();
+        assert_eq!(
+            serde_json::to_vec(&loaded.users[0].1).unwrap(),
+            newer,
+            "the stale segment is not replayed"
+        );
+        assert!(!first.exists(), "and it is deleted");
+        let (current, _) = wal::segments(dir.path()).unwrap()[0].clone();
+        let held = disk.redb.log_applied_through().unwrap().unwrap();
+        assert!(
+            current > held,
+            "new segments are numbered past what redb holds ({current} > {held})"
+        );
+    }
+
+    #[test]
+    fn after_a_failed_commit_the_reopened_redb_gets_the_unsynced_segments_again() {
+        use presence_core::{Activity, Availability};
+        let dir = tempfile::tempdir().unwrap();
+        let (disk, _) = Disk::open(dir.path()).unwrap();
+        let busy = state_json(Availability::Busy, Activity::InACall);
+        put(&disk, "t1/a", &busy);
+        close_and_checkpoint(&disk);
+        put(&disk, "t1/b", &busy);
+        close_and_checkpoint(&disk);
+        // As a failed commit leaves it: the next checkpoint reopens redb first.
+        disk.redb.broken.store(true, Ordering::Release);
+        put(&disk, "t1/c", &busy);
+        close_and_checkpoint(&disk);
+        assert!(!disk.redb.broken.load(Ordering::Acquire), "reopened");
+        assert_eq!(segment_count(dir.path()), 4, "still unsynced, still kept");
+        disk.checkpoint_now().unwrap();
+        assert_eq!(segment_count(dir.path()), 1);
+        let (_image, loaded) = open_crash_image(dir.path());
+        let keys: Vec<String> = stored(&loaded).into_keys().collect();
+        assert_eq!(keys, ["t1/a", "t1/b", "t1/c"]);
+    }
+
+    #[test]
+    fn a_reopen_does_not_write_again_a_listed_segment_a_synced_commit_covers() {
+        use presence_core::{Activity, Availability};
+        let dir = tempfile::tempdir().unwrap();
+        let older = state_json(Availability::Busy, Activity::InACall);
+        let newer = state_json(Availability::Away, Activity::Away);
+        let (disk, _) = Disk::open(dir.path()).unwrap();
+        put(&disk, "t1/u", &older);
+        let (first_seq, first) = {
+            let wal = disk.lock_wal();
+            (wal.log.seq(), wal.log.path().to_path_buf())
+        };
+        let kept_first = std::fs::read(&first).unwrap();
+        close_and_checkpoint(&disk);
+        put(&disk, "t1/u", &newer);
+        disk.checkpoint_now().unwrap();
+        // The first segment as it would be had its deletion failed: still on disk, still listed.
+        std::fs::write(&first, &kept_first).unwrap();
+        disk.redb.lock_unsynced().segments.push((first_seq, first.clone()));
+        disk.redb.broken.store(true, Ordering::Release);
+        put(&disk, "t1/other", &older);
+        close_and_checkpoint(&disk);
+        disk.checkpoint_now().unwrap();
+        let (_image, loaded) = open_crash_image(dir.path());
+        let stored = stored(&loaded);
+        assert_eq!(
+            stored["t1/u"],
+            String::from_utf8(newer).unwrap(),
+            "not rolled back to the stale segment"
+        );
+        assert!(!first.exists(), "deleted at the next sync");
+    }
+
+    #[test]
+    fn a_lagging_checkpoint_holds_at_most_one_queued_segments_frames() {
+        let checkpoints = Checkpoints::default();
+        let closed = |n: u64| Closed {
+            seq: n,
+            path: PathBuf::from(format!("segment{n}")),
+            frames: Some(vec![1, 2, 3]),
+        };
+        checkpoints.queue(closed(1));
+        checkpoints.queue(closed(2));
+        checkpoints.queue(closed(3));
+        let kept: Vec<bool> = checkpoints.lock().queued.iter().map(|c| c.frames.is_some()).collect();
+        assert_eq!(
+            kept,
+            [true, false, false],
+            "later ones are read from disk when their turn comes"
+        );
     }
 
     /// Wait (bounded) until the checkpoint thread has a spare ready.

@@ -5,9 +5,10 @@
 //! as one checksummed frame and `fdatasync`ed (a sequential write of a few KB). The log is a
 //! series of numbered segments (`presence.wal.<n>`): the writer appends to the newest, and a
 //! full or old segment is closed and handed to a background checkpoint that writes its contents
-//! to redb and deletes it. After a crash, redb is at its last checkpoint and replaying the
-//! remaining segments in order (idempotent: frames hold whole values and explicit ids) brings it
-//! to the last acknowledged batch.
+//! to redb; it is deleted once a synced redb commit covers it ([`disk`](super::disk)). After a
+//! crash, redb is at its last synced commit and replaying the remaining segments in order
+//! (idempotent: frames hold whole values and explicit ids) brings it to the last acknowledged
+//! batch.
 //!
 //! Frame: magic `PWAL` (4 bytes) · payload length (u32 LE) · CRC-32 of the payload (u32 LE) · payload.
 //!
@@ -140,6 +141,9 @@ pub struct Wal {
     len: u64,
     /// Set when the file was opened for direct I/O.
     direct: Option<BlockAppender>,
+    /// A copy of every frame appended, as the file holds them: the checkpoint works from this
+    /// instead of reading the segment back, a read that queued in front of the log's flushes.
+    frames: Vec<u8>,
 }
 
 impl Wal {
@@ -155,6 +159,7 @@ impl Wal {
             seq,
             len: 0,
             direct: None,
+            frames: Vec::new(),
         })
     }
 
@@ -172,7 +177,22 @@ impl Wal {
             seq,
             len: 0,
             direct: (mode == IoMode::Direct).then(BlockAppender::default),
+            frames: Vec::new(),
         })
+    }
+
+    /// Keep the copy of the frames in `buffer`'s memory (its contents are discarded): a busy
+    /// segment's copy is tens of MB, and growing a fresh one each segment copied it repeatedly.
+    pub fn keep_frames_in(&mut self, mut buffer: Vec<u8>) {
+        buffer.clear();
+        buffer.extend_from_slice(&self.frames);
+        self.frames = buffer;
+    }
+
+    /// Take the copy of the frames appended so far, byte for byte what the file holds before its
+    /// end; [`parse_frames`] reads it.
+    pub fn take_frames(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.frames)
     }
 
     /// Whether appends bypass the page cache.
@@ -218,6 +238,8 @@ impl Wal {
         match written {
             Ok(()) => {
                 self.len += (HEADER + payload.len()) as u64;
+                self.frames.extend_from_slice(&header);
+                self.frames.extend_from_slice(payload);
                 Ok(())
             }
             Err(e) => {
@@ -294,11 +316,15 @@ pub fn read_frames_into(path: &Path, mut buffer: Vec<u8>) -> Result<Segment, Wal
     // buffer already has the room.
     let read = File::open(path).and_then(|mut file| file.read_to_end(&mut buffer));
     match read {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Segment::default()),
-        Err(e) => return Err(io(e)),
+        Ok(_) => parse_frames(path, buffer),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Segment::default()),
+        Err(e) => Err(io(e)),
     }
-    let bytes = buffer;
+}
+
+/// The frames in `bytes`, the contents of the segment at `path` (named in errors), by the rules
+/// of [`read_frames`].
+pub fn parse_frames(path: &Path, bytes: Vec<u8>) -> Result<Segment, WalError> {
     let mut payloads = Vec::new();
     let mut at = 0usize;
     while at < bytes.len() {
@@ -457,7 +483,37 @@ mod tests {
             assert_eq!(wal.len(), expected);
             let frames: Vec<Vec<u8>> = read_frames(wal.path()).unwrap().frames().map(<[u8]>::to_vec).collect();
             assert_eq!(frames, payloads, "{mode:?}");
+            // The copy the checkpoint works from holds the same frames.
+            let mut wal = wal;
+            let frames = wal.take_frames();
+            let kept = parse_frames(wal.path(), frames).unwrap();
+            let kept: Vec<Vec<u8>> = kept.frames().map(<[u8]>::to_vec).collect();
+            assert_eq!(kept, payloads, "{mode:?}: the kept copy");
         }
+    }
+
+    #[test]
+    fn the_kept_copy_holds_only_appends_that_succeeded_and_reuses_the_buffer_it_is_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = Wal::create(dir.path(), 1).unwrap();
+        let buffer = Vec::with_capacity(1 << 16);
+        let memory = buffer.as_ptr();
+        wal.keep_frames_in(buffer);
+        wal.append(b"first", true).unwrap();
+        // An append that fails (here: too large for a frame's length field) adds nothing.
+        let huge = vec![0u8; u32::MAX as usize + 1];
+        assert!(wal.append(&huge, true).is_err());
+        drop(huge);
+        wal.append(b"second", false).unwrap();
+        let kept = wal.take_frames();
+        assert_eq!(kept.as_ptr(), memory, "written into the given buffer");
+        let kept: Vec<Vec<u8>> = parse_frames(Path::new("kept"), kept)
+            .unwrap()
+            .frames()
+            .map(<[u8]>::to_vec)
+            .collect();
+        assert_eq!(kept, vec![b"first".to_vec(), b"second".to_vec()]);
+        assert!(wal.take_frames().is_empty(), "taken once");
     }
 
     #[test]
