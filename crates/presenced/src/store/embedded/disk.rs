@@ -124,10 +124,17 @@ const CHECKPOINTS_KEY: &str = "checkpoints";
 /// The number of the newest log segment a checkpoint wrote to redb: the start skips (and deletes)
 /// segments at or below it, so segments can be deleted in any order and without syncs.
 const LOG_APPLIED_THROUGH_KEY: &str = "log_applied_through";
-const SCHEMA_VERSION: u64 = 1;
+/// 2 since segments are skipped by number at start ([`LOG_APPLIED_THROUGH_KEY`]). A version-1
+/// build would number its log from 1 again, and this one would then skip those segments as held:
+/// so a file this build opened must stop older builds, and does. Version 1 files are upgraded.
+const SCHEMA_VERSION: u64 = 2;
 /// redb's page cache. Reads are served from memory, so redb is only written (at checkpoints)
 /// and read at start; its default 1 GiB cache held ~600 B per user at 1M users for nothing.
 const REDB_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+/// How the redb file is opened (and reopened after a failure): [`open_database`], except in tests
+/// that inject I/O errors.
+type OpenDatabase = fn(&Path) -> Result<Database, redb::DatabaseError>;
 
 fn open_database(path: &Path) -> Result<Database, redb::DatabaseError> {
     redb::Builder::new().set_cache_size(REDB_CACHE_BYTES).create(path)
@@ -167,6 +174,7 @@ pub struct Disk {
 /// The redb file, shared by the writer side and the checkpoint thread.
 struct Redb {
     path: PathBuf,
+    open_database: OpenDatabase,
     /// A write failed; redb must be reopened before the next one.
     broken: AtomicBool,
     // Read-locked by every transaction; write-locked only to reopen the file after a failed
@@ -181,7 +189,7 @@ struct Redb {
 }
 
 /// What a crash would make the next start replay: segments in redb only by unsynced commits,
-/// which a crash (or a reopen of redb) forgets. Each stays on disk until a synced commit covers it.
+/// which a crash (or a reopen after an I/O error) forgets. Each stays on disk until a synced commit covers it.
 #[derive(Default)]
 struct Unsynced {
     /// Number and path, oldest first.
@@ -232,8 +240,8 @@ impl Checkpoints {
         s.queued.is_empty() && !s.busy
     }
 
-    /// Queue a closed segment, keeping its frames only if none are queued yet: at most two
-    /// segments' frames are then held, the one being checkpointed and the next.
+    /// Queue a closed segment, keeping its frames only if none are queued yet: besides the
+    /// writer's own copy, at most two are then held, the one being checkpointed and the next.
     fn queue(&self, mut closed: Closed) {
         let mut s = self.lock();
         if !s.queued.is_empty() {
@@ -363,6 +371,10 @@ pub struct Batch {
 
 impl Disk {
     pub fn open(dir: &Path) -> Result<(Self, Loaded), OpenError> {
+        Self::open_with(dir, open_database)
+    }
+
+    fn open_with(dir: &Path, open_database: OpenDatabase) -> Result<(Self, Loaded), OpenError> {
         std::fs::create_dir_all(dir).map_err(|source| OpenError::Directory {
             path: dir.into(),
             source,
@@ -392,6 +404,7 @@ impl Disk {
         }
         let redb = Arc::new(Redb {
             path: path.clone(),
+            open_database,
             broken: AtomicBool::new(false),
             db: RwLock::new(Some(db)),
             spare_buffer: Mutex::new(Vec::new()),
@@ -459,7 +472,7 @@ impl Redb {
     fn reopen_db(&self) -> Result<(), redb::Error> {
         let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
         drop(slot.take());
-        *slot = Some(open_database(&self.path)?);
+        *slot = Some((self.open_database)(&self.path)?);
         Ok(())
     }
 
@@ -467,7 +480,8 @@ impl Redb {
         let txn = self.db()?.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
-            if meta.get(SCHEMA_KEY)?.is_none() {
+            let found = meta.get(SCHEMA_KEY)?.map(|v| v.value());
+            if matches!(found, None | Some(1)) {
                 meta.insert(SCHEMA_KEY, SCHEMA_VERSION)?;
             }
             txn.open_table(USERS)?;
@@ -562,10 +576,8 @@ impl Redb {
     fn checkpoint_segment(&self, seq: u64, segment: &Path, frames: Option<Vec<u8>>) -> Result<(), CheckpointError> {
         let mut unsynced = self.lock_unsynced();
         self.reopen_if_broken(&unsynced)?;
-        let bytes = match &frames {
-            Some(frames) => frames.len() as u64,
-            None => std::fs::metadata(segment).map_or(0, |m| m.len()),
-        };
+        let frames = self.load_segment(segment, frames)?;
+        let bytes = frames.bytes_used() as u64;
         let sync = unsynced.segments.len() + 1 >= SYNC_EVERY_SEGMENTS || unsynced.bytes + bytes >= SYNC_EVERY_BYTES;
         self.apply_segment(seq, segment, frames, sync)?;
         unsynced.segments.push((seq, segment.to_path_buf()));
@@ -603,8 +615,9 @@ impl Redb {
         self.reopen_db()?;
         let held = self.log_applied_through()?;
         for (seq, segment) in &unsynced.segments {
-            if !held.is_some_and(|held| *seq <= held) {
-                self.apply_segment(*seq, segment, None, false)?;
+            if held.is_none_or(|held| *seq > held) {
+                let frames = self.load_segment(segment, None)?;
+                self.apply_segment(*seq, segment, frames, false)?;
             }
         }
         // Only now: if any of that failed, the next attempt reopens and starts over.
@@ -612,20 +625,18 @@ impl Redb {
         Ok(())
     }
 
-    /// Merge segment `seq`'s frames (each key once, its latest value) and commit them, with the
-    /// segment's number.
-    fn apply_segment(
-        &self,
-        seq: u64,
-        segment: &Path,
-        frames: Option<Vec<u8>>,
-        sync: bool,
-    ) -> Result<(), CheckpointError> {
-        let frames = match frames {
+    /// The frames of `segment`: from the writer's copy if it kept one, else read from the file.
+    fn load_segment(&self, segment: &Path, kept: Option<Vec<u8>>) -> Result<wal::Segment, CheckpointError> {
+        match kept {
             Some(bytes) => wal::parse_frames(segment, bytes),
             None => wal::read_frames_into(segment, self.take_spare_buffer()),
         }
-        .map_err(CheckpointError::Wal)?;
+        .map_err(CheckpointError::Wal)
+    }
+
+    /// Merge segment `seq`'s frames (each key once, its latest value) and commit them, with the
+    /// segment's number.
+    fn apply_segment(&self, seq: u64, segment: &Path, frames: wal::Segment, sync: bool) -> Result<(), CheckpointError> {
         let mut pending = Pending::default();
         for frame in frames.frames() {
             let ops = decode_ops(frame).map_err(|reason| CheckpointError::Frame(segment.to_path_buf(), reason))?;
@@ -685,6 +696,7 @@ fn delete_synced(unsynced: &mut Unsynced) {
         }
         _ => false,
     });
+    // What stays listed is synced: it adds nothing to replay, so it counts no bytes.
     unsynced.bytes = 0;
 }
 
@@ -738,7 +750,7 @@ impl Disk {
         Ok(Some(Closed {
             seq: closed.seq(),
             path: closed.path().to_path_buf(),
-            frames: Some(closed.take_frames()),
+            frames: closed.take_frames(),
         }))
     }
 
@@ -1176,27 +1188,105 @@ mod tests {
         );
     }
 
+    /// Set to make every write and sync of a redb file opened with [`open_failable`] fail, as a
+    /// full or failing disk does. Only the test that opens such a file reads it.
+    static FAIL_REDB_IO: AtomicBool = AtomicBool::new(false);
+
+    #[derive(Debug)]
+    struct FailableBackend(redb::backends::FileBackend);
+
+    impl FailableBackend {
+        fn check() -> std::io::Result<()> {
+            match FAIL_REDB_IO.load(Ordering::Acquire) {
+                true => Err(std::io::Error::other("injected I/O failure")),
+                false => Ok(()),
+            }
+        }
+    }
+
+    impl redb::StorageBackend for FailableBackend {
+        fn len(&self) -> std::io::Result<u64> {
+            self.0.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.0.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            Self::check()?;
+            self.0.set_len(len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            Self::check()?;
+            self.0.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            Self::check()?;
+            self.0.write(offset, data)
+        }
+        fn close(&self) -> std::io::Result<()> {
+            self.0.close()
+        }
+    }
+
+    fn open_failable(path: &Path) -> Result<Database, redb::DatabaseError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        let backend = FailableBackend(redb::backends::FileBackend::new(file)?);
+        redb::Builder::new()
+            .set_cache_size(REDB_CACHE_BYTES)
+            .create_with_backend(backend)
+    }
+
     #[test]
     fn after_a_failed_commit_the_reopened_redb_gets_the_unsynced_segments_again() {
         use presence_core::{Activity, Availability};
         let dir = tempfile::tempdir().unwrap();
-        let (disk, _) = Disk::open(dir.path()).unwrap();
+        let (disk, _) = Disk::open_with(dir.path(), open_failable).unwrap();
         let busy = state_json(Availability::Busy, Activity::InACall);
         put(&disk, "t1/a", &busy);
         close_and_checkpoint(&disk);
         put(&disk, "t1/b", &busy);
         close_and_checkpoint(&disk);
-        // As a failed commit leaves it: the next checkpoint reopens redb first.
-        disk.redb.broken.store(true, Ordering::Release);
+        // The synced commit fails: redb then drops its unsynced commits (a and b) with the handle.
+        FAIL_REDB_IO.store(true, Ordering::Release);
+        assert!(disk.checkpoint_now().is_err());
+        FAIL_REDB_IO.store(false, Ordering::Release);
+        assert!(disk.redb.broken.load(Ordering::Acquire));
+        assert_eq!(segment_count(dir.path()), 3, "nothing synced, nothing deleted");
+        // The next checkpoint reopens redb, writes a and b again from their segments, then c.
         put(&disk, "t1/c", &busy);
         close_and_checkpoint(&disk);
         assert!(!disk.redb.broken.load(Ordering::Acquire), "reopened");
-        assert_eq!(segment_count(dir.path()), 4, "still unsynced, still kept");
         disk.checkpoint_now().unwrap();
         assert_eq!(segment_count(dir.path()), 1);
         let (_image, loaded) = open_crash_image(dir.path());
         let keys: Vec<String> = stored(&loaded).into_keys().collect();
         assert_eq!(keys, ["t1/a", "t1/b", "t1/c"]);
+    }
+
+    #[test]
+    fn a_version_1_file_is_upgraded_and_a_newer_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let set_schema = |version: u64| {
+            let db = open_database(&dir.path().join(FILE_NAME)).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META).unwrap().insert(SCHEMA_KEY, version).unwrap();
+            txn.commit().unwrap();
+        };
+        drop(Disk::open(dir.path()).unwrap());
+        set_schema(1);
+        let (disk, _) = Disk::open(dir.path()).unwrap();
+        assert_eq!(disk.redb.schema_version().unwrap(), 2);
+        drop(disk);
+        set_schema(3);
+        assert!(matches!(
+            Disk::open(dir.path()),
+            Err(OpenError::Schema { found: 3, .. })
+        ));
     }
 
     #[test]

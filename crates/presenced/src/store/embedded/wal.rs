@@ -35,6 +35,10 @@ pub const FILE_NAME: &str = "presence.wal";
 pub const SPARE_NAME: &str = "presence.spare-log";
 const MAGIC: [u8; 4] = *b"PWAL";
 const HEADER: usize = 12;
+/// Past this a segment's copy of its frames is dropped, and its checkpoint reads the file. Segments
+/// close at 32 MiB, so only one that cannot be closed (no new segment can be created) grows this
+/// far, and the copy must not grow with it.
+const MAX_KEPT_FRAMES: usize = 48 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
@@ -143,7 +147,8 @@ pub struct Wal {
     direct: Option<BlockAppender>,
     /// A copy of every frame appended, as the file holds them: the checkpoint works from this
     /// instead of reading the segment back, a read that queued in front of the log's flushes.
-    frames: Vec<u8>,
+    /// `None` once dropped for size ([`MAX_KEPT_FRAMES`]).
+    frames: Option<Vec<u8>>,
 }
 
 impl Wal {
@@ -159,7 +164,7 @@ impl Wal {
             seq,
             len: 0,
             direct: None,
-            frames: Vec::new(),
+            frames: Some(Vec::new()),
         })
     }
 
@@ -177,22 +182,24 @@ impl Wal {
             seq,
             len: 0,
             direct: (mode == IoMode::Direct).then(BlockAppender::default),
-            frames: Vec::new(),
+            frames: Some(Vec::new()),
         })
     }
 
     /// Keep the copy of the frames in `buffer`'s memory (its contents are discarded): a busy
     /// segment's copy is tens of MB, and growing a fresh one each segment copied it repeatedly.
     pub fn keep_frames_in(&mut self, mut buffer: Vec<u8>) {
-        buffer.clear();
-        buffer.extend_from_slice(&self.frames);
-        self.frames = buffer;
+        if let Some(frames) = &mut self.frames {
+            buffer.clear();
+            buffer.extend_from_slice(frames);
+            *frames = buffer;
+        }
     }
 
     /// Take the copy of the frames appended so far, byte for byte what the file holds before its
-    /// end; [`parse_frames`] reads it.
-    pub fn take_frames(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.frames)
+    /// end ([`parse_frames`] reads it); `None` if it was dropped for size. Later appends keep none.
+    pub fn take_frames(&mut self) -> Option<Vec<u8>> {
+        self.frames.take()
     }
 
     /// Whether appends bypass the page cache.
@@ -238,8 +245,13 @@ impl Wal {
         match written {
             Ok(()) => {
                 self.len += (HEADER + payload.len()) as u64;
-                self.frames.extend_from_slice(&header);
-                self.frames.extend_from_slice(payload);
+                match &mut self.frames {
+                    Some(frames) if frames.len() + HEADER + payload.len() <= MAX_KEPT_FRAMES => {
+                        frames.extend_from_slice(&header);
+                        frames.extend_from_slice(payload);
+                    }
+                    _ => self.frames = None,
+                }
                 Ok(())
             }
             Err(e) => {
@@ -285,6 +297,11 @@ impl Segment {
 
     pub fn len(&self) -> usize {
         self.payloads.len()
+    }
+
+    /// Bytes of complete frames: the segment's length without a preallocated file's zeros.
+    pub fn bytes_used(&self) -> usize {
+        self.payloads.last().map_or(0, |last| last.end)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -485,7 +502,7 @@ mod tests {
             assert_eq!(frames, payloads, "{mode:?}");
             // The copy the checkpoint works from holds the same frames.
             let mut wal = wal;
-            let frames = wal.take_frames();
+            let frames = wal.take_frames().unwrap();
             let kept = parse_frames(wal.path(), frames).unwrap();
             let kept: Vec<Vec<u8>> = kept.frames().map(<[u8]>::to_vec).collect();
             assert_eq!(kept, payloads, "{mode:?}: the kept copy");
@@ -500,12 +517,13 @@ mod tests {
         let memory = buffer.as_ptr();
         wal.keep_frames_in(buffer);
         wal.append(b"first", true).unwrap();
-        // An append that fails (here: too large for a frame's length field) adds nothing.
-        let huge = vec![0u8; u32::MAX as usize + 1];
-        assert!(wal.append(&huge, true).is_err());
-        drop(huge);
+        // An append that fails (here: the file is swapped for a read-only handle) adds nothing.
+        let read_only = File::open(wal.path()).unwrap();
+        let writable = std::mem::replace(&mut wal.file, read_only);
+        assert!(wal.append(b"lost", true).is_err());
+        wal.file = writable;
         wal.append(b"second", false).unwrap();
-        let kept = wal.take_frames();
+        let kept = wal.take_frames().unwrap();
         assert_eq!(kept.as_ptr(), memory, "written into the given buffer");
         let kept: Vec<Vec<u8>> = parse_frames(Path::new("kept"), kept)
             .unwrap()
@@ -513,7 +531,23 @@ mod tests {
             .map(<[u8]>::to_vec)
             .collect();
         assert_eq!(kept, vec![b"first".to_vec(), b"second".to_vec()]);
-        assert!(wal.take_frames().is_empty(), "taken once");
+        assert!(wal.take_frames().is_none(), "taken once");
+    }
+
+    #[test]
+    fn a_segment_that_outgrows_the_limit_keeps_no_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = Wal::create(dir.path(), 1).unwrap();
+        let payload = vec![7u8; 1 << 20];
+        let mut appended = 0;
+        while wal.len() as usize + HEADER + payload.len() <= MAX_KEPT_FRAMES {
+            wal.append(&payload, false).unwrap();
+            appended += 1;
+        }
+        assert!(wal.frames.is_some(), "kept up to the limit");
+        wal.append(&payload, false).unwrap();
+        assert!(wal.take_frames().is_none(), "the checkpoint will read the file instead");
+        assert_eq!(read_frames(wal.path()).unwrap().len(), appended + 1);
     }
 
     #[test]
