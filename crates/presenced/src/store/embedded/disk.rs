@@ -546,7 +546,7 @@ impl Redb {
         let held = self.log_applied_through()?;
         let mut replayed = 0;
         for (seq, segment) in &segments {
-            if held.is_some_and(|held| *seq <= held) {
+            if holds(held, *seq) {
                 // A synced commit covers it; only its deletion was lost to the crash.
                 self.lock_unsynced().segments.push((*seq, segment.clone()));
             } else {
@@ -615,7 +615,7 @@ impl Redb {
         self.reopen_db()?;
         let held = self.log_applied_through()?;
         for (seq, segment) in &unsynced.segments {
-            if held.is_none_or(|held| *seq > held) {
+            if !holds(held, *seq) {
                 let frames = self.load_segment(segment, None)?;
                 self.apply_segment(*seq, segment, frames, false)?;
             }
@@ -683,6 +683,11 @@ impl Redb {
             CheckpointError::Db(e)
         })
     }
+}
+
+/// Whether redb, having applied segments up to `held`, holds segment `seq`.
+fn holds(held: Option<u64>, seq: u64) -> bool {
+    held.is_some_and(|held| seq <= held)
 }
 
 /// Delete the segments a synced commit now covers. No directory sync: a deletion a crash undoes
@@ -771,7 +776,7 @@ impl Disk {
             if let Err(e) = self.redb.checkpoint_segment(closed.seq, &closed.path, closed.frames) {
                 let failed =
                     std::iter::once((closed.seq, closed.path)).chain(queued.into_iter().map(|c| (c.seq, c.path)));
-                self.checkpoints.requeue(failed.collect::<Vec<_>>().into_iter());
+                self.checkpoints.requeue(failed);
                 return Err(e.to_string());
             }
         }
@@ -1069,6 +1074,12 @@ mod tests {
         disk.write_batch(&batch).unwrap();
     }
 
+    /// [`put`], and record the value as what redb must end up holding.
+    fn put_expecting(disk: &Disk, expected: &mut std::collections::BTreeMap<String, String>, key: &str, state: &[u8]) {
+        put(disk, key, state);
+        expected.insert(key.to_string(), String::from_utf8(state.to_vec()).unwrap());
+    }
+
     /// Close the current segment, as the writer does every 2 s, and wait (bounded) until the
     /// checkpoint thread has written it to redb.
     fn close_and_checkpoint(disk: &Disk) {
@@ -1116,15 +1127,11 @@ mod tests {
         let (disk, _) = Disk::open(dir.path()).unwrap();
         let busy = state_json(Availability::Busy, Activity::InACall);
         let away = state_json(Availability::Away, Activity::Away);
-        let text = |json: &[u8]| String::from_utf8(json.to_vec()).unwrap();
         let mut expected = std::collections::BTreeMap::new();
         for i in 0..SYNC_EVERY_SEGMENTS - 1 {
-            let key = format!("t1/u{i}");
-            put(&disk, &key, &busy);
+            put_expecting(&disk, &mut expected, &format!("t1/u{i}"), &busy);
             // The last segment overwrites an earlier key: replay order decides what survives.
-            put(&disk, "t1/u0", if i % 2 == 0 { &away } else { &busy });
-            expected.insert(key, text(&busy));
-            expected.insert("t1/u0".to_string(), text(if i % 2 == 0 { &away } else { &busy }));
+            put_expecting(&disk, &mut expected, "t1/u0", if i % 2 == 0 { &away } else { &busy });
             close_and_checkpoint(&disk);
         }
         assert_eq!(
@@ -1135,8 +1142,7 @@ mod tests {
         let (_image, loaded) = open_crash_image(dir.path());
         assert_eq!(stored(&loaded), expected, "a crash now replays them all");
 
-        put(&disk, "t1/last", &away);
-        expected.insert("t1/last".to_string(), text(&away));
+        put_expecting(&disk, &mut expected, "t1/last", &away);
         close_and_checkpoint(&disk);
         assert_eq!(
             segment_count(dir.path()),
@@ -1146,8 +1152,7 @@ mod tests {
         let (_image, loaded) = open_crash_image(dir.path());
         assert_eq!(stored(&loaded), expected, "and redb alone holds everything");
 
-        put(&disk, "t1/u1", &away);
-        expected.insert("t1/u1".to_string(), text(&away));
+        put_expecting(&disk, &mut expected, "t1/u1", &away);
         close_and_checkpoint(&disk);
         assert_eq!(segment_count(dir.path()), 2);
         disk.checkpoint_now().unwrap();
