@@ -10,7 +10,30 @@
 //! Shared by the `presenced` and `bench-scale` binaries (`#[path]`); not part of the library,
 //! which forbids `unsafe`.
 use std::alloc::{GlobalAlloc, Layout};
-use std::ffi::c_void;
+use std::ffi::{c_int, c_long, c_void};
+
+/// `mi_option_purge_delay`: its place in mimalloc 3's `mi_option_e` (the bindings crate names
+/// only some options; the test below checks this one by its default).
+const MI_OPTION_PURGE_DELAY: c_int = 15;
+
+unsafe extern "C" {
+    #[cfg(test)]
+    fn mi_option_get(option: c_int) -> c_long;
+    fn mi_option_set(option: c_int, value: c_long);
+}
+
+/// Keep memory the process frees mapped, for its next allocations, instead of returning it to
+/// the kernel a second later (mimalloc's default). The store's large buffers and redb's pages
+/// are freed and allocated again every few seconds under a write load, and on this project's
+/// virtual machine mapping memory afresh (the kernel zeroes every page first) cost 10-60 ms at
+/// a time: ~6,000 page faults per 10 s of writes, against ~80 with this (BENCHMARKS.md §1).
+/// The process keeps its peak working set. `MIMALLOC_PURGE_DELAY`, if set, is left to decide.
+pub fn keep_freed_memory() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: a plain C call taking an option number mimalloc knows and a value.
+        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
+    }
+}
 
 /// What `mi_malloc` guarantees without being asked: blocks of 16 bytes or more are 16-aligned
 /// (`MI_MAX_ALIGN_SIZE`, malloc's `max_align_t`), smaller ones are 8-aligned (mimalloc's
@@ -85,6 +108,23 @@ unsafe impl GlobalAlloc for MiMalloc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The option number is mimalloc 3's purge delay: the only option whose default is 1000 (ms),
+    /// and the one `keep_freed_memory` turns off (-1, never purge).
+    #[test]
+    fn the_purge_delay_option_is_the_one_set() {
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+            return;
+        }
+        // SAFETY: plain C calls.
+        assert_eq!(
+            unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) },
+            1000,
+            "mimalloc 3's default purge delay"
+        );
+        keep_freed_memory();
+        assert_eq!(unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) }, -1);
+    }
 
     /// Sizes around mimalloc's size classes, including ones that are not multiples of the
     /// alignment asked for (a valid `Layout`, and where a class's stride breaks a larger alignment).

@@ -177,6 +177,8 @@ struct ReopenArgs {
 }
 
 fn main() -> Result<()> {
+    // As the server runs: memory per session is measured as its RSS shows it.
+    allocator::keep_freed_memory();
     match Cli::parse().mode {
         Mode::Memory(args) => memory(args),
         Mode::Storm(args) => storm(args),

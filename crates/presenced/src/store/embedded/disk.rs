@@ -180,9 +180,11 @@ struct Redb {
     // Read-locked by every transaction; write-locked only to reopen the file after a failed
     // commit (redb must be reopened to rebuild its allocator state, e.g. after the disk was full).
     db: RwLock<Option<Database>>,
-    /// The memory the last checkpoint's frames were in, for the next segment's copy of its
-    /// frames (or the next read of a segment). A fresh buffer of up to 33 MiB per checkpoint was
-    /// mapped and zeroed by the kernel each time: ~2% of the server's CPU under a steady write load.
+    /// The memory for the next segment's copy of its frames (or the next read of a segment):
+    /// the last checkpoint's, recycled and prepared ([`Redb::prepare_spare_buffer`]). A fresh
+    /// buffer of up to 33 MiB per checkpoint was mapped and zeroed by the kernel each time: ~2%
+    /// of the server's CPU under a steady write load. Empty when the checkpoint lags: the next
+    /// segment then keeps no copy.
     spare_buffer: Mutex<Vec<u8>>,
     /// Segments checkpointed by commits redb has not synced yet, oldest first.
     unsynced: Mutex<Unsynced>,
@@ -307,6 +309,8 @@ impl Checkpoints {
     /// commit covers them). A failure (a full disk, say) leaves the segment queued and is
     /// retried; the data is safe in the log.
     fn run(&self, redb: &Redb, dir: &Path) {
+        // The size of the last spare asked for: what the segment after next is expected to fill.
+        let mut spare_bytes = SPARE_MIN_BYTES;
         loop {
             let closed = {
                 let mut s = self.lock();
@@ -317,6 +321,7 @@ impl Checkpoints {
                     // A spare already waiting serves the next segment too, whatever its size.
                     if let Some(bytes) = s.spare_wanted.take().filter(|_| s.spare_ready.is_none()) {
                         drop(s);
+                        spare_bytes = bytes;
                         self.prepare_spare(dir, bytes);
                         s = self.lock();
                         continue;
@@ -342,6 +347,7 @@ impl Checkpoints {
                 drop(guard);
                 continue;
             }
+            redb.prepare_spare_buffer(spare_bytes);
             self.lock().busy = false;
             self.changed.notify_all();
         }
@@ -431,7 +437,11 @@ impl Disk {
             LoadError::Record(reason) => corrupt(reason),
         })?;
         wal::remove_spare(dir).map_err(dir_err)?;
-        let log = Wal::create(dir, next_segment).map_err(dir_err)?;
+        let mut log = Wal::create(dir, next_segment).map_err(dir_err)?;
+        // One buffer for this segment's copy of its frames, one ready for the next segment's.
+        redb.prepare_spare_buffer(SPARE_MIN_BYTES);
+        log.keep_frames_in(redb.take_spare_buffer());
+        redb.prepare_spare_buffer(SPARE_MIN_BYTES);
         let checkpoints = Arc::new(Checkpoints::default());
         checkpoints.want_spare(SPARE_MIN_BYTES);
         let thread = {
@@ -655,6 +665,25 @@ impl Redb {
 
     fn take_spare_buffer(&self) -> Vec<u8> {
         std::mem::take(&mut *self.spare_buffer.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Give the spare buffer room for `bytes` of frames (at most a spare's), in memory the kernel
+    /// has already mapped. Runs on the checkpoint thread, so that the writer, which copies each
+    /// frame into it, never takes a page fault: mapping fresh memory (the kernel zeroes each
+    /// page first) cost it 10-100 ms at a time on this project's virtual machine.
+    fn prepare_spare_buffer(&self, bytes: u64) {
+        let bytes = usize::try_from(bytes.min(SPARE_MAX_BYTES)).unwrap_or(0);
+        let mut buffer = self.take_spare_buffer();
+        if buffer.capacity() < bytes {
+            buffer = Vec::with_capacity(bytes);
+        }
+        // Its first `len` bytes were written already (a segment's frames), so only the rest is
+        // touched; writing it is what makes the kernel map it.
+        if buffer.len() < bytes {
+            buffer.resize(bytes, 0);
+        }
+        buffer.clear();
+        *self.spare_buffer.lock().unwrap_or_else(|e| e.into_inner()) = buffer;
     }
 
     /// Commit `pending` in one transaction, with the number of the segment it came from and a
@@ -1325,6 +1354,31 @@ mod tests {
             "not rolled back to the stale segment"
         );
         assert!(!first.exists(), "deleted at the next sync");
+    }
+
+    /// The writer copies frames into a buffer it is handed and never grows it (growing maps
+    /// fresh memory); the checkpoint thread sizes that buffer for the spare it last prepared.
+    #[test]
+    fn the_checkpoint_prepares_the_next_segments_buffer_for_the_spare_it_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let (disk, _) = Disk::open(dir.path()).unwrap();
+        let state = state_json(presence_core::Availability::Busy, presence_core::Activity::InACall);
+        let mut key = 0;
+        while disk.lock_wal().log.len() < SPARE_MIN_BYTES * 3 / 4 {
+            key += 1;
+            put(&disk, &format!("t1/u{key}"), &state);
+        }
+        let segment = disk.lock_wal().log.len();
+        close_and_checkpoint(&disk);
+        let buffer = disk.redb.take_spare_buffer();
+        assert!(buffer.is_empty());
+        assert!(
+            buffer.capacity() as u64 >= segment + segment / 2,
+            "room for the next spare ({} bytes) in {}",
+            segment + segment / 2,
+            buffer.capacity()
+        );
+        drop(disk);
     }
 
     #[test]

@@ -35,10 +35,6 @@ pub const FILE_NAME: &str = "presence.wal";
 pub const SPARE_NAME: &str = "presence.spare-log";
 const MAGIC: [u8; 4] = *b"PWAL";
 const HEADER: usize = 12;
-/// Past this a segment's copy of its frames is dropped, and its checkpoint reads the file. Segments
-/// close at 32 MiB, so only one that cannot be closed (no new segment can be created) grows this
-/// far, and the copy must not grow with it.
-const MAX_KEPT_FRAMES: usize = 48 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
@@ -147,7 +143,8 @@ pub struct Wal {
     direct: Option<BlockAppender>,
     /// A copy of every frame appended, as the file holds them: the checkpoint works from this
     /// instead of reading the segment back, a read that queued in front of the log's flushes.
-    /// `None` once dropped for size ([`MAX_KEPT_FRAMES`]).
+    /// It never grows past the buffer it was given ([`Wal::keep_frames_in`]): `None` once a
+    /// frame did not fit, and the checkpoint reads the file instead.
     frames: Option<Vec<u8>>,
 }
 
@@ -186,13 +183,20 @@ impl Wal {
         })
     }
 
-    /// Keep the copy of the frames in `buffer`'s memory (its contents are discarded): a busy
-    /// segment's copy is tens of MB, and growing a fresh one each segment copied it repeatedly.
+    /// Keep the copy of the frames in `buffer`'s memory (its contents are discarded), and only
+    /// while they fit in its capacity: growing the copy on the writer thread maps fresh memory,
+    /// which the kernel zeroes first, and on this project's virtual machine that stalled every
+    /// write for 10-100 ms at a time while a load ramped up. The checkpoint thread prepares the
+    /// buffer instead (`disk`); without one (capacity 0), the segment keeps no copy.
     pub fn keep_frames_in(&mut self, mut buffer: Vec<u8>) {
         if let Some(frames) = &mut self.frames {
             buffer.clear();
-            buffer.extend_from_slice(frames);
-            *frames = buffer;
+            if buffer.capacity() >= frames.len() {
+                buffer.extend_from_slice(frames);
+                *frames = buffer;
+            } else {
+                self.frames = None;
+            }
         }
     }
 
@@ -246,7 +250,7 @@ impl Wal {
             Ok(()) => {
                 self.len += (HEADER + payload.len()) as u64;
                 match &mut self.frames {
-                    Some(frames) if frames.len() + HEADER + payload.len() <= MAX_KEPT_FRAMES => {
+                    Some(frames) if frames.len() + HEADER + payload.len() <= frames.capacity() => {
                         frames.extend_from_slice(&header);
                         frames.extend_from_slice(payload);
                     }
@@ -460,6 +464,7 @@ mod tests {
         prepare_spare(dir, bytes).unwrap();
         let mut wal = Wal::from_spare(dir, 3, mode).unwrap();
         assert_eq!(wal.is_direct(), mode == IoMode::Direct);
+        wal.keep_frames_in(Vec::with_capacity(1 << 20));
         for frame in frames {
             wal.append(frame, true).unwrap();
         }
@@ -535,19 +540,37 @@ mod tests {
     }
 
     #[test]
-    fn a_segment_that_outgrows_the_limit_keeps_no_copy() {
+    fn the_copy_never_grows_past_its_buffer() {
         let dir = tempfile::tempdir().unwrap();
         let mut wal = Wal::create(dir.path(), 1).unwrap();
-        let payload = vec![7u8; 1 << 20];
+        let buffer = Vec::with_capacity(1 << 20);
+        let memory = buffer.as_ptr();
+        wal.keep_frames_in(buffer);
+        let payload = vec![7u8; 4096];
         let mut appended = 0;
-        while wal.len() as usize + HEADER + payload.len() <= MAX_KEPT_FRAMES {
+        while wal.len() as usize + HEADER + payload.len() <= 1 << 20 {
             wal.append(&payload, false).unwrap();
             appended += 1;
         }
-        assert!(wal.frames.is_some(), "kept up to the limit");
+        let kept = wal.frames.as_ref().expect("kept while it fits");
+        assert_eq!(
+            (kept.as_ptr(), kept.len()),
+            (memory, wal.len() as usize),
+            "in the given memory"
+        );
         wal.append(&payload, false).unwrap();
         assert!(wal.take_frames().is_none(), "the checkpoint will read the file instead");
         assert_eq!(read_frames(wal.path()).unwrap().len(), appended + 1);
+    }
+
+    #[test]
+    fn without_a_buffer_a_segment_keeps_no_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = Wal::create(dir.path(), 1).unwrap();
+        wal.keep_frames_in(Vec::new());
+        wal.append(b"first", true).unwrap();
+        assert!(wal.take_frames().is_none());
+        assert_eq!(read_frames(wal.path()).unwrap().len(), 1);
     }
 
     #[test]
