@@ -204,8 +204,9 @@ struct Closed {
     seq: u64,
     path: PathBuf,
     /// The segment's frames as the writer kept them, so the checkpoint need not read the file.
-    /// `None` means read it: after a restart or a failed checkpoint, or when checkpoints lag and
-    /// holding every queued segment's frames would let memory grow without bound.
+    /// `None` means read it: after a restart or a failed checkpoint, when the segment outgrew
+    /// its buffer or had none ready, or when checkpoints lag and holding every queued segment's
+    /// frames would let memory grow without bound.
     frames: Option<Vec<u8>>,
 }
 
@@ -347,6 +348,8 @@ impl Checkpoints {
                 drop(guard);
                 continue;
             }
+            // For the next segment (after a failure, segments are read from disk until one
+            // succeeds, so there is nothing to prepare for).
             redb.prepare_spare_buffer(spare_bytes);
             self.lock().busy = false;
             self.changed.notify_all();
@@ -653,12 +656,13 @@ impl Redb {
             pending.merge(&ops);
         }
         self.commit(&pending, Some(seq), sync)?;
-        // `pending` borrowed from the buffer; written, it is done with it. Kept for the next
-        // segment unless far larger than this one: load has dropped, so the memory goes back.
+        // `pending` borrowed from the buffer; written, it is done with it. It goes back for a
+        // later segment (the larger of it and one already waiting; `prepare_spare_buffer` sizes it).
         drop(pending);
         let buffer = frames.into_buffer();
-        if buffer.capacity() <= 2 * buffer.len().max(1 << 20) {
-            *self.spare_buffer.lock().unwrap_or_else(|e| e.into_inner()) = buffer;
+        let mut spare = self.spare_buffer.lock().unwrap_or_else(|e| e.into_inner());
+        if buffer.capacity() > spare.capacity() {
+            *spare = buffer;
         }
         Ok(())
     }
@@ -674,14 +678,15 @@ impl Redb {
     fn prepare_spare_buffer(&self, bytes: u64) {
         let bytes = usize::try_from(bytes.min(SPARE_MAX_BYTES)).unwrap_or(0);
         let mut buffer = self.take_spare_buffer();
-        if buffer.capacity() < bytes {
+        // One far larger than needed (load fell, or a file read grew it) is replaced too: the
+        // buffers held stay within twice a spare each.
+        if buffer.capacity() < bytes || buffer.capacity() > 2 * bytes {
             buffer = Vec::with_capacity(bytes);
         }
-        // Its first `len` bytes were written already (a segment's frames), so only the rest is
-        // touched; writing it is what makes the kernel map it.
-        if buffer.len() < bytes {
-            buffer.resize(bytes, 0);
-        }
+        // The writer may fill it up to its capacity. Its first `len` bytes were written already
+        // (a segment's frames, or a file read into it); writing the rest is what makes the
+        // kernel map it.
+        buffer.resize(buffer.capacity(), 0);
         buffer.clear();
         *self.spare_buffer.lock().unwrap_or_else(|e| e.into_inner()) = buffer;
     }

@@ -143,8 +143,8 @@ pub struct Wal {
     direct: Option<BlockAppender>,
     /// A copy of every frame appended, as the file holds them: the checkpoint works from this
     /// instead of reading the segment back, a read that queued in front of the log's flushes.
-    /// It never grows past the buffer it was given ([`Wal::keep_frames_in`]): `None` once a
-    /// frame did not fit, and the checkpoint reads the file instead.
+    /// It never grows past the buffer it was given ([`Wal::keep_frames_in`]): `None` without a
+    /// buffer or once a frame did not fit, and the checkpoint reads the file instead.
     frames: Option<Vec<u8>>,
 }
 
@@ -161,7 +161,7 @@ impl Wal {
             seq,
             len: 0,
             direct: None,
-            frames: Some(Vec::new()),
+            frames: None,
         })
     }
 
@@ -179,7 +179,7 @@ impl Wal {
             seq,
             len: 0,
             direct: (mode == IoMode::Direct).then(BlockAppender::default),
-            frames: Some(Vec::new()),
+            frames: None,
         })
     }
 
@@ -187,21 +187,18 @@ impl Wal {
     /// while they fit in its capacity: growing the copy on the writer thread maps fresh memory,
     /// which the kernel zeroes first, and on this project's virtual machine that stalled every
     /// write for 10-100 ms at a time while a load ramped up. The checkpoint thread prepares the
-    /// buffer instead (`disk`); without one (capacity 0), the segment keeps no copy.
+    /// buffer instead (`disk`); without one (capacity 0), the segment keeps no copy, nor does a
+    /// segment never given one. Only an empty segment takes one: the copy must hold every frame.
     pub fn keep_frames_in(&mut self, mut buffer: Vec<u8>) {
-        if let Some(frames) = &mut self.frames {
+        if self.is_empty() {
             buffer.clear();
-            if buffer.capacity() >= frames.len() {
-                buffer.extend_from_slice(frames);
-                *frames = buffer;
-            } else {
-                self.frames = None;
-            }
+            self.frames = Some(buffer);
         }
     }
 
     /// Take the copy of the frames appended so far, byte for byte what the file holds before its
-    /// end ([`parse_frames`] reads it); `None` if it was dropped for size. Later appends keep none.
+    /// end ([`parse_frames`] reads it); `None` if the segment was given no buffer or outgrew it.
+    /// Later appends keep none.
     pub fn take_frames(&mut self) -> Option<Vec<u8>> {
         self.frames.take()
     }
@@ -564,13 +561,21 @@ mod tests {
     }
 
     #[test]
-    fn without_a_buffer_a_segment_keeps_no_copy() {
+    fn without_a_buffer_or_given_one_late_a_segment_keeps_no_copy() {
         let dir = tempfile::tempdir().unwrap();
         let mut wal = Wal::create(dir.path(), 1).unwrap();
         wal.keep_frames_in(Vec::new());
         wal.append(b"first", true).unwrap();
-        assert!(wal.take_frames().is_none());
-        assert_eq!(read_frames(wal.path()).unwrap().len(), 1);
+        assert!(wal.take_frames().is_none(), "no room at all");
+        let mut late = Wal::create(dir.path(), 2).unwrap();
+        late.append(b"first", true).unwrap();
+        late.keep_frames_in(Vec::with_capacity(1 << 16));
+        late.append(b"second", true).unwrap();
+        assert!(
+            late.take_frames().is_none(),
+            "a copy without the first frame would lose it"
+        );
+        assert_eq!(read_frames(late.path()).unwrap().len(), 2);
     }
 
     #[test]
