@@ -1058,6 +1058,15 @@ mod tests {
         assert!(decode_ops(&[99]).is_err());
     }
 
+    /// Two different states of one user, in the order a test writes them (Busy, then Away).
+    fn older_and_newer() -> (Vec<u8>, Vec<u8>) {
+        use presence_core::{Activity, Availability};
+        let older = state_json(Availability::Busy, Activity::InACall);
+        let newer = state_json(Availability::Away, Activity::Away);
+        assert_ne!(older, newer);
+        (older, newer)
+    }
+
     fn state_json(availability: presence_core::Availability, activity: presence_core::Activity) -> Vec<u8> {
         let mut state = UserPresence::default();
         let command = presence_core::Command::SetPresence {
@@ -1074,10 +1083,7 @@ mod tests {
     fn segments_left_by_a_crash_are_replayed_oldest_first_then_deleted() {
         let dir = tempfile::tempdir().unwrap();
         let key = "t1/u1";
-        use presence_core::{Activity, Availability};
-        let older = state_json(Availability::Busy, Activity::InACall);
-        let newer = state_json(Availability::Away, Activity::Away);
-        assert_ne!(older, newer);
+        let (older, newer) = older_and_newer();
         // Two closed segments, as a crash during a checkpoint leaves them, the newer value last.
         let mut first = Wal::create(dir.path(), 7).unwrap();
         first.append(&encode_ops(&[Op::UserPut(key, &older)]), true).unwrap();
@@ -1156,11 +1162,9 @@ mod tests {
 
     #[test]
     fn checkpointed_segments_stay_on_disk_until_a_synced_commit_covers_them() {
-        use presence_core::{Activity, Availability};
         let dir = tempfile::tempdir().unwrap();
         let (disk, _) = Disk::open(dir.path()).unwrap();
-        let busy = state_json(Availability::Busy, Activity::InACall);
-        let away = state_json(Availability::Away, Activity::Away);
+        let (busy, away) = older_and_newer();
         let mut expected = std::collections::BTreeMap::new();
         for i in 0..SYNC_EVERY_SEGMENTS - 1 {
             put_expecting(&disk, &mut expected, &format!("t1/u{i}"), &busy);
@@ -1197,10 +1201,8 @@ mod tests {
 
     #[test]
     fn a_segment_redb_already_holds_is_skipped_at_start_not_replayed_over_newer_state() {
-        use presence_core::{Activity, Availability};
         let dir = tempfile::tempdir().unwrap();
-        let older = state_json(Availability::Busy, Activity::InACall);
-        let newer = state_json(Availability::Away, Activity::Away);
+        let (older, newer) = older_and_newer();
         let (disk, _) = Disk::open(dir.path()).unwrap();
         put(&disk, "t1/u", &older);
         let first = disk.lock_wal().log.path().to_path_buf();
@@ -1330,10 +1332,8 @@ mod tests {
 
     #[test]
     fn a_reopen_does_not_write_again_a_listed_segment_a_synced_commit_covers() {
-        use presence_core::{Activity, Availability};
         let dir = tempfile::tempdir().unwrap();
-        let older = state_json(Availability::Busy, Activity::InACall);
-        let newer = state_json(Availability::Away, Activity::Away);
+        let (older, newer) = older_and_newer();
         let (disk, _) = Disk::open(dir.path()).unwrap();
         put(&disk, "t1/u", &older);
         let (first_seq, first) = {

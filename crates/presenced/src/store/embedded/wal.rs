@@ -406,6 +406,20 @@ pub fn crc32(data: &[u8]) -> u32 {
 mod tests {
     use super::*;
 
+    /// Each frame's payload, owned.
+    fn owned_frames(segment: Segment) -> Vec<Vec<u8>> {
+        segment.frames().map(<[u8]>::to_vec).collect()
+    }
+
+    /// A new segment keeping its copy in a buffer of `capacity`, and where that buffer's memory is.
+    fn with_buffer(dir: &Path, capacity: usize) -> (Wal, *const u8) {
+        let mut wal = Wal::create(dir, 1).unwrap();
+        let buffer = Vec::with_capacity(capacity);
+        let memory = buffer.as_ptr();
+        wal.keep_frames_in(buffer);
+        (wal, memory)
+    }
+
     #[test]
     fn crc_matches_the_standard_check_value() {
         assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
@@ -418,7 +432,7 @@ mod tests {
         wal.append(b"first", true).unwrap();
         wal.append(b"second", false).unwrap();
         let path = wal.path().to_path_buf();
-        let frames: Vec<Vec<u8>> = read_frames(&path).unwrap().frames().map(<[u8]>::to_vec).collect();
+        let frames = owned_frames(read_frames(&path).unwrap());
         assert_eq!(frames, vec![b"first".to_vec(), b"second".to_vec()]);
         // A crash in the middle of a third append.
         let mut bytes = std::fs::read(&path).unwrap();
@@ -479,7 +493,7 @@ mod tests {
                 64 * 1024,
                 "{mode:?}: frames overwrite zeros; the file does not grow (so an fdatasync need not write its size)"
             );
-            let frames: Vec<Vec<u8>> = read_frames(wal.path()).unwrap().frames().map(<[u8]>::to_vec).collect();
+            let frames = owned_frames(read_frames(wal.path()).unwrap());
             assert_eq!(frames, vec![b"first".to_vec(), b"second".to_vec()], "{mode:?}");
         }
     }
@@ -500,13 +514,12 @@ mod tests {
             let wal = preallocated(dir.path(), 16 * 1024, mode, &refs);
             let expected: u64 = sizes.iter().map(|n| (HEADER + n) as u64).sum();
             assert_eq!(wal.len(), expected);
-            let frames: Vec<Vec<u8>> = read_frames(wal.path()).unwrap().frames().map(<[u8]>::to_vec).collect();
+            let frames = owned_frames(read_frames(wal.path()).unwrap());
             assert_eq!(frames, payloads, "{mode:?}");
             // The copy the checkpoint works from holds the same frames.
             let mut wal = wal;
             let frames = wal.take_frames().unwrap();
-            let kept = parse_frames(wal.path(), frames).unwrap();
-            let kept: Vec<Vec<u8>> = kept.frames().map(<[u8]>::to_vec).collect();
+            let kept = owned_frames(parse_frames(wal.path(), frames).unwrap());
             assert_eq!(kept, payloads, "{mode:?}: the kept copy");
         }
     }
@@ -514,10 +527,7 @@ mod tests {
     #[test]
     fn the_kept_copy_holds_only_appends_that_succeeded_and_reuses_the_buffer_it_is_given() {
         let dir = tempfile::tempdir().unwrap();
-        let mut wal = Wal::create(dir.path(), 1).unwrap();
-        let buffer = Vec::with_capacity(1 << 16);
-        let memory = buffer.as_ptr();
-        wal.keep_frames_in(buffer);
+        let (mut wal, memory) = with_buffer(dir.path(), 1 << 16);
         wal.append(b"first", true).unwrap();
         // An append that fails (here: the file is swapped for a read-only handle) adds nothing.
         let read_only = File::open(wal.path()).unwrap();
@@ -527,11 +537,7 @@ mod tests {
         wal.append(b"second", false).unwrap();
         let kept = wal.take_frames().unwrap();
         assert_eq!(kept.as_ptr(), memory, "written into the given buffer");
-        let kept: Vec<Vec<u8>> = parse_frames(Path::new("kept"), kept)
-            .unwrap()
-            .frames()
-            .map(<[u8]>::to_vec)
-            .collect();
+        let kept = owned_frames(parse_frames(Path::new("kept"), kept).unwrap());
         assert_eq!(kept, vec![b"first".to_vec(), b"second".to_vec()]);
         assert!(wal.take_frames().is_none(), "taken once");
     }
@@ -539,10 +545,7 @@ mod tests {
     #[test]
     fn the_copy_never_grows_past_its_buffer() {
         let dir = tempfile::tempdir().unwrap();
-        let mut wal = Wal::create(dir.path(), 1).unwrap();
-        let buffer = Vec::with_capacity(1 << 20);
-        let memory = buffer.as_ptr();
-        wal.keep_frames_in(buffer);
+        let (mut wal, memory) = with_buffer(dir.path(), 1 << 20);
         let payload = vec![7u8; 4096];
         let mut appended = 0;
         while wal.len() as usize + HEADER + payload.len() <= 1 << 20 {
@@ -608,7 +611,7 @@ mod tests {
             other.sync_all().unwrap();
             wal.cut_back();
             wal.append(b"second", true).unwrap();
-            let frames: Vec<Vec<u8>> = read_frames(wal.path()).unwrap().frames().map(<[u8]>::to_vec).collect();
+            let frames = owned_frames(read_frames(wal.path()).unwrap());
             assert_eq!(frames, vec![b"first".to_vec(), b"second".to_vec()], "{mode:?}");
             // Direct writes are whole blocks, so the file ends at the next block boundary.
             let grows_to = match mode {
