@@ -5,7 +5,9 @@
 use crate::http::rate_limit::RateLimit;
 use crate::notify::dispatcher::DeliveryConfig;
 use crate::notify::endpoint::Cidr;
-use crate::notify::subscription::SubscriptionPolicy;
+use crate::store::embedded::change_log::Retention;
+use crate::store::StoreChoice;
+use crate::subscription::SubscriptionPolicy;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use presence_core::duration::parse_config_duration;
 use presence_core::Timing;
@@ -23,6 +25,8 @@ pub struct Cli {
     pub command: Cmd,
 }
 
+// Parsed once at start; the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     /// Run the server.
@@ -44,6 +48,15 @@ pub struct ServeArgs {
     /// Directory holding the database and the token-signing secret. [default: ./presenced-data]
     #[arg(long, env = "PRESENCED_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// The store backend: `embedded` (memory, a write-ahead log and redb in the data directory). [default: embedded]
+    #[arg(long, env = "PRESENCED_STORE")]
+    pub store: Option<String>,
+    /// The change log keeps at most this many changes (webhook subscribers further behind get `missed`). [default: 200000]
+    #[arg(long, env = "PRESENCED_CHANGE_LOG_RETAIN")]
+    pub change_log_retain: Option<usize>,
+    /// ...and none older than this. [default: 4h]
+    #[arg(long, env = "PRESENCED_CHANGE_LOG_RETAIN_FOR")]
+    pub change_log_retain_for: Option<String>,
     /// An Available session without keep-alive fades to AvailableIdle after this, Away after twice this. [default: 5m]
     #[arg(long, env = "PRESENCED_FADE_AFTER")]
     pub fade_after: Option<String>,
@@ -146,6 +159,9 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<String>,
+    pub store: Option<String>,
+    #[serde(default)]
+    pub change_log: FileChangeLog,
     pub rate_limit: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub fade_after: Option<String>,
@@ -160,6 +176,13 @@ pub struct FileConfig {
     pub webhooks: FileWebhooks,
     #[serde(default)]
     pub subscriptions: FileSubscriptions,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileChangeLog {
+    pub retain: Option<usize>,
+    pub retain_for: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -200,6 +223,8 @@ pub struct FileLog {
 pub struct ServeConfig {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    pub store: StoreChoice,
+    pub retention: Retention,
     pub timing: Timing,
     pub jwks_file: Option<PathBuf>,
     pub issuers: Vec<String>,
@@ -316,6 +341,7 @@ impl ServeArgs {
             )?,
             allow_app_tokens: self.subscriptions_allow_app_tokens
                 || file.subscriptions.allow_app_tokens.unwrap_or(false),
+            ..sub_defaults
         };
         if subscriptions.lifetime_max <= jiff::SignedDuration::ZERO
             || subscriptions.lifetime_min > subscriptions.lifetime_max
@@ -323,6 +349,29 @@ impl ServeArgs {
             return Err(ConfigError::Value {
                 key: "subscription-lifetime",
                 message: "need 0 < subscription-lifetime-min <= subscription-lifetime-max".into(),
+            });
+        }
+        let store_raw = self.store.or(file.store).unwrap_or_else(|| "embedded".to_owned());
+        let store = store_raw
+            .parse()
+            .map_err(|message| ConfigError::Value { key: "store", message })?;
+        let retention_defaults = Retention::default();
+        let retention = Retention {
+            count: self
+                .change_log_retain
+                .or(file.change_log.retain)
+                .unwrap_or(retention_defaults.count),
+            age: duration(
+                "change-log-retain-for",
+                self.change_log_retain_for,
+                file.change_log.retain_for,
+                retention_defaults.age,
+            )?,
+        };
+        if retention.age <= jiff::SignedDuration::ZERO {
+            return Err(ConfigError::Value {
+                key: "change-log-retain-for",
+                message: "must be longer than zero".into(),
             });
         }
         let rate_limit_raw = self
@@ -346,6 +395,8 @@ impl ServeArgs {
                 .data_dir
                 .or(file.data_dir)
                 .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            store,
+            retention,
             timing,
             jwks_file: self.jwks_file.or(file.auth.jwks_file),
             issuers: or_default(self.jwt_issuers, file.auth.issuers, crate::auth::DEFAULT_ISSUER),

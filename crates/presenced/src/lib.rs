@@ -4,14 +4,17 @@
 //! - [`config`]: command line, environment and TOML configuration.
 //! - [`auth`]: JWT verification (HS256 secret, JWKS), minting, and the Graph permission matrix.
 //! - [`http`]: the Graph wire API (routing, DTOs, errors, request ids) and health endpoints.
-//! - [`service`]: load → apply (core) → commit, with per-user serialisation.
-//! - [`store`]: the store port and its backends (embedded: memory, a segmented write-ahead log with
-//!   group commit, redb checkpoints on their own thread).
+//! - [`service`]: the presence service (load → apply (core) → compare-and-set commit) and the
+//!   subscription service (ownership, limits, handshake, lifecycle steps).
+//! - [`store`]: the store's ports (presence state, deadlines, change log, subscriptions,
+//!   deliveries) and their backends (embedded: memory, a segmented write-ahead log with group
+//!   commit, redb checkpoints on their own thread).
+//! - [`subscription`]: the subscription record, its `resource` filter and lifetime policy.
 //! - [`sweeper`]: applies fades and expiries on time from the store's deadline index.
 //! - [`server`]: wiring and graceful shutdown.
-//! - [`notify`]: change-notification subscriptions, webhook delivery, lifecycle events.
+//! - [`notify`]: webhook delivery derived from the change log, lifecycle events.
 //! - [`metrics`]: Prometheus metrics (`/metrics`).
-//! - [`clock`]: the only place allowed to read the wall clock.
+//! - [`clock`]: the only place allowed to read the wall clock, and the injectable [`clock::Clock`].
 //! - [`json_text`]: JSON values written by hand, byte-equal to serde_json, for the hot paths.
 #![forbid(unsafe_code)]
 
@@ -25,4 +28,5 @@ pub mod notify;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod subscription;
 pub mod sweeper;

@@ -80,7 +80,7 @@ impl Default for StoreMetrics {
 pub struct DeliveryMetrics {
     /// `delivered`, `failed` (an attempt that will be retried) or `dropped` (given up).
     pub outcomes: Family<OutcomeLabels, Counter>,
-    /// Notifications owed and not yet delivered.
+    /// Change notifications queued for endpoints and not yet sent.
     pub queue_depth: Gauge,
 }
 
@@ -91,6 +91,8 @@ pub struct StateGauges {
     pub sessions: Gauge,
     pub deadlines_pending: Gauge,
     pub subscriptions: Gauge,
+    pub change_log_retained: Gauge,
+    pub lifecycle_queued: Gauge,
 }
 
 pub struct Metrics {
@@ -130,6 +132,16 @@ impl Metrics {
             "subscriptions",
             "Change-notification subscriptions",
             state.subscriptions.clone(),
+        );
+        registry.register(
+            "change_log_retained",
+            "Changes the change log's window holds",
+            state.change_log_retained.clone(),
+        );
+        registry.register(
+            "lifecycle_notices_queued",
+            "Lifecycle notices (reauthorizationRequired, subscriptionRemoved, missed) not yet sent",
+            state.lifecycle_queued.clone(),
         );
         registry.register("store_commits", "Durable group commits", store.commits.clone());
         registry.register(

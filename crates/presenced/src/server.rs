@@ -1,14 +1,16 @@
-//! Wiring: open the store, build the service, start the sweeper, serve HTTP, shut down cleanly.
+//! Wiring: open the store the configuration names, build the services, start the workers (sweeper,
+//! dispatcher, lifecycle), serve HTTP, shut down cleanly.
 use crate::auth::{self, AuthConfig, Verifier};
-use crate::clock::SystemClock;
+use crate::clock::{Clock, SystemClock};
 use crate::config::ServeConfig;
-use crate::http::{self, AppState, SubscriptionContext};
+use crate::http::{self, AppState};
 use crate::notify::dispatcher::Dispatcher;
 use crate::notify::endpoint::EndpointPolicy;
 use crate::notify::lifecycle::Lifecycle;
 use crate::notify::webhook::WebhookClient;
-use crate::service::PresenceService;
-use crate::store::embedded::EmbeddedStore;
+use crate::service::{PresenceService, SubscriptionService};
+use crate::store::embedded::{self, EmbeddedStore};
+use crate::store::{Store, StoreChoice};
 use crate::sweeper::Sweeper;
 use anyhow::Context;
 use std::future::Future;
@@ -36,13 +38,42 @@ pub fn verifier(config: &ServeConfig) -> anyhow::Result<Verifier> {
     })?)
 }
 
+/// Open the backend the configuration names.
+async fn open_store(config: &ServeConfig, clock: &Clock) -> anyhow::Result<Store> {
+    match config.store {
+        StoreChoice::Embedded => {
+            let dir = config.data_dir.clone();
+            let options = embedded::Options {
+                retention: config.retention,
+                clock: clock.clone(),
+            };
+            let (store, report) = tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir, options)).await??;
+            tracing::info!(
+                users = report.users,
+                pending_deadlines = report.pending_deadlines,
+                change_log = report.log_retained,
+                data_dir = %config.data_dir.display(),
+                "store opened"
+            );
+            Ok(Store::Embedded(store))
+        }
+    }
+}
+
 /// Run until `shutdown` resolves; then stop accepting, drain in-flight requests, stop the
-/// sweeper and close the store.
+/// workers and close the store.
 pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    run_with_clock(config, Clock::system(), shutdown).await
+}
+
+/// [`run`] on a given clock (tests drive timers with a manual one).
+pub async fn run_with_clock(
+    config: ServeConfig,
+    clock: Clock,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let verifier = verifier(&config)?;
-    let dir = config.data_dir.clone();
-    let (store, report) = tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir)).await??;
-    tracing::info!(users = report.users, pending_deadlines = report.pending_deadlines, data_dir = %config.data_dir.display(), "store opened");
+    let store = open_store(&config, &clock).await?;
 
     let endpoints = EndpointPolicy {
         allow_http: config.webhook_allow_http,
@@ -50,28 +81,33 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()> + Send 
     };
     let client = WebhookClient::new(endpoints.clone()).context("building the webhook client")?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    // The dispatcher starts first so it takes the delivery feed before anything can commit.
     let delivery_metrics = crate::metrics::DeliveryMetrics::default();
     let metrics = Arc::new(crate::metrics::Metrics::new(store.metrics(), &delivery_metrics));
+    let service = Arc::new(PresenceService::new(
+        store.clone(),
+        config.timing.clone(),
+        clock.clone(),
+    ));
+    let subscriptions = Arc::new(SubscriptionService::new(
+        store.clone(),
+        config.subscriptions.clone(),
+        endpoints,
+        client.clone(),
+        clock.clone(),
+    ));
     let dispatcher = tokio::spawn(
         Dispatcher::new(
             store.clone(),
-            client.clone(),
+            client,
             config.delivery.clone(),
             delivery_metrics,
+            clock.clone(),
             stop_rx.clone(),
         )
         .run(),
     );
-    let lifecycle =
-        tokio::spawn(Lifecycle::new(store.clone(), config.subscriptions.clone()).run(SystemClock, stop_rx.clone()));
-    let service = Arc::new(PresenceService::new(store, config.timing.clone()));
-    let sweeper = tokio::spawn(Sweeper::new(service.clone()).run(SystemClock, stop_rx));
-    let subscriptions = Arc::new(SubscriptionContext {
-        policy: config.subscriptions.clone(),
-        endpoints,
-        client,
-    });
+    let lifecycle = tokio::spawn(Lifecycle::new(subscriptions.clone()).run(stop_rx.clone()));
+    let sweeper = tokio::spawn(Sweeper::new(service.clone()).run(stop_rx));
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -79,9 +115,10 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()> + Send 
     let addr = listener.local_addr()?;
     let state = AppState {
         service: service.clone(),
+        subscriptions: subscriptions.clone(),
+        store: store.clone(),
         verifier: Arc::new(verifier),
         clock: SystemClock,
-        subscriptions,
         rate_limiter: config
             .rate_limit
             .map(|l| Arc::new(crate::http::rate_limit::RateLimiter::new(l))),
@@ -97,10 +134,9 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()> + Send 
     tracing::info!("draining finished; stopping");
     let _ = stop_tx.send(true);
     let _ = tokio::join!(sweeper, dispatcher, lifecycle);
-    if let Ok(service) = Arc::try_unwrap(service) {
-        let store = service.into_store();
-        tokio::task::spawn_blocking(move || store.close()).await?;
-    }
+    // The last handles: the services' and the request state's are gone with the server.
+    drop((service, subscriptions));
+    tokio::task::spawn_blocking(move || store.close()).await?;
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 //! that deadline earlier), then applies every due transition. `tick` is the whole step, so tests
 //! and benchmarks can drive it directly.
 use crate::service::PresenceService;
-use crate::store::PresenceStore;
+use crate::store::{Deadlines, PresenceState};
 use jiff::Timestamp;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +25,7 @@ pub struct Sweeper<S> {
     service: Arc<PresenceService<S>>,
 }
 
-impl<S: PresenceStore> Sweeper<S> {
+impl<S: PresenceState + Deadlines> Sweeper<S> {
     pub fn new(service: Arc<PresenceService<S>>) -> Self {
         Self { service }
     }
@@ -58,7 +58,8 @@ impl<S: PresenceStore> Sweeper<S> {
         (seen, committed)
     }
 
-    pub async fn run(self, clock: crate::clock::SystemClock, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let clock = self.service.clock().clone();
         loop {
             let (seen, committed) = self.tick(clock.now()).await;
             if seen == BATCH && committed > 0 {
@@ -90,8 +91,9 @@ impl<S: PresenceStore> Sweeper<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::embedded::EmbeddedStore;
-    use crate::store::{Commit, PresenceStore};
+    use crate::clock::Clock;
+    use crate::store::embedded::{EmbeddedStore, Options};
+    use crate::store::{ChangeLog, Commit, Position};
     use jiff::SignedDuration;
     use presence_core::{
         Activity, Availability, Command, SessionId, SessionState, TenantId, Timing, UserId, UserKey, UserPresence,
@@ -100,7 +102,7 @@ mod tests {
     #[tokio::test]
     async fn tick_applies_overdue_transitions_and_records_the_change() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = EmbeddedStore::open(dir.path()).unwrap();
+        let (store, _) = EmbeddedStore::open(dir.path(), Options::default()).unwrap();
         let key = UserKey::new(TenantId::parse("t").unwrap(), UserId::parse("u").unwrap());
         let now = crate::clock::SystemClock.now();
         // A session set 12 minutes ago: both fade deadlines are overdue, expiry is not.
@@ -123,19 +125,16 @@ mod tests {
             })
             .await
             .unwrap();
-        let outbox_before = store.outbox_after(0, 100).await.unwrap().len();
+        let log_before = store.changes_after(&Position::ZERO, 100).await.unwrap().len();
 
-        let sweeper = Sweeper::new(Arc::new(PresenceService::new(store.clone(), Timing::default())));
+        let service = PresenceService::new(store.clone(), Timing::default(), Clock::manual(now));
+        let sweeper = Sweeper::new(Arc::new(service));
         assert_eq!(sweeper.tick(now).await, (1, 1));
         let view = store.load(&key).await.unwrap().state.view();
         assert_eq!((view.availability, view.activity), (Availability::Away, Activity::Away));
-        let outbox = store.outbox_after(0, 100).await.unwrap();
-        assert_eq!(
-            outbox.len(),
-            outbox_before + 1,
-            "the fade produced exactly one change event"
-        );
-        assert_eq!(outbox.last().unwrap().event.view.availability, Availability::Away);
+        let log = store.changes_after(&Position::ZERO, 100).await.unwrap();
+        assert_eq!(log.len(), log_before + 1, "the fade produced exactly one change");
+        assert_eq!(log.last().unwrap().event.view.availability, Availability::Away);
         assert_eq!(sweeper.tick(now).await, (0, 0), "nothing is due twice");
         assert!(store.next_deadline().await.unwrap() > now);
     }

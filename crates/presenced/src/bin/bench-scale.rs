@@ -41,7 +41,7 @@ use presenced::store::embedded::disk::FILE_NAME;
 use presenced::store::embedded::memory::{Entry, Memory};
 use presenced::store::embedded::wal;
 use presenced::store::embedded::EmbeddedStore;
-use presenced::store::{Commit, PresenceStore};
+use presenced::store::{Commit, PresenceState};
 use presenced::sweeper::Sweeper;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::{json, Value};
@@ -873,7 +873,7 @@ fn fill(args: FillArgs) -> Result<()> {
     let limit = (args.rss_limit_gib * GIB) as u64;
     let rt = runtime()?;
     let rss_before_open = rss();
-    let (store, _) = EmbeddedStore::open(&args.data_dir)?;
+    let (store, _) = EmbeddedStore::open(&args.data_dir, Default::default())?;
     let base = rss();
     let ids = Arc::new(Ids::new(args.tenants, args.sequential_keys));
     let timing = Timing::default();
@@ -941,7 +941,7 @@ fn fill(args: FillArgs) -> Result<()> {
         return Ok(());
     }
     let reopen_started = Instant::now();
-    let (store, open_report) = EmbeddedStore::open(&args.data_dir)?;
+    let (store, open_report) = EmbeddedStore::open(&args.data_dir, Default::default())?;
     let reopen_secs = reopen_started.elapsed().as_secs_f64();
     let after_reopen = rss();
     let hwm_reopen = proc_status("VmHWM");
@@ -1024,7 +1024,7 @@ fn structures(args: StructuresArgs) -> Result<()> {
 fn reopen(args: ReopenArgs) -> Result<()> {
     let before = rss();
     let started = Instant::now();
-    let (store, report) = EmbeddedStore::open(&args.data_dir)?;
+    let (store, report) = EmbeddedStore::open(&args.data_dir, Default::default())?;
     let secs = started.elapsed().as_secs_f64();
     let after = rss();
     let hwm = proc_status("VmHWM");
@@ -1192,10 +1192,10 @@ fn storm(args: StormArgs) -> Result<()> {
     report.line("machine", machine());
     let dir = DataDir::new(common, "storm")?;
     let rt = runtime()?;
-    let (store, _) = EmbeddedStore::open(&dir.path)?;
+    let (store, _) = EmbeddedStore::open(&dir.path, Default::default())?;
     let timing = Timing::default();
     let expiration = timing.session_expiration_min;
-    let service = Arc::new(PresenceService::new(store.clone(), timing.clone()));
+    let service = Arc::new(PresenceService::new(store.clone(), timing.clone(), Default::default()));
     let ids = Arc::new(Ids::new(common.tenants, common.sequential_keys));
     let clock = SystemClock;
 

@@ -2,7 +2,7 @@
 //! so orchestrators and scrapers can reach them; none holds user data.
 use super::error::ApiError;
 use super::AppState;
-use crate::store::PresenceStore;
+use crate::store::PresenceState;
 use axum::extract::Request;
 use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -38,7 +38,7 @@ fn healthz() -> Response {
 
 /// Ready when the store accepts writes (loaded, writer running).
 fn readyz(state: &AppState) -> Response {
-    if state.service.store().is_ready() {
+    if state.store.is_ready() {
         status_json(StatusCode::OK, "ready")
     } else {
         status_json(StatusCode::SERVICE_UNAVAILABLE, "not ready")
@@ -47,12 +47,14 @@ fn readyz(state: &AppState) -> Response {
 
 /// Prometheus text exposition: counts and latencies only, no ids as labels.
 fn metrics(state: &AppState) -> Response {
-    let store = state.service.store();
     let gauges = &state.metrics.state;
-    gauges.users.set(store.user_count() as i64);
-    gauges.sessions.set(store.session_count());
-    gauges.deadlines_pending.set(store.pending_deadlines() as i64);
-    gauges.subscriptions.set(store.subscription_count() as i64);
+    let counts = state.store.counts();
+    gauges.users.set(counts.users as i64);
+    gauges.sessions.set(counts.sessions);
+    gauges.deadlines_pending.set(counts.deadlines as i64);
+    gauges.subscriptions.set(counts.subscriptions as i64);
+    gauges.change_log_retained.set(counts.log_retained as i64);
+    gauges.lifecycle_queued.set(counts.lifecycle_queued as i64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         state.metrics.encode(),

@@ -20,11 +20,8 @@ pub mod subscriptions;
 
 use crate::auth::{Principal, Verifier};
 use crate::clock::SystemClock;
-use crate::notify::endpoint::EndpointPolicy;
-use crate::notify::subscription::SubscriptionPolicy;
-use crate::notify::webhook::WebhookClient;
-use crate::service::PresenceService;
-use crate::store::embedded::EmbeddedStore;
+use crate::service::{PresenceService, SubscriptionService};
+use crate::store::Store;
 use axum::extract::Request;
 use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -33,26 +30,17 @@ use routes::Endpoint;
 use std::future::Future;
 use std::sync::Arc;
 
-/// The backend the server runs on; one alias to change when a second backend lands.
-pub type ActiveStore = EmbeddedStore;
-
 #[derive(Clone)]
 pub struct AppState {
-    pub service: Arc<PresenceService<ActiveStore>>,
+    pub service: Arc<PresenceService>,
+    pub subscriptions: Arc<SubscriptionService>,
+    /// The store, for readiness and the gauges `/metrics` reads; requests go through the services.
+    pub store: Store,
     pub verifier: Arc<Verifier>,
     pub clock: SystemClock,
-    pub subscriptions: Arc<SubscriptionContext>,
     /// `None` when throttling is off.
     pub rate_limiter: Option<Arc<rate_limit::RateLimiter>>,
     pub metrics: Arc<crate::metrics::Metrics>,
-}
-
-/// What the subscription endpoints need beyond the store.
-pub struct SubscriptionContext {
-    pub policy: SubscriptionPolicy,
-    pub endpoints: EndpointPolicy,
-    /// Sends the validation handshake.
-    pub client: WebhookClient,
 }
 
 /// The service `axum::serve` runs: every request goes to `request_context::entry`, which routes
@@ -196,7 +184,7 @@ async fn dispatch_endpoint(
             let bytes = body::read(&parts.headers, body).await?;
             subscriptions::create(state, &principal, route.version, &parts.headers, &bytes).await
         }
-        Endpoint::Subscriptions => subscriptions::list(state, &principal, route.version).await,
+        Endpoint::Subscriptions => subscriptions::list(state, &principal, route.version, parts.uri.query()).await,
         Endpoint::Subscription(id) if parts.method == Method::PATCH => {
             let bytes = body::read(&parts.headers, body).await?;
             subscriptions::update(state, &principal, route.version, &id, &parts.headers, &bytes).await

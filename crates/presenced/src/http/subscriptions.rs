@@ -1,7 +1,8 @@
 //! `/subscriptions`: Graph change-notification subscriptions for presence resources.
 //!
-//! A subscription belongs to the tenant and application whose token created it; any other caller
-//! gets `404`, so ids of other applications' subscriptions cannot even be probed.
+//! Each handler turns the request into the subscription service's inputs (checking the fields'
+//! form) and renders its answer; the rules (ownership, limits, handshake, lifecycle) are the
+//! service's (`service::subscriptions`).
 use super::body;
 use super::error::ApiError;
 use super::presence::{denied, store_error};
@@ -9,11 +10,10 @@ use super::routes::ApiVersion;
 use super::AppState;
 use crate::auth::Principal;
 use crate::notify::crypto::EncryptionCertificate;
-use crate::notify::filter::parse_resource;
-use crate::notify::subscription::{
-    Subscription, MAX_CERTIFICATE_ID_CHARS, MAX_CLIENT_STATE_CHARS, MAX_SUBSCRIPTIONS_PER_APP,
-};
-use crate::store::PresenceStore;
+use crate::service::subscriptions::{NewSubscription, SubscriptionChange};
+use crate::service::{Owner, SubscriptionError};
+use crate::subscription::filter::parse_resource;
+use crate::subscription::{Subscription, MAX_CERTIFICATE_ID_CHARS, MAX_CLIENT_STATE_CHARS};
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -53,16 +53,22 @@ fn tenant(principal: &Principal) -> Result<TenantId, ApiError> {
         .map_err(|e| ApiError::unauthorized(format!("The token's tenant is invalid: {e}.")))
 }
 
-/// The owning application: subscriptions need a token that names its app (`appid`/`azp`).
-fn application(principal: &Principal) -> Result<String, ApiError> {
-    principal
+/// The caller as a subscription owner: subscriptions need a token that names its application.
+fn owner(principal: &Principal) -> Result<Owner, ApiError> {
+    let application_id = principal
         .app
         .clone()
-        .ok_or_else(|| ApiError::forbidden("The token names no application (appid or azp claim)."))
+        .ok_or_else(|| ApiError::forbidden("The token names no application (appid or azp claim)."))?;
+    Ok(Owner {
+        tenant: tenant(principal)?,
+        application_id,
+        user: principal.user.clone().filter(|_| principal.is_delegated()),
+    })
 }
 
 fn can_subscribe(state: &AppState, principal: &Principal) -> Result<(), ApiError> {
-    principal.can_subscribe(state.subscriptions.policy.allow_app_tokens).map_err(|d| match d {
+    let allow_app_tokens = state.subscriptions.policy().allow_app_tokens;
+    principal.can_subscribe(allow_app_tokens).map_err(|d| match d {
         crate::auth::Denied::NeedsUser => ApiError::forbidden(
             "Presence subscriptions need a delegated token with Presence.Read.All (start the server with --subscriptions-allow-app-tokens to allow application tokens).",
         ),
@@ -70,47 +76,15 @@ fn can_subscribe(state: &AppState, principal: &Principal) -> Result<(), ApiError
     })
 }
 
-async fn owned(state: &AppState, principal: &Principal, id: &str) -> Result<Subscription, ApiError> {
-    let not_found = || {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "ResourceNotFound",
-            format!("The subscription '{id}' does not exist."),
-        )
-    };
-    let subscription = state
-        .service
-        .store()
-        .subscription(id)
-        .await
-        .map_err(store_error)?
-        .ok_or_else(not_found)?;
-    let mine =
-        subscription.tenant == tenant(principal)? && Some(&subscription.application_id) == principal.app.as_ref();
-    if mine {
-        Ok(subscription)
-    } else {
-        Err(not_found())
+fn subscription_error(e: SubscriptionError) -> ApiError {
+    match e {
+        SubscriptionError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "ResourceNotFound", e.to_string()),
+        SubscriptionError::LimitReached(_) => ApiError::forbidden(e.to_string()),
+        SubscriptionError::Expiration(_) | SubscriptionError::Handshake(..) => ApiError::bad_request(e.to_string()),
+        SubscriptionError::Url(field, reason) => ApiError::bad_request(reason.for_field(field).to_string()),
+        SubscriptionError::Busy => ApiError::new(StatusCode::CONFLICT, "Conflict", e.to_string()),
+        SubscriptionError::Store(e) => store_error(e),
     }
-}
-
-fn url_error(field: &str, e: crate::notify::endpoint::EndpointError) -> ApiError {
-    ApiError::bad_request(e.for_field(field).to_string())
-}
-
-/// Graph's validation handshake on a URL; a failure fails the request with 400.
-async fn validate(state: &AppState, field: &str, raw: &str) -> Result<String, ApiError> {
-    let url = state
-        .subscriptions
-        .endpoints
-        .check_url(raw)
-        .map_err(|e| url_error(field, e))?;
-    state.subscriptions.client.validate(&url).await.map_err(|e| {
-        ApiError::bad_request(format!(
-            "Subscription validation request failed for {field}: {e}. The endpoint must answer the validation request within 10 seconds with 200 OK, Content-Type text/plain and the decoded validationToken as the body."
-        ))
-    })?;
-    Ok(url.to_string())
 }
 
 pub async fn create(
@@ -121,8 +95,7 @@ pub async fn create(
     bytes: &Bytes,
 ) -> Result<Response, ApiError> {
     can_subscribe(state, principal)?;
-    let tenant = tenant(principal)?;
-    let application_id = application(principal)?;
+    let owner = owner(principal)?;
     let b: CreateBody = body::required(body::json(headers, bytes)?)?;
     let change_type = b
         .change_type
@@ -137,12 +110,9 @@ pub async fn create(
         .resource
         .ok_or_else(|| ApiError::bad_request("resource is required."))?;
     let users = parse_resource(&resource).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let now = state.clock.now();
-    let expiration = state
-        .subscriptions
-        .policy
-        .expiration(b.expiration_date_time.as_deref(), now)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if b.expiration_date_time.is_none() {
+        return Err(ApiError::bad_request("expirationDateTime is required"));
+    }
     if b.client_state
         .as_ref()
         .is_some_and(|c| c.chars().count() > MAX_CLIENT_STATE_CHARS)
@@ -174,77 +144,88 @@ pub async fn create(
     let notification_url = b
         .notification_url
         .ok_or_else(|| ApiError::bad_request("notificationUrl is required."))?;
-    // Static URL checks first, so a bad second URL fails before any handshake is sent.
-    let policy = &state.subscriptions.endpoints;
-    policy
-        .check_url(&notification_url)
-        .map_err(|e| url_error("notificationUrl", e))?;
-    if let Some(l) = &b.lifecycle_notification_url {
-        policy
-            .check_url(l)
-            .map_err(|e| url_error("lifecycleNotificationUrl", e))?;
-    }
-    let existing = app_subscriptions(state, &tenant, Some(&application_id)).await?;
-    if existing.len() >= MAX_SUBSCRIPTIONS_PER_APP {
-        return Err(ApiError::forbidden(format!(
-            "This application already has {MAX_SUBSCRIPTIONS_PER_APP} subscriptions in this tenant; delete some first."
-        )));
-    }
-    let notification_url = validate(state, "notificationUrl", &notification_url).await?;
-    let lifecycle_notification_url = match &b.lifecycle_notification_url {
-        Some(l) => Some(validate(state, "lifecycleNotificationUrl", l).await?),
-        None => None,
-    };
-    let subscription = Subscription {
-        id: uuid::Uuid::new_v4().to_string(),
-        tenant,
-        application_id,
-        creator_id: principal.user.clone().filter(|_| principal.is_delegated()),
+    let request = NewSubscription {
         resource,
         users,
         notification_url,
-        lifecycle_notification_url,
+        lifecycle_notification_url: b.lifecycle_notification_url,
+        expiration: b.expiration_date_time,
         client_state: b.client_state,
-        expiration,
-        renewed_at: now,
         include_resource_data,
-        encryption_certificate: b.encryption_certificate.filter(|_| include_resource_data),
-        encryption_certificate_id: b.encryption_certificate_id.filter(|_| include_resource_data),
-        latest_supported_tls_version: Some(tls),
-        reauthorization_requested: false,
+        encryption_certificate: b.encryption_certificate,
+        encryption_certificate_id: b.encryption_certificate_id,
+        latest_supported_tls_version: tls,
     };
-    save(state, &subscription).await?;
+    let subscription = state
+        .subscriptions
+        .create(&owner, request)
+        .await
+        .map_err(subscription_error)?;
     Ok((StatusCode::CREATED, Json(render(&subscription, Some(version)))).into_response())
 }
 
-/// The subscriptions one application owns in one tenant (none for a token without an app id).
-async fn app_subscriptions(
+/// The caller's subscriptions, a page at a time: `@odata.nextLink` carries a `$skiptoken` (the
+/// last id of the page) while more follow, as Graph pages collections.
+pub async fn list(
     state: &AppState,
-    tenant: &TenantId,
-    app: Option<&String>,
-) -> Result<Vec<Subscription>, ApiError> {
-    let all = state
-        .service
-        .store()
-        .subscriptions(Some(tenant))
+    principal: &Principal,
+    version: ApiVersion,
+    query: Option<&str>,
+) -> Result<Response, ApiError> {
+    let owner = owner(principal)?;
+    let after = skip_token(query)?;
+    let (page, more) = state
+        .subscriptions
+        .list(&owner, after.as_deref())
         .await
-        .map_err(store_error)?;
-    Ok(all.into_iter().filter(|s| Some(&s.application_id) == app).collect())
-}
-
-pub async fn list(state: &AppState, principal: &Principal, version: ApiVersion) -> Result<Response, ApiError> {
-    let tenant = tenant(principal)?;
-    let mine = app_subscriptions(state, &tenant, principal.app.as_ref()).await?;
-    let value: Vec<Value> = mine.iter().map(|s| render(s, None)).collect();
+        .map_err(subscription_error)?;
+    let value: Vec<Value> = page.iter().map(|s| render(s, None)).collect();
     let context = format!(
         "https://graph.microsoft.com/{}/$metadata#subscriptions",
         version.as_str()
     );
-    Ok(Json(json!({ "@odata.context": context, "value": value })).into_response())
+    let mut body = json!({ "@odata.context": context, "value": value });
+    if let (true, Some(last)) = (more, page.last()) {
+        let token: String =
+            percent_encoding::utf8_percent_encode(&last.id, percent_encoding::NON_ALPHANUMERIC).collect();
+        body["@odata.nextLink"] = Value::String(format!(
+            "https://graph.microsoft.com/{}/subscriptions?$skiptoken={token}",
+            version.as_str()
+        ));
+    }
+    Ok(Json(body).into_response())
+}
+
+/// The `$skiptoken` of a list request, if any; other query options are refused.
+fn skip_token(query: Option<&str>) -> Result<Option<String>, ApiError> {
+    let Some(query) = query.filter(|q| !q.is_empty()) else {
+        return Ok(None);
+    };
+    let mut token = None;
+    for pair in query.split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
+        if name.eq_ignore_ascii_case("$skiptoken") {
+            let value = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
+            if value.is_empty() || value.len() > 128 {
+                return Err(ApiError::bad_request("$skiptoken is not one this server issued."));
+            }
+            token = Some(value.into_owned());
+        } else {
+            return Err(ApiError::bad_request(format!(
+                "The query option '{name}' is not supported on /subscriptions."
+            )));
+        }
+    }
+    Ok(token)
 }
 
 pub async fn get(state: &AppState, principal: &Principal, version: ApiVersion, id: &str) -> Result<Response, ApiError> {
-    let subscription = owned(state, principal, id).await?;
+    let subscription = state
+        .subscriptions
+        .get(&owner(principal)?, id)
+        .await
+        .map_err(subscription_error)?;
     Ok(Json(render(&subscription, Some(version))).into_response())
 }
 
@@ -256,7 +237,9 @@ pub async fn update(
     headers: &HeaderMap,
     bytes: &Bytes,
 ) -> Result<Response, ApiError> {
-    let mut subscription = owned(state, principal, id).await?;
+    let owner = owner(principal)?;
+    // Not found before forbidden: another application's subscription does not exist for this one.
+    state.subscriptions.get(&owner, id).await.map_err(subscription_error)?;
     can_subscribe(state, principal)?;
     let b: UpdateBody = body::required(body::json(headers, bytes)?)?;
     if b.lifecycle_notification_url.is_some() {
@@ -269,56 +252,37 @@ pub async fn update(
             "Give expirationDateTime and/or notificationUrl to update.",
         ));
     }
-    let now = state.clock.now();
-    if let Some(raw) = b.expiration_date_time.as_deref() {
-        subscription.expiration = state
-            .subscriptions
-            .policy
-            .expiration(Some(raw), now)
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        subscription.renewed_at = now;
-        subscription.reauthorization_requested = false;
-    }
-    if let Some(url) = b.notification_url.as_deref() {
-        subscription.notification_url = validate(state, "notificationUrl", url).await?;
-    }
-    save(state, &subscription).await?;
+    let change = SubscriptionChange {
+        expiration: b.expiration_date_time,
+        notification_url: b.notification_url,
+    };
+    let subscription = state
+        .subscriptions
+        .update(&owner, id, change)
+        .await
+        .map_err(subscription_error)?;
     Ok(Json(render(&subscription, Some(version))).into_response())
 }
 
 pub async fn delete(state: &AppState, principal: &Principal, id: &str) -> Result<Response, ApiError> {
-    owned(state, principal, id).await?;
     state
-        .service
-        .store()
-        .delete_subscription(id)
+        .subscriptions
+        .delete(&owner(principal)?, id)
         .await
-        .map_err(store_error)?;
+        .map_err(subscription_error)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 pub async fn reauthorize(state: &AppState, principal: &Principal, id: &str) -> Result<Response, ApiError> {
-    let mut subscription = owned(state, principal, id).await?;
+    let owner = owner(principal)?;
+    state.subscriptions.get(&owner, id).await.map_err(subscription_error)?;
     can_subscribe(state, principal)?;
-    subscription.reauthorization_requested = false;
-    subscription.renewed_at = state.clock.now();
     state
-        .service
-        .store()
-        .put_subscription(subscription)
+        .subscriptions
+        .reauthorize(&owner, id)
         .await
-        .map_err(store_error)?;
+        .map_err(subscription_error)?;
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-/// Store a created or changed subscription durably.
-async fn save(state: &AppState, subscription: &Subscription) -> Result<(), ApiError> {
-    state
-        .service
-        .store()
-        .put_subscription(subscription.clone())
-        .await
-        .map_err(store_error)
 }
 
 /// The subscription resource as Graph returns it.

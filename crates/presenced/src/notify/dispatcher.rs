@@ -1,27 +1,52 @@
-//! Delivery of owed notifications: one queue and one task per endpoint URL.
+//! Change notifications derived from the change log.
 //!
-//! Per endpoint, deliveries go out strictly in commit order (so per-user order holds), batched
-//! when they queue up, and a failing batch blocks only its own endpoint while it is retried with
-//! exponential backoff and jitter; every other endpoint keeps flowing. A delivery leaves the store
-//! only after a 2xx, so a crash means a re-send (at-least-once), never a loss.
+//! One task (the matcher) follows the log. For each change of a user's availability or activity
+//! it finds the subscriptions watching that user and queues the change for each, on the queue of
+//! the subscription's endpoint URL. One task per endpoint sends its queue in log order (so
+//! per-user order holds), batching what queued up, retrying a failing POST with exponential
+//! backoff and jitter; a failing endpoint holds up only its own queue.
+//!
+//! Nothing is stored per notification. Each subscription has an acknowledged position in the
+//! store: everything it is owed is in the log after it. Positions are acknowledged once the
+//! notifications before them went out (lazily: a crash means a re-send, which at-least-once
+//! allows). What a subscription is given up on (its queue overflowed, a POST failed for longer
+//! than `retry_for`, or the log's window moved past its position) is skipped in the store in the
+//! same write as a `missed` lifecycle notice, so a subscriber is always told what it lost.
+//!
+//! What one subscriber can make the server hold: per subscription at most `queue_per_subscription`
+//! queued changes, per endpoint at most `queue_per_endpoint` (references to changes the log holds
+//! anyway), one position and at most one pending `missed` notice in the store.
 use super::crypto::EncryptionCertificate;
 use super::payload::{self, ChangedPresence};
 use super::webhook::WebhookClient;
-use crate::clock::SystemClock;
+use crate::clock::Clock;
 use crate::metrics::{DeliveryMetrics, OutcomeLabels};
-use crate::store::{Delivery, DeliveryKind, LifecycleEvent, NewDelivery, PresenceStore};
+use crate::store::{
+    Change, ChangeLog, Deliveries, LifecycleEvent, LifecycleNotice, LogError, NewLifecycle, Position, Subscriptions,
+};
+use crate::subscription::Subscription;
 use jiff::SignedDuration;
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use presence_core::UserKey;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
 
 /// Graph batches queued notifications into one POST; 100 keeps a body well under a megabyte.
 const MAX_BATCH: usize = 100;
+/// Changes read from the log per step.
+const READ_BATCH: usize = 1024;
+/// How often positions are acknowledged to the store (and given-up changes recorded).
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// How long a claim on the delivery work lasts; renewed at every flush, well within it.
+const LEASE: SignedDuration = SignedDuration::from_secs(30);
+/// Re-read the subscriptions this often even without a hint that they changed.
+const REFRESH_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct DeliveryConfig {
-    /// Give up on a notification this long after it was created (Graph: 4 hours).
+    /// Give up on a notification this long after its change (Graph: 4 hours); then `missed`.
     pub retry_for: SignedDuration,
     /// Graph's timeouts: 3 s for a first attempt, 10 s for retries.
     pub first_timeout: Duration,
@@ -29,6 +54,10 @@ pub struct DeliveryConfig {
     /// Backoff starts here and doubles per failed attempt, capped at `backoff_max`, with jitter.
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// Changes queued for one subscription before the oldest are dropped (then `missed`).
+    pub queue_per_subscription: usize,
+    /// Changes queued for one endpoint URL, across its subscriptions, likewise.
+    pub queue_per_endpoint: usize,
 }
 
 impl Default for DeliveryConfig {
@@ -39,191 +68,610 @@ impl Default for DeliveryConfig {
             retry_timeout: Duration::from_secs(10),
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(300),
+            queue_per_subscription: 10_000,
+            queue_per_endpoint: 50_000,
         }
     }
 }
 
-struct Context<S> {
+/// One subscription as the dispatcher tracks it.
+struct Tracked {
+    record: Arc<Subscription>,
+    /// Changes at or before this were owed before the dispatcher took the subscription over (they
+    /// were queued from the store's position) or are not owed at all.
+    start: Position,
+    /// The position last acknowledged to the store.
+    acknowledged: Position,
+}
+
+/// The changes queued for one endpoint URL, per subscription, each queue in log order.
+#[derive(Default)]
+struct Queue {
+    by_subscription: HashMap<Arc<str>, VecDeque<Arc<Change>>>,
+    /// The oldest position of each subscription's batch in flight.
+    in_flight: HashMap<Arc<str>, Position>,
+    total: usize,
+    /// Subscriptions whose changes were dropped, with the newest dropped position: to be skipped
+    /// in the store (with `missed`) before anything later is acknowledged for them.
+    dropped: HashMap<Arc<str>, Position>,
+}
+
+impl Queue {
+    /// Up to `max` queued changes in log order across subscriptions, moved into flight.
+    fn take_batch(&mut self, max: usize) -> Vec<(Arc<str>, Arc<Change>)> {
+        let mut batch = Vec::new();
+        while batch.len() < max {
+            let oldest = self
+                .by_subscription
+                .iter()
+                .filter_map(|(id, q)| q.front().map(|c| (c.position, id)))
+                .min_by_key(|(p, _)| *p)
+                .map(|(_, id)| id.clone());
+            let Some(id) = oldest else { break };
+            let Some(change) = self.by_subscription.get_mut(&id).and_then(VecDeque::pop_front) else {
+                break;
+            };
+            self.total -= 1;
+            self.in_flight.entry(id.clone()).or_insert(change.position);
+            batch.push((id, change));
+        }
+        batch
+    }
+
+    /// Drop the oldest queued change of `id` (or, with `None`, of the whole endpoint).
+    fn drop_oldest(&mut self, id: Option<&Arc<str>>) {
+        let id = match id {
+            Some(id) => Some(id.clone()),
+            None => self
+                .by_subscription
+                .iter()
+                .filter_map(|(id, q)| q.front().map(|c| (c.position, id)))
+                .min_by_key(|(p, _)| *p)
+                .map(|(_, id)| id.clone()),
+        };
+        let Some(id) = id else { return };
+        if let Some(change) = self.by_subscription.get_mut(&id).and_then(VecDeque::pop_front) {
+            self.total -= 1;
+            let newest = self.dropped.entry(id).or_insert(change.position);
+            *newest = (*newest).max(change.position);
+        }
+    }
+
+    /// The position through which `id` needs nothing more from this queue, given that the
+    /// matcher has routed every change through `routed`.
+    fn done_through(&self, id: &str, routed: Position) -> Position {
+        let queued = self.by_subscription.get(id).and_then(|q| q.front()).map(|c| c.position);
+        let flying = self.in_flight.get(id).copied();
+        match queued.into_iter().chain(flying).min() {
+            Some(p) => Position::from_sequence(p.sequence().saturating_sub(1)),
+            None => routed,
+        }
+    }
+
+    fn forget(&mut self, id: &str) {
+        if let Some(q) = self.by_subscription.remove(id) {
+            self.total -= q.len();
+        }
+        self.in_flight.remove(id);
+        self.dropped.remove(id);
+    }
+}
+
+/// One endpoint URL: its queue, and the wake-up for its sender task.
+struct Endpoint {
+    url: String,
+    queue: Mutex<Queue>,
+    wake: Notify,
+}
+
+impl Endpoint {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What the matcher and the endpoint senders share.
+struct Shared<S> {
     store: S,
     client: WebhookClient,
     config: DeliveryConfig,
-    clock: SystemClock,
-    shutdown: watch::Receiver<bool>,
-    /// Delivered ids go to one background task, so an endpoint never waits on the store (which
-    /// may be in the middle of an fsync) before sending its next batch.
-    finished: mpsc::UnboundedSender<Vec<u64>>,
+    clock: Clock,
     metrics: DeliveryMetrics,
+    shutdown: watch::Receiver<bool>,
+    /// Current subscription records, for building payloads.
+    records: Mutex<HashMap<String, Arc<Subscription>>>,
+    /// Every change through this position has been routed to the queues.
+    routed: Mutex<Position>,
+}
+
+impl<S> Shared<S> {
+    fn record(&self, id: &str) -> Option<Arc<Subscription>> {
+        self.records.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
+    }
+
+    fn routed(&self) -> Position {
+        *self.routed.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 pub struct Dispatcher<S> {
-    context: Arc<Context<S>>,
-    endpoints: HashMap<String, mpsc::UnboundedSender<Delivery>>,
-    tasks: tokio::task::JoinSet<()>,
+    shared: Arc<Shared<S>>,
+    consumer: String,
+    tracked: HashMap<String, Tracked>,
+    watching: HashMap<UserKey, Vec<Arc<str>>>,
+    endpoints: HashMap<String, Arc<Endpoint>>,
+    tasks: JoinSet<()>,
 }
 
-impl<S: PresenceStore + Clone> Dispatcher<S> {
+impl<S> Dispatcher<S>
+where
+    S: ChangeLog + Subscriptions + Deliveries + Clone,
+{
     pub fn new(
         store: S,
         client: WebhookClient,
         config: DeliveryConfig,
         metrics: DeliveryMetrics,
+        clock: Clock,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        let (finished, finished_rx) = mpsc::unbounded_channel();
-        let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(record_finished(store.clone(), finished_rx));
-        let context = Arc::new(Context {
-            store,
-            client,
-            config,
-            clock: SystemClock,
-            shutdown,
-            finished,
-            metrics,
-        });
         Self {
-            context,
+            shared: Arc::new(Shared {
+                store,
+                client,
+                config,
+                clock,
+                metrics,
+                shutdown,
+                records: Mutex::new(HashMap::new()),
+                routed: Mutex::new(Position::ZERO),
+            }),
+            consumer: format!("dispatcher-{}", uuid::Uuid::new_v4()),
+            tracked: HashMap::new(),
+            watching: HashMap::new(),
             endpoints: HashMap::new(),
-            tasks,
+            tasks: JoinSet::new(),
         }
     }
 
-    /// Resume what was owed at start, then follow new deliveries until shutdown.
+    /// Claim the subscriptions, then follow the log until shutdown.
     pub async fn run(mut self) {
-        let Some(mut feed) = self.context.store.take_delivery_feed() else {
-            tracing::error!("delivery feed already taken; notifications are not dispatched");
-            return;
-        };
-        let pending = match self.context.store.pending_deliveries().await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read pending deliveries");
-                Vec::new()
-            }
-        };
-        // The feed may repeat deliveries committed while `pending` was read; ids tell them apart.
-        let resumed_up_to = pending.last().map_or(0, |d| d.id);
-        if !pending.is_empty() {
-            tracing::info!(count = pending.len(), "resuming pending deliveries");
+        let store = self.shared.store.clone();
+        let mut shutdown = self.shared.shutdown.clone();
+        self.tasks
+            .spawn(send_lifecycle(self.shared.clone(), self.consumer.clone()));
+        // Start from the oldest position owed; subscriptions further along skip what they are not owed.
+        let mut position = store.head();
+        if let Err(e) = self.refresh(&mut position, true).await {
+            tracing::warn!(error = %e, "cannot read subscriptions; will retry");
         }
-        for delivery in pending {
-            self.route(delivery);
-        }
-        let mut shutdown = self.context.shutdown.clone();
+        self.set_routed(position);
+        let mut flush = tokio::time::interval(FLUSH_EVERY);
+        let mut refresh = tokio::time::interval(REFRESH_EVERY);
         loop {
             tokio::select! {
-                batch = feed.recv() => match batch {
-                    Some(batch) => {
-                        for delivery in batch.into_iter().filter(|d| d.id > resumed_up_to) {
-                            self.route(delivery);
+                _ = store.wait_past(&position) => {
+                    match store.changes_after(&position, READ_BATCH).await {
+                        Ok(changes) => {
+                            if let Some(last) = changes.last() {
+                                let last = last.position;
+                                self.route(&changes);
+                                position = last;
+                                self.set_routed(position);
+                            }
+                        }
+                        Err(LogError::Expired { oldest }) => {
+                            tracing::warn!(%position, %oldest, "the change log moved past the dispatcher; subscribers get missed");
+                            self.lose_until(oldest);
+                            position = oldest;
+                            self.set_routed(position);
+                        }
+                        Err(LogError::Store(e)) => {
+                            tracing::warn!(error = %e, "cannot read the change log; will retry");
+                            tokio::time::sleep(FLUSH_EVERY).await;
                         }
                     }
-                    None => break,
-                },
+                }
+                _ = store.subscriptions_changed() => {
+                    if let Err(e) = self.refresh(&mut position, false).await {
+                        tracing::warn!(error = %e, "cannot read subscriptions; will retry");
+                    }
+                }
+                _ = refresh.tick() => {
+                    if let Err(e) = self.refresh(&mut position, false).await {
+                        tracing::warn!(error = %e, "cannot read subscriptions; will retry");
+                    }
+                }
+                _ = flush.tick() => self.flush().await,
                 _ = shutdown.changed() => break,
             }
         }
-        drop(self.endpoints);
+        self.flush().await;
         self.tasks.abort_all();
     }
 
-    fn route(&mut self, delivery: Delivery) {
-        self.context.metrics.queue_depth.inc();
-        let sender = self.endpoints.entry(delivery.url.clone()).or_insert_with(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            self.tasks
-                .spawn(endpoint_worker(delivery.url.clone(), rx, self.context.clone()));
-            tx
-        });
-        let _ = sender.send(delivery);
+    fn set_routed(&self, position: Position) {
+        *self.shared.routed.lock().unwrap_or_else(|e| e.into_inner()) = position;
     }
-}
 
-async fn endpoint_worker<S: PresenceStore>(
-    url: String,
-    mut rx: mpsc::UnboundedReceiver<Delivery>,
-    context: Arc<Context<S>>,
-) {
-    let target = reqwest::Url::parse(&url);
-    let mut backlog: VecDeque<Delivery> = VecDeque::new();
-    loop {
-        if backlog.is_empty() {
-            match rx.recv().await {
-                Some(d) => backlog.push_back(d),
-                None => return,
+    /// Queue each change for every tracked subscription watching its user.
+    fn route(&mut self, changes: &[Arc<Change>]) {
+        for change in changes {
+            if !change.event.availability_or_activity_changed() {
+                continue;
+            }
+            let Some(ids) = self.watching.get(&change.key) else {
+                continue;
+            };
+            for id in ids.clone() {
+                self.queue(&id, change);
             }
         }
-        while let Ok(d) = rx.try_recv() {
-            backlog.push_back(d);
-        }
-        let batch: Vec<Delivery> = backlog.iter().take(MAX_BATCH).cloned().collect();
-        let Ok(target) = &target else {
-            tracing::warn!(%url, "dropping deliveries to an unparsable URL");
-            finish(&context, &batch).await;
-            backlog.drain(..batch.len());
-            continue;
-        };
-        let items = build_items(&context, &batch).await;
-        if !items.is_empty() {
-            deliver_with_retries(&context, target, &batch, payload::collection(items)).await;
-        }
-        finish(&context, &batch).await;
-        backlog.drain(..batch.len());
     }
-}
 
-/// Send until it succeeds or the oldest delivery is older than `retry_for`; on giving up, tell
-/// the affected subscribers with a `missed` lifecycle notification.
-async fn deliver_with_retries<S: PresenceStore>(
-    context: &Context<S>,
-    target: &reqwest::Url,
-    batch: &[Delivery],
-    body: serde_json::Value,
-) {
-    let mut attempt: u32 = 0;
-    let mut shutdown = context.shutdown.clone();
-    loop {
-        let timeout = if attempt == 0 {
-            context.config.first_timeout
-        } else {
-            context.config.retry_timeout
+    fn queue(&mut self, id: &Arc<str>, change: &Arc<Change>) {
+        let Some(tracked) = self.tracked.get(&**id) else {
+            return;
         };
-        match context.client.deliver(target, &body, timeout).await {
-            Ok(()) => {
-                context
-                    .metrics
-                    .outcomes
-                    .get_or_create(&OutcomeLabels { outcome: "delivered" })
-                    .inc_by(batch.len() as u64);
-                return;
+        if change.position <= tracked.start || change.event.at >= tracked.record.expiration {
+            return;
+        }
+        let Some(endpoint) = self.endpoints.get(&tracked.record.notification_url) else {
+            return;
+        };
+        let config = &self.shared.config;
+        {
+            let mut queue = endpoint.queue();
+            let own = queue.by_subscription.entry(id.clone()).or_default();
+            own.push_back(change.clone());
+            let own_len = own.len();
+            queue.total += 1;
+            if own_len > config.queue_per_subscription {
+                queue.drop_oldest(Some(id));
             }
-            Err(e) => {
-                context
-                    .metrics
-                    .outcomes
-                    .get_or_create(&OutcomeLabels { outcome: "failed" })
-                    .inc();
-                attempt += 1;
-                let oldest = batch
-                    .iter()
-                    .map(|d| d.created_at)
-                    .min()
-                    .unwrap_or_else(|| context.clock.now());
-                if context.clock.now().duration_since(oldest) >= context.config.retry_for {
-                    tracing::warn!(url = %target, error = %e, count = batch.len(), "giving up on deliveries");
-                    context
-                        .metrics
-                        .outcomes
-                        .get_or_create(&OutcomeLabels { outcome: "dropped" })
-                        .inc_by(batch.len() as u64);
-                    report_missed(context, batch).await;
+            if queue.total > config.queue_per_endpoint {
+                queue.drop_oldest(None);
+            }
+        }
+        endpoint.wake.notify_one();
+    }
+
+    /// Take over what the store says this consumer may send, and follow every change to the
+    /// subscription set: new ones are backfilled from their positions, gone ones dropped.
+    async fn refresh(&mut self, position: &mut Position, first: bool) -> Result<(), crate::store::StoreError> {
+        let store = self.shared.store.clone();
+        let now = self.shared.clock.now();
+        let claimed: HashMap<String, Position> = store.claim(&self.consumer, now, LEASE).await?.into_iter().collect();
+        let records: HashMap<String, Arc<Subscription>> = store
+            .all()
+            .await?
+            .into_iter()
+            .filter(|s| claimed.contains_key(&s.subscription.id))
+            .map(|s| (s.subscription.id.clone(), s.subscription))
+            .collect();
+        let gone: Vec<String> = self
+            .tracked
+            .iter()
+            .filter(|(id, t)| {
+                records
+                    .get(*id)
+                    .is_none_or(|r| r.notification_url != t.record.notification_url || r.users != t.record.users)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        if !gone.is_empty() {
+            // What they lost must reach the store before their queues go.
+            self.flush().await;
+        }
+        for id in gone {
+            self.untrack(&id);
+        }
+        if first {
+            // Start from the oldest position any subscription is owed from.
+            if let Some(oldest) = claimed.values().min() {
+                *position = (*position).min(*oldest);
+            }
+        }
+        let mut added = Vec::new();
+        for (id, record) in &records {
+            match self.tracked.get_mut(id) {
+                Some(t) => t.record = record.clone(),
+                None => {
+                    let at = claimed[id];
+                    self.track(record.clone(), at);
+                    added.push((id.clone(), at));
+                }
+            }
+        }
+        *self.shared.records.lock().unwrap_or_else(|e| e.into_inner()) = records;
+        for (id, at) in added {
+            if at < *position {
+                self.backfill(&id, at, *position).await;
+            }
+        }
+        Ok(())
+    }
+
+    fn track(&mut self, record: Arc<Subscription>, at: Position) {
+        let id: Arc<str> = Arc::from(record.id.as_str());
+        for user in &record.users {
+            self.watching
+                .entry(UserKey::new(record.tenant.clone(), user.clone()))
+                .or_default()
+                .push(id.clone());
+        }
+        let url = record.notification_url.clone();
+        if !self.endpoints.contains_key(&url) {
+            let endpoint = Arc::new(Endpoint {
+                url: url.clone(),
+                queue: Mutex::new(Queue::default()),
+                wake: Notify::new(),
+            });
+            self.tasks.spawn(send_endpoint(self.shared.clone(), endpoint.clone()));
+            self.endpoints.insert(url, endpoint);
+        }
+        self.tracked.insert(
+            record.id.clone(),
+            Tracked {
+                record,
+                start: at,
+                acknowledged: at,
+            },
+        );
+    }
+
+    fn untrack(&mut self, id: &str) {
+        let Some(t) = self.tracked.remove(id) else { return };
+        for user in &t.record.users {
+            let key = UserKey::new(t.record.tenant.clone(), user.clone());
+            if let Some(ids) = self.watching.get_mut(&key) {
+                ids.retain(|i| &**i != id);
+                if ids.is_empty() {
+                    self.watching.remove(&key);
+                }
+            }
+        }
+        let url = &t.record.notification_url;
+        if let Some(endpoint) = self.endpoints.get(url) {
+            endpoint.queue().forget(id);
+        }
+        // An endpoint with no subscription left is freed: its sender ends when it finds it empty.
+        if !self.tracked.values().any(|t| &t.record.notification_url == url) {
+            if let Some(endpoint) = self.endpoints.remove(url) {
+                endpoint.wake.notify_one();
+            }
+        }
+    }
+
+    /// Queue what `id` is owed between its position and where the matcher stands.
+    async fn backfill(&mut self, id: &str, from: Position, through: Position) {
+        let store = self.shared.store.clone();
+        let mut at = from;
+        let Some(key) = self.tracked.get(id).map(|t| Arc::<str>::from(t.record.id.as_str())) else {
+            return;
+        };
+        while at < through {
+            match store.changes_after(&at, READ_BATCH).await {
+                Ok(changes) if changes.is_empty() => return,
+                Ok(changes) => {
+                    for change in changes.iter().take_while(|c| c.position <= through) {
+                        let watched = self.tracked.get(id).is_some_and(|t| {
+                            t.record.tenant == change.key.tenant && t.record.users.contains(&change.key.user)
+                        });
+                        if watched && change.event.availability_or_activity_changed() {
+                            self.queue(&key, change);
+                        }
+                    }
+                    at = changes.last().map_or(through, |c| c.position);
+                }
+                Err(LogError::Expired { oldest }) => {
+                    self.lose(id, oldest);
+                    at = oldest;
+                }
+                Err(LogError::Store(e)) => {
+                    tracing::warn!(error = %e, subscription = id, "cannot backfill notifications; they follow after a restart");
                     return;
                 }
-                let wait = backoff(&context.config, attempt);
+            }
+        }
+    }
+
+    /// The log no longer holds what subscriptions behind `oldest` are owed: they lose it.
+    fn lose_until(&mut self, oldest: Position) {
+        let behind: Vec<String> = self
+            .tracked
+            .iter()
+            .filter(|(_, t)| t.acknowledged < oldest)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in behind {
+            self.lose(&id, oldest);
+        }
+    }
+
+    /// Record on `id`'s endpoint that its changes through `through` are given up.
+    fn lose(&mut self, id: &str, through: Position) {
+        let Some(t) = self.tracked.get(id) else { return };
+        if let Some(endpoint) = self.endpoints.get(&t.record.notification_url) {
+            let mut queue = endpoint.queue();
+            let newest = queue.dropped.entry(Arc::from(id)).or_insert(through);
+            *newest = (*newest).max(through);
+        }
+    }
+
+    /// Record given-up changes (with `missed`), then acknowledge every subscription's progress,
+    /// and renew the claim.
+    async fn flush(&mut self) {
+        let store = self.shared.store.clone();
+        let now = self.shared.clock.now();
+        let routed = self.shared.routed();
+        let queued: usize = self.endpoints.values().map(|e| e.queue().total).sum();
+        self.shared.metrics.queue_depth.set(queued as i64);
+        let mut acks = Vec::new();
+        let mut skips = Vec::new();
+        for (id, t) in &mut self.tracked {
+            let Some(endpoint) = self.endpoints.get(&t.record.notification_url) else {
+                continue;
+            };
+            let (dropped, done) = {
+                let mut queue = endpoint.queue();
+                (queue.dropped.remove(id.as_str()), queue.done_through(id, routed))
+            };
+            if let Some(through) = dropped {
+                skips.push((id.clone(), through, t.record.clone()));
+            } else if done > t.acknowledged {
+                acks.push((id.clone(), done));
+                t.acknowledged = done;
+            }
+        }
+        for (id, through, record) in skips {
+            let missed = record.lifecycle_notification_url.clone().map(|url| NewLifecycle {
+                subscription_id: id.clone(),
+                url,
+                event: LifecycleEvent::Missed,
+                tenant: record.tenant.clone(),
+                client_state: record.client_state.clone(),
+                subscription_expiration: record.expiration,
+                created_at: now,
+            });
+            match store.skip(&id, through, missed).await {
+                Ok(()) => {
+                    tracing::warn!(subscription = %id, %through, "gave up notifications; the subscriber gets missed");
+                    if let Some(t) = self.tracked.get_mut(&id) {
+                        t.acknowledged = t.acknowledged.max(through);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, subscription = %id, "cannot record given-up notifications; will retry");
+                    self.lose(&id, through);
+                }
+            }
+        }
+        if let Err(e) = store.acknowledge(&self.consumer, acks).await {
+            tracing::warn!(error = %e, "cannot record delivery progress; notifications may be sent again");
+        }
+        if let Err(e) = store.claim(&self.consumer, now, LEASE).await {
+            tracing::warn!(error = %e, "cannot renew the delivery claim");
+        }
+    }
+}
+
+/// One endpoint's sender: takes batches off its queue in log order and POSTs them until they
+/// succeed or are given up.
+async fn send_endpoint<S>(shared: Arc<Shared<S>>, endpoint: Arc<Endpoint>)
+where
+    S: Send + Sync + 'static,
+{
+    let target = reqwest::Url::parse(&endpoint.url);
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let batch = endpoint.queue().take_batch(MAX_BATCH);
+        if batch.is_empty() {
+            // Freed by the matcher once no subscription uses it, and nothing is queued.
+            if Arc::strong_count(&endpoint) == 1 {
+                return;
+            }
+            tokio::select! {
+                _ = endpoint.wake.notified() => continue,
+                _ = shutdown.changed() => return,
+            }
+        }
+        let items = build_items(&shared, &batch);
+        let delivered = match (&target, items.is_empty()) {
+            (_, true) => true,
+            (Ok(target), false) => deliver_with_retries(&shared, target, &batch, payload::collection(items)).await,
+            (Err(_), false) => {
+                tracing::warn!(url = %endpoint.url, "dropping notifications to an unparsable URL");
+                false
+            }
+        };
+        let mut queue = endpoint.queue();
+        for (id, change) in &batch {
+            queue.in_flight.remove(id);
+            if !delivered {
+                let newest = queue.dropped.entry(id.clone()).or_insert(change.position);
+                *newest = (*newest).max(change.position);
+            }
+        }
+    }
+}
+
+fn build_items<S>(shared: &Shared<S>, batch: &[(Arc<str>, Arc<Change>)]) -> Vec<serde_json::Value> {
+    let mut items = Vec::with_capacity(batch.len());
+    let mut certificates: HashMap<&str, Option<EncryptionCertificate>> = HashMap::new();
+    for (id, change) in batch {
+        // A deleted subscription wants no more notifications, even ones already queued.
+        let Some(subscription) = shared.record(id) else {
+            continue;
+        };
+        let certificate = certificates
+            .entry(id)
+            .or_insert_with(|| {
+                subscription
+                    .encryption_certificate
+                    .as_deref()
+                    .and_then(|c| EncryptionCertificate::parse(c).ok())
+            })
+            .clone();
+        let view = &change.event.view;
+        let presence = ChangedPresence {
+            user: &change.key.user,
+            availability: view.availability,
+            activity: view.activity,
+            sequence: view.sequence,
+        };
+        let item_id = change.position.to_text();
+        match payload::change_item(&item_id, &subscription, &presence, certificate.as_ref()) {
+            Ok(item) => items.push(item),
+            Err(e) => tracing::warn!(error = %e, subscription = %subscription.id, "cannot encrypt a notification"),
+        }
+    }
+    items
+}
+
+/// Send until it succeeds (true) or the oldest change is older than `retry_for` (false: given
+/// up, the caller records it for `missed`). On shutdown the task ends mid-retry: nothing was
+/// acknowledged, so the next start sends it again.
+async fn deliver_with_retries<S>(
+    shared: &Shared<S>,
+    target: &reqwest::Url,
+    batch: &[(Arc<str>, Arc<Change>)],
+    body: serde_json::Value,
+) -> bool {
+    let mut attempt: u32 = 0;
+    let mut shutdown = shared.shutdown.clone();
+    let outcome = |name: &'static str, n: usize| {
+        shared
+            .metrics
+            .outcomes
+            .get_or_create(&OutcomeLabels { outcome: name })
+            .inc_by(n as u64)
+    };
+    let oldest = batch.iter().map(|(_, c)| c.event.at).min();
+    loop {
+        let timeout = if attempt == 0 {
+            shared.config.first_timeout
+        } else {
+            shared.config.retry_timeout
+        };
+        match shared.client.deliver(target, &body, timeout).await {
+            Ok(()) => {
+                outcome("delivered", batch.len());
+                return true;
+            }
+            Err(e) => {
+                outcome("failed", 1);
+                attempt += 1;
+                let now = shared.clock.now();
+                if oldest.is_some_and(|o| now.duration_since(o) >= shared.config.retry_for) {
+                    tracing::warn!(url = %target, error = %e, count = batch.len(), "giving up on notifications");
+                    outcome("dropped", batch.len());
+                    return false;
+                }
+                let wait = backoff(&shared.config, attempt);
                 tracing::debug!(url = %target, error = %e, attempt, ?wait, "delivery failed; will retry");
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
-                    // Shutting down: the deliveries stay in the store and resume on the next start.
                     _ = shutdown.changed() => std::future::pending::<()>().await,
                 }
             }
@@ -236,122 +684,103 @@ async fn deliver_with_retries<S: PresenceStore>(
 fn backoff(config: &DeliveryConfig, attempt: u32) -> Duration {
     let exp = config
         .backoff_initial
-        .saturating_mul(1u32.checked_shl(attempt.min(20) - 1).unwrap_or(u32::MAX));
+        .saturating_mul(1u32.checked_shl(attempt.clamp(1, 21) - 1).unwrap_or(u32::MAX));
     let capped = exp.min(config.backoff_max);
     let mut byte = [0u8; 1];
     let _ = getrandom::fill(&mut byte);
     capped / 2 + capped.mul_f64(f64::from(byte[0]) / 510.0)
 }
 
-async fn build_items<S: PresenceStore>(context: &Context<S>, batch: &[Delivery]) -> Vec<serde_json::Value> {
-    let mut items = Vec::with_capacity(batch.len());
-    let mut certificates: HashMap<String, Option<EncryptionCertificate>> = HashMap::new();
-    for delivery in batch {
-        match &delivery.kind {
-            DeliveryKind::Change {
-                user,
-                availability,
-                activity,
-                sequence,
-            } => {
-                // A deleted subscription wants no more notifications, even ones already owed.
-                let Ok(Some(subscription)) = context.store.subscription(&delivery.subscription_id).await else {
-                    continue;
-                };
-                let certificate = certificates
-                    .entry(subscription.id.clone())
-                    .or_insert_with(|| {
-                        subscription
-                            .encryption_certificate
-                            .as_deref()
-                            .and_then(|c| EncryptionCertificate::parse(c).ok())
-                    })
-                    .clone();
-                let presence = ChangedPresence {
-                    user,
-                    availability: *availability,
-                    activity: *activity,
-                    sequence: *sequence,
-                };
-                match payload::change_item(delivery, &subscription, &presence, certificate.as_ref()) {
-                    Ok(item) => items.push(item),
-                    Err(e) => {
-                        tracing::warn!(error = %e, subscription = %subscription.id, "cannot encrypt a notification")
+/// The lifecycle sender: claims queued lifecycle notices and sends each (with retries) on its own
+/// task, so a dead lifecycle URL holds up no other notice; a sent notice is forgotten.
+async fn send_lifecycle<S>(shared: Arc<Shared<S>>, consumer: String)
+where
+    S: Deliveries + Clone,
+{
+    let store = shared.store.clone();
+    let mut shutdown = shared.shutdown.clone();
+    let mut sending: HashSet<u64> = HashSet::new();
+    let mut tasks: JoinSet<(u64, bool)> = JoinSet::new();
+    let mut recheck = tokio::time::interval(FLUSH_EVERY);
+    loop {
+        let now = shared.clock.now();
+        match store.claim_lifecycle(&consumer, now, LEASE, 256).await {
+            Ok(notices) => {
+                for notice in notices {
+                    if !sending.insert(notice.id) {
+                        continue;
                     }
+                    let shared = shared.clone();
+                    tasks.spawn(async move {
+                        let id = notice.id;
+                        (id, send_notice(&shared, &notice).await)
+                    });
                 }
             }
-            DeliveryKind::Lifecycle {
-                event,
-                tenant,
-                client_state,
-                subscription_expiration,
-            } => {
-                items.push(payload::lifecycle_item(
-                    &delivery.subscription_id,
-                    *event,
-                    tenant,
-                    client_state.as_deref(),
-                    *subscription_expiration,
-                ));
+            Err(e) => tracing::warn!(error = %e, "cannot read lifecycle notices; will retry"),
+        }
+        tokio::select! {
+            _ = store.lifecycle_added() => {}
+            _ = recheck.tick() => {}
+            Some(done) = tasks.join_next() => {
+                let mut finished = Vec::new();
+                let mut next = Some(done);
+                while let Some(result) = next {
+                    if let Ok((id, _)) = result {
+                        sending.remove(&id);
+                        finished.push(id);
+                    }
+                    next = tasks.try_join_next();
+                }
+                if let Err(e) = store.finish_lifecycle(finished).await {
+                    tracing::warn!(error = %e, "cannot record sent lifecycle notices; they may be sent again");
+                }
+            }
+            _ = shutdown.changed() => {
+                tasks.abort_all();
+                return;
             }
         }
     }
-    items
 }
 
-async fn finish<S: PresenceStore>(context: &Context<S>, batch: &[Delivery]) {
-    context.metrics.queue_depth.dec_by(batch.len() as i64);
-    let _ = context.finished.send(batch.iter().map(|d| d.id).collect());
-}
-
-/// Forget delivered notifications, coalescing whatever finished meanwhile into one store call.
-async fn record_finished<S: PresenceStore>(store: S, mut rx: mpsc::UnboundedReceiver<Vec<u64>>) {
-    while let Some(mut ids) = rx.recv().await {
-        while let Ok(more) = rx.try_recv() {
-            ids.extend(more);
-        }
-        if let Err(e) = store.finish(ids).await {
-            tracing::warn!(error = %e, "could not record delivered notifications; they may be sent again");
-        }
-    }
-}
-
-async fn report_missed<S: PresenceStore>(context: &Context<S>, batch: &[Delivery]) {
-    let mut seen = Vec::new();
-    let mut missed = Vec::new();
-    for delivery in batch.iter().filter(|d| matches!(d.kind, DeliveryKind::Change { .. })) {
-        if seen.contains(&delivery.subscription_id) {
-            continue;
-        }
-        seen.push(delivery.subscription_id.clone());
-        let Ok(Some(subscription)) = context.store.subscription(&delivery.subscription_id).await else {
-            continue;
+/// Send one lifecycle notice until it succeeds or is older than `retry_for`.
+async fn send_notice<S>(shared: &Shared<S>, notice: &LifecycleNotice) -> bool {
+    let n = &notice.notice;
+    let Ok(target) = reqwest::Url::parse(&n.url) else {
+        return false;
+    };
+    let item = payload::lifecycle_item(
+        &n.subscription_id,
+        n.event,
+        &n.tenant,
+        n.client_state.as_deref(),
+        n.subscription_expiration,
+    );
+    let body = payload::collection(vec![item]);
+    let mut attempt = 0;
+    loop {
+        let timeout = if attempt == 0 {
+            shared.config.first_timeout
+        } else {
+            shared.config.retry_timeout
         };
-        let Some(url) = subscription.lifecycle_notification_url.clone() else {
-            continue;
-        };
-        missed.push(NewDelivery {
-            url,
-            subscription_id: subscription.id.clone(),
-            created_at: context.clock.now(),
-            kind: DeliveryKind::Lifecycle {
-                event: LifecycleEvent::Missed,
-                tenant: subscription.tenant.clone(),
-                client_state: subscription.client_state.clone(),
-                subscription_expiration: subscription.expiration,
-            },
-        });
-    }
-    if !missed.is_empty() {
-        if let Err(e) = context.store.enqueue(missed).await {
-            tracing::warn!(error = %e, "could not queue missed lifecycle notifications");
+        if shared.client.deliver(&target, &body, timeout).await.is_ok() {
+            return true;
         }
+        attempt += 1;
+        if shared.clock.now().duration_since(n.created_at) >= shared.config.retry_for {
+            tracing::warn!(url = %target, event = n.event.as_str(), "giving up on a lifecycle notice");
+            return false;
+        }
+        tokio::time::sleep(backoff(&shared.config, attempt)).await;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use presence_core::{Activity, Availability, ChangeEvent, PresenceView, SequenceNumber, TenantId, UserId};
 
     #[test]
     fn backoff_grows_is_capped_and_jittered() {
@@ -368,5 +797,69 @@ mod tests {
         );
         let late = backoff(&config, 40);
         assert!(late <= config.backoff_max && late >= config.backoff_max / 2, "{late:?}");
+    }
+
+    fn change(position: u64) -> Arc<Change> {
+        let view = PresenceView {
+            availability: Availability::Busy,
+            activity: Activity::InACall,
+            status_message: None,
+            out_of_office: Default::default(),
+            sequence: SequenceNumber(position),
+        };
+        Arc::new(Change {
+            position: Position::from_sequence(position),
+            key: UserKey::new(TenantId::parse("t").unwrap(), UserId::parse("u").unwrap()),
+            event: ChangeEvent {
+                at: "2026-11-27T09:00:00Z".parse().unwrap(),
+                previous_availability: Availability::Offline,
+                previous_activity: Activity::Offline,
+                view,
+            },
+        })
+    }
+
+    #[test]
+    fn a_queue_sends_in_log_order_across_subscriptions_and_knows_what_is_done() {
+        let mut q = Queue::default();
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        for (id, p) in [(&a, 1), (&b, 2), (&a, 3), (&b, 5)] {
+            q.by_subscription.entry(id.clone()).or_default().push_back(change(p));
+            q.total += 1;
+        }
+        let routed = Position::from_sequence(9);
+        assert_eq!(q.done_through("a", routed), Position::from_sequence(0));
+        let batch = q.take_batch(3);
+        let order: Vec<u64> = batch.iter().map(|(_, c)| c.position.sequence()).collect();
+        assert_eq!(order, [1, 2, 3], "oldest first, whichever subscription");
+        assert_eq!(
+            q.done_through("b", routed),
+            Position::from_sequence(1),
+            "in flight holds b back"
+        );
+        q.in_flight.clear();
+        assert_eq!(
+            q.done_through("a", routed),
+            routed,
+            "nothing queued: done through what was routed"
+        );
+        assert_eq!(q.done_through("b", routed), Position::from_sequence(4));
+    }
+
+    #[test]
+    fn dropping_the_oldest_records_what_was_lost() {
+        let mut q = Queue::default();
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        for (id, p) in [(&a, 1), (&b, 2), (&a, 3)] {
+            q.by_subscription.entry(id.clone()).or_default().push_back(change(p));
+            q.total += 1;
+        }
+        q.drop_oldest(None);
+        assert_eq!(q.dropped.get("a"), Some(&Position::from_sequence(1)));
+        q.drop_oldest(Some(&a));
+        assert_eq!(q.dropped.get("a"), Some(&Position::from_sequence(3)));
+        assert_eq!(q.total, 1);
+        q.forget("b");
+        assert_eq!(q.total, 0);
     }
 }

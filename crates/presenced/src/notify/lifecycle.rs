@@ -1,81 +1,55 @@
-//! Subscription lifecycle: ask for reauthorization before a subscription expires, and remove it
-//! (telling the subscriber) when it does.
-use super::subscription::SubscriptionPolicy;
-use crate::clock::SystemClock;
-use crate::store::{DeliveryKind, LifecycleEvent, NewDelivery, PresenceStore};
-use jiff::Timestamp;
+//! The subscription lifecycle worker: asks for reauthorization before a subscription expires and
+//! removes it when it does, each step one store write with its lifecycle notice.
+//!
+//! Driven by the store's lifecycle deadlines: it sleeps until the earliest one (or until a
+//! subscription changes, which may bring one earlier), never scanning every subscription.
+use crate::service::SubscriptionService;
+use crate::store::Subscriptions;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Lifecycle deadlines are minutes apart; checking every second keeps each within a second.
-const TICK: Duration = Duration::from_secs(1);
+/// Even with nothing due, look again this often: a cheap guard against a missed wake-up.
+const IDLE_RECHECK: Duration = Duration::from_secs(5);
+/// Pause after a failed step, so a store error cannot turn into a hot loop.
+const ERROR_BACKOFF: Duration = Duration::from_secs(1);
 
 pub struct Lifecycle<S> {
-    store: S,
-    policy: SubscriptionPolicy,
+    service: Arc<SubscriptionService<S>>,
 }
 
-impl<S: PresenceStore> Lifecycle<S> {
-    pub fn new(store: S, policy: SubscriptionPolicy) -> Self {
-        Self { store, policy }
+impl<S: Subscriptions> Lifecycle<S> {
+    pub fn new(service: Arc<SubscriptionService<S>>) -> Self {
+        Self { service }
     }
 
-    /// One pass at `now`: returns (reauthorizations requested, subscriptions removed).
-    pub async fn tick(&self, now: Timestamp) -> (usize, usize) {
-        let Ok(subscriptions) = self.store.subscriptions(None).await else {
-            return (0, 0);
-        };
-        let (mut asked, mut removed) = (0, 0);
-        for mut subscription in subscriptions {
-            let event = if subscription.expiration <= now {
-                if let Err(e) = self.store.delete_subscription(&subscription.id).await {
-                    tracing::warn!(error = %e, "could not remove an expired subscription");
-                    continue;
-                }
-                removed += 1;
-                LifecycleEvent::SubscriptionRemoved
-            } else if !subscription.reauthorization_requested
-                && now
-                    >= self
-                        .policy
-                        .reauthorize_at(subscription.expiration, subscription.renewed_at)
-            {
-                subscription.reauthorization_requested = true;
-                if let Err(e) = self.store.put_subscription(subscription.clone()).await {
-                    tracing::warn!(error = %e, "could not record a reauthorization request");
-                    continue;
-                }
-                asked += 1;
-                LifecycleEvent::ReauthorizationRequired
-            } else {
-                continue;
-            };
-            let Some(url) = subscription.lifecycle_notification_url.clone() else {
-                continue;
-            };
-            let delivery = NewDelivery {
-                url,
-                subscription_id: subscription.id.clone(),
-                created_at: now,
-                kind: DeliveryKind::Lifecycle {
-                    event,
-                    tenant: subscription.tenant.clone(),
-                    client_state: subscription.client_state.clone(),
-                    subscription_expiration: subscription.expiration,
-                },
-            };
-            if let Err(e) = self.store.enqueue(vec![delivery]).await {
-                tracing::warn!(error = %e, "could not queue a lifecycle notification");
+    /// One pass: every step due now. Returns (reauthorizations requested, subscriptions removed).
+    pub async fn tick(&self) -> (usize, usize) {
+        match self.service.lifecycle_step().await {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take subscription lifecycle steps; will retry");
+                (0, 0)
             }
         }
-        (asked, removed)
     }
 
-    pub async fn run(self, clock: SystemClock, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let clock = self.service.clock().clone();
         loop {
-            self.tick(clock.now()).await;
+            let (asked, removed) = self.tick().await;
+            let busy = asked + removed > 0;
+            let wait = match self.service.next_lifecycle_deadline().await {
+                Some(at) => Duration::try_from(at.duration_since(clock.now()))
+                    .unwrap_or(Duration::ZERO)
+                    .min(IDLE_RECHECK),
+                None => IDLE_RECHECK,
+            };
+            // A due step that could not be taken (a conflict, a store error) is retried after a pause.
+            let wait = if wait.is_zero() && !busy { ERROR_BACKOFF } else { wait };
             tokio::select! {
-                _ = tokio::time::sleep(TICK) => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.service.store().subscriptions_changed() => {}
                 _ = shutdown.changed() => return,
             }
         }

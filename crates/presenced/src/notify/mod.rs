@@ -2,22 +2,22 @@
 //! lose a change.
 //!
 //! Module map:
-//! - [`filter`]: parsing a subscription's `resource` (`$filter=id in ('a','b')`).
-//! - [`subscription`]: the subscription record, lifetime clamping and reauthorization timing.
 //! - [`endpoint`]: the SSRF guard: which webhook URLs and addresses are allowed.
 //! - [`webhook`]: the outbound HTTP client: validation handshake and delivery POSTs.
 //! - [`crypto`]: rich notifications, encrypted exactly as Graph documents.
 //! - [`payload`]: Graph's notification JSON (change, rich, lifecycle).
-//! - [`dispatcher`]: per-endpoint queues, batching, retries with backoff, `missed` on give-up.
+//! - [`dispatcher`]: follows the change log; per-endpoint bounded queues, batching, retries with
+//!   backoff, `missed` when something is given up; sends lifecycle notices.
 //! - [`lifecycle`]: `reauthorizationRequired` before expiry, `subscriptionRemoved` at expiry.
 //!
-//! The deliveries themselves are written by the store in the same transaction as the change that
-//! owes them (see `store::embedded::writer`), which is what makes them crash-proof.
+//! Nothing here is in the commit path: a change reaches a subscriber because the dispatcher reads
+//! it from the change log after it is durable, and what each subscriber is owed is its position
+//! in that log (see `store::deliveries`), which is what makes notifications crash-proof.
+//! The subscription records and rules themselves live in `crate::subscription` and
+//! `service::subscriptions`.
 pub mod crypto;
 pub mod dispatcher;
 pub mod endpoint;
-pub mod filter;
 pub mod lifecycle;
 pub mod payload;
-pub mod subscription;
 pub mod webhook;

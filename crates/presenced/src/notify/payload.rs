@@ -1,7 +1,7 @@
 //! Graph's notification payloads (`changeNotificationCollection` items), basic, rich and lifecycle.
 use super::crypto::{self, EncryptionCertificate};
-use super::subscription::Subscription;
-use crate::store::{Delivery, LifecycleEvent};
+use crate::store::LifecycleEvent;
+use crate::subscription::Subscription;
 use jiff::Timestamp;
 use presence_core::{Activity, Availability, SequenceNumber, TenantId, UserId};
 use serde_json::{json, Value};
@@ -23,7 +23,7 @@ pub struct ChangedPresence<'a> {
 /// requires presence data to be; the basic form carries only the id and, as a presenced
 /// extension, the `sequenceNumber` so receivers can drop duplicates without a read.
 pub fn change_item(
-    delivery: &Delivery,
+    item_id: &str,
     subscription: &Subscription,
     presence: &ChangedPresence<'_>,
     certificate: Option<&EncryptionCertificate>,
@@ -36,7 +36,7 @@ pub fn change_item(
         "sequenceNumber": presence.sequence.to_string(),
     });
     let mut item = json!({
-        "id": delivery.id.to_string(),
+        "id": item_id,
         "subscriptionId": subscription.id,
         "clientState": subscription.client_state,
         "changeType": "updated",

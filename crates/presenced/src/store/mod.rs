@@ -1,193 +1,256 @@
-//! The store port: what the presence service needs from persistence, and nothing more.
+//! The store: what the services need from persistence, as small ports with one job each, and the
+//! backends that implement them.
 //!
-//! The contract is written so that a shared, multi-process backend (Redis) can implement it:
-//! - `load` returns a user's state with an opaque version;
-//! - `commit` writes the new state *and* its change event atomically, only if the version is still
-//!   the one loaded (compare-and-set), and returns once both are durable;
-//! - the deadline index answers "which users have a transition due by `now`", updated by `commit`.
+//! Module map:
+//! - [`presence_state`]: users' states; load, batched load and view, compare-and-set commit.
+//! - [`deadlines`]: which users have a fade, expiry or other transition due.
+//! - [`change_log`]: every committed change of a user's visible presence, with a [`Position`];
+//!   followed by the webhook dispatcher (and later streams).
+//! - [`subscriptions`]: change-notification subscriptions, versioned, with their lifecycle index.
+//! - [`deliveries`]: how far each subscription's notifications went out, and the lifecycle
+//!   notices owed, claimed and acknowledged by whoever sends them.
+//! - [`position`]: the opaque, ordered place of a change in the log.
+//! - [`embedded`]: the default backend (memory, a write-ahead log with group commit, redb).
+//! - [`conformance`] (tests): one test per behaviour, generated for every backend.
 //!
-//! No method assumes the caller is the only writer: the service retries on `Conflict`.
-//!
-//! Backends: [`embedded`] (memory + redb file, group commit).
+//! No contract assumes one process or a global order: a commit is a compare-and-set that returns
+//! the current state on conflict, positions are only compared, deliveries are claimed before they
+//! are sent. [`Store`] is the backend chosen at run time; everything above it names only ports.
+pub mod change_log;
+pub mod deadlines;
+pub mod deliveries;
 pub mod embedded;
+pub mod position;
+pub mod presence_state;
+pub mod subscriptions;
 
-use crate::notify::subscription::Subscription;
+#[cfg(test)]
+pub(crate) mod conformance;
+
+pub use change_log::{Change, ChangeLog, LogError, Snapshot};
+pub use deadlines::Deadlines;
+pub use deliveries::{Deliveries, LifecycleEvent, LifecycleNotice, NewLifecycle};
+pub use position::Position;
+pub use presence_state::{Commit, CommitError, PresenceState, Versioned};
+pub use subscriptions::{CreateError, Stored, SubscriptionWrite, Subscriptions, WriteError};
+
+use crate::subscription::Subscription;
+use embedded::EmbeddedStore;
 use jiff::Timestamp;
-use presence_core::{
-    Activity, Availability, ChangeEvent, PresenceView, SequenceNumber, TenantId, UserId, UserKey, UserPresence,
-};
-use serde::{Deserialize, Serialize};
+use presence_core::{PresenceView, TenantId, UserKey};
 use std::future::Future;
 use std::sync::Arc;
 
-/// A user's state as loaded; version 0 means "no record yet".
-#[derive(Debug, Clone, Default)]
-pub struct Versioned {
-    pub version: u64,
-    pub state: Arc<UserPresence>,
-}
-
-/// One user's new state and the change event it produced, to be made durable together.
-#[derive(Debug, Clone)]
-pub struct Commit {
-    pub key: UserKey,
-    pub expected_version: u64,
-    pub state: UserPresence,
-    pub event: Option<ChangeEvent>,
-}
-
-/// A change event as it sits in the outbox, in commit order.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct OutboxEntry {
-    pub id: u64,
-    pub key: UserKey,
-    pub event: ChangeEvent,
-}
-
-/// A notification owed to a webhook endpoint. It is written in the same transaction as the change
-/// that caused it and stays until the endpoint acknowledges it (or delivery is given up), so a
-/// crash at any moment loses nothing owed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Delivery {
-    /// Global, increasing in commit order: per endpoint, deliveries go out in this order.
-    pub id: u64,
-    pub url: String,
-    pub subscription_id: String,
-    pub created_at: Timestamp,
-    pub kind: DeliveryKind,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum DeliveryKind {
-    Change {
-        user: UserId,
-        availability: Availability,
-        activity: Activity,
-        sequence: SequenceNumber,
-    },
-    /// Lifecycle events carry what they need, because the subscription may be gone by the time they go out.
-    Lifecycle {
-        event: LifecycleEvent,
-        tenant: TenantId,
-        client_state: Option<String>,
-        subscription_expiration: Timestamp,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum LifecycleEvent {
-    ReauthorizationRequired,
-    SubscriptionRemoved,
-    Missed,
-}
-
-impl LifecycleEvent {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LifecycleEvent::ReauthorizationRequired => "reauthorizationRequired",
-            LifecycleEvent::SubscriptionRemoved => "subscriptionRemoved",
-            LifecycleEvent::Missed => "missed",
-        }
-    }
-}
-
-/// A delivery to add outside a presence commit (lifecycle events); the store assigns the id.
-#[derive(Debug, Clone)]
-pub struct NewDelivery {
-    pub url: String,
-    pub subscription_id: String,
-    pub created_at: Timestamp,
-    pub kind: DeliveryKind,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
-    /// Someone else committed this user since it was loaded; reload and retry.
-    #[error("concurrent update")]
-    Conflict,
-    /// The write could not be made durable (disk full, I/O error, store shut down). Nothing was acknowledged.
+    /// The operation could not be made durable or read (disk full, I/O error, store shut down).
+    /// Nothing was acknowledged.
     #[error("store unavailable: {0}")]
     Unavailable(String),
 }
 
-pub trait PresenceStore: Send + Sync + 'static {
-    fn load(&self, key: &UserKey) -> impl Future<Output = Result<Versioned, StoreError>> + Send;
+/// Every port, for code that wires a whole server (the services take only what they use).
+pub trait Backend:
+    PresenceState + Deadlines + ChangeLog + Subscriptions + Deliveries + Clone + Send + Sync + 'static
+{
+}
 
-    /// The user's presence as of `now`: what reads serve. The default loads and folds; a backend
-    /// holding states in memory can fold in place without handing out a reference-counted copy.
-    fn view(&self, key: &UserKey, now: Timestamp) -> impl Future<Output = Result<PresenceView, StoreError>> + Send {
-        async move { Ok(self.load(key).await?.state.view_at(now)) }
-    }
+impl<T> Backend for T where
+    T: PresenceState + Deadlines + ChangeLog + Subscriptions + Deliveries + Clone + Send + Sync + 'static
+{
+}
 
-    fn commit(&self, commit: Commit) -> impl Future<Output = Result<u64, StoreError>> + Send;
+/// Which backend a server runs on, chosen at start (`--store`). One variant per backend; each
+/// port below forwards to it, so adding a backend adds a variant and its arms, nothing above.
+#[derive(Clone)]
+pub enum Store {
+    Embedded(EmbeddedStore),
+}
 
-    /// Independent commits at once, each checked and applied exactly as `commit` would (one may
-    /// conflict while the others land); outcomes in order. The sweeper commits a tick's
-    /// transitions this way: one round trip instead of one per user. The default commits them one
-    /// by one.
-    fn commit_many(&self, commits: Vec<Commit>) -> impl Future<Output = Vec<Result<u64, StoreError>>> + Send {
-        async move {
-            let mut outcomes = Vec::with_capacity(commits.len());
-            for commit in commits {
-                outcomes.push(self.commit(commit).await);
-            }
-            outcomes
+macro_rules! forward {
+    ($self:ident, $s:ident => $body:expr) => {
+        match $self {
+            Store::Embedded($s) => $body,
+        }
+    };
+}
+
+/// What a backend holds, for the gauges `/metrics` shows.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counts {
+    pub users: usize,
+    pub sessions: i64,
+    pub deadlines: usize,
+    pub subscriptions: usize,
+    pub log_retained: usize,
+    pub lifecycle_queued: usize,
+}
+
+impl Store {
+    pub fn counts(&self) -> Counts {
+        match self {
+            Store::Embedded(s) => Counts {
+                users: s.user_count(),
+                sessions: s.session_count(),
+                deadlines: s.pending_deadlines(),
+                subscriptions: s.subscription_count(),
+                log_retained: s.log_retained(),
+                lifecycle_queued: s.lifecycle_queued(),
+            },
         }
     }
 
-    /// Users whose next deadline is at or before `now`, earliest first, at most `limit`.
-    fn due(&self, now: Timestamp, limit: usize) -> impl Future<Output = Result<Vec<UserKey>, StoreError>> + Send;
+    /// The store's own metrics (commits, fsync latency), registered once at start.
+    pub fn metrics(&self) -> &crate::metrics::StoreMetrics {
+        forward!(self, s => s.metrics())
+    }
 
-    /// The earliest deadline pending across all users, or an earlier time: a backend may answer
-    /// early (the embedded one files renewals lazily), and a sweeper woken early finds nothing
-    /// due and asks again. Never later.
-    fn next_deadline(&self) -> impl Future<Output = Option<Timestamp>> + Send;
-
-    /// Resolves when a commit may have moved the earliest deadline earlier, so a sleeping sweeper
-    /// can re-plan instead of oversleeping a fresh, short deadline.
-    fn deadline_moved(&self) -> impl Future<Output = ()> + Send;
-
-    /// Change events after `after_id`, oldest first: the outbox the notifier drains.
-    fn outbox_after(
-        &self,
-        after_id: u64,
-        limit: usize,
-    ) -> impl Future<Output = Result<Vec<OutboxEntry>, StoreError>> + Send;
-
-    /// Whether the store can accept writes (for `/readyz`).
-    fn is_ready(&self) -> bool;
-
-    // ---- subscriptions and deliveries (change notifications) ----
-
-    /// Create or replace a subscription, durably. From then on, every committed change of one of
-    /// its users also writes a [`Delivery`] for it, atomically with the change.
-    fn put_subscription(&self, subscription: Subscription) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// Remove a subscription durably; returns it if it existed. Its undelivered change
-    /// notifications are dropped by the dispatcher (the subscriber asked for no more).
-    fn delete_subscription(&self, id: &str) -> impl Future<Output = Result<Option<Subscription>, StoreError>> + Send;
-
-    fn subscription(&self, id: &str) -> impl Future<Output = Result<Option<Subscription>, StoreError>> + Send;
-
-    /// All subscriptions, or one tenant's.
-    fn subscriptions(
-        &self,
-        tenant: Option<&TenantId>,
-    ) -> impl Future<Output = Result<Vec<Subscription>, StoreError>> + Send;
-
-    /// Durably add deliveries that no presence change produced (lifecycle events).
-    fn enqueue(&self, deliveries: Vec<NewDelivery>) -> impl Future<Output = Result<Vec<Delivery>, StoreError>> + Send;
-
-    /// Forget delivered (or abandoned) deliveries. Need not be durable: a delivery that comes back
-    /// after a crash is sent again, which at-least-once allows.
-    fn finish(&self, ids: Vec<u64>) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// Every delivery still owed, in id order: the dispatcher's starting point after a restart.
-    fn pending_deliveries(&self) -> impl Future<Output = Result<Vec<Delivery>, StoreError>> + Send;
-
-    /// New deliveries as they become durable, in id order. Taken once, by the dispatcher.
-    fn take_delivery_feed(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Vec<Delivery>>>;
+    /// Stop the backend cleanly (the embedded one: nothing to replay on the next start). Call on
+    /// the last handle.
+    pub fn close(self) {
+        match self {
+            Store::Embedded(s) => s.close(),
+        }
+    }
 }
 
-#[cfg(test)]
-pub(crate) mod conformance;
+/// The backend a `--store` value names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// The default: memory, a write-ahead log with group commit and redb, in the data directory.
+    Embedded,
+}
+
+impl std::str::FromStr for StoreChoice {
+    type Err = String;
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        match raw.trim() {
+            "embedded" => Ok(StoreChoice::Embedded),
+            other => Err(format!(
+                "{other:?} is not a store this build knows; the choices are: embedded"
+            )),
+        }
+    }
+}
+
+impl PresenceState for Store {
+    async fn load(&self, key: &UserKey) -> Result<Versioned, StoreError> {
+        forward!(self, s => s.load(key).await)
+    }
+    async fn load_many(&self, keys: &[UserKey]) -> Result<Vec<Versioned>, StoreError> {
+        forward!(self, s => s.load_many(keys).await)
+    }
+    async fn view(&self, key: &UserKey, now: Timestamp) -> Result<PresenceView, StoreError> {
+        forward!(self, s => s.view(key, now).await)
+    }
+    async fn view_many(&self, keys: &[UserKey], now: Timestamp) -> Result<Vec<PresenceView>, StoreError> {
+        forward!(self, s => s.view_many(keys, now).await)
+    }
+    fn commit(&self, commit: Commit) -> impl Future<Output = Result<u64, CommitError>> + Send {
+        // Not an `async fn`: the embedded commit's future is part of every write's and kept small.
+        match self {
+            Store::Embedded(s) => s.commit(commit),
+        }
+    }
+    async fn commit_many(&self, commits: Vec<Commit>) -> Vec<Result<u64, CommitError>> {
+        forward!(self, s => s.commit_many(commits).await)
+    }
+    fn is_ready(&self) -> bool {
+        forward!(self, s => s.is_ready())
+    }
+}
+
+impl Deadlines for Store {
+    async fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<UserKey>, StoreError> {
+        forward!(self, s => s.due(now, limit).await)
+    }
+    async fn next_deadline(&self) -> Option<Timestamp> {
+        forward!(self, s => s.next_deadline().await)
+    }
+    async fn deadline_moved(&self) {
+        forward!(self, s => s.deadline_moved().await)
+    }
+}
+
+impl ChangeLog for Store {
+    fn head(&self) -> Position {
+        forward!(self, s => s.head())
+    }
+    async fn wait_past(&self, position: &Position) {
+        forward!(self, s => s.wait_past(position).await)
+    }
+    async fn changes_after(&self, position: &Position, limit: usize) -> Result<Vec<Arc<Change>>, LogError> {
+        forward!(self, s => s.changes_after(position, limit).await)
+    }
+    async fn snapshot(&self, keys: &[UserKey]) -> Result<Snapshot, StoreError> {
+        forward!(self, s => s.snapshot(keys).await)
+    }
+}
+
+impl Subscriptions for Store {
+    async fn subscription(&self, id: &str) -> Result<Option<Stored>, StoreError> {
+        forward!(self, s => s.subscription(id).await)
+    }
+    async fn create(&self, subscription: Subscription, limit: usize) -> Result<Stored, CreateError> {
+        forward!(self, s => s.create(subscription, limit).await)
+    }
+    async fn write(&self, write: SubscriptionWrite) -> Result<Option<Stored>, WriteError> {
+        forward!(self, s => s.write(write).await)
+    }
+    async fn page(
+        &self,
+        tenant: &TenantId,
+        application_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Stored>, StoreError> {
+        forward!(self, s => s.page(tenant, application_id, after, limit).await)
+    }
+    async fn count(&self, tenant: &TenantId, application_id: &str) -> Result<usize, StoreError> {
+        forward!(self, s => s.count(tenant, application_id).await)
+    }
+    async fn all(&self) -> Result<Vec<Stored>, StoreError> {
+        forward!(self, s => s.all().await)
+    }
+    async fn lifecycle_due(&self, now: Timestamp, limit: usize) -> Result<Vec<Stored>, StoreError> {
+        forward!(self, s => s.lifecycle_due(now, limit).await)
+    }
+    async fn next_lifecycle_deadline(&self) -> Option<Timestamp> {
+        forward!(self, s => s.next_lifecycle_deadline().await)
+    }
+    async fn subscriptions_changed(&self) {
+        forward!(self, s => s.subscriptions_changed().await)
+    }
+}
+
+impl Deliveries for Store {
+    async fn claim(
+        &self,
+        consumer: &str,
+        now: Timestamp,
+        lease: jiff::SignedDuration,
+    ) -> Result<Vec<(String, Position)>, StoreError> {
+        forward!(self, s => s.claim(consumer, now, lease).await)
+    }
+    async fn acknowledge(&self, consumer: &str, progress: Vec<(String, Position)>) -> Result<(), StoreError> {
+        forward!(self, s => s.acknowledge(consumer, progress).await)
+    }
+    async fn skip(&self, subscription_id: &str, to: Position, missed: Option<NewLifecycle>) -> Result<(), StoreError> {
+        forward!(self, s => s.skip(subscription_id, to, missed).await)
+    }
+    async fn claim_lifecycle(
+        &self,
+        consumer: &str,
+        now: Timestamp,
+        lease: jiff::SignedDuration,
+        limit: usize,
+    ) -> Result<Vec<LifecycleNotice>, StoreError> {
+        forward!(self, s => s.claim_lifecycle(consumer, now, lease, limit).await)
+    }
+    async fn finish_lifecycle(&self, ids: Vec<u64>) -> Result<(), StoreError> {
+        forward!(self, s => s.finish_lifecycle(ids).await)
+    }
+    async fn lifecycle_added(&self) {
+        forward!(self, s => s.lifecycle_added().await)
+    }
+}

@@ -15,10 +15,11 @@
 //!
 //! Values are JSON: a few bytes more than a binary encoding, but a record written by one version
 //! of presenced stays readable by the next, and a damaged file can be inspected by hand.
-use super::super::{Delivery, OutboxEntry};
 use super::direct_io::IoMode;
+use super::upgrade::legacy_lifecycle_notice;
 use super::wal::{self, Wal};
-use crate::notify::subscription::Subscription;
+use crate::store::LifecycleNotice;
+use crate::subscription::Subscription;
 use presence_core::{ChangeEvent, UserKey, UserPresence};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
@@ -60,6 +61,7 @@ struct Pending<'a> {
     prune_outbox_below: u64,
     subscriptions: std::collections::HashMap<&'a str, Option<&'a [u8]>>,
     deliveries: std::collections::BTreeMap<u64, Option<&'a [u8]>>,
+    progress: std::collections::HashMap<&'a str, Option<u64>>,
 }
 
 impl<'a> Pending<'a> {
@@ -76,6 +78,8 @@ impl<'a> Pending<'a> {
                 Op::SubscriptionDelete(k) => drop(self.subscriptions.insert(k, None)),
                 Op::DeliveryPut(id, v) => drop(self.deliveries.insert(id, Some(v))),
                 Op::DeliveryDelete(id) => drop(self.deliveries.insert(id, None)),
+                Op::ProgressPut(k, at) => drop(self.progress.insert(k, Some(at))),
+                Op::ProgressDelete(k) => drop(self.progress.insert(k, None)),
             }
         }
     }
@@ -110,6 +114,13 @@ impl<'a> Pending<'a> {
                 None => drop(deliveries.remove(*id)?),
             }
         }
+        let mut progress = txn.open_table(PROGRESS)?;
+        for (k, v) in &self.progress {
+            match v {
+                Some(at) => drop(progress.insert(*k, *at)?),
+                None => drop(progress.remove(*k)?),
+            }
+        }
         Ok(())
     }
 }
@@ -118,16 +129,21 @@ const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const SUBSCRIPTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("subscriptions");
+/// Queued lifecycle notices, by id.
 const DELIVERIES: TableDefinition<u64, &[u8]> = TableDefinition::new("deliveries");
+/// Each subscription's acknowledged change-log position.
+const PROGRESS: TableDefinition<&str, u64> = TableDefinition::new("progress");
 const SCHEMA_KEY: &str = "schema_version";
 const CHECKPOINTS_KEY: &str = "checkpoints";
 /// The number of the newest log segment a checkpoint wrote to redb: the start skips (and deletes)
 /// segments at or below it, so segments can be deleted in any order and without syncs.
 const LOG_APPLIED_THROUGH_KEY: &str = "log_applied_through";
-/// 2 since segments are skipped by number at start ([`LOG_APPLIED_THROUGH_KEY`]). A version-1
-/// build would number its log from 1 again, and this one would then skip those segments as held:
-/// so a file this build opened must stop older builds, and does. Version 1 files are upgraded.
-const SCHEMA_VERSION: u64 = 2;
+/// 2 since segments are skipped by number at start ([`LOG_APPLIED_THROUGH_KEY`]): a version-1
+/// build would number its log from 1 again, and this one would then skip those segments as held.
+/// 3 since change notifications are derived from the change log (`deliveries` holds lifecycle
+/// notices only, `progress` each subscription's position): a version-2 build would read neither.
+/// So a file this build opened must stop older builds, and does. Older files are upgraded.
+const SCHEMA_VERSION: u64 = 3;
 /// redb's page cache. Reads are served from memory, so redb is only written (at checkpoints)
 /// and read at start; its default 1 GiB cache held ~600 B per user at 1M users for nothing.
 const REDB_CACHE_BYTES: usize = 64 * 1024 * 1024;
@@ -156,10 +172,13 @@ pub enum OpenError {
 /// Everything read at start-up.
 pub struct Loaded {
     pub users: Vec<(UserKey, UserPresence)>,
+    /// The change log's retained entries, oldest first.
+    pub outbox: Vec<(u64, UserKey, ChangeEvent)>,
     pub outbox_first: u64,
     pub outbox_next: u64,
     pub subscriptions: Vec<Subscription>,
-    pub deliveries: Vec<Delivery>,
+    pub notices: Vec<LifecycleNotice>,
+    pub progress: Vec<(String, u64)>,
 }
 
 pub struct Disk {
@@ -370,11 +389,15 @@ pub struct Batch {
     pub records: Vec<Record>,
     pub subscriptions_put: Vec<(String, Vec<u8>)>,
     pub subscriptions_delete: Vec<String>,
+    /// Lifecycle notices queued and sent.
     pub deliveries_put: Vec<(u64, Vec<u8>)>,
     pub deliveries_delete: Vec<u64>,
+    /// Subscriptions' delivery positions set and forgotten.
+    pub progress_put: Vec<(String, u64)>,
+    pub progress_delete: Vec<String>,
     pub prune_outbox_below: u64,
-    /// False only for batches that merely forget delivered notifications: losing those to a crash
-    /// means a re-send, which at-least-once allows, so they skip the fsync.
+    /// False only for batches that merely record deliveries: losing those to a crash means a
+    /// re-send, which at-least-once allows, so they skip the fsync.
     pub durable: bool,
 }
 
@@ -421,7 +444,7 @@ impl Disk {
         });
         redb.init_schema().map_err(|e| db_err(&e))?;
         let found = redb.schema_version().map_err(|e| db_err(&e))?;
-        if found != SCHEMA_VERSION {
+        if found != SCHEMA_VERSION && found != 2 {
             return Err(OpenError::Schema { path, found });
         }
         let next_segment = redb.replay(dir).map_err(|e| match e {
@@ -435,6 +458,12 @@ impl Disk {
             CheckpointError::Io(e) => dir_err(e),
             CheckpointError::Db(e) => db_err(&e),
         })?;
+        if found == 2 {
+            redb.upgrade_to_3().map_err(|e| match e {
+                LoadError::Db(e) => db_err(&e),
+                LoadError::Record(reason) => corrupt(reason),
+            })?;
+        }
         let loaded = redb.load().map_err(|e| match e {
             LoadError::Db(e) => db_err(&e),
             LoadError::Record(reason) => corrupt(reason),
@@ -494,13 +523,18 @@ impl Redb {
         {
             let mut meta = txn.open_table(META)?;
             let found = meta.get(SCHEMA_KEY)?.map(|v| v.value());
-            if matches!(found, None | Some(1)) {
+            // A new file, or a version-1 one (upgraded to 2 by the log numbering alone); version 2
+            // is upgraded to 3 after its log is replayed (`upgrade_to_3`).
+            if found.is_none() {
                 meta.insert(SCHEMA_KEY, SCHEMA_VERSION)?;
+            } else if found == Some(1) {
+                meta.insert(SCHEMA_KEY, 2)?;
             }
             txn.open_table(USERS)?;
             txn.open_table(OUTBOX)?;
             txn.open_table(SUBSCRIPTIONS)?;
             txn.open_table(DELIVERIES)?;
+            txn.open_table(PROGRESS)?;
         }
         txn.commit()?;
         Ok(())
@@ -525,9 +559,16 @@ impl Redb {
                 .map_err(|e| LoadError::Record(format!("record for {raw_key:?} does not decode: {e}")))?;
             users.push((key, state));
         }
-        let outbox = txn.open_table(OUTBOX)?;
-        let outbox_first = outbox.first()?.map_or(1, |(k, _)| k.value());
-        let outbox_next = outbox.last()?.map_or(1, |(k, _)| k.value() + 1);
+        let outbox_table = txn.open_table(OUTBOX)?;
+        let outbox_next = outbox_table.last()?.map_or(1, |(k, _)| k.value() + 1);
+        let outbox_first = outbox_table.first()?.map_or(outbox_next, |(k, _)| k.value());
+        let mut outbox = Vec::new();
+        for row in outbox_table.iter()? {
+            let (k, v) = row?;
+            let (key, event): (UserKey, ChangeEvent) = serde_json::from_slice(v.value())
+                .map_err(|e| LoadError::Record(format!("change-log entry {} does not decode: {e}", k.value())))?;
+            outbox.push((k.value(), key, event));
+        }
         let mut subscriptions = Vec::new();
         for row in txn.open_table(SUBSCRIPTIONS)?.iter()? {
             let (k, v) = row?;
@@ -535,20 +576,67 @@ impl Redb {
                 .map_err(|e| LoadError::Record(format!("subscription {:?} does not decode: {e}", k.value())))?;
             subscriptions.push(sub);
         }
-        let mut deliveries = Vec::new();
+        let mut notices = Vec::new();
         for row in txn.open_table(DELIVERIES)?.iter()? {
             let (k, v) = row?;
-            let delivery: Delivery = serde_json::from_slice(v.value())
-                .map_err(|e| LoadError::Record(format!("delivery {} does not decode: {e}", k.value())))?;
-            deliveries.push(delivery);
+            let notice: LifecycleNotice = serde_json::from_slice(v.value())
+                .map_err(|e| LoadError::Record(format!("lifecycle notice {} does not decode: {e}", k.value())))?;
+            notices.push(notice);
+        }
+        let mut progress = Vec::new();
+        for row in txn.open_table(PROGRESS)?.iter()? {
+            let (k, v) = row?;
+            progress.push((k.value().to_owned(), v.value()));
         }
         Ok(Loaded {
             users,
+            outbox,
             outbox_first,
             outbox_next,
             subscriptions,
-            deliveries,
+            notices,
+            progress,
         })
+    }
+
+    /// Version 2 kept one delivery record per notification owed. Change notifications are now
+    /// derived from the change log, so those go, and each subscription instead gets the position
+    /// before the oldest retained change: what the old records owed is re-sent from the log (at
+    /// least once, as before). Lifecycle deliveries become lifecycle notices. One transaction.
+    fn upgrade_to_3(&self) -> Result<(), LoadError> {
+        let txn = self.db()?.begin_write()?;
+        {
+            let outbox = txn.open_table(OUTBOX)?;
+            let start = outbox.first()?.map_or_else(
+                || outbox.last().map(|l| l.map_or(0, |(k, _)| k.value())),
+                |(k, _)| Ok(k.value() - 1),
+            )?;
+            drop(outbox);
+            let mut deliveries = txn.open_table(DELIVERIES)?;
+            let old: Vec<(u64, Vec<u8>)> = deliveries
+                .iter()?
+                .map(|row| row.map(|(k, v)| (k.value(), v.value().to_vec())))
+                .collect::<Result<_, _>>()?;
+            for (id, bytes) in old {
+                deliveries.remove(id)?;
+                if let Some(notice) = legacy_lifecycle_notice(id, &bytes) {
+                    deliveries.insert(id, notice.as_slice())?;
+                }
+            }
+            let ids: Vec<String> = txn
+                .open_table(SUBSCRIPTIONS)?
+                .iter()?
+                .map(|row| row.map(|(k, _)| k.value().to_owned()))
+                .collect::<Result<_, _>>()?;
+            let mut progress = txn.open_table(PROGRESS)?;
+            for id in ids {
+                progress.insert(id.as_str(), start)?;
+            }
+            txn.open_table(META)?.insert(SCHEMA_KEY, SCHEMA_VERSION)?;
+        }
+        txn.commit()?;
+        tracing::info!("upgraded the database to schema version {SCHEMA_VERSION}");
+        Ok(())
     }
 
     /// Apply every segment left in `dir` that redb does not hold yet (oldest first), make it
@@ -816,44 +904,6 @@ impl Disk {
         }
         self.redb.sync().map_err(|e| e.to_string())
     }
-
-    pub fn deliveries(&self) -> Result<Vec<Delivery>, String> {
-        self.checkpoint_now()?;
-        let read = || -> Result<Vec<Delivery>, LoadError> {
-            let txn = self.redb.db()?.begin_read()?;
-            let mut out = Vec::new();
-            for row in txn.open_table(DELIVERIES)?.iter()? {
-                let (k, v) = row?;
-                out.push(
-                    serde_json::from_slice(v.value())
-                        .map_err(|e| LoadError::Record(format!("delivery {} does not decode: {e}", k.value())))?,
-                );
-            }
-            Ok(out)
-        };
-        read().map_err(|e| e.to_string())
-    }
-
-    pub fn outbox_after(&self, after_id: u64, limit: usize) -> Result<Vec<OutboxEntry>, String> {
-        self.checkpoint_now()?;
-        let read = || -> Result<Vec<OutboxEntry>, LoadError> {
-            let txn = self.redb.db()?.begin_read()?;
-            let outbox = txn.open_table(OUTBOX)?;
-            let mut out = Vec::new();
-            for row in outbox.range(after_id.saturating_add(1)..)?.take(limit) {
-                let (k, v) = row?;
-                let (key, event): (UserKey, ChangeEvent) = serde_json::from_slice(v.value())
-                    .map_err(|e| LoadError::Record(format!("outbox entry {} does not decode: {e}", k.value())))?;
-                out.push(OutboxEntry {
-                    id: k.value(),
-                    key,
-                    event,
-                });
-            }
-            Ok(out)
-        };
-        read().map_err(|e| e.to_string())
-    }
 }
 
 impl Drop for Disk {
@@ -879,7 +929,12 @@ enum LoadError {
 macro_rules! into_load_error {
     ($($t:ty),*) => {$(impl From<$t> for LoadError { fn from(e: $t) -> Self { LoadError::Db(e.into()) } })*};
 }
-into_load_error!(redb::TransactionError, redb::TableError, redb::StorageError);
+into_load_error!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
 
 /// A read guard that derefs to the open database.
 struct DbGuard<'a>(RwLockReadGuard<'a, Option<Database>>);
@@ -914,6 +969,8 @@ enum Op<'a> {
     SubscriptionDelete(&'a str),
     DeliveryPut(u64, &'a [u8]),
     DeliveryDelete(u64),
+    ProgressPut(&'a str, u64),
+    ProgressDelete(&'a str),
 }
 
 fn batch_ops(batch: &Batch) -> Vec<Op<'_>> {
@@ -936,6 +993,8 @@ fn batch_ops(batch: &Batch) -> Vec<Op<'_>> {
     ops.extend(batch.subscriptions_delete.iter().map(|id| Op::SubscriptionDelete(id)));
     ops.extend(batch.deliveries_put.iter().map(|(id, json)| Op::DeliveryPut(*id, json)));
     ops.extend(batch.deliveries_delete.iter().map(|id| Op::DeliveryDelete(*id)));
+    ops.extend(batch.progress_put.iter().map(|(id, at)| Op::ProgressPut(id, *at)));
+    ops.extend(batch.progress_delete.iter().map(|id| Op::ProgressDelete(id)));
     ops
 }
 
@@ -946,7 +1005,8 @@ fn encode_ops(ops: &[Op<'_>]) -> Vec<u8> {
         .map(|op| match *op {
             Op::UserPut(k, v) | Op::SubscriptionPut(k, v) => 9 + k.len() + v.len(),
             Op::OutboxPut(_, v) | Op::DeliveryPut(_, v) => 13 + v.len(),
-            Op::SubscriptionDelete(k) => 5 + k.len(),
+            Op::SubscriptionDelete(k) | Op::ProgressDelete(k) => 5 + k.len(),
+            Op::ProgressPut(k, _) => 13 + k.len(),
             Op::PruneOutbox(_) | Op::DeliveryDelete(_) => 9,
         })
         .sum();
@@ -988,6 +1048,15 @@ fn encode_ops(ops: &[Op<'_>]) -> Vec<u8> {
             Op::DeliveryDelete(id) => {
                 out.push(7);
                 out.extend_from_slice(&id.to_le_bytes());
+            }
+            Op::ProgressPut(k, at) => {
+                out.push(8);
+                bytes(&mut out, k.as_bytes());
+                out.extend_from_slice(&at.to_le_bytes());
+            }
+            Op::ProgressDelete(k) => {
+                out.push(9);
+                bytes(&mut out, k.as_bytes());
             }
         }
     }
@@ -1032,6 +1101,8 @@ fn decode_ops(frame: &[u8]) -> Result<Vec<Op<'_>>, String> {
             5 => Op::SubscriptionDelete(r.str()?),
             6 => Op::DeliveryPut(r.u64()?, r.bytes()?),
             7 => Op::DeliveryDelete(r.u64()?),
+            8 => Op::ProgressPut(r.str()?, r.u64()?),
+            9 => Op::ProgressDelete(r.str()?),
             other => return Err(format!("unknown operation {other}")),
         });
     }
@@ -1052,6 +1123,8 @@ mod tests {
             Op::SubscriptionDelete("s2"),
             Op::DeliveryPut(9, b"x"),
             Op::DeliveryDelete(4),
+            Op::ProgressPut("s", 17),
+            Op::ProgressDelete("s3"),
         ];
         assert_eq!(decode_ops(&encode_ops(&ops)).unwrap(), ops);
         assert!(decode_ops(&[1, 5, 0, 0, 0, b'a']).is_err());
@@ -1321,13 +1394,45 @@ mod tests {
         drop(Disk::open(dir.path()).unwrap());
         set_schema(1);
         let (disk, _) = Disk::open(dir.path()).unwrap();
-        assert_eq!(disk.redb.schema_version().unwrap(), 2);
+        assert_eq!(disk.redb.schema_version().unwrap(), SCHEMA_VERSION);
         drop(disk);
-        set_schema(3);
+        set_schema(SCHEMA_VERSION + 1);
         assert!(matches!(
             Disk::open(dir.path()),
-            Err(OpenError::Schema { found: 3, .. })
+            Err(OpenError::Schema { found, .. }) if found == SCHEMA_VERSION + 1
         ));
+    }
+
+    #[test]
+    fn a_version_2_file_keeps_its_lifecycle_deliveries_and_owes_its_subscriptions_the_retained_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let (disk, _) = Disk::open(dir.path()).unwrap();
+        let subscription = br#"{"id":"s1","tenant":"t","application_id":"app","creator_id":null,"resource":"r","users":["u"],"notification_url":"https://h/n","lifecycle_notification_url":"https://h/l","client_state":null,"expiration":"2026-11-27T10:00:00Z","renewed_at":"2026-11-27T09:00:00Z","include_resource_data":false,"encryption_certificate":null,"encryption_certificate_id":null,"latest_supported_tls_version":null}"#;
+        let lifecycle = br#"{"id":7,"url":"https://h/l","subscription_id":"s1","created_at":"2026-11-27T09:00:00Z","kind":{"Lifecycle":{"event":"Missed","tenant":"t","client_state":null,"subscription_expiration":"2026-11-27T10:00:00Z"}}}"#;
+        let change = br#"{"id":8,"url":"https://h/n","subscription_id":"s1","created_at":"2026-11-27T09:00:00Z","kind":{"Change":{"user":"u","availability":"Busy","activity":"InACall","sequence":5}}}"#;
+        disk.write_batch(&Batch {
+            subscriptions_put: vec![("s1".into(), subscription.to_vec())],
+            deliveries_put: vec![(7, lifecycle.to_vec()), (8, change.to_vec())],
+            durable: true,
+            ..Batch::default()
+        })
+        .unwrap();
+        disk.checkpoint_now().unwrap();
+        drop(disk);
+        let db = open_database(&dir.path().join(FILE_NAME)).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META).unwrap().insert(SCHEMA_KEY, 2).unwrap();
+        txn.commit().unwrap();
+        drop(db);
+        let (disk, loaded) = Disk::open(dir.path()).unwrap();
+        assert_eq!(disk.redb.schema_version().unwrap(), SCHEMA_VERSION);
+        assert_eq!(
+            loaded.notices.len(),
+            1,
+            "the change delivery is re-derived from the log"
+        );
+        assert_eq!(loaded.notices[0].id, 7);
+        assert_eq!(loaded.progress, vec![("s1".to_string(), loaded.outbox_first - 1)]);
     }
 
     #[test]

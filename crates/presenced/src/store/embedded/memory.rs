@@ -59,7 +59,7 @@ impl Memory {
         self.read_hashed(self.hash(key), key, f)
     }
 
-    fn read_hashed<R>(&self, hash: KeyHash, key: &UserKey, f: impl FnOnce(&Entry) -> R) -> Option<R> {
+    pub fn read_hashed<R>(&self, hash: KeyHash, key: &UserKey, f: impl FnOnce(&Entry) -> R) -> Option<R> {
         // A poisoned lock only means another thread panicked mid-lookup; the table is intact.
         let shard = self.shard(hash).read().unwrap_or_else(|e| e.into_inner());
         shard

@@ -1,61 +1,89 @@
-//! The in-memory subscription index: by id for the API, by user for fan-out at commit time.
-use crate::notify::subscription::Subscription;
-use presence_core::{TenantId, UserId};
-use std::collections::HashMap;
+//! The in-memory subscription table: by id, by owning application (for paged listing and the
+//! per-application limit) and by next lifecycle deadline (so the lifecycle worker never scans).
+//! Only the writer thread changes it, after the batch holding the change is durable.
+use crate::store::Stored;
+use crate::subscription::Subscription;
+use jiff::Timestamp;
+use presence_core::TenantId;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 use std::sync::Arc;
+
+type Owner = (TenantId, String);
 
 #[derive(Default)]
 pub struct SubscriptionIndex {
-    by_id: HashMap<String, Arc<Subscription>>,
-    by_user: HashMap<(TenantId, UserId), Vec<String>>,
+    by_id: HashMap<String, Stored>,
+    by_owner: BTreeMap<Owner, BTreeSet<String>>,
+    by_deadline: BTreeSet<(Timestamp, String)>,
+}
+
+fn owner(s: &Subscription) -> Owner {
+    (s.tenant.clone(), s.application_id.clone())
 }
 
 impl SubscriptionIndex {
-    pub fn put(&mut self, subscription: Arc<Subscription>) {
-        self.remove(&subscription.id);
-        for user in &subscription.users {
-            self.by_user
-                .entry((subscription.tenant.clone(), user.clone()))
-                .or_default()
-                .push(subscription.id.clone());
-        }
-        self.by_id.insert(subscription.id.clone(), subscription);
+    pub fn put(&mut self, stored: Stored) {
+        self.remove(&stored.subscription.id);
+        let s = &stored.subscription;
+        self.by_owner.entry(owner(s)).or_default().insert(s.id.clone());
+        self.by_deadline.insert((s.lifecycle_deadline(), s.id.clone()));
+        self.by_id.insert(s.id.clone(), stored);
     }
 
-    pub fn remove(&mut self, id: &str) -> Option<Arc<Subscription>> {
+    pub fn remove(&mut self, id: &str) -> Option<Stored> {
         let old = self.by_id.remove(id)?;
-        for user in &old.users {
-            let key = (old.tenant.clone(), user.clone());
-            if let Some(ids) = self.by_user.get_mut(&key) {
-                ids.retain(|i| i != id);
-                if ids.is_empty() {
-                    self.by_user.remove(&key);
-                }
+        let s = &old.subscription;
+        let key = owner(s);
+        if let Some(ids) = self.by_owner.get_mut(&key) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.by_owner.remove(&key);
             }
         }
+        self.by_deadline.remove(&(s.lifecycle_deadline(), s.id.clone()));
         Some(old)
     }
 
-    pub fn get(&self, id: &str) -> Option<Arc<Subscription>> {
+    pub fn get(&self, id: &str) -> Option<Stored> {
         self.by_id.get(id).cloned()
     }
 
-    pub fn matching(&self, tenant: &TenantId, user: &UserId) -> Vec<Arc<Subscription>> {
-        let key = (tenant.clone(), user.clone());
-        self.by_user
-            .get(&key)
-            .map_or_else(Vec::new, |ids| ids.iter().filter_map(|id| self.get(id)).collect())
+    pub fn count(&self, tenant: &TenantId, application_id: &str) -> usize {
+        self.by_owner
+            .get(&(tenant.clone(), application_id.to_owned()))
+            .map_or(0, BTreeSet::len)
     }
 
-    pub fn all(&self, tenant: Option<&TenantId>) -> Vec<Arc<Subscription>> {
-        let mut out: Vec<_> = self
-            .by_id
-            .values()
-            .filter(|s| tenant.is_none_or(|t| &s.tenant == t))
-            .cloned()
-            .collect();
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        out
+    pub fn page(&self, tenant: &TenantId, application_id: &str, after: Option<&str>, limit: usize) -> Vec<Stored> {
+        let Some(ids) = self.by_owner.get(&(tenant.clone(), application_id.to_owned())) else {
+            return Vec::new();
+        };
+        let start = match after {
+            Some(a) => Bound::Excluded(a.to_owned()),
+            None => Bound::Unbounded,
+        };
+        ids.range((start, Bound::Unbounded))
+            .take(limit)
+            .filter_map(|id| self.get(id))
+            .collect()
+    }
+
+    pub fn all(&self) -> Vec<Stored> {
+        self.by_id.values().cloned().collect()
+    }
+
+    pub fn due(&self, now: Timestamp, limit: usize) -> Vec<Stored> {
+        self.by_deadline
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .take(limit)
+            .filter_map(|(_, id)| self.get(id))
+            .collect()
+    }
+
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        self.by_deadline.first().map(|(at, _)| *at)
     }
 
     pub fn len(&self) -> usize {
@@ -64,5 +92,17 @@ impl SubscriptionIndex {
 
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = &String> {
+        self.by_id.keys()
+    }
+}
+
+/// A subscription record shared by the index and every reader.
+pub fn stored(version: u64, subscription: Subscription) -> Stored {
+    Stored {
+        version,
+        subscription: Arc::new(subscription),
     }
 }

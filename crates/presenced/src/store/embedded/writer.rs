@@ -1,19 +1,26 @@
 //! The single writer thread: batches concurrent requests into one log append (group commit).
 //!
 //! An fsync costs the same for one record as for a thousand, so every request waiting when the
-//! previous fsync finishes rides the next one.
-//! The writer is also the only code that mutates the in-memory map, the deadline index and the
-//! subscription index, which makes the compare-and-set check exact without further locking, and
-//! lets it fan a change out to its subscribers inside the very transaction that records it.
+//! previous fsync finishes rides the next one. The writer is also the only code that changes the
+//! in-memory map, the deadline index, the change log's window and the subscription tables, which
+//! makes every compare-and-set exact without further locking.
+//!
+//! It knows nothing of who reads the change log: a committed change is appended to the log once,
+//! and followers (the webhook dispatcher, streams) read it from there on their own threads.
 use super::disk::{Batch, Disk, Record};
 use super::key_hash::KeyHash;
 use super::memory::Entry;
 use super::records;
+use super::subscriptions::stored;
 use super::Shared;
-use crate::notify::subscription::Subscription;
-use crate::store::{Commit, Delivery, DeliveryKind, NewDelivery, StoreError};
+use crate::clock::Clock;
+use crate::store::{
+    Change, CommitError, CreateError, LifecycleNotice, NewLifecycle, Position, StoreError, Stored, SubscriptionWrite,
+    Versioned, WriteError,
+};
+use crate::subscription::Subscription;
 use hashbrown::HashTable;
-use presence_core::{ChangeEvent, UserKey, UserPresence};
+use presence_core::{TenantId, UserKey, UserPresence};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -21,78 +28,101 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Upper bound of one batch: keeps a single transaction's memory and latency bounded under load.
 const MAX_BATCH: usize = 4096;
-/// How many change events the outbox keeps. The outbox is the change log (deliveries are fanned
-/// out at commit time); this bounds the file.
-pub const OUTBOX_RETAIN: u64 = 100_000;
 
-type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+type Reply<T> = oneshot::Sender<T>;
+pub type CommitResult = Result<u64, CommitError>;
 
 pub enum Request {
     Commit {
         commit: Commit,
-        encoded: Encoded,
-        reply: Reply<u64>,
+        reply: Reply<CommitResult>,
     },
     /// Independent commits in one request (the sweeper's batches): each is checked and applied
     /// like a `Commit`, and the answer lists every outcome in order.
     CommitMany {
-        commits: Vec<(Commit, Encoded)>,
-        reply: Reply<Vec<Result<u64, StoreError>>>,
+        commits: Vec<Commit>,
+        reply: Reply<Vec<CommitResult>>,
     },
-    PutSubscription {
+    CreateSubscription {
         subscription: Subscription,
-        reply: Reply<()>,
+        limit: usize,
+        reply: Reply<Result<Stored, CreateError>>,
     },
-    DeleteSubscription {
-        id: String,
-        reply: Reply<Option<Subscription>>,
+    WriteSubscription {
+        write: SubscriptionWrite,
+        reply: Reply<Result<Option<Stored>, WriteError>>,
     },
-    Enqueue {
-        deliveries: Vec<NewDelivery>,
-        reply: Reply<Vec<Delivery>>,
+    /// Delivery positions moving forward: not synced (a lost one means a re-send).
+    Acknowledge {
+        progress: Vec<(String, u64)>,
+        reply: Reply<Result<(), StoreError>>,
     },
-    Finish {
+    Skip {
+        subscription_id: String,
+        to: u64,
+        missed: Option<NewLifecycle>,
+        reply: Reply<Result<(), StoreError>>,
+    },
+    /// Sent lifecycle notices: not synced (a lost one means a re-send).
+    FinishLifecycle {
         ids: Vec<u64>,
-        reply: Reply<()>,
+        reply: Reply<Result<(), StoreError>>,
     },
 }
 
-/// A commit's records, serialised by the caller before it queues: JSON encoding is the largest
-/// per-write cost, and done here it runs on every core instead of on the one writer thread.
-pub struct Encoded {
+/// A commit with its records serialised by the caller before it queues: JSON encoding is the
+/// largest per-write cost, and done there it runs on every core instead of on the one writer.
+pub struct Commit {
+    pub key: UserKey,
     /// The store's hash of the key, so the writer hashes nothing (`key_hash`).
-    hash: KeyHash,
-    storage_key: String,
-    state_json: Vec<u8>,
-    event_json: Option<Vec<u8>>,
+    pub hash: KeyHash,
+    pub expected_version: u64,
+    pub state: UserPresence,
+    pub storage_key: String,
+    pub state_json: Vec<u8>,
+    /// The change this commit appends to the log (its position is set by the writer) and its record.
+    pub change: Option<(Arc<Change>, Vec<u8>)>,
 }
 
-impl Encoded {
-    /// `hash` is the store's hash of `commit.key` (`Memory::hash`).
-    pub fn of(commit: &Commit, hash: KeyHash) -> Encoded {
-        Encoded {
+impl Commit {
+    pub fn encode(commit: crate::store::Commit, hash: KeyHash) -> Commit {
+        let crate::store::Commit {
+            key,
+            expected_version,
+            state,
+            event,
+        } = commit;
+        let change = event.map(|event| {
+            let json = records::event(&key, &event);
+            let change = Change {
+                position: Position::ZERO,
+                key: key.clone(),
+                event,
+            };
+            (Arc::new(change), json)
+        });
+        Commit {
+            storage_key: key.storage_key(),
+            state_json: records::state(&state),
+            key,
             hash,
-            storage_key: commit.key.storage_key(),
-            state_json: records::state(&commit.state),
-            event_json: commit.event.as_ref().map(|event| records::event(&commit.key, event)),
+            expected_version,
+            state,
+            change,
         }
     }
 }
 
-/// Where a commit's outcome goes.
+/// Where a commit's outcome goes: its own reply, or a slot in a `CommitMany`'s answer.
 enum Answer {
-    One(Reply<u64>),
-    /// Item `index` of the `CommitMany` collected in `Pass::groups[group]`.
-    Part {
-        group: usize,
-        index: usize,
-    },
+    One(Reply<CommitResult>),
+    Part { group: usize, index: usize },
 }
 
 /// The outcomes of one `CommitMany`, sent together when the batch is settled.
 struct Group {
-    results: Vec<Result<u64, StoreError>>,
-    reply: Reply<Vec<Result<u64, StoreError>>>,
+    results: Vec<CommitResult>,
+    reply: Reply<Vec<CommitResult>>,
 }
 
 /// One batch as the writer assembles it.
@@ -100,12 +130,15 @@ struct Group {
 struct Pass {
     batch: Batch,
     effects: Vec<Effect>,
-    new_deliveries: Vec<Delivery>,
     /// Versions as this batch changes them, before they are published: (key hash, index in
     /// `effects` of the commit that set it, version). The key is the effect's, so none is cloned.
     versions: HashTable<(u64, usize, u64)>,
-    /// Subscriptions as this batch changes them, before they are published.
-    subscription_overlay: HashMap<String, Option<Arc<Subscription>>>,
+    /// The batch's changes, in position order, for the log window once durable.
+    changes: Vec<Arc<Change>>,
+    /// Subscriptions as this batch changes them (`None`: removed), before they are published.
+    subscriptions: HashMap<String, Option<Stored>>,
+    /// Per (tenant, application), subscriptions this batch adds (or removes, negative).
+    owned_delta: HashMap<(TenantId, String), isize>,
     groups: Vec<Group>,
 }
 
@@ -134,7 +167,7 @@ impl Pass {
         }
     }
 
-    fn settle(&mut self, answer: Answer, result: Result<u64, StoreError>) {
+    fn settle(&mut self, answer: Answer, result: CommitResult) {
         match answer {
             Answer::One(reply) => drop(reply.send(result)),
             Answer::Part { group, index } => self.groups[group].results[index] = result,
@@ -144,7 +177,7 @@ impl Pass {
     /// Answer every `CommitMany` of the batch (after its individual outcomes were settled).
     fn send_groups(&mut self) {
         for group in self.groups.drain(..) {
-            let _ = group.reply.send(Ok(group.results));
+            let _ = group.reply.send(group.results);
         }
     }
 }
@@ -160,20 +193,25 @@ enum Effect {
         state: Arc<UserPresence>,
         answer: Answer,
     },
-    PutSubscription {
-        subscription: Arc<Subscription>,
-        reply: Reply<()>,
+    SubscriptionCreated {
+        stored: Stored,
+        start: u64,
+        reply: Reply<Result<Stored, CreateError>>,
     },
-    DeleteSubscription {
+    SubscriptionWritten {
         id: String,
-        reply: Reply<Option<Subscription>>,
+        stored: Option<Stored>,
+        notice: Option<LifecycleNotice>,
+        reply: Reply<Result<Option<Stored>, WriteError>>,
     },
-    Enqueue {
-        deliveries: Vec<Delivery>,
-        reply: Reply<Vec<Delivery>>,
+    Progress {
+        progress: Vec<(String, u64)>,
+        notice: Option<LifecycleNotice>,
+        reply: Reply<Result<(), StoreError>>,
     },
-    Finish {
-        reply: Reply<()>,
+    Finished {
+        ids: Vec<u64>,
+        reply: Reply<Result<(), StoreError>>,
     },
 }
 
@@ -189,25 +227,21 @@ impl Effect {
 pub struct Writer {
     disk: Arc<Disk>,
     shared: Arc<Shared>,
-    outbox_next: u64,
-    delivery_next: u64,
-    feed: mpsc::UnboundedSender<Vec<Delivery>>,
+    clock: Clock,
+    /// The position the next change takes.
+    position_next: u64,
+    /// The id the next lifecycle notice takes.
+    notice_next: u64,
 }
 
 impl Writer {
-    pub fn new(
-        disk: Arc<Disk>,
-        shared: Arc<Shared>,
-        outbox_next: u64,
-        delivery_next: u64,
-        feed: mpsc::UnboundedSender<Vec<Delivery>>,
-    ) -> Self {
+    pub fn new(disk: Arc<Disk>, shared: Arc<Shared>, clock: Clock, position_next: u64, notice_next: u64) -> Self {
         Self {
             disk,
             shared,
-            outbox_next,
-            delivery_next,
-            feed,
+            clock,
+            position_next,
+            notice_next,
         }
     }
 
@@ -226,65 +260,78 @@ impl Writer {
             self.process(batch);
         }
         // A clean stop leaves nothing to replay on the next start.
-        if let Err(e) = self.disk.checkpoint_now() {
+        if self.shared.crashing.load(Ordering::Acquire) {
+            tracing::info!("stopping without a checkpoint, as a crash would");
+        } else if let Err(e) = self.disk.checkpoint_now() {
             tracing::warn!(error = %e, "final checkpoint failed; the log will be replayed on start");
         }
         self.shared.ready.store(false, Ordering::Release);
     }
 
     fn process(&mut self, requests: Vec<Request>) {
-        let (outbox_start, delivery_start) = (self.outbox_next, self.delivery_next);
+        let (position_start, notice_start) = (self.position_next, self.notice_next);
         let mut pass = Pass {
-            batch: Batch {
-                prune_outbox_below: self.outbox_next.saturating_sub(OUTBOX_RETAIN),
-                ..Batch::default()
-            },
             effects: Vec::with_capacity(requests.len()),
             ..Pass::default()
         };
         for request in requests {
             match request {
-                Request::Commit { commit, encoded, reply } => {
-                    self.accept(&mut pass, commit, encoded, Answer::One(reply))
-                }
+                Request::Commit { commit, reply } => self.accept(&mut pass, commit, Answer::One(reply)),
                 Request::CommitMany { commits, reply } => {
                     let group = pass.groups.len();
                     pass.groups.push(Group {
-                        results: vec![Err(StoreError::Conflict); commits.len()],
+                        results: vec![
+                            Err(CommitError::Store(StoreError::Unavailable("not committed".into())));
+                            commits.len()
+                        ],
                         reply,
                     });
-                    for (index, (commit, encoded)) in commits.into_iter().enumerate() {
-                        self.accept(&mut pass, commit, encoded, Answer::Part { group, index });
+                    for (index, commit) in commits.into_iter().enumerate() {
+                        self.accept(&mut pass, commit, Answer::Part { group, index });
                     }
                 }
-                Request::PutSubscription { subscription, reply } => {
-                    pass.batch
-                        .subscriptions_put
-                        .push((subscription.id.clone(), encode(&subscription)));
-                    let subscription = Arc::new(subscription);
-                    pass.subscription_overlay
-                        .insert(subscription.id.clone(), Some(subscription.clone()));
-                    pass.effects.push(Effect::PutSubscription { subscription, reply });
-                }
-                Request::DeleteSubscription { id, reply } => {
-                    pass.batch.subscriptions_delete.push(id.clone());
-                    pass.subscription_overlay.insert(id.clone(), None);
-                    pass.effects.push(Effect::DeleteSubscription { id, reply });
-                }
-                Request::Enqueue { deliveries, reply } => {
-                    let assigned: Vec<Delivery> = deliveries.into_iter().map(|d| self.assign(d)).collect();
-                    for d in &assigned {
-                        pass.batch.deliveries_put.push((d.id, encode(d)));
-                    }
-                    pass.new_deliveries.extend(assigned.iter().cloned());
-                    pass.effects.push(Effect::Enqueue {
-                        deliveries: assigned,
+                Request::CreateSubscription {
+                    subscription,
+                    limit,
+                    reply,
+                } => self.create_subscription(&mut pass, subscription, limit, reply),
+                Request::WriteSubscription { write, reply } => self.write_subscription(&mut pass, write, reply),
+                Request::Acknowledge { progress, reply } => {
+                    let progress: Vec<(String, u64)> = progress
+                        .into_iter()
+                        .filter(|(id, to)| {
+                            self.current_subscription(&pass, id).is_some()
+                                && self.shared.deliveries().progress(id).is_some_and(|at| at < *to)
+                        })
+                        .collect();
+                    pass.batch.progress_put.extend(progress.iter().cloned());
+                    pass.effects.push(Effect::Progress {
+                        progress,
+                        notice: None,
                         reply,
                     });
                 }
-                Request::Finish { ids, reply } => {
-                    pass.batch.deliveries_delete.extend(ids);
-                    pass.effects.push(Effect::Finish { reply });
+                Request::Skip {
+                    subscription_id,
+                    to,
+                    missed,
+                    reply,
+                } => {
+                    let mut progress = Vec::new();
+                    if self.current_subscription(&pass, &subscription_id).is_some() {
+                        progress.push((subscription_id, to));
+                    }
+                    pass.batch.progress_put.extend(progress.iter().cloned());
+                    let notice = missed.map(|m| self.queue_notice(&mut pass, m));
+                    pass.effects.push(Effect::Progress {
+                        progress,
+                        notice,
+                        reply,
+                    });
+                }
+                Request::FinishLifecycle { ids, reply } => {
+                    pass.batch.deliveries_delete.extend(ids.iter().copied());
+                    pass.effects.push(Effect::Finished { ids, reply });
                 }
             }
         }
@@ -292,7 +339,17 @@ impl Writer {
             pass.send_groups();
             return;
         }
-        pass.batch.durable = pass.effects.iter().any(|e| !matches!(e, Effect::Finish { .. }));
+        if let Some(prune_below) = self.shared.log.prune(self.clock.now()) {
+            pass.batch.prune_outbox_below = prune_below;
+        }
+        // Only acknowledgements and finished notices may skip the sync: losing them to a crash
+        // means a re-send, which at-least-once allows.
+        pass.batch.durable = pass.effects.iter().any(|e| match e {
+            Effect::Progress { notice, .. } => notice.is_some(),
+            Effect::Finished { .. } => false,
+            _ => true,
+        }) || !pass.batch.subscriptions_put.is_empty()
+            || !pass.batch.subscriptions_delete.is_empty();
         let started = std::time::Instant::now();
         let written = self.disk.write_batch(&pass.batch);
         self.shared
@@ -302,9 +359,9 @@ impl Writer {
         self.shared.metrics.batch_size.observe(pass.effects.len() as f64);
         let effects = std::mem::take(&mut pass.effects);
         if let Err(e) = written {
-            // Nothing in this batch is durable: undo the ids and fail every request, so no client
-            // is told "200" for a write that a crash could lose.
-            (self.outbox_next, self.delivery_next) = (outbox_start, delivery_start);
+            // Nothing in this batch is durable: undo the positions and ids and fail every request,
+            // so no client is told "200" for a write that a crash could lose.
+            (self.position_next, self.notice_next) = (position_start, notice_start);
             tracing::error!(error = %e, requests = effects.len(), "commit failed");
             for effect in effects {
                 fail(&mut pass, effect, &e.to_string());
@@ -318,33 +375,43 @@ impl Writer {
         }
         self.publish(&mut pass, effects);
         pass.send_groups();
-        if !pass.new_deliveries.is_empty() {
-            // The dispatcher may be gone at shutdown; the deliveries are durable and resume on start.
-            let _ = self.feed.send(std::mem::take(&mut pass.new_deliveries));
-        }
     }
 
     /// Check one commit against the current version (as this batch has changed it) and add it to
-    /// the batch with its change event and the deliveries it owes; a stale one is a conflict.
-    fn accept(&mut self, pass: &mut Pass, commit: Commit, encoded: Encoded, answer: Answer) {
-        let key = &commit.key;
-        let hash = encoded.hash;
+    /// the batch with its change; a stale one is a conflict, answered with the current state.
+    fn accept(&mut self, pass: &mut Pass, commit: Commit, answer: Answer) {
+        let Commit {
+            key,
+            hash,
+            expected_version,
+            state,
+            storage_key,
+            state_json,
+            change,
+        } = commit;
         let current = pass
-            .version(hash, key)
-            .unwrap_or_else(|| self.shared.memory.version_hashed(hash, key));
-        if current != commit.expected_version {
-            pass.settle(answer, Err(StoreError::Conflict));
+            .version(hash, &key)
+            .unwrap_or_else(|| self.shared.memory.version_hashed(hash, &key));
+        if current != expected_version {
+            let stored = self.current_state(pass, hash, &key, current);
+            pass.settle(answer, Err(CommitError::Conflict(stored)));
             return;
         }
-        let record = self.record(encoded);
-        if let Some(event) = commit.event.as_ref().filter(|e| e.availability_or_activity_changed()) {
-            for delivery in self.fan_out(key, event, &pass.subscription_overlay) {
-                pass.batch.deliveries_put.push((delivery.id, encode(&delivery)));
-                pass.new_deliveries.push(delivery);
+        let outbox = change.map(|(mut change, json)| {
+            let position = self.position_next;
+            self.position_next += 1;
+            // The caller built the change and handed it over: it is not shared yet.
+            if let Some(c) = Arc::get_mut(&mut change) {
+                c.position = Position::from_sequence(position);
             }
-        }
-        pass.batch.records.push(record);
-        let Commit { key, state, .. } = commit;
+            pass.changes.push(change);
+            (position, json)
+        });
+        pass.batch.records.push(Record {
+            storage_key,
+            state_json,
+            outbox,
+        });
         pass.effects.push(Effect::Commit {
             key,
             hash,
@@ -355,10 +422,136 @@ impl Writer {
         pass.set_version(hash, pass.effects.len() - 1, current + 1);
     }
 
+    /// The state a conflicting commit lost to: as this batch left it, or as published.
+    fn current_state(&self, pass: &Pass, hash: KeyHash, key: &UserKey, version: u64) -> Versioned {
+        let in_batch = pass.effects.iter().rev().find_map(|e| match e {
+            Effect::Commit {
+                key: k,
+                version: v,
+                state,
+                ..
+            } if k == key && *v == version => Some(state.clone()),
+            _ => None,
+        });
+        match in_batch {
+            Some(state) => Versioned { version, state },
+            None => self
+                .shared
+                .memory
+                .read_hashed(hash, key, |e| Versioned {
+                    version: e.version,
+                    state: e.state.clone(),
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The subscription as of this point in the batch.
+    fn current_subscription(&self, pass: &Pass, id: &str) -> Option<Stored> {
+        match pass.subscriptions.get(id) {
+            Some(s) => s.clone(),
+            None => self.shared.subscriptions().get(id),
+        }
+    }
+
+    fn create_subscription(
+        &mut self,
+        pass: &mut Pass,
+        subscription: Subscription,
+        limit: usize,
+        reply: Reply<Result<Stored, CreateError>>,
+    ) {
+        let owner = (subscription.tenant.clone(), subscription.application_id.clone());
+        let delta = pass.owned_delta.get(&owner).copied().unwrap_or(0);
+        let held = self.shared.subscriptions().count(&owner.0, &owner.1) as isize + delta;
+        if held >= limit as isize || self.current_subscription(pass, &subscription.id).is_some() {
+            let _ = reply.send(Err(CreateError::LimitReached(limit)));
+            return;
+        }
+        *pass.owned_delta.entry(owner).or_insert(0) += 1;
+        let id = subscription.id.clone();
+        pass.batch.subscriptions_put.push((id.clone(), encode(&subscription)));
+        // Owed from here on: every change committed after this point in the log.
+        let start = self.position_next - 1;
+        pass.batch.progress_put.push((id.clone(), start));
+        let stored = stored(1, subscription);
+        pass.subscriptions.insert(id, Some(stored.clone()));
+        pass.effects.push(Effect::SubscriptionCreated { stored, start, reply });
+    }
+
+    fn write_subscription(
+        &mut self,
+        pass: &mut Pass,
+        write: SubscriptionWrite,
+        reply: Reply<Result<Option<Stored>, WriteError>>,
+    ) {
+        let (id, expected, lifecycle) = match &write {
+            SubscriptionWrite::Replace {
+                subscription,
+                expected_version,
+                lifecycle,
+            } => (subscription.id.clone(), *expected_version, lifecycle.clone()),
+            SubscriptionWrite::Remove {
+                id,
+                expected_version,
+                lifecycle,
+            } => (id.clone(), *expected_version, lifecycle.clone()),
+        };
+        let current = self.current_subscription(pass, &id);
+        if current.as_ref().map(|s| s.version) != Some(expected) {
+            let _ = reply.send(Err(WriteError::Conflict(current)));
+            return;
+        }
+        let new = match write {
+            SubscriptionWrite::Replace { subscription, .. } => {
+                pass.batch.subscriptions_put.push((id.clone(), encode(&subscription)));
+                Some(stored(expected + 1, *subscription))
+            }
+            SubscriptionWrite::Remove { .. } => {
+                if let Some(old) = &current {
+                    let s = &old.subscription;
+                    *pass
+                        .owned_delta
+                        .entry((s.tenant.clone(), s.application_id.clone()))
+                        .or_insert(0) -= 1;
+                }
+                pass.batch.subscriptions_delete.push(id.clone());
+                pass.batch.progress_delete.push(id.clone());
+                None
+            }
+        };
+        let notice = lifecycle.map(|l| self.queue_notice(pass, l));
+        pass.subscriptions.insert(id.clone(), new.clone());
+        pass.effects.push(Effect::SubscriptionWritten {
+            id,
+            stored: new,
+            notice,
+            reply,
+        });
+    }
+
+    fn queue_notice(&mut self, pass: &mut Pass, notice: NewLifecycle) -> LifecycleNotice {
+        // Never reused, even after every notice was sent and the store restarted: the next id
+        // is past both the last one and the clock's microseconds, as sequence numbers are.
+        let micros = u64::try_from(self.clock.now().as_microsecond()).unwrap_or(0);
+        let id = self.notice_next.max(micros);
+        self.notice_next = id + 1;
+        let notice = LifecycleNotice { id, notice };
+        pass.batch.deliveries_put.push((id, encode(&notice)));
+        notice
+    }
+
     fn publish(&self, pass: &mut Pass, effects: Vec<Effect>) {
+        // The log first, then the states, then the head: a snapshot that reads a state from
+        // memory finds its change already in the log (store::embedded::snapshot relies on it).
+        self.shared.log.append(std::mem::take(&mut pass.changes));
         // Replaced states are freed after every reply is out: a state's last reference frees all
         // its sessions, memory that other threads allocated.
         let mut retired = Vec::with_capacity(effects.len());
+        // Answered once the head is published, so a writer that got its answer finds its change
+        // in the log (and a follower starting from the head it reads next does not see it again).
+        let mut answers = Vec::with_capacity(effects.len());
+        let (mut subscriptions_changed, mut notices_added) = (false, false);
         for effect in effects {
             match effect {
                 Effect::Commit {
@@ -377,87 +570,73 @@ impl Writer {
                     let replaced = self.shared.memory.put_hashed(hash, key, Entry { version, state });
                     let before = replaced.as_ref().map_or(0, |e| e.state.sessions().len() as i64);
                     self.shared.sessions.fetch_add(after - before, Ordering::Relaxed);
-                    pass.settle(answer, Ok(version));
+                    answers.push((answer, version));
                     retired.push(replaced);
                 }
-                Effect::PutSubscription { subscription, reply } => {
-                    self.shared.subscriptions_mut().put(subscription);
+                Effect::SubscriptionCreated { stored, start, reply } => {
+                    self.shared.deliveries_mut().start(&stored.subscription.id, start);
+                    self.shared.subscriptions_mut().put(stored.clone());
+                    subscriptions_changed = true;
+                    let _ = reply.send(Ok(stored));
+                }
+                Effect::SubscriptionWritten {
+                    id,
+                    stored,
+                    notice,
+                    reply,
+                } => {
+                    match &stored {
+                        Some(s) => self.shared.subscriptions_mut().put(s.clone()),
+                        None => {
+                            self.shared.subscriptions_mut().remove(&id);
+                            self.shared.deliveries_mut().forget(&id);
+                        }
+                    }
+                    if let Some(notice) = notice {
+                        self.shared.deliveries_mut().queue(notice);
+                        notices_added = true;
+                    }
+                    subscriptions_changed = true;
+                    let _ = reply.send(Ok(stored));
+                }
+                Effect::Progress {
+                    progress,
+                    notice,
+                    reply,
+                } => {
+                    let mut book = self.shared.deliveries_mut();
+                    for (id, to) in progress {
+                        book.advance(&id, to);
+                    }
+                    if let Some(notice) = notice {
+                        book.queue(notice);
+                        notices_added = true;
+                    }
                     let _ = reply.send(Ok(()));
                 }
-                Effect::DeleteSubscription { id, reply } => {
-                    let removed = self.shared.subscriptions_mut().remove(&id);
-                    let _ = reply.send(Ok(removed.map(|s| (*s).clone())));
-                }
-                Effect::Enqueue { deliveries, reply } => {
-                    let _ = reply.send(Ok(deliveries));
-                }
-                Effect::Finish { reply } => {
+                Effect::Finished { ids, reply } => {
+                    let mut book = self.shared.deliveries_mut();
+                    for id in ids {
+                        book.finish(id);
+                    }
                     let _ = reply.send(Ok(()));
                 }
             }
         }
-    }
-
-    /// One delivery per live subscription of this user, as of this point in the batch.
-    fn fan_out(
-        &mut self,
-        key: &UserKey,
-        event: &ChangeEvent,
-        overlay: &HashMap<String, Option<Arc<Subscription>>>,
-    ) -> Vec<Delivery> {
-        let mut subscribers = self.shared.subscriptions().matching(&key.tenant, &key.user);
-        subscribers.retain(|s| !overlay.contains_key(&s.id));
-        subscribers.extend(
-            overlay
-                .values()
-                .flatten()
-                .filter(|s| s.tenant == key.tenant && s.users.contains(&key.user))
-                .cloned(),
-        );
-        subscribers.sort_by(|a, b| a.id.cmp(&b.id));
-        subscribers
-            .into_iter()
-            .filter(|s| s.expiration > event.at)
-            .map(|s| {
-                self.assign(NewDelivery {
-                    url: s.notification_url.clone(),
-                    subscription_id: s.id.clone(),
-                    created_at: event.at,
-                    kind: DeliveryKind::Change {
-                        user: key.user.clone(),
-                        availability: event.view.availability,
-                        activity: event.view.activity,
-                        sequence: event.view.sequence,
-                    },
-                })
-            })
-            .collect()
-    }
-
-    fn assign(&mut self, d: NewDelivery) -> Delivery {
-        let id = self.delivery_next;
-        self.delivery_next += 1;
-        Delivery {
-            id,
-            url: d.url,
-            subscription_id: d.subscription_id,
-            created_at: d.created_at,
-            kind: d.kind,
+        self.shared.log.publish();
+        for (answer, version) in answers {
+            pass.settle(answer, Ok(version));
         }
-    }
-
-    /// The batch record of an accepted commit; its change event takes the next outbox id.
-    fn record(&mut self, encoded: Encoded) -> Record {
-        let outbox = encoded.event_json.map(|json| {
-            let id = self.outbox_next;
-            self.outbox_next += 1;
-            (id, json)
-        });
-        Record {
-            storage_key: encoded.storage_key,
-            state_json: encoded.state_json,
-            outbox,
+        // Hints: wake whoever waits now, and leave a permit for one that is busy and waits next.
+        if subscriptions_changed {
+            self.shared.subscriptions_changed.notify_waiters();
+            self.shared.subscriptions_changed.notify_one();
         }
+        if notices_added {
+            self.shared.lifecycle_added.notify_waiters();
+            self.shared.lifecycle_added.notify_one();
+        }
+        drop(retired);
     }
 }
 
@@ -469,11 +648,10 @@ fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
 fn fail(pass: &mut Pass, effect: Effect, message: &str) {
     let err = StoreError::Unavailable(message.to_owned());
     match effect {
-        Effect::Commit { answer, .. } => pass.settle(answer, Err(err)),
-        Effect::PutSubscription { reply, .. } => drop(reply.send(Err(err))),
-        Effect::DeleteSubscription { reply, .. } => drop(reply.send(Err(err))),
-        Effect::Enqueue { reply, .. } => drop(reply.send(Err(err))),
-        Effect::Finish { reply } => drop(reply.send(Err(err))),
+        Effect::Commit { answer, .. } => pass.settle(answer, Err(CommitError::Store(err))),
+        Effect::SubscriptionCreated { reply, .. } => drop(reply.send(Err(CreateError::Store(err)))),
+        Effect::SubscriptionWritten { reply, .. } => drop(reply.send(Err(WriteError::Store(err)))),
+        Effect::Progress { reply, .. } | Effect::Finished { reply, .. } => drop(reply.send(Err(err))),
     }
 }
 

@@ -2,9 +2,10 @@
 //!
 //! Writers to the same user are serialised by a striped async lock, so within one process a
 //! compare-and-set conflict cannot happen; the retry loop exists for backends shared by several
-//! processes (Redis), where another node may commit in between.
-use crate::clock::SystemClock;
-use crate::store::{Commit, PresenceStore, StoreError};
+//! processes, where another node may commit in between. A conflict hands back the state that
+//! won, so a retry costs no second read.
+use crate::clock::Clock;
+use crate::store::{Commit, CommitError, PresenceState, Store, StoreError, Versioned};
 use presence_core::{Command, CommandError, PresenceView, Timing, UserKey};
 use std::hash::{BuildHasher, RandomState};
 use tokio::sync::{Mutex, MutexGuard};
@@ -24,20 +25,20 @@ pub enum ServiceError {
     Store(#[from] StoreError),
 }
 
-pub struct PresenceService<S> {
+pub struct PresenceService<S = Store> {
     store: S,
     timing: Timing,
-    clock: SystemClock,
+    clock: Clock,
     hasher: RandomState,
     stripes: Box<[Mutex<()>]>,
 }
 
-impl<S: PresenceStore> PresenceService<S> {
-    pub fn new(store: S, timing: Timing) -> Self {
+impl<S: PresenceState> PresenceService<S> {
+    pub fn new(store: S, timing: Timing, clock: Clock) -> Self {
         Self {
             store,
             timing,
-            clock: SystemClock,
+            clock,
             hasher: RandomState::new(),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
         }
@@ -55,6 +56,10 @@ impl<S: PresenceStore> PresenceService<S> {
         &self.timing
     }
 
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
     async fn lock(&self, key: &UserKey) -> MutexGuard<'_, ()> {
         let stripe = self.hasher.hash_one(key) as usize % STRIPES;
         self.stripes[stripe].lock().await
@@ -63,8 +68,8 @@ impl<S: PresenceStore> PresenceService<S> {
     /// Apply a write. Returns once the new state (and its change event) is durable.
     pub async fn execute(&self, key: &UserKey, command: Command) -> Result<(), ServiceError> {
         let _guard = self.lock(key).await;
+        let mut loaded = self.store.load(key).await?;
         for _ in 0..MAX_CONFLICT_RETRIES {
-            let loaded = self.store.load(key).await?;
             // One copy of the state, made by the core; the loaded one stays shared with readers.
             let (state, outcome) = loaded.state.applied(&command, self.clock.now(), &self.timing)?;
             if state == *loaded.state {
@@ -77,8 +82,9 @@ impl<S: PresenceStore> PresenceService<S> {
                 event: outcome.change,
             };
             match self.store.commit(commit).await {
-                Err(StoreError::Conflict) => continue,
-                other => return other.map(drop).map_err(Into::into),
+                Err(CommitError::Conflict(current)) => loaded = current,
+                Err(CommitError::Store(e)) => return Err(e.into()),
+                Ok(_) => return Ok(()),
             }
         }
         Err(StoreError::Unavailable("too many concurrent updates of one user".into()).into())
@@ -92,8 +98,7 @@ impl<S: PresenceStore> PresenceService<S> {
     pub async fn advance_many(&self, keys: &[UserKey]) -> Result<usize, StoreError> {
         let now = self.clock.now();
         let mut commits = Vec::with_capacity(keys.len());
-        for key in keys {
-            let loaded = self.store.load(key).await?;
+        for (key, loaded) in keys.iter().zip(self.store.load_many(keys).await?) {
             let mut state = (*loaded.state).clone();
             let event = state.advance(now);
             if state != *loaded.state {
@@ -110,9 +115,10 @@ impl<S: PresenceStore> PresenceService<S> {
         }
         let outcomes = self.store.commit_many(commits).await;
         let committed = outcomes.iter().filter(|o| o.is_ok()).count();
-        let failure = outcomes
-            .into_iter()
-            .find_map(|o| o.err().filter(|e| *e != StoreError::Conflict));
+        let failure = outcomes.into_iter().find_map(|o| match o {
+            Err(CommitError::Store(e)) => Some(e),
+            _ => None,
+        });
         match failure {
             Some(e) if committed == 0 => Err(e),
             _ => Ok(committed),
@@ -123,8 +129,8 @@ impl<S: PresenceStore> PresenceService<S> {
     /// was committed.
     pub async fn advance(&self, key: &UserKey) -> Result<bool, StoreError> {
         let _guard = self.lock(key).await;
+        let mut loaded: Versioned = self.store.load(key).await?;
         for _ in 0..MAX_CONFLICT_RETRIES {
-            let loaded = self.store.load(key).await?;
             let mut state = (*loaded.state).clone();
             let event = state.advance(self.clock.now());
             if state == *loaded.state {
@@ -137,8 +143,9 @@ impl<S: PresenceStore> PresenceService<S> {
                 event,
             };
             match self.store.commit(commit).await {
-                Err(StoreError::Conflict) => continue,
-                other => return other.map(|_| true),
+                Err(CommitError::Conflict(current)) => loaded = current,
+                Err(CommitError::Store(e)) => return Err(e),
+                Ok(_) => return Ok(true),
             }
         }
         Err(StoreError::Unavailable(
@@ -150,5 +157,10 @@ impl<S: PresenceStore> PresenceService<S> {
     /// copy, so a read never shows a session that has already faded or expired.
     pub async fn read(&self, key: &UserKey) -> Result<PresenceView, StoreError> {
         self.store.view(key, self.clock.now()).await
+    }
+
+    /// [`read`](Self::read) for many users in one store call, in the order given.
+    pub async fn read_many(&self, keys: &[UserKey]) -> Result<Vec<PresenceView>, StoreError> {
+        self.store.view_many(keys, self.clock.now()).await
     }
 }

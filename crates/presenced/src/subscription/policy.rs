@@ -1,40 +1,6 @@
-//! The subscription record and the rules for creating and renewing one.
+//! The rules for a subscription's lifetime: clamping a requested expiry, and when to ask for
+//! reauthorization.
 use jiff::{SignedDuration, Timestamp};
-use presence_core::{TenantId, UserId};
-use serde::{Deserialize, Serialize};
-
-/// Graph caps `clientState` at 128 characters for subscriptions.
-pub const MAX_CLIENT_STATE_CHARS: usize = 128;
-/// Graph caps `encryptionCertificateId` at 128 characters.
-pub const MAX_CERTIFICATE_ID_CHARS: usize = 128;
-/// Bounded everything: one app in one tenant cannot grow the subscription table without limit.
-pub const MAX_SUBSCRIPTIONS_PER_APP: usize = 1000;
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Subscription {
-    pub id: String,
-    pub tenant: TenantId,
-    /// The owning application (`appid`/`azp` of the creator's token).
-    pub application_id: String,
-    /// The signed-in user who created it, if delegated.
-    pub creator_id: Option<String>,
-    /// As the caller wrote it, echoed back.
-    pub resource: String,
-    pub users: Vec<UserId>,
-    pub notification_url: String,
-    pub lifecycle_notification_url: Option<String>,
-    pub client_state: Option<String>,
-    pub expiration: Timestamp,
-    /// Creation or last renewal: the start of the lifetime that reauthorization timing is based on.
-    pub renewed_at: Timestamp,
-    pub include_resource_data: bool,
-    pub encryption_certificate: Option<String>,
-    pub encryption_certificate_id: Option<String>,
-    pub latest_supported_tls_version: Option<String>,
-    /// When a `reauthorizationRequired` lifecycle event was last queued; cleared by renewal.
-    #[serde(default)]
-    pub reauthorization_requested: bool,
-}
 
 /// Lifetime bounds and lifecycle timing, from configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +13,8 @@ pub struct SubscriptionPolicy {
     pub reauthorize_before: SignedDuration,
     /// Application tokens may subscribe (Graph allows only delegated tokens).
     pub allow_app_tokens: bool,
+    /// Bounded everything: one application in one tenant cannot grow the table without limit.
+    pub max_per_app: usize,
 }
 
 impl Default for SubscriptionPolicy {
@@ -56,6 +24,7 @@ impl Default for SubscriptionPolicy {
             lifetime_min: SignedDuration::from_mins(45),
             reauthorize_before: SignedDuration::from_mins(15),
             allow_app_tokens: false,
+            max_per_app: 1000,
         }
     }
 }
@@ -83,6 +52,16 @@ impl SubscriptionPolicy {
         }
         let earliest = now + self.lifetime_min.min(self.lifetime_max);
         Ok(requested.clamp(earliest, now + self.lifetime_max))
+    }
+
+    /// When the subscription's next lifecycle step falls due: the reauthorization request until it
+    /// was sent, then the removal at expiry.
+    pub fn lifecycle_at(&self, subscription: &super::Subscription) -> Timestamp {
+        if subscription.reauthorization_requested {
+            subscription.expiration
+        } else {
+            self.reauthorize_at(subscription.expiration, subscription.renewed_at)
+        }
     }
 
     /// When to send `reauthorizationRequired` for a subscription expiring at `expiration`.
