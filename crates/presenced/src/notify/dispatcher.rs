@@ -38,7 +38,7 @@ const MAX_BATCH: usize = 100;
 /// Changes read from the log per step.
 const READ_BATCH: usize = 1024;
 /// How often positions are acknowledged to the store (and given-up changes recorded).
-const FLUSH_EVERY: Duration = Duration::from_secs(1);
+const FLUSH_EVERY: Duration = Duration::from_millis(250);
 /// How long a claim on the delivery work lasts; renewed at every flush, well within it.
 const LEASE: SignedDuration = SignedDuration::from_secs(30);
 /// Re-read the subscriptions this often even without a hint that they changed.
