@@ -51,7 +51,7 @@ pub struct ServeArgs {
     /// The store backend: `embedded` (memory, a write-ahead log and redb in the data directory). [default: embedded]
     #[arg(long, env = "PRESENCED_STORE")]
     pub store: Option<String>,
-    /// The change log keeps at most this many changes (webhook subscribers further behind get `missed`). [default: 200000]
+    /// The change log keeps at most this many changes (webhook subscribers further behind get `missed`). [default: 100000]
     #[arg(long, env = "PRESENCED_CHANGE_LOG_RETAIN")]
     pub change_log_retain: Option<usize>,
     /// ...and none older than this. [default: 4h]
@@ -464,6 +464,10 @@ mod tests {
         assert_eq!(from_file.listen, defaults.listen);
         assert_eq!(from_file.data_dir, defaults.data_dir);
         assert_eq!(from_file.timing, defaults.timing);
+        assert_eq!(
+            (&from_file.store, from_file.retention),
+            (&defaults.store, defaults.retention)
+        );
         assert_eq!(
             (from_file.issuers, from_file.audiences),
             (defaults.issuers, defaults.audiences)

@@ -139,3 +139,61 @@ mod tests {
         assert!(store.next_deadline().await.unwrap() > now);
     }
 }
+
+/// Timers driven by a manual clock: no sleeping, every step exactly on its deadline.
+#[cfg(test)]
+mod manual_clock {
+    use super::*;
+    use crate::clock::Clock;
+    use crate::store::{ChangeLog, Deadlines, Position};
+    use jiff::SignedDuration;
+    use presence_core::{Activity, Availability, Command, SessionId, SessionState, TenantId, Timing, UserId, UserKey};
+
+    #[tokio::test]
+    async fn an_available_session_fades_then_goes_away_then_expires_on_a_stepped_clock() {
+        let start: Timestamp = "2026-12-04T09:00:00Z".parse().unwrap();
+        let clock = Clock::manual(start);
+        let (_dir, store) = crate::store::embedded::temporary(clock.clone());
+        let service = Arc::new(PresenceService::new(store.clone(), Timing::default(), clock.clone()));
+        let sweeper = Sweeper::new(service.clone());
+        let key = UserKey::new(TenantId::parse("t").unwrap(), UserId::parse("u").unwrap());
+        let set = Command::SetPresence {
+            session: SessionId::parse("s").unwrap(),
+            state: SessionState::new(Availability::Available, Activity::Available).unwrap(),
+            expiration: SignedDuration::from_mins(30),
+        };
+        service.execute(&key, set).await.unwrap();
+        let fade = Timing::default().fade_after;
+        let read = || async { service.read(&key).await.unwrap() };
+
+        clock.advance(fade - SignedDuration::from_secs(1));
+        assert_eq!(sweeper.tick(clock.now()).await, (0, 0), "nothing is due a second early");
+        assert_eq!(read().await.availability, Availability::Available);
+
+        clock.advance(SignedDuration::from_secs(1));
+        assert_eq!(sweeper.tick(clock.now()).await, (1, 1));
+        assert_eq!(read().await.availability, Availability::AvailableIdle);
+
+        clock.advance(fade);
+        sweeper.tick(clock.now()).await;
+        assert_eq!(read().await.availability, Availability::Away);
+
+        clock.set(start + SignedDuration::from_mins(30));
+        sweeper.tick(clock.now()).await;
+        assert_eq!(read().await.availability, Availability::Offline);
+        assert_eq!(store.next_deadline().await, None);
+
+        // Each transition is one change in the log, stamped with its deadline.
+        let changes = store.changes_after(&Position::ZERO, 10).await.unwrap();
+        let stamps: Vec<Timestamp> = changes.iter().map(|c| c.event.at).collect();
+        assert_eq!(
+            stamps,
+            [
+                start,
+                start + fade,
+                start + fade * 2,
+                start + SignedDuration::from_mins(30)
+            ]
+        );
+    }
+}

@@ -349,3 +349,78 @@ impl<S: Subscriptions> SubscriptionService<S> {
 
 /// A subscription changed concurrently this often in a row is reported as busy.
 const MAX_RETRIES: usize = 8;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notify::endpoint::EndpointPolicy;
+    use crate::store::{Deliveries, LifecycleEvent};
+    use jiff::SignedDuration;
+
+    /// The lifecycle on a stepped clock: reauthorization asked a quarter of the lifetime before
+    /// expiry, removal at expiry, each with its notice, and nothing before its time.
+    #[tokio::test]
+    async fn lifecycle_steps_happen_at_their_deadlines_each_with_its_notice() {
+        let start: Timestamp = "2026-12-04T09:00:00Z".parse().unwrap();
+        let clock = Clock::manual(start);
+        let (_dir, store) = crate::store::embedded::temporary(clock.clone());
+        let policy = SubscriptionPolicy::default();
+        let endpoints = EndpointPolicy {
+            allow_http: false,
+            allowed_networks: Vec::new(),
+        };
+        let client = WebhookClient::new(endpoints.clone()).unwrap();
+        let service = SubscriptionService::new(store.clone(), policy.clone(), endpoints, client, clock.clone());
+        let mut s = Subscription {
+            id: "s1".into(),
+            tenant: TenantId::parse("t").unwrap(),
+            application_id: "app".into(),
+            creator_id: None,
+            resource: "/communications/presences/u".into(),
+            users: vec![UserId::parse("u").unwrap()],
+            notification_url: "https://hooks.example/n".into(),
+            lifecycle_notification_url: Some("https://hooks.example/l".into()),
+            client_state: None,
+            expiration: start + SignedDuration::from_mins(60),
+            renewed_at: start,
+            include_resource_data: false,
+            encryption_certificate: None,
+            encryption_certificate_id: None,
+            latest_supported_tls_version: None,
+            reauthorization_requested: false,
+            lifecycle_at: None,
+        };
+        s.lifecycle_at = Some(policy.lifecycle_at(&s));
+        store.create(s, 10).await.unwrap();
+        let reauthorize_at = start + SignedDuration::from_mins(45);
+        assert_eq!(service.next_lifecycle_deadline().await, Some(reauthorize_at));
+
+        clock.set(reauthorize_at - SignedDuration::from_secs(1));
+        assert_eq!(service.lifecycle_step().await.unwrap(), (0, 0));
+        clock.set(reauthorize_at);
+        assert_eq!(service.lifecycle_step().await.unwrap(), (1, 0));
+        assert_eq!(service.lifecycle_step().await.unwrap(), (0, 0), "asked once");
+        let expiry = start + SignedDuration::from_mins(60);
+        assert_eq!(service.next_lifecycle_deadline().await, Some(expiry));
+
+        clock.set(expiry);
+        assert_eq!(service.lifecycle_step().await.unwrap(), (0, 1));
+        assert!(store.subscription("s1").await.unwrap().is_none());
+        assert_eq!(service.next_lifecycle_deadline().await, None);
+        let lease = SignedDuration::from_secs(30);
+        let events: Vec<LifecycleEvent> = store
+            .claim_lifecycle("test", expiry, lease, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|n| n.notice.event)
+            .collect();
+        assert_eq!(
+            events,
+            [
+                LifecycleEvent::ReauthorizationRequired,
+                LifecycleEvent::SubscriptionRemoved
+            ]
+        );
+    }
+}

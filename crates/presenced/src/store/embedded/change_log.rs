@@ -32,7 +32,7 @@ impl Default for Retention {
     /// than the window covers gets a `missed` notice instead (docs/decisions.md, "Change log").
     fn default() -> Self {
         Self {
-            count: 200_000,
+            count: 100_000,
             age: SignedDuration::from_hours(4),
         }
     }

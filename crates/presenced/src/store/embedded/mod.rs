@@ -535,6 +535,19 @@ impl Deliveries for EmbeddedStore {
     }
 }
 
+/// A store in a fresh temporary directory, reading `clock`: for tests. The directory goes when
+/// the returned guard is dropped.
+#[cfg(test)]
+pub fn temporary(clock: Clock) -> (tempfile::TempDir, EmbeddedStore) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let options = Options {
+        clock,
+        ..Options::default()
+    };
+    let (store, _) = EmbeddedStore::open(dir.path(), options).expect("a new store opens");
+    (dir, store)
+}
+
 impl EmbeddedStore {
     /// Whether a `missed` notice for this subscription is queued and not yet sent.
     pub fn missed_pending(&self, subscription_id: &str) -> bool {
