@@ -7,6 +7,7 @@ use crate::notify::dispatcher::DeliveryConfig;
 use crate::notify::endpoint::Cidr;
 use crate::store::embedded::change_log::Retention;
 use crate::store::StoreChoice;
+use crate::stream::StreamConfig;
 use crate::subscription::SubscriptionPolicy;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use presence_core::duration::parse_config_duration;
@@ -57,6 +58,9 @@ pub struct ServeArgs {
     /// ...and none older than this. [default: 4h]
     #[arg(long, env = "PRESENCED_CHANGE_LOG_RETAIN_FOR")]
     pub change_log_retain_for: Option<String>,
+    /// Open watch streams allowed per application per tenant. [default: 500]
+    #[arg(long, env = "PRESENCED_STREAMS_MAX_PER_APP")]
+    pub streams_max_per_app: Option<usize>,
     /// An Available session without keep-alive fades to AvailableIdle after this, Away after twice this. [default: 5m]
     #[arg(long, env = "PRESENCED_FADE_AFTER")]
     pub fade_after: Option<String>,
@@ -162,6 +166,8 @@ pub struct FileConfig {
     pub store: Option<String>,
     #[serde(default)]
     pub change_log: FileChangeLog,
+    #[serde(default)]
+    pub streams: FileStreams,
     pub rate_limit: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub fade_after: Option<String>,
@@ -176,6 +182,12 @@ pub struct FileConfig {
     pub webhooks: FileWebhooks,
     #[serde(default)]
     pub subscriptions: FileSubscriptions,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileStreams {
+    pub max_per_app: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -225,6 +237,7 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     pub store: StoreChoice,
     pub retention: Retention,
+    pub streams: StreamConfig,
     pub timing: Timing,
     pub jwks_file: Option<PathBuf>,
     pub issuers: Vec<String>,
@@ -374,6 +387,14 @@ impl ServeArgs {
                 message: "must be longer than zero".into(),
             });
         }
+        let stream_defaults = StreamConfig::default();
+        let streams = StreamConfig {
+            max_per_app: self
+                .streams_max_per_app
+                .or(file.streams.max_per_app)
+                .unwrap_or(stream_defaults.max_per_app),
+            ..stream_defaults
+        };
         let rate_limit_raw = self
             .rate_limit
             .or(file.rate_limit)
@@ -397,6 +418,7 @@ impl ServeArgs {
                 .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
             store,
             retention,
+            streams,
             timing,
             jwks_file: self.jwks_file.or(file.auth.jwks_file),
             issuers: or_default(self.jwt_issuers, file.auth.issuers, crate::auth::DEFAULT_ISSUER),

@@ -11,6 +11,7 @@
 //!   commit, redb checkpoints on their own thread).
 //! - [`subscription`]: the subscription record, its `resource` filter and lifetime policy.
 //! - [`sweeper`]: applies fades and expiries on time from the store's deadline index.
+//! - [`stream`]: live watch streams: the hub that follows the change log, resumable watches.
 //! - [`server`]: wiring and graceful shutdown.
 //! - [`notify`]: webhook delivery derived from the change log, lifecycle events.
 //! - [`metrics`]: Prometheus metrics (`/metrics`).
@@ -28,5 +29,6 @@ pub mod notify;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod stream;
 pub mod subscription;
 pub mod sweeper;

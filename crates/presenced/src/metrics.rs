@@ -93,6 +93,8 @@ pub struct StateGauges {
     pub subscriptions: Gauge,
     pub change_log_retained: Gauge,
     pub lifecycle_queued: Gauge,
+    pub streams_open: Gauge,
+    pub streams_lagged: Gauge,
 }
 
 pub struct Metrics {
@@ -137,6 +139,12 @@ impl Metrics {
             "change_log_retained",
             "Changes the change log's window holds",
             state.change_log_retained.clone(),
+        );
+        registry.register("streams_open", "Watch streams open", state.streams_open.clone());
+        registry.register(
+            "streams_fell_behind",
+            "Times a watch stream fell behind its queue and caught up from the change log",
+            state.streams_lagged.clone(),
         );
         registry.register(
             "lifecycle_notices_queued",

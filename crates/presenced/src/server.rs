@@ -10,7 +10,9 @@ use crate::notify::lifecycle::Lifecycle;
 use crate::notify::webhook::WebhookClient;
 use crate::service::{PresenceService, SubscriptionService};
 use crate::store::embedded::{self, EmbeddedStore};
-use crate::store::{Store, StoreChoice};
+use crate::store::{ChangeLog, Store, StoreChoice};
+use crate::stream::hub::Hub;
+use crate::stream::Streams;
 use crate::sweeper::Sweeper;
 use anyhow::Context;
 use std::future::Future;
@@ -107,6 +109,9 @@ pub async fn run_with_clock(
         .run(),
     );
     let lifecycle = tokio::spawn(Lifecycle::new(subscriptions.clone()).run(stop_rx.clone()));
+    let hub = Hub::new(config.streams.queue, store.head());
+    let streams = Arc::new(Streams::new(hub.clone(), config.streams.clone()));
+    let hub_task = tokio::spawn(hub.run(store.clone(), stop_rx.clone()));
     let sweeper = tokio::spawn(Sweeper::new(service.clone()).run(stop_rx));
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -122,6 +127,7 @@ pub async fn run_with_clock(
         rate_limiter: config
             .rate_limit
             .map(|l| Arc::new(crate::http::rate_limit::RateLimiter::new(l))),
+        streams: streams.clone(),
         metrics,
     };
     // Tests and scripts wait for this exact line on stdout; logs go to stderr.
@@ -130,10 +136,20 @@ pub async fn run_with_clock(
     tracing::info!(%addr, "serving");
 
     let entry = axum::ServiceExt::<axum::extract::Request>::into_make_service(http::service(state));
+    // On the signal, streams and sockets first get their final message and close (bounded by
+    // the drain time); then the server stops accepting and waits for in-flight requests.
+    let draining = streams.clone();
+    let shutdown = async move {
+        shutdown.await;
+        let left = draining.shut_down().await;
+        if left > 0 {
+            tracing::warn!(streams = left, "streams still open after the drain time; closing them");
+        }
+    };
     axum::serve(listener, entry).with_graceful_shutdown(shutdown).await?;
     tracing::info!("draining finished; stopping");
     let _ = stop_tx.send(true);
-    let _ = tokio::join!(sweeper, dispatcher, lifecycle);
+    let _ = tokio::join!(sweeper, dispatcher, lifecycle, hub_task);
     // The last handles: the services' and the request state's are gone with the server.
     drop((service, subscriptions));
     tokio::task::spawn_blocking(move || store.close()).await?;

@@ -41,12 +41,14 @@ pub(crate) fn principal_from_claims(
         Some(app) => Some(app),
         None => id_claim(claims, "azp")?,
     };
+    let (exp, _) = validity(claims)?;
     Ok(Principal {
         tenant,
         user,
         app,
         scopes,
         roles,
+        expires_at: Some(exp),
     })
 }
 

@@ -164,6 +164,7 @@ mod tests {
             app: Some("app".into()),
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             roles: vec![],
+            expires_at: None,
         }
     }
 
@@ -174,6 +175,7 @@ mod tests {
             app: Some("app".into()),
             scopes: vec![],
             roles: roles.iter().map(|s| s.to_string()).collect(),
+            expires_at: None,
         }
     }
 

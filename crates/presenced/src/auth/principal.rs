@@ -19,6 +19,8 @@ pub struct Principal {
     pub scopes: Vec<String>,
     /// `roles`: application permissions.
     pub roles: Vec<String>,
+    /// `exp`, in seconds since the epoch: long-lived streams end when the token does.
+    pub expires_at: Option<i64>,
 }
 
 impl Principal {

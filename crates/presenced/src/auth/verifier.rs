@@ -469,6 +469,7 @@ mod tests {
                 app: Some("presence-cli".into()),
                 scopes: vec!["Presence.Read".into(), "Presence.ReadWrite".into()],
                 roles: vec![],
+                expires_at: p.expires_at,
             }
         );
         assert!(p.is_delegated());

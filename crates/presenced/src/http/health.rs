@@ -55,6 +55,8 @@ fn metrics(state: &AppState) -> Response {
     gauges.subscriptions.set(counts.subscriptions as i64);
     gauges.change_log_retained.set(counts.log_retained as i64);
     gauges.lifecycle_queued.set(counts.lifecycle_queued as i64);
+    gauges.streams_open.set(state.streams.open_count() as i64);
+    gauges.streams_lagged.set(state.streams.hub.lagged_total() as i64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         state.metrics.encode(),

@@ -16,12 +16,14 @@ pub mod presence;
 pub mod rate_limit;
 pub mod request_context;
 pub mod routes;
+pub mod stream;
 pub mod subscriptions;
 
 use crate::auth::{Principal, Verifier};
 use crate::clock::SystemClock;
 use crate::service::{PresenceService, SubscriptionService};
 use crate::store::Store;
+use crate::stream::Streams;
 use axum::extract::Request;
 use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -40,6 +42,8 @@ pub struct AppState {
     pub clock: SystemClock,
     /// `None` when throttling is off.
     pub rate_limiter: Option<Arc<rate_limit::RateLimiter>>,
+    /// Watch streams: the hub, their limits and their shutdown.
+    pub streams: Arc<Streams>,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -125,19 +129,21 @@ async fn dispatch(
         ));
     }
     let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    // A browser cannot set headers on a WebSocket: a stream socket may bring its token in its
+    // first message instead, and is authenticated then (`stream::websocket`).
+    if route.endpoint == Endpoint::Stream && authorization.is_none() && stream::is_upgrade(&parts) {
+        return Ok(Box::pin(stream::websocket(state, None, parts)).await);
+    }
     let principal = state
         .verifier
         .verify_cached(authorization, state.clock.unix_seconds())
         .map_err(|e| ApiError::unauthorized(e.to_string()))?;
     let presence_call = matches!(
         route.endpoint,
-        Endpoint::GetPresence(_) | Endpoint::Action(..) | Endpoint::GetPresencesByUserId
+        Endpoint::GetPresence(_) | Endpoint::Action(..) | Endpoint::GetPresencesByUserId | Endpoint::Stream
     );
-    if let (true, Some(limiter)) = (presence_call, &state.rate_limiter) {
-        let app = principal.app.as_deref().unwrap_or("");
-        limiter
-            .check(&principal.tenant, app, state.clock.now())
-            .map_err(ApiError::too_many_requests)?;
+    if presence_call {
+        admit_presence_call(state, &principal)?;
     }
     match route.endpoint {
         Endpoint::GetPresence(target) => get_presence(state, &principal, route.version, target, &parts).await,
@@ -194,5 +200,32 @@ async fn dispatch_endpoint(
         }
         Endpoint::Subscription(id) => subscriptions::get(state, &principal, route.version, &id).await,
         Endpoint::Reauthorize(id) => subscriptions::reauthorize(state, &principal, &id).await,
+        Endpoint::Stream if stream::is_upgrade(&parts) => Ok(stream::websocket(state, Some(principal), parts).await),
+        Endpoint::Stream => {
+            let bytes = if parts.method == Method::POST {
+                body::read(&parts.headers, body).await?
+            } else {
+                axum::body::Bytes::new()
+            };
+            let expires = token_expiry(&principal);
+            stream::sse(state, &principal, &parts, &bytes, expires).await
+        }
     }
+}
+
+/// Count a presence call against the application's rate limit (presence reads, writes, bulk
+/// reads and opening a stream share one budget).
+pub fn admit_presence_call(state: &AppState, principal: &Principal) -> Result<(), ApiError> {
+    if let Some(limiter) = &state.rate_limiter {
+        let app = principal.app.as_deref().unwrap_or("");
+        limiter
+            .check(&principal.tenant, app, state.clock.now())
+            .map_err(ApiError::too_many_requests)?;
+    }
+    Ok(())
+}
+
+/// When the caller's token expires: a stream ends then, with a final message.
+pub fn token_expiry(principal: &Principal) -> Option<jiff::Timestamp> {
+    principal.expires_at.and_then(|s| jiff::Timestamp::from_second(s).ok())
 }

@@ -82,6 +82,9 @@ pub enum Endpoint {
     /// `GET`, `PATCH`, `DELETE` one subscription.
     Subscription(String),
     Reauthorize(String),
+    /// `…/communications/presences/$stream`: a watch stream (SSE, or WebSocket on `GET`). No
+    /// user id can be `$stream` (ids cannot hold `$`), so the path cannot collide with one.
+    Stream,
 }
 
 impl Endpoint {
@@ -94,6 +97,7 @@ impl Endpoint {
             Endpoint::Subscriptions => "subscriptions",
             Endpoint::Subscription(_) => "subscription",
             Endpoint::Reauthorize(_) => "reauthorize",
+            Endpoint::Stream => "stream",
         }
     }
 
@@ -105,7 +109,7 @@ impl Endpoint {
         match self {
             Endpoint::GetPresence(_) => GET,
             Endpoint::Action(..) | Endpoint::GetPresencesByUserId | Endpoint::Reauthorize(_) => POST,
-            Endpoint::Subscriptions => LIST,
+            Endpoint::Subscriptions | Endpoint::Stream => LIST,
             Endpoint::Subscription(_) => ONE,
         }
     }
@@ -150,6 +154,11 @@ pub fn parse(method: &Method, path: &str) -> Result<Route, ApiError> {
         [users, id, presence, action] if is(users, "users") && is(presence, "presence") => {
             let action = PresenceAction::parse(action).ok_or_else(not_found)?;
             Endpoint::Action(Target::User(user_id(id)?), action)
+        }
+        [comms, presences, stream]
+            if is(comms, "communications") && is(presences, "presences") && is(stream, "$stream") =>
+        {
+            Endpoint::Stream
         }
         [comms, presences, id] if is(comms, "communications") && is(presences, "presences") => {
             Endpoint::GetPresence(Target::User(user_id(id)?))

@@ -5,7 +5,7 @@
 //! The log is a retained window, not the whole history: a reader asking for changes after a
 //! position the window no longer covers gets [`LogError::Expired`] and must resynchronise.
 use super::{Position, StoreError};
-use presence_core::{ChangeEvent, PresenceView, UserKey};
+use presence_core::{ChangeEvent, PresenceView, TenantId, UserKey};
 use std::future::Future;
 use std::sync::Arc;
 
@@ -24,6 +24,13 @@ pub struct Snapshot {
     pub position: Position,
     /// In the order the keys were asked; a user never changed reads as the default (offline).
     pub views: Vec<PresenceView>,
+}
+
+/// [`Snapshot`] of a whole tenant: every user it holds, with their keys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantSnapshot {
+    pub position: Position,
+    pub presences: Vec<(UserKey, PresenceView)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,6 +61,10 @@ pub trait ChangeLog: Send + Sync + 'static {
     /// The committed presence of `keys` (as of each user's last change, with no transitions
     /// applied that are not committed yet) exactly at one position.
     fn snapshot(&self, keys: &[UserKey]) -> impl Future<Output = Result<Snapshot, StoreError>> + Send;
+
+    /// The committed presence of every user of `tenant` the store holds, exactly at one position,
+    /// in no particular order. Costs a walk over the tenant's users: for tenant-wide streams.
+    fn snapshot_tenant(&self, tenant: &TenantId) -> impl Future<Output = Result<TenantSnapshot, StoreError>> + Send;
 }
 
 /// Follows a change log from a position: the loop every consumer would otherwise write itself.

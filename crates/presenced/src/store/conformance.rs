@@ -68,6 +68,7 @@ macro_rules! conformance_tests {
             a_follower_sees_every_later_change,
             changes_after_a_position_are_exact,
             a_snapshot_during_concurrent_commits_equals_the_state_at_its_position,
+            a_tenant_snapshot_holds_that_tenant_only_at_its_position,
             the_window_survives_a_crash,
             the_window_is_bounded_and_an_expired_position_says_so,
             the_window_drops_changes_older_than_its_age,
@@ -516,6 +517,44 @@ pub async fn a_snapshot_during_concurrent_commits_equals_the_state_at_its_positi
         }
         assert_eq!(snapshot.views, expected, "snapshot at {}", snapshot.position);
     }
+}
+
+pub async fn a_tenant_snapshot_holds_that_tenant_only_at_its_position<H: Harness>() {
+    let h = H::open(Settings::default());
+    let store = h.store();
+    for user in ["t1", "t2", "t3"] {
+        flip(store, user, t0()).await;
+    }
+    let other = UserKey::new(TenantId::parse("tenant-b").unwrap(), UserId::parse("t1").unwrap());
+    let (state, event) = busy(t0());
+    store
+        .commit(Commit {
+            key: other,
+            expected_version: 0,
+            state,
+            event,
+        })
+        .await
+        .unwrap();
+    flip(store, "t2", t0()).await;
+    let snapshot = store.snapshot_tenant(&tenant()).await.unwrap();
+    assert_eq!(snapshot.position, store.head());
+    let mut got: Vec<(String, Availability)> = snapshot
+        .presences
+        .iter()
+        .map(|(k, v)| {
+            assert_eq!(k.tenant, tenant());
+            (k.user.as_str().to_owned(), v.availability)
+        })
+        .collect();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    let expected = [
+        ("t1", Availability::Busy),
+        ("t2", Availability::Away),
+        ("t3", Availability::Busy),
+    ]
+    .map(|(u, a)| (u.to_owned(), a));
+    assert_eq!(got, expected);
 }
 
 pub async fn the_window_survives_a_crash<H: Harness>() {

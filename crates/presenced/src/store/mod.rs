@@ -27,7 +27,7 @@ pub mod subscriptions;
 #[cfg(test)]
 pub(crate) mod conformance;
 
-pub use change_log::{Change, ChangeLog, LogError, Snapshot};
+pub use change_log::{Change, ChangeLog, LogError, Snapshot, TenantSnapshot};
 pub use deadlines::Deadlines;
 pub use deliveries::{Deliveries, LifecycleEvent, LifecycleNotice, NewLifecycle};
 pub use position::Position;
@@ -184,6 +184,9 @@ impl ChangeLog for Store {
     }
     async fn snapshot(&self, keys: &[UserKey]) -> Result<Snapshot, StoreError> {
         forward!(self, s => s.snapshot(keys).await)
+    }
+    async fn snapshot_tenant(&self, tenant: &TenantId) -> Result<TenantSnapshot, StoreError> {
+        forward!(self, s => s.snapshot_tenant(tenant).await)
     }
 }
 

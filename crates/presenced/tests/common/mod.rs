@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod receiver;
+pub mod sse;
 
 use reqwest::{Client, Method, Response, StatusCode};
 use serde_json::Value;
@@ -105,6 +106,20 @@ impl Server {
             "token failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// An application token for `tenant` that expires `ttl` from now (e.g. "3s").
+    pub fn app_token_in(&self, tenant: &str, roles: &[&str], ttl: &str) -> String {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["token", "--data-dir"])
+            .arg(&self.data_dir)
+            .args(["--tenant", tenant, "--app", "test-app", "--ttl", ttl]);
+        for r in roles {
+            cmd.args(["--role", r]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 

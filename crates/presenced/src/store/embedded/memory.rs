@@ -5,7 +5,7 @@
 //! holding the new state is durable, so readers never see a state that could still be lost.
 use super::key_hash::{KeyHash, KeyHasher};
 use hashbrown::hash_table::{Entry as Slot, HashTable};
-use presence_core::{UserKey, UserPresence};
+use presence_core::{TenantId, UserKey, UserPresence};
 use std::sync::{Arc, RwLock};
 
 const SHARDS: usize = 64;
@@ -87,6 +87,17 @@ impl Memory {
             Slot::Vacant(slot) => {
                 slot.insert((hash.0, key, entry));
                 None
+            }
+        }
+    }
+
+    /// `f` applied to every entry of `tenant`, one shard's read lock at a time (each shard is
+    /// held only while it is walked, so writers wait at most one shard's walk).
+    pub fn for_each_in_tenant(&self, tenant: &TenantId, mut f: impl FnMut(&UserKey, &Entry)) {
+        for shard in self.shards.iter() {
+            let shard = shard.read().unwrap_or_else(|e| e.into_inner());
+            for (_, key, entry) in shard.iter().filter(|(_, k, _)| k.tenant == *tenant) {
+                f(key, entry);
             }
         }
     }

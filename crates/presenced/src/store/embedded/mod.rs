@@ -34,7 +34,8 @@ use crate::clock::Clock;
 use crate::metrics::StoreMetrics;
 use crate::store::{
     Change, ChangeLog, CommitError, CreateError, Deadlines, Deliveries, LifecycleNotice, LogError, NewLifecycle,
-    Position, PresenceState, Snapshot, StoreError, Stored, SubscriptionWrite, Subscriptions, Versioned, WriteError,
+    Position, PresenceState, Snapshot, StoreError, Stored, SubscriptionWrite, Subscriptions, TenantSnapshot, Versioned,
+    WriteError,
 };
 use crate::subscription::Subscription;
 use change_log::{LogWindow, Retention};
@@ -424,6 +425,36 @@ impl ChangeLog for EmbeddedStore {
         Ok(Snapshot {
             position: appended,
             views,
+        })
+    }
+
+    /// As `snapshot`, over every user of the tenant memory holds.
+    async fn snapshot_tenant(&self, tenant: &TenantId) -> Result<TenantSnapshot, StoreError> {
+        let published = self.shared.log.head();
+        let mut presences = Vec::new();
+        let mut index: HashMap<UserKey, usize> = HashMap::new();
+        self.shared.memory.for_each_in_tenant(tenant, |key, entry| {
+            index.insert(key.clone(), presences.len());
+            presences.push((key.clone(), entry.state.view()));
+        });
+        let appended = self.shared.log.appended();
+        let catch_up = self
+            .shared
+            .log
+            .appended_between(published, appended)
+            .map_err(|e| StoreError::Unavailable(format!("snapshot: {e}")))?;
+        for change in catch_up.iter().filter(|c| c.key.tenant == *tenant) {
+            match index.get(&change.key) {
+                Some(&i) => presences[i].1 = change.event.view.clone(),
+                None => {
+                    index.insert(change.key.clone(), presences.len());
+                    presences.push((change.key.clone(), change.event.view.clone()));
+                }
+            }
+        }
+        Ok(TenantSnapshot {
+            position: appended,
+            presences,
         })
     }
 }
