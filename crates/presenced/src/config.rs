@@ -58,6 +58,10 @@ pub struct ServeArgs {
     /// ...and none older than this. [default: 4h]
     #[arg(long, env = "PRESENCED_CHANGE_LOG_RETAIN_FOR")]
     pub change_log_retain_for: Option<String>,
+    /// Let delegated Presence.ReadWrite tokens change other users' presence (by default they change
+    /// their own only; changing others' is what the application permission Presence.ReadWrite.All is for).
+    #[arg(long, env = "PRESENCED_ALLOW_DELEGATED_WRITES_TO_OTHERS")]
+    pub allow_delegated_writes_to_others: bool,
     /// Open watch streams allowed per application per tenant. [default: 500]
     #[arg(long, env = "PRESENCED_STREAMS_MAX_PER_APP")]
     pub streams_max_per_app: Option<usize>,
@@ -217,6 +221,7 @@ pub struct FileSubscriptions {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileAuth {
+    pub allow_delegated_writes_to_others: Option<bool>,
     pub jwks_file: Option<PathBuf>,
     pub issuers: Option<Vec<String>>,
     pub audiences: Option<Vec<String>>,
@@ -238,6 +243,7 @@ pub struct ServeConfig {
     pub store: StoreChoice,
     pub retention: Retention,
     pub streams: StreamConfig,
+    pub delegated_writes_to_others: bool,
     pub timing: Timing,
     pub jwks_file: Option<PathBuf>,
     pub issuers: Vec<String>,
@@ -419,6 +425,8 @@ impl ServeArgs {
             store,
             retention,
             streams,
+            delegated_writes_to_others: self.allow_delegated_writes_to_others
+                || file.auth.allow_delegated_writes_to_others.unwrap_or(false),
             timing,
             jwks_file: self.jwks_file.or(file.auth.jwks_file),
             issuers: or_default(self.jwt_issuers, file.auth.issuers, crate::auth::DEFAULT_ISSUER),

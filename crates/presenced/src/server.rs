@@ -128,6 +128,7 @@ pub async fn run_with_clock(
             .rate_limit
             .map(|l| Arc::new(crate::http::rate_limit::RateLimiter::new(l))),
         streams: streams.clone(),
+        delegated_writes_to_others: config.delegated_writes_to_others,
         metrics,
     };
     // Tests and scripts wait for this exact line on stdout; logs go to stderr.

@@ -218,7 +218,7 @@ async fn permission_matrix() {
     let rows: Vec<(&str, &String, [u16; 5])> = vec![
         ("delegated Presence.Read", &read, [200, 403, 200, 403, 403]),
         ("delegated Presence.Read.All", &read_all, [200, 200, 200, 403, 200]),
-        ("delegated Presence.ReadWrite", &read_write, [200, 403, 200, 200, 403]),
+        ("delegated Presence.ReadWrite", &read_write, [200, 403, 200, 403, 403]),
         ("application Presence.Read.All", &app_read, [200, 200, 400, 403, 200]),
         (
             "application Presence.ReadWrite.All",
@@ -241,8 +241,19 @@ async fn permission_matrix() {
         ];
         assert_eq!(got, expected, "{who}: [GET own, GET other, GET /me, write other, bulk]");
     }
-    let denied = post(&format!("{other}/setPresence"), &read, set).await;
+    let denied = post(&format!("{other}/setPresence"), &read, set.clone()).await;
     denied.assert_error(403, "Forbidden");
+    // A delegated token writes its own user's presence, and others' only where the operator
+    // allows it.
+    let own_write = post(&format!("{own}/setPresence"), &read_write, set.clone()).await;
+    assert_eq!(own_write.status, 200);
+    let refused = post(&format!("{other}/setPresence"), &read_write, set.clone()).await;
+    refused.assert_error(403, "Forbidden");
+    assert!(refused.text.contains("Presence.ReadWrite.All"), "{}", refused.text);
+    let lenient = Server::start(&["--allow-delegated-writes-to-others"]);
+    let token = lenient.user_token(ALICE, &["Presence.ReadWrite"]);
+    let other = lenient.url(&format!("/v1.0/users/{BOB}/presence/setPresence"));
+    assert_eq!(post(&other, &token, set).await.status, 200);
 }
 
 #[tokio::test]

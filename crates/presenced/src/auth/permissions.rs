@@ -59,6 +59,9 @@ impl Principal {
         if action == Action::Subscribe {
             return self.can_subscribe(false);
         }
+        if action == Action::WritePresence {
+            return self.can_write(target_user, false);
+        }
         if self.is_delegated() {
             self.delegated_can(action, target_user)
         } else {
@@ -79,6 +82,24 @@ impl Principal {
         check(self.is_app_reader(), DOING, APPLICATION, APP_READERS)
     }
 
+    /// Whether this caller may change `target_user`'s presence. A delegated token acts for its
+    /// own user only (`Presence.ReadWrite` is a permission users consent to themselves); changing
+    /// a colleague's presence is what the application permission is for, unless the operator
+    /// allows delegated writes to others (`allow_delegated_others`, off by default).
+    pub fn can_write(&self, target_user: Option<&str>, allow_delegated_others: bool) -> Result<(), Denied> {
+        if !self.is_delegated() {
+            return self.application_can(Action::WritePresence, target_user);
+        }
+        check(self.has_scope(READ_WRITE), "changing presence", DELEGATED, READ_WRITE)?;
+        if self.is_own(target_user) || allow_delegated_others {
+            Ok(())
+        } else {
+            Err(Denied::Forbidden(
+                "changing another user's presence requires the application permission Presence.ReadWrite.All; a delegated token changes its own user's presence only".into(),
+            ))
+        }
+    }
+
     fn delegated_can(&self, action: Action, target_user: Option<&str>) -> Result<(), Denied> {
         match action {
             Action::ReadPresence => {
@@ -94,7 +115,7 @@ impl Principal {
                 let doing = "reading presence of several users";
                 check(self.has_scope(READ_ALL), doing, DELEGATED, READ_ALL)
             }
-            Action::WritePresence => check(self.has_scope(READ_WRITE), "changing presence", DELEGATED, READ_WRITE),
+            Action::WritePresence => self.can_write(target_user, false),
             Action::Subscribe => self.can_subscribe(false),
         }
     }
@@ -216,7 +237,7 @@ mod tests {
             (READ_ALL, Subscribe, [Allow; 3]),
             (READ_WRITE, ReadPresence, [Allow, Allow, Forbidden]),
             (READ_WRITE, ReadPresenceBulk, [Forbidden; 3]),
-            (READ_WRITE, WritePresence, [Allow; 3]),
+            (READ_WRITE, WritePresence, [Allow, Allow, Forbidden]),
             (READ_WRITE, Subscribe, [Forbidden; 3]),
             // Application-only names in `scp` grant nothing.
             (READ_WRITE_ALL, ReadPresence, [Forbidden; 3]),
@@ -281,6 +302,23 @@ mod tests {
     }
 
     #[test]
+    fn the_operator_switch_lets_delegated_tokens_write_others_and_grants_nothing_else() {
+        let writer = delegated(&[READ_WRITE]);
+        assert_eq!(outcome(writer.can_write(Some(OTHER), false)), Forbidden);
+        assert_eq!(outcome(writer.can_write(Some(OTHER), true)), Allow);
+        assert_eq!(outcome(writer.can_write(None, false)), Allow);
+        assert_eq!(outcome(delegated(&[READ_ALL]).can_write(Some(OTHER), true)), Forbidden);
+        assert_eq!(
+            outcome(application(&[READ_ALL]).can_write(Some(OTHER), true)),
+            Forbidden
+        );
+        assert_eq!(
+            outcome(application(&[READ_WRITE_ALL]).can_write(Some(OTHER), false)),
+            Allow
+        );
+    }
+
+    #[test]
     fn no_permissions_at_all() {
         for action in [
             Action::ReadPresence,
@@ -341,11 +379,12 @@ mod tests {
     #[test]
     fn several_scopes_combine() {
         let p = delegated(&["User.Read", READ, READ_WRITE]);
-        assert_eq!(outcome(p.can(Action::WritePresence, Some(OTHER))), Allow);
+        assert_eq!(outcome(p.can(Action::WritePresence, Some(ME))), Allow);
         assert_eq!(outcome(p.can(Action::ReadPresence, Some(OTHER))), Forbidden);
         let p = delegated(&[READ_ALL, READ_WRITE]);
         assert_eq!(outcome(p.can(Action::ReadPresence, Some(OTHER))), Allow);
-        assert_eq!(outcome(p.can(Action::WritePresence, Some(OTHER))), Allow);
+        // Reading everyone does not make writing others any less an application's job.
+        assert_eq!(outcome(p.can(Action::WritePresence, Some(OTHER))), Forbidden);
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub struct AppState {
     pub rate_limiter: Option<Arc<rate_limit::RateLimiter>>,
     /// Watch streams: the hub, their limits and their shutdown.
     pub streams: Arc<Streams>,
+    /// The operator's switch letting delegated `Presence.ReadWrite` tokens change other users'
+    /// presence (off: they change their own only).
+    pub delegated_writes_to_others: bool,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 

@@ -163,7 +163,7 @@ pub async fn action(
 ) -> Result<Response, ApiError> {
     let user = resolve(principal, target)?;
     principal
-        .can(Action::WritePresence, Some(user.as_str()))
+        .can_write(Some(user.as_str()), state.delegated_writes_to_others)
         .map_err(denied)?;
     let command = command(state, action, headers, bytes)?;
     state
