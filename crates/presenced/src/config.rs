@@ -115,6 +115,15 @@ pub struct ServeArgs {
     /// Send reauthorizationRequired this long before a subscription expires (at most a quarter of its lifetime). [default: 15m]
     #[arg(long, env = "PRESENCED_SUBSCRIPTION_REAUTHORIZE_BEFORE")]
     pub subscription_reauthorize_before: Option<String>,
+    /// Subscriptions one application may hold per tenant. [default: 1000]
+    #[arg(long, env = "PRESENCED_SUBSCRIPTIONS_MAX_PER_APP")]
+    pub subscriptions_max_per_app: Option<usize>,
+    /// Subscriptions one user may hold per application. [default: 100]
+    #[arg(long, env = "PRESENCED_SUBSCRIPTIONS_MAX_PER_USER")]
+    pub subscriptions_max_per_user: Option<usize>,
+    /// Subscriptions that may watch any one user. [default: 1000]
+    #[arg(long, env = "PRESENCED_SUBSCRIPTIONS_MAX_PER_WATCHED_USER")]
+    pub subscriptions_max_per_watched_user: Option<usize>,
     /// Presence requests allowed per application per tenant, as REQUESTS/WINDOW, or `off`. [default: 1500/30s]
     #[arg(long, env = "PRESENCED_RATE_LIMIT")]
     pub rate_limit: Option<String>,
@@ -213,6 +222,9 @@ pub struct FileWebhooks {
 #[serde(deny_unknown_fields)]
 pub struct FileSubscriptions {
     pub allow_app_tokens: Option<bool>,
+    pub max_per_app: Option<usize>,
+    pub max_per_user: Option<usize>,
+    pub max_per_watched_user: Option<usize>,
     pub lifetime_max: Option<String>,
     pub lifetime_min: Option<String>,
     pub reauthorize_before: Option<String>,
@@ -360,7 +372,18 @@ impl ServeArgs {
             )?,
             allow_app_tokens: self.subscriptions_allow_app_tokens
                 || file.subscriptions.allow_app_tokens.unwrap_or(false),
-            ..sub_defaults
+            max_per_app: self
+                .subscriptions_max_per_app
+                .or(file.subscriptions.max_per_app)
+                .unwrap_or(sub_defaults.max_per_app),
+            max_per_user: self
+                .subscriptions_max_per_user
+                .or(file.subscriptions.max_per_user)
+                .unwrap_or(sub_defaults.max_per_user),
+            max_per_watched_user: self
+                .subscriptions_max_per_watched_user
+                .or(file.subscriptions.max_per_watched_user)
+                .unwrap_or(sub_defaults.max_per_watched_user),
         };
         if subscriptions.lifetime_max <= jiff::SignedDuration::ZERO
             || subscriptions.lifetime_min > subscriptions.lifetime_max

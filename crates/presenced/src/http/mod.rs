@@ -141,13 +141,9 @@ async fn dispatch(
         .verifier
         .verify_cached(authorization, state.clock.unix_seconds())
         .map_err(|e| ApiError::unauthorized(e.to_string()))?;
-    let presence_call = matches!(
-        route.endpoint,
-        Endpoint::GetPresence(_) | Endpoint::Action(..) | Endpoint::GetPresencesByUserId | Endpoint::Stream
-    );
-    if presence_call {
-        admit_presence_call(state, &principal)?;
-    }
+    // Every API call counts against the application's budget; subscription calls too, since a
+    // creation sends a validation handshake out.
+    admit_presence_call(state, &principal)?;
     match route.endpoint {
         Endpoint::GetPresence(target) => get_presence(state, &principal, route.version, target, &parts).await,
         // Every other endpoint's future is boxed: a request's future is as large as its largest
@@ -216,8 +212,8 @@ async fn dispatch_endpoint(
     }
 }
 
-/// Count a presence call against the application's rate limit (presence reads, writes, bulk
-/// reads and opening a stream share one budget).
+/// Count a call against the application's rate limit (presence reads, writes, bulk reads,
+/// subscription calls and opening a stream share one budget).
 pub fn admit_presence_call(state: &AppState, principal: &Principal) -> Result<(), ApiError> {
     if let Some(limiter) = &state.rate_limiter {
         let app = principal.app.as_deref().unwrap_or("");

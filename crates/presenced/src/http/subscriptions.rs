@@ -1,6 +1,7 @@
 //! `/subscriptions`: Graph change-notification subscriptions for presence resources.
 //!
-//! Each handler turns the request into the subscription service's inputs (checking the fields'
+//! Each handler checks that the caller may subscribe at all (every operation needs the
+//! permission), turns the request into the subscription service's inputs (checking the fields'
 //! form) and renders its answer; the rules (ownership, limits, handshake, lifecycle) are the
 //! service's (`service::subscriptions`).
 use super::body;
@@ -80,7 +81,7 @@ fn subscription_error(e: SubscriptionError) -> ApiError {
     match e {
         SubscriptionError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "ResourceNotFound", e.to_string()),
         SubscriptionError::LimitReached(_) => ApiError::forbidden(e.to_string()),
-        SubscriptionError::Expiration(_) | SubscriptionError::Handshake(..) => ApiError::bad_request(e.to_string()),
+        SubscriptionError::Expiration(_) | SubscriptionError::Handshake(_) => ApiError::bad_request(e.to_string()),
         SubscriptionError::Url(field, reason) => ApiError::bad_request(reason.for_field(field).to_string()),
         SubscriptionError::Busy => ApiError::new(StatusCode::CONFLICT, "Conflict", e.to_string()),
         SubscriptionError::Store(e) => store_error(e),
@@ -172,6 +173,7 @@ pub async fn list(
     version: ApiVersion,
     query: Option<&str>,
 ) -> Result<Response, ApiError> {
+    can_subscribe(state, principal)?;
     let owner = owner(principal)?;
     let after = skip_token(query)?;
     let (page, more) = state
@@ -221,6 +223,7 @@ fn skip_token(query: Option<&str>) -> Result<Option<String>, ApiError> {
 }
 
 pub async fn get(state: &AppState, principal: &Principal, version: ApiVersion, id: &str) -> Result<Response, ApiError> {
+    can_subscribe(state, principal)?;
     let subscription = state
         .subscriptions
         .get(&owner(principal)?, id)
@@ -237,10 +240,8 @@ pub async fn update(
     headers: &HeaderMap,
     bytes: &Bytes,
 ) -> Result<Response, ApiError> {
-    let owner = owner(principal)?;
-    // Not found before forbidden: another application's subscription does not exist for this one.
-    state.subscriptions.get(&owner, id).await.map_err(subscription_error)?;
     can_subscribe(state, principal)?;
+    let owner = owner(principal)?;
     let b: UpdateBody = body::required(body::json(headers, bytes)?)?;
     if b.lifecycle_notification_url.is_some() {
         return Err(ApiError::bad_request(
@@ -265,6 +266,7 @@ pub async fn update(
 }
 
 pub async fn delete(state: &AppState, principal: &Principal, id: &str) -> Result<Response, ApiError> {
+    can_subscribe(state, principal)?;
     state
         .subscriptions
         .delete(&owner(principal)?, id)
@@ -274,9 +276,8 @@ pub async fn delete(state: &AppState, principal: &Principal, id: &str) -> Result
 }
 
 pub async fn reauthorize(state: &AppState, principal: &Principal, id: &str) -> Result<Response, ApiError> {
-    let owner = owner(principal)?;
-    state.subscriptions.get(&owner, id).await.map_err(subscription_error)?;
     can_subscribe(state, principal)?;
+    let owner = owner(principal)?;
     state
         .subscriptions
         .reauthorize(&owner, id)

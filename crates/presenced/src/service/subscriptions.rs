@@ -1,38 +1,37 @@
 //! The subscription service: the rules of Graph's `/subscriptions` for presence, between the
 //! HTTP edge (which turns JSON into these inputs) and the store's subscriptions port.
 //!
-//! - A subscription belongs to its tenant and the application whose token created it; anyone
-//!   else is told it does not exist, so ids cannot even be probed.
-//! - An application holds at most `max_per_app` subscriptions per tenant. The store checks the
-//!   limit in the same step that stores the subscription (no count-then-put race); the cheap
-//!   count before the validation handshake only spares a caller over the limit the handshake.
-//! - Every URL passes the SSRF policy and Graph's validation handshake before it is stored.
+//! - A subscription belongs to its owner: the signed-in user of the application that created it
+//!   (delegated tokens), or the application itself (application tokens). Anyone else is told it
+//!   does not exist, so ids cannot even be probed.
+//! - Limits per owner, per application and per watched user. A place is reserved before the
+//!   validation handshake (so a caller over a limit costs no outbound request) and the store
+//!   checks the limits again in the same step that stores the subscription (so concurrent
+//!   creations, on this node or another, cannot overshoot).
+//! - Every URL passes the SSRF policy and Graph's validation handshake before it is stored; a
+//!   failed handshake tells the caller one generic reason (the detail goes to the log), so the
+//!   server is no probe of what answers where.
 //! - Each lifecycle step (reauthorization request, removal at expiry) is one store write: the
 //!   subscription's change and the lifecycle notice it owes, together.
 use crate::clock::Clock;
 use crate::notify::endpoint::{EndpointError, EndpointPolicy};
 use crate::notify::webhook::WebhookClient;
+pub use crate::store::Owner;
 use crate::store::{
-    CreateError, LifecycleEvent, NewLifecycle, Store, StoreError, Stored, SubscriptionWrite, Subscriptions, WriteError,
+    CreateError, LifecycleEvent, Limit, Limits, NewLifecycle, Store, StoreError, Stored, SubscriptionWrite,
+    Subscriptions, WriteError,
 };
 use crate::subscription::{ExpirationError, Subscription, SubscriptionPolicy};
 use jiff::Timestamp;
 use presence_core::{TenantId, UserId};
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::Mutex;
 
 /// Lists are paged as Graph pages them; a page holds at most this many.
 pub const PAGE_SIZE: usize = 100;
 /// Lifecycle steps taken per pass: bounds one pass's work; the rest follow in the next.
 const LIFECYCLE_BATCH: usize = 256;
-
-/// Who is asking: subscriptions are owned per tenant and application.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Owner {
-    pub tenant: TenantId,
-    pub application_id: String,
-    /// The signed-in user, for delegated callers (recorded as the creator).
-    pub user: Option<String>,
-}
 
 /// A subscription request, its fields already checked for form by the caller.
 #[derive(Debug, Clone)]
@@ -61,21 +60,31 @@ pub struct SubscriptionChange {
 pub enum SubscriptionError {
     #[error("The subscription '{0}' does not exist.")]
     NotFound(String),
-    #[error("This application already has {0} subscriptions in this tenant; delete some first.")]
-    LimitReached(usize),
+    #[error("{}", limit_message(.0))]
+    LimitReached(Limit),
     #[error(transparent)]
     Expiration(#[from] ExpirationError),
     /// A URL the policy refuses (field name, reason).
     #[error("{1}")]
     Url(&'static str, EndpointError),
-    /// The validation handshake failed (field name, reason).
-    #[error("Subscription validation request failed for {0}: {1}. The endpoint must answer the validation request within 10 seconds with 200 OK, Content-Type text/plain and the decoded validationToken as the body.")]
-    Handshake(&'static str, String),
+    /// The validation handshake failed (field name); why is logged, not told.
+    #[error("Subscription validation request failed for {0}. The endpoint must answer the validation request within 10 seconds with 200 OK, Content-Type text/plain and the decoded validationToken as the body.")]
+    Handshake(&'static str),
     /// Changed concurrently more often than retries allow.
     #[error("The subscription was changed concurrently; retry.")]
     Busy,
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+fn limit_message(limit: &Limit) -> String {
+    match limit {
+        Limit::Owner(n) => format!("You already have {n} subscriptions with this application; delete some first."),
+        Limit::Application(n) => {
+            format!("This application already has {n} subscriptions in this tenant; delete some first.")
+        }
+        Limit::WatchedUser(user, n) => format!("The user '{user}' is already watched by {n} subscriptions."),
+    }
 }
 
 pub struct SubscriptionService<S = Store> {
@@ -84,6 +93,39 @@ pub struct SubscriptionService<S = Store> {
     endpoints: EndpointPolicy,
     client: WebhookClient,
     clock: Clock,
+    // Places reserved by creations whose handshake is under way, per owner and per application;
+    // held for a map update, never across the handshake itself.
+    reserved: Mutex<Reserved>,
+}
+
+#[derive(Default)]
+struct Reserved {
+    per_owner: HashMap<Owner, usize>,
+    per_application: HashMap<(TenantId, String), usize>,
+}
+
+/// A place held for a creation until it is stored or fails.
+struct Reservation<'a, S> {
+    service: &'a SubscriptionService<S>,
+    owner: Owner,
+}
+
+impl<S> Drop for Reservation<'_, S> {
+    fn drop(&mut self) {
+        let mut reserved = self.service.reserved.lock().unwrap_or_else(|e| e.into_inner());
+        let app = (self.owner.tenant.clone(), self.owner.application_id.clone());
+        release(&mut reserved.per_owner, &self.owner);
+        release(&mut reserved.per_application, &app);
+    }
+}
+
+fn release<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
+    if let Some(n) = map.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(key);
+        }
+    }
 }
 
 impl<S: Subscriptions> SubscriptionService<S> {
@@ -100,7 +142,41 @@ impl<S: Subscriptions> SubscriptionService<S> {
             endpoints,
             client,
             clock,
+            reserved: Mutex::new(Reserved::default()),
         }
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            per_owner: self.policy.max_per_user,
+            per_application: self.policy.max_per_app,
+            per_watched_user: self.policy.max_per_watched_user,
+        }
+    }
+
+    /// Hold a place for `owner` if what it and its application hold, with the places already
+    /// held, stays within the limits.
+    async fn reserve(&self, owner: &Owner) -> Result<Reservation<'_, S>, SubscriptionError> {
+        let (owned, in_app) = self.store.count(owner).await?;
+        let limits = self.limits();
+        let mut reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
+        let app = (owner.tenant.clone(), owner.application_id.clone());
+        let pending_owner = reserved.per_owner.get(owner).copied().unwrap_or(0);
+        let pending_app = reserved.per_application.get(&app).copied().unwrap_or(0);
+        if owned + pending_owner >= limits.per_owner {
+            return Err(SubscriptionError::LimitReached(Limit::Owner(limits.per_owner)));
+        }
+        if in_app + pending_app >= limits.per_application {
+            return Err(SubscriptionError::LimitReached(Limit::Application(
+                limits.per_application,
+            )));
+        }
+        *reserved.per_owner.entry(owner.clone()).or_insert(0) += 1;
+        *reserved.per_application.entry(app).or_insert(0) += 1;
+        Ok(Reservation {
+            service: self,
+            owner: owner.clone(),
+        })
     }
 
     pub fn policy(&self) -> &SubscriptionPolicy {
@@ -132,10 +208,7 @@ impl<S: Subscriptions> SubscriptionService<S> {
                 .check_url(l)
                 .map_err(|e| SubscriptionError::Url("lifecycleNotificationUrl", e))?;
         }
-        let limit = self.policy.max_per_app;
-        if self.store.count(&owner.tenant, &owner.application_id).await? >= limit {
-            return Err(SubscriptionError::LimitReached(limit));
-        }
+        let _place = self.reserve(owner).await?;
         let notification_url = self.handshake("notificationUrl", &request.notification_url).await?;
         let lifecycle_notification_url = match &request.lifecycle_notification_url {
             Some(l) => Some(self.handshake("lifecycleNotificationUrl", l).await?),
@@ -162,9 +235,9 @@ impl<S: Subscriptions> SubscriptionService<S> {
             lifecycle_at: None,
         };
         subscription.lifecycle_at = Some(self.policy.lifecycle_at(&subscription));
-        match self.store.create(subscription, limit).await {
+        match self.store.create(subscription, self.limits()).await {
             Ok(stored) => Ok(stored.subscription),
-            Err(CreateError::LimitReached(n)) => Err(SubscriptionError::LimitReached(n)),
+            Err(CreateError::LimitReached(limit)) => Err(SubscriptionError::LimitReached(limit)),
             Err(CreateError::Store(e)) => Err(e.into()),
         }
     }
@@ -179,10 +252,7 @@ impl<S: Subscriptions> SubscriptionService<S> {
         owner: &Owner,
         after: Option<&str>,
     ) -> Result<(Vec<Arc<Subscription>>, bool), SubscriptionError> {
-        let mut page = self
-            .store
-            .page(&owner.tenant, &owner.application_id, after, PAGE_SIZE + 1)
-            .await?;
+        let mut page = self.store.page(owner, after, PAGE_SIZE + 1).await?;
         let more = page.len() > PAGE_SIZE;
         page.truncate(PAGE_SIZE);
         Ok((page.into_iter().map(|s| s.subscription).collect(), more))
@@ -325,8 +395,7 @@ impl<S: Subscriptions> SubscriptionService<S> {
     async fn owned(&self, owner: &Owner, id: &str) -> Result<Stored, SubscriptionError> {
         let not_found = || SubscriptionError::NotFound(id.to_owned());
         let stored = self.store.subscription(id).await?.ok_or_else(not_found)?;
-        let s = &stored.subscription;
-        if s.tenant == owner.tenant && s.application_id == owner.application_id {
+        if Owner::of(&stored.subscription) == *owner {
             Ok(stored)
         } else {
             Err(not_found())
@@ -339,10 +408,10 @@ impl<S: Subscriptions> SubscriptionService<S> {
             .endpoints
             .check_url(raw)
             .map_err(|e| SubscriptionError::Url(field, e))?;
-        self.client
-            .validate(&url)
-            .await
-            .map_err(|e| SubscriptionError::Handshake(field, e.to_string()))?;
+        self.client.validate(&url).await.map_err(|e| {
+            tracing::info!(%url, error = %e, "a subscription's validation handshake failed");
+            SubscriptionError::Handshake(field)
+        })?;
         Ok(url.to_string())
     }
 }
@@ -391,7 +460,7 @@ mod tests {
             lifecycle_at: None,
         };
         s.lifecycle_at = Some(policy.lifecycle_at(&s));
-        store.create(s, 10).await.unwrap();
+        store.create(s, service.limits()).await.unwrap();
         let reauthorize_at = start + SignedDuration::from_mins(45);
         assert_eq!(service.next_lifecycle_deadline().await, Some(reauthorize_at));
 

@@ -6,8 +6,8 @@
 //! stop, a crash (stop without any clean-up; acknowledged writes must survive it), and a second
 //! handle on the same data, which is what another node would see.
 use super::{
-    Backend, ChangeLog, Commit, CommitError, CreateError, Deadlines, Deliveries, LifecycleEvent, LogError,
-    NewLifecycle, Position, PresenceState, Stored, SubscriptionWrite, Subscriptions, WriteError,
+    Backend, ChangeLog, Commit, CommitError, CreateError, Deadlines, Deliveries, LifecycleEvent, Limit, Limits,
+    LogError, NewLifecycle, Owner, Position, PresenceState, Stored, SubscriptionWrite, Subscriptions, WriteError,
 };
 use crate::clock::Clock;
 use crate::subscription::Subscription;
@@ -73,6 +73,7 @@ macro_rules! conformance_tests {
             the_window_is_bounded_and_an_expired_position_says_so,
             the_window_drops_changes_older_than_its_age,
             creation_respects_the_limit_under_a_concurrent_burst,
+            every_limit_is_checked_at_creation,
             subscription_writes_are_versioned,
             the_lifecycle_index_orders_by_deadline,
             pages_list_one_application_in_id_order,
@@ -172,6 +173,22 @@ fn subscription(id: &str, app: &str, users: &[&str], lifecycle_at: Timestamp) ->
         latest_supported_tls_version: None,
         reauthorization_requested: false,
         lifecycle_at: Some(lifecycle_at),
+    }
+}
+
+fn limits(n: usize) -> Limits {
+    Limits {
+        per_owner: n,
+        per_application: n,
+        per_watched_user: n,
+    }
+}
+
+fn owner(app: &str) -> Owner {
+    Owner {
+        tenant: tenant(),
+        application_id: app.into(),
+        user: None,
     }
 }
 
@@ -664,7 +681,7 @@ pub async fn creation_respects_the_limit_under_a_concurrent_burst<H: Harness>() 
             let store = if i % 2 == 0 { h.store().clone() } else { h.second() };
             tokio::spawn(async move {
                 store
-                    .create(subscription(&format!("burst-{i}"), "app", &["u"], t0()), 25)
+                    .create(subscription(&format!("burst-{i}"), "app", &["u"], t0()), limits(25))
                     .await
             })
         })
@@ -676,23 +693,80 @@ pub async fn creation_respects_the_limit_under_a_concurrent_burst<H: Harness>() 
                 assert_eq!(stored.version, 1);
                 created += 1;
             }
-            Err(CreateError::LimitReached(25)) => {}
+            Err(CreateError::LimitReached(Limit::Owner(25))) => {}
             Err(e) => panic!("{e}"),
         }
     }
     assert_eq!(created, 25);
-    assert_eq!(h.store().count(&tenant(), "app").await.unwrap(), 25);
-    assert_eq!(h.store().count(&tenant(), "other").await.unwrap(), 0);
+    assert_eq!(h.store().count(&owner("app")).await.unwrap(), (25, 25));
+    assert_eq!(h.store().count(&owner("other")).await.unwrap(), (0, 0));
     h.store()
-        .create(subscription("other-app", "other", &["u"], t0()), 25)
+        .create(subscription("other-app", "other", &["v"], t0()), limits(25))
         .await
         .unwrap();
+}
+
+pub async fn every_limit_is_checked_at_creation<H: Harness>() {
+    let h = H::open(Settings::default());
+    let store = h.store();
+    let limits = Limits {
+        per_owner: 2,
+        per_application: 3,
+        per_watched_user: 2,
+    };
+    let by = |id: &str, user: &str, watched: &[&str]| {
+        let mut s = subscription(id, "app", watched, t0());
+        s.creator_id = Some(user.into());
+        s
+    };
+    store.create(by("a1", "alice", &["hot"]), limits).await.unwrap();
+    store.create(by("a2", "alice", &["cold"]), limits).await.unwrap();
+    assert_eq!(
+        store.create(by("a3", "alice", &["x"]), limits).await,
+        Err(CreateError::LimitReached(Limit::Owner(2)))
+    );
+    store.create(by("b1", "bob", &["hot"]), limits).await.unwrap();
+    assert_eq!(
+        store.create(by("c1", "carol", &["y"]), limits).await,
+        Err(CreateError::LimitReached(Limit::Application(3)))
+    );
+    let other_app = || {
+        let mut s = subscription("d1", "other", &["z", "hot"], t0());
+        s.creator_id = Some("dave".into());
+        s
+    };
+    assert_eq!(
+        store.create(other_app(), limits).await,
+        Err(CreateError::LimitReached(Limit::WatchedUser(
+            UserId::parse("hot").unwrap(),
+            2
+        )))
+    );
+    // A removal gives its places back.
+    let a1 = store.subscription("a1").await.unwrap().unwrap();
+    store
+        .write(SubscriptionWrite::Remove {
+            id: "a1".into(),
+            expected_version: a1.version,
+            lifecycle: None,
+        })
+        .await
+        .unwrap();
+    store.create(other_app(), limits).await.unwrap();
+    let alice = Owner {
+        user: Some("alice".into()),
+        ..owner("app")
+    };
+    assert_eq!(store.count(&alice).await.unwrap(), (1, 2));
 }
 
 pub async fn subscription_writes_are_versioned<H: Harness>() {
     let mut h = H::open(Settings::default());
     let store = h.store();
-    let created = store.create(subscription("v", "app", &["u"], t0()), 10).await.unwrap();
+    let created = store
+        .create(subscription("v", "app", &["u"], t0()), limits(10))
+        .await
+        .unwrap();
     let mut renewed = (*created.subscription).clone();
     renewed.expiration = t0() + SignedDuration::from_hours(2);
     let write = |expected_version| SubscriptionWrite::Replace {
@@ -739,7 +813,7 @@ pub async fn the_lifecycle_index_orders_by_deadline<H: Harness>() {
         store
             .create(
                 subscription(id, "app", &["u"], t0() + SignedDuration::from_mins(mins)),
-                10,
+                limits(10),
             )
             .await
             .unwrap();
@@ -777,35 +851,43 @@ pub async fn pages_list_one_application_in_id_order<H: Harness>() {
     let store = h.store();
     for i in [3, 1, 4, 0, 2] {
         store
-            .create(subscription(&format!("page-{i}"), "app", &["u"], t0()), 10)
+            .create(subscription(&format!("page-{i}"), "app", &["u"], t0()), limits(10))
             .await
             .unwrap();
     }
     store
-        .create(subscription("page-x", "other", &["u"], t0()), 10)
+        .create(subscription("page-x", "other", &["u"], t0()), limits(10))
         .await
         .unwrap();
     let ids = |page: Vec<Stored>| page.into_iter().map(|s| s.subscription.id.clone()).collect::<Vec<_>>();
     assert_eq!(
-        ids(store.page(&tenant(), "app", None, 2).await.unwrap()),
+        ids(store.page(&owner("app"), None, 2).await.unwrap()),
         ["page-0", "page-1"]
     );
     assert_eq!(
-        ids(store.page(&tenant(), "app", Some("page-1"), 10).await.unwrap()),
+        ids(store.page(&owner("app"), Some("page-1"), 10).await.unwrap()),
         ["page-2", "page-3", "page-4"]
     );
-    assert!(store
-        .page(&TenantId::parse("tenant-b").unwrap(), "app", None, 10)
-        .await
-        .unwrap()
-        .is_empty());
+    let elsewhere = Owner {
+        tenant: TenantId::parse("tenant-b").unwrap(),
+        ..owner("app")
+    };
+    assert!(store.page(&elsewhere, None, 10).await.unwrap().is_empty());
+    let a_user = Owner {
+        user: Some("alice".into()),
+        ..owner("app")
+    };
+    assert!(
+        store.page(&a_user, None, 10).await.unwrap().is_empty(),
+        "owners are per user too"
+    );
 }
 
 pub async fn a_removal_and_its_lifecycle_notice_are_one_write<H: Harness>() {
     let mut h = H::open(Settings::default());
     let created = h
         .store()
-        .create(subscription("gone", "app", &["u"], t0()), 10)
+        .create(subscription("gone", "app", &["u"], t0()), limits(10))
         .await
         .unwrap();
     h.store()
@@ -845,7 +927,7 @@ pub async fn a_new_subscription_is_owed_what_follows_its_creation<H: Harness>() 
     flip(store, "watched", t0()).await;
     let head = store.head();
     store
-        .create(subscription("new", "app", &["watched"], t0()), 10)
+        .create(subscription("new", "app", &["watched"], t0()), limits(10))
         .await
         .unwrap();
     let claimed = store.claim("c", t0(), SignedDuration::from_secs(30)).await.unwrap();
@@ -855,7 +937,7 @@ pub async fn a_new_subscription_is_owed_what_follows_its_creation<H: Harness>() 
 pub async fn acknowledgements_only_move_forward_and_survive_a_reopen<H: Harness>() {
     let mut h = H::open(Settings::default());
     h.store()
-        .create(subscription("ack", "app", &["u"], t0()), 10)
+        .create(subscription("ack", "app", &["u"], t0()), limits(10))
         .await
         .unwrap();
     for _ in 0..5 {
@@ -882,7 +964,7 @@ pub async fn acknowledgements_only_move_forward_and_survive_a_reopen<H: Harness>
 pub async fn a_skip_and_its_missed_notice_are_one_write<H: Harness>() {
     let mut h = H::open(Settings::default());
     h.store()
-        .create(subscription("lossy", "app", &["u"], t0()), 10)
+        .create(subscription("lossy", "app", &["u"], t0()), limits(10))
         .await
         .unwrap();
     for _ in 0..3 {
@@ -907,7 +989,7 @@ pub async fn a_skip_and_its_missed_notice_are_one_write<H: Harness>() {
 pub async fn claims_are_exclusive_until_the_lease_lapses<H: Harness>() {
     let h = H::open(Settings::default());
     h.store()
-        .create(subscription("leased", "app", &["u"], t0()), 10)
+        .create(subscription("leased", "app", &["u"], t0()), limits(10))
         .await
         .unwrap();
     let other = h.second();
@@ -942,7 +1024,7 @@ pub async fn lifecycle_notices_are_claimed_and_finished<H: Harness>() {
     let mut h = H::open(settings);
     let created = h
         .store()
-        .create(subscription("life", "app", &["u"], t0()), 10)
+        .create(subscription("life", "app", &["u"], t0()), limits(10))
         .await
         .unwrap();
     let mut asked = (*created.subscription).clone();

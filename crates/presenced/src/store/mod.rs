@@ -32,7 +32,7 @@ pub use deadlines::Deadlines;
 pub use deliveries::{Deliveries, LifecycleEvent, LifecycleNotice, NewLifecycle};
 pub use position::Position;
 pub use presence_state::{Commit, CommitError, PresenceState, Versioned};
-pub use subscriptions::{CreateError, Stored, SubscriptionWrite, Subscriptions, WriteError};
+pub use subscriptions::{CreateError, Limit, Limits, Owner, Stored, SubscriptionWrite, Subscriptions, WriteError};
 
 use crate::subscription::Subscription;
 use embedded::EmbeddedStore;
@@ -194,23 +194,17 @@ impl Subscriptions for Store {
     async fn subscription(&self, id: &str) -> Result<Option<Stored>, StoreError> {
         forward!(self, s => s.subscription(id).await)
     }
-    async fn create(&self, subscription: Subscription, limit: usize) -> Result<Stored, CreateError> {
-        forward!(self, s => s.create(subscription, limit).await)
+    async fn create(&self, subscription: Subscription, limits: Limits) -> Result<Stored, CreateError> {
+        forward!(self, s => s.create(subscription, limits).await)
     }
     async fn write(&self, write: SubscriptionWrite) -> Result<Option<Stored>, WriteError> {
         forward!(self, s => s.write(write).await)
     }
-    async fn page(
-        &self,
-        tenant: &TenantId,
-        application_id: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<Stored>, StoreError> {
-        forward!(self, s => s.page(tenant, application_id, after, limit).await)
+    async fn page(&self, owner: &Owner, after: Option<&str>, limit: usize) -> Result<Vec<Stored>, StoreError> {
+        forward!(self, s => s.page(owner, after, limit).await)
     }
-    async fn count(&self, tenant: &TenantId, application_id: &str) -> Result<usize, StoreError> {
-        forward!(self, s => s.count(tenant, application_id).await)
+    async fn count(&self, owner: &Owner) -> Result<(usize, usize), StoreError> {
+        forward!(self, s => s.count(owner).await)
     }
     async fn all(&self) -> Result<Vec<Stored>, StoreError> {
         forward!(self, s => s.all().await)

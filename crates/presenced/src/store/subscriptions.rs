@@ -7,9 +7,47 @@
 use super::{NewLifecycle, StoreError};
 use crate::subscription::Subscription;
 use jiff::Timestamp;
-use presence_core::TenantId;
+use presence_core::{TenantId, UserId};
 use std::future::Future;
 use std::sync::Arc;
+
+/// Who owns a subscription: its tenant and application, and the signed-in user who created it
+/// (`None` for one an application token created).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Owner {
+    pub tenant: TenantId,
+    pub application_id: String,
+    pub user: Option<String>,
+}
+
+impl Owner {
+    pub fn of(subscription: &Subscription) -> Owner {
+        Owner {
+            tenant: subscription.tenant.clone(),
+            application_id: subscription.application_id.clone(),
+            user: subscription.creator_id.clone(),
+        }
+    }
+}
+
+/// The bounds a creation must stay within, checked in the same step as the write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Subscriptions one owner (a user of an application, or the application alone) holds.
+    pub per_owner: usize,
+    /// Subscriptions one application holds in one tenant, whoever created them.
+    pub per_application: usize,
+    /// Subscriptions watching any one user.
+    pub per_watched_user: usize,
+}
+
+/// Which bound a creation would pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Limit {
+    Owner(usize),
+    Application(usize),
+    WatchedUser(UserId, usize),
+}
 
 /// A subscription as stored, with its version (1 when created, +1 per write).
 #[derive(Debug, Clone, PartialEq)]
@@ -38,9 +76,9 @@ pub enum SubscriptionWrite {
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CreateError {
-    /// The application already holds `limit` subscriptions in the tenant.
-    #[error("the subscription limit of {0} is reached")]
-    LimitReached(usize),
+    /// A bound of [`Limits`] is reached.
+    #[error("a subscription limit is reached: {0:?}")]
+    LimitReached(Limit),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -57,29 +95,28 @@ pub enum WriteError {
 pub trait Subscriptions: Send + Sync + 'static {
     fn subscription(&self, id: &str) -> impl Future<Output = Result<Option<Stored>, StoreError>> + Send;
 
-    /// Store a new subscription unless its application already has `limit` in its tenant (checked
-    /// in the same step, so concurrent creations cannot overshoot). Its notifications start
-    /// with the changes committed after this call.
+    /// Store a new subscription unless it would pass one of `limits` (checked in the same step,
+    /// so concurrent creations cannot overshoot). Its notifications start with the changes
+    /// committed after this call.
     fn create(
         &self,
         subscription: Subscription,
-        limit: usize,
+        limits: Limits,
     ) -> impl Future<Output = Result<Stored, CreateError>> + Send;
 
     /// Apply `write`; returns the new record (`None` after a removal).
     fn write(&self, write: SubscriptionWrite) -> impl Future<Output = Result<Option<Stored>, WriteError>> + Send;
 
-    /// One application's subscriptions in one tenant, ordered by id, after `after`, at most `limit`.
+    /// One owner's subscriptions, ordered by id, after `after`, at most `limit`.
     fn page(
         &self,
-        tenant: &TenantId,
-        application_id: &str,
+        owner: &Owner,
         after: Option<&str>,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<Stored>, StoreError>> + Send;
 
-    /// How many subscriptions one application holds in one tenant.
-    fn count(&self, tenant: &TenantId, application_id: &str) -> impl Future<Output = Result<usize, StoreError>> + Send;
+    /// How many subscriptions one owner holds, and how many its application holds in its tenant.
+    fn count(&self, owner: &Owner) -> impl Future<Output = Result<(usize, usize), StoreError>> + Send;
 
     /// Every subscription (shared records, not copies): the dispatcher's index is built from it.
     fn all(&self) -> impl Future<Output = Result<Vec<Stored>, StoreError>> + Send;

@@ -13,8 +13,12 @@ pub struct SubscriptionPolicy {
     pub reauthorize_before: SignedDuration,
     /// Application tokens may subscribe (Graph allows only delegated tokens).
     pub allow_app_tokens: bool,
-    /// Bounded everything: one application in one tenant cannot grow the table without limit.
+    /// Bounded everything: one application in one tenant cannot grow the table without limit...
     pub max_per_app: usize,
+    /// ...nor one user of it lock out its colleagues...
+    pub max_per_user: usize,
+    /// ...nor can anyone make one user's every change fan out without limit.
+    pub max_per_watched_user: usize,
 }
 
 impl Default for SubscriptionPolicy {
@@ -25,6 +29,8 @@ impl Default for SubscriptionPolicy {
             reauthorize_before: SignedDuration::from_mins(15),
             allow_app_tokens: false,
             max_per_app: 1000,
+            max_per_user: 100,
+            max_per_watched_user: 1000,
         }
     }
 }

@@ -33,9 +33,9 @@ pub mod writer;
 use crate::clock::Clock;
 use crate::metrics::StoreMetrics;
 use crate::store::{
-    Change, ChangeLog, CommitError, CreateError, Deadlines, Deliveries, LifecycleNotice, LogError, NewLifecycle,
-    Position, PresenceState, Snapshot, StoreError, Stored, SubscriptionWrite, Subscriptions, TenantSnapshot, Versioned,
-    WriteError,
+    Change, ChangeLog, CommitError, CreateError, Deadlines, Deliveries, LifecycleNotice, Limits, LogError,
+    NewLifecycle, Owner, Position, PresenceState, Snapshot, StoreError, Stored, SubscriptionWrite, Subscriptions,
+    TenantSnapshot, Versioned, WriteError,
 };
 use crate::subscription::Subscription;
 use change_log::{LogWindow, Retention};
@@ -464,10 +464,10 @@ impl Subscriptions for EmbeddedStore {
         Ok(self.shared.subscriptions().get(id))
     }
 
-    async fn create(&self, subscription: Subscription, limit: usize) -> Result<Stored, CreateError> {
+    async fn create(&self, subscription: Subscription, limits: Limits) -> Result<Stored, CreateError> {
         self.request(move |reply| writer::Request::CreateSubscription {
             subscription,
-            limit,
+            limits,
             reply,
         })
         .await?
@@ -478,18 +478,16 @@ impl Subscriptions for EmbeddedStore {
             .await?
     }
 
-    async fn page(
-        &self,
-        tenant: &TenantId,
-        application_id: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<Stored>, StoreError> {
-        Ok(self.shared.subscriptions().page(tenant, application_id, after, limit))
+    async fn page(&self, owner: &Owner, after: Option<&str>, limit: usize) -> Result<Vec<Stored>, StoreError> {
+        Ok(self.shared.subscriptions().page(owner, after, limit))
     }
 
-    async fn count(&self, tenant: &TenantId, application_id: &str) -> Result<usize, StoreError> {
-        Ok(self.shared.subscriptions().count(tenant, application_id))
+    async fn count(&self, owner: &Owner) -> Result<(usize, usize), StoreError> {
+        let index = self.shared.subscriptions();
+        Ok((
+            index.count(owner),
+            index.count_application(&owner.tenant, &owner.application_id),
+        ))
     }
 
     async fn all(&self) -> Result<Vec<Stored>, StoreError> {

@@ -11,12 +11,12 @@ use super::disk::{Batch, Disk, Record};
 use super::key_hash::KeyHash;
 use super::memory::Entry;
 use super::records;
-use super::subscriptions::stored;
+use super::subscriptions::{stored, watched};
 use super::Shared;
 use crate::clock::Clock;
 use crate::store::{
-    Change, CommitError, CreateError, LifecycleNotice, NewLifecycle, Position, StoreError, Stored, SubscriptionWrite,
-    Versioned, WriteError,
+    Change, CommitError, CreateError, LifecycleNotice, Limit, Limits, NewLifecycle, Owner, Position, StoreError,
+    Stored, SubscriptionWrite, Versioned, WriteError,
 };
 use crate::subscription::Subscription;
 use hashbrown::HashTable;
@@ -45,7 +45,7 @@ pub enum Request {
     },
     CreateSubscription {
         subscription: Subscription,
-        limit: usize,
+        limits: Limits,
         reply: Reply<Result<Stored, CreateError>>,
     },
     WriteSubscription {
@@ -137,8 +137,11 @@ struct Pass {
     changes: Vec<Arc<Change>>,
     /// Subscriptions as this batch changes them (`None`: removed), before they are published.
     subscriptions: HashMap<String, Option<Stored>>,
-    /// Per (tenant, application), subscriptions this batch adds (or removes, negative).
-    owned_delta: HashMap<(TenantId, String), isize>,
+    /// Subscriptions this batch adds (or removes, negative) per owner, per application and per
+    /// watched user, for the limits of creations later in the batch.
+    owner_delta: HashMap<Owner, isize>,
+    application_delta: HashMap<(TenantId, String), isize>,
+    watched_delta: HashMap<UserKey, isize>,
     groups: Vec<Group>,
 }
 
@@ -292,9 +295,9 @@ impl Writer {
                 }
                 Request::CreateSubscription {
                     subscription,
-                    limit,
+                    limits,
                     reply,
-                } => self.create_subscription(&mut pass, subscription, limit, reply),
+                } => self.create_subscription(&mut pass, subscription, limits, reply),
                 Request::WriteSubscription { write, reply } => self.write_subscription(&mut pass, write, reply),
                 Request::Acknowledge { progress, reply } => {
                     let progress: Vec<(String, u64)> = progress
@@ -458,17 +461,20 @@ impl Writer {
         &mut self,
         pass: &mut Pass,
         subscription: Subscription,
-        limit: usize,
+        limits: Limits,
         reply: Reply<Result<Stored, CreateError>>,
     ) {
-        let owner = (subscription.tenant.clone(), subscription.application_id.clone());
-        let delta = pass.owned_delta.get(&owner).copied().unwrap_or(0);
-        let held = self.shared.subscriptions().count(&owner.0, &owner.1) as isize + delta;
-        if held >= limit as isize || self.current_subscription(pass, &subscription.id).is_some() {
-            let _ = reply.send(Err(CreateError::LimitReached(limit)));
+        if let Some(passed) = self.limit_passed(pass, &subscription, limits) {
+            let _ = reply.send(Err(CreateError::LimitReached(passed)));
             return;
         }
-        *pass.owned_delta.entry(owner).or_insert(0) += 1;
+        if self.current_subscription(pass, &subscription.id).is_some() {
+            let _ = reply.send(Err(CreateError::Store(StoreError::Unavailable(
+                "a subscription with this id exists".into(),
+            ))));
+            return;
+        }
+        count(pass, &subscription, 1);
         let id = subscription.id.clone();
         pass.batch.subscriptions_put.push((id.clone(), encode(&subscription)));
         // Owed from here on: every change committed after this point in the log.
@@ -509,11 +515,7 @@ impl Writer {
             }
             SubscriptionWrite::Remove { .. } => {
                 if let Some(old) = &current {
-                    let s = &old.subscription;
-                    *pass
-                        .owned_delta
-                        .entry((s.tenant.clone(), s.application_id.clone()))
-                        .or_insert(0) -= 1;
+                    count(pass, &old.subscription, -1);
                 }
                 pass.batch.subscriptions_delete.push(id.clone());
                 pass.batch.progress_delete.push(id.clone());
@@ -528,6 +530,27 @@ impl Writer {
             notice,
             reply,
         });
+    }
+
+    /// The first of `limits` that `subscription` would pass, as this batch leaves the table.
+    fn limit_passed(&self, pass: &Pass, subscription: &Subscription, limits: Limits) -> Option<Limit> {
+        let index = self.shared.subscriptions();
+        let held = |stored: usize, delta: Option<&isize>| stored as isize + delta.copied().unwrap_or(0);
+        let owner = Owner::of(subscription);
+        if held(index.count(&owner), pass.owner_delta.get(&owner)) >= limits.per_owner as isize {
+            return Some(Limit::Owner(limits.per_owner));
+        }
+        let app = (subscription.tenant.clone(), subscription.application_id.clone());
+        let apps = index.count_application(&app.0, &app.1);
+        if held(apps, pass.application_delta.get(&app)) >= limits.per_application as isize {
+            return Some(Limit::Application(limits.per_application));
+        }
+        for key in watched(subscription) {
+            if held(index.watchers(&key), pass.watched_delta.get(&key)) >= limits.per_watched_user as isize {
+                return Some(Limit::WatchedUser(key.user, limits.per_watched_user));
+            }
+        }
+        None
     }
 
     fn queue_notice(&mut self, pass: &mut Pass, notice: NewLifecycle) -> LifecycleNotice {
@@ -637,6 +660,16 @@ impl Writer {
             self.shared.lifecycle_added.notify_one();
         }
         drop(retired);
+    }
+}
+
+/// Record in the batch's tallies that `subscription` comes (+1) or goes (-1).
+fn count(pass: &mut Pass, subscription: &Subscription, by: isize) {
+    *pass.owner_delta.entry(Owner::of(subscription)).or_insert(0) += by;
+    let app = (subscription.tenant.clone(), subscription.application_id.clone());
+    *pass.application_delta.entry(app).or_insert(0) += by;
+    for key in watched(subscription) {
+        *pass.watched_delta.entry(key).or_insert(0) += by;
     }
 }
 
