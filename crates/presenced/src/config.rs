@@ -103,6 +103,18 @@ pub struct ServeArgs {
     /// Keep retrying a failed notification this long before giving up (then `missed`). [default: 4h]
     #[arg(long, env = "PRESENCED_WEBHOOK_RETRY_FOR")]
     pub webhook_retry_for: Option<String>,
+    /// Changes queued for one subscription before the oldest are given up (then `missed`). [default: 10000]
+    #[arg(long, env = "PRESENCED_WEBHOOK_QUEUE_PER_SUBSCRIPTION")]
+    pub webhook_queue_per_subscription: Option<usize>,
+    /// Changes queued for one endpoint URL, across its subscriptions, likewise. [default: 50000]
+    #[arg(long, env = "PRESENCED_WEBHOOK_QUEUE_PER_ENDPOINT")]
+    pub webhook_queue_per_endpoint: Option<usize>,
+    /// An endpoint failing this long is suspended: tried once a minute, one change queued per subscription. [default: 10m]
+    #[arg(long, env = "PRESENCED_WEBHOOK_SUSPEND_AFTER")]
+    pub webhook_suspend_after: Option<String>,
+    /// How often a suspended endpoint is tried. [default: 1m]
+    #[arg(long, env = "PRESENCED_WEBHOOK_PROBE_EVERY")]
+    pub webhook_probe_every: Option<String>,
     /// Let application tokens (Presence.Read.All role) create subscriptions; Graph allows only delegated tokens.
     #[arg(long, env = "PRESENCED_SUBSCRIPTIONS_ALLOW_APP_TOKENS")]
     pub subscriptions_allow_app_tokens: bool,
@@ -216,6 +228,10 @@ pub struct FileWebhooks {
     pub allow_http: Option<bool>,
     pub allow_networks: Option<Vec<String>>,
     pub retry_for: Option<String>,
+    pub queue_per_subscription: Option<usize>,
+    pub queue_per_endpoint: Option<usize>,
+    pub suspend_after: Option<String>,
+    pub probe_every: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -348,6 +364,29 @@ impl ServeArgs {
                 file.webhooks.retry_for,
                 delivery_defaults.retry_for,
             )?,
+            queue_per_subscription: self
+                .webhook_queue_per_subscription
+                .or(file.webhooks.queue_per_subscription)
+                .unwrap_or(delivery_defaults.queue_per_subscription)
+                .max(1),
+            queue_per_endpoint: self
+                .webhook_queue_per_endpoint
+                .or(file.webhooks.queue_per_endpoint)
+                .unwrap_or(delivery_defaults.queue_per_endpoint)
+                .max(1),
+            suspend_after: duration(
+                "webhook-suspend-after",
+                self.webhook_suspend_after,
+                file.webhooks.suspend_after,
+                delivery_defaults.suspend_after,
+            )?,
+            probe_every: duration(
+                "webhook-probe-every",
+                self.webhook_probe_every,
+                file.webhooks.probe_every,
+                jiff::SignedDuration::try_from(delivery_defaults.probe_every).unwrap_or_default(),
+            )
+            .map(|d| std::time::Duration::try_from(d).unwrap_or(delivery_defaults.probe_every))?,
             ..delivery_defaults
         };
         let sub_defaults = SubscriptionPolicy::default();

@@ -58,6 +58,11 @@ pub struct DeliveryConfig {
     pub queue_per_subscription: usize,
     /// Changes queued for one endpoint URL, across its subscriptions, likewise.
     pub queue_per_endpoint: usize,
+    /// An endpoint failing this long without a success is suspended: each of its subscriptions
+    /// keeps only its newest change queued (the rest are given up, with `missed`), and the
+    /// endpoint is tried once per `probe_every` until it answers again.
+    pub suspend_after: SignedDuration,
+    pub probe_every: Duration,
 }
 
 impl Default for DeliveryConfig {
@@ -70,6 +75,8 @@ impl Default for DeliveryConfig {
             backoff_max: Duration::from_secs(300),
             queue_per_subscription: 10_000,
             queue_per_endpoint: 50_000,
+            suspend_after: SignedDuration::from_mins(10),
+            probe_every: Duration::from_secs(60),
         }
     }
 }
@@ -94,6 +101,10 @@ struct Queue {
     /// Subscriptions whose changes were dropped, with the newest dropped position: to be skipped
     /// in the store (with `missed`) before anything later is acknowledged for them.
     dropped: HashMap<Arc<str>, Position>,
+    /// When the endpoint started failing (no success since), if it is failing.
+    failing_since: Option<jiff::Timestamp>,
+    /// Failing for longer than `suspend_after`: each subscription keeps only its newest change.
+    suspended: bool,
 }
 
 impl Queue {
@@ -146,6 +157,27 @@ impl Queue {
             Some(p) => Position::from_sequence(p.sequence().saturating_sub(1)),
             None => routed,
         }
+    }
+
+    /// The endpoint failed at `now`; returns whether it has just become suspended.
+    fn failed(&mut self, now: jiff::Timestamp, suspend_after: SignedDuration) -> bool {
+        let since = *self.failing_since.get_or_insert(now);
+        if self.suspended || now.duration_since(since) < suspend_after {
+            return false;
+        }
+        self.suspended = true;
+        let ids: Vec<Arc<str>> = self.by_subscription.keys().cloned().collect();
+        for id in ids {
+            while self.by_subscription.get(&id).is_some_and(|q| q.len() > 1) {
+                self.drop_oldest(Some(&id));
+            }
+        }
+        true
+    }
+
+    fn succeeded(&mut self) {
+        self.failing_since = None;
+        self.suspended = false;
     }
 
     fn forget(&mut self, id: &str) {
@@ -322,11 +354,16 @@ where
         let config = &self.shared.config;
         {
             let mut queue = endpoint.queue();
+            let bound = if queue.suspended {
+                1
+            } else {
+                config.queue_per_subscription
+            };
             let own = queue.by_subscription.entry(id.clone()).or_default();
             own.push_back(change.clone());
             let own_len = own.len();
             queue.total += 1;
-            if own_len > config.queue_per_subscription {
+            if own_len > bound {
                 queue.drop_oldest(Some(id));
             }
             if queue.total > config.queue_per_endpoint {
@@ -579,7 +616,9 @@ where
         let items = build_items(&shared, &batch);
         let delivered = match (&target, items.is_empty()) {
             (_, true) => true,
-            (Ok(target), false) => deliver_with_retries(&shared, target, &batch, payload::collection(items)).await,
+            (Ok(target), false) => {
+                deliver_with_retries(&shared, &endpoint, target, &batch, payload::collection(items)).await
+            }
             (Err(_), false) => {
                 tracing::warn!(url = %endpoint.url, "dropping notifications to an unparsable URL");
                 false
@@ -634,6 +673,7 @@ fn build_items<S>(shared: &Shared<S>, batch: &[(Arc<str>, Arc<Change>)]) -> Vec<
 /// acknowledged, so the next start sends it again.
 async fn deliver_with_retries<S>(
     shared: &Shared<S>,
+    endpoint: &Endpoint,
     target: &reqwest::Url,
     batch: &[(Arc<str>, Arc<Change>)],
     body: serde_json::Value,
@@ -657,18 +697,31 @@ async fn deliver_with_retries<S>(
         match shared.client.deliver(target, &body, timeout).await {
             Ok(()) => {
                 outcome("delivered", batch.len());
+                endpoint.queue().succeeded();
                 return true;
             }
             Err(e) => {
                 outcome("failed", 1);
                 attempt += 1;
                 let now = shared.clock.now();
+                let (suspended, just_now) = {
+                    let mut queue = endpoint.queue();
+                    let just_now = queue.failed(now, shared.config.suspend_after);
+                    (queue.suspended, just_now)
+                };
+                if just_now {
+                    tracing::warn!(url = %target, "the endpoint has failed for too long; suspended (its subscribers get missed)");
+                }
                 if oldest.is_some_and(|o| now.duration_since(o) >= shared.config.retry_for) {
                     tracing::warn!(url = %target, error = %e, count = batch.len(), "giving up on notifications");
                     outcome("dropped", batch.len());
                     return false;
                 }
-                let wait = backoff(&shared.config, attempt);
+                let wait = if suspended {
+                    shared.config.probe_every
+                } else {
+                    backoff(&shared.config, attempt)
+                };
                 tracing::debug!(url = %target, error = %e, attempt, ?wait, "delivery failed; will retry");
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
