@@ -1,6 +1,7 @@
 //! presenced: a Microsoft Graph-compatible presence server.
 //!
 //! Module map:
+//! - [`data_dir`]: the data directory's files: private, never through a symlink, checked at start.
 //! - [`config`]: command line, environment and TOML configuration.
 //! - [`auth`]: JWT verification (HS256 secret, JWKS), minting, and the Graph permission matrix.
 //! - [`http`]: the Graph wire API (routing, DTOs, errors, request ids) and health endpoints.
@@ -22,6 +23,7 @@
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod data_dir;
 pub mod http;
 pub mod json_text;
 pub mod metrics;

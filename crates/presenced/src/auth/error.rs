@@ -66,6 +66,8 @@ pub enum AuthSetupError {
     NoAudience,
     #[error("at least one accepted token issuer must be configured")]
     NoIssuer,
+    #[error(transparent)]
+    DataDir(crate::data_dir::UnsafeDataDir),
     #[error("cannot {action} {}", path.display())]
     Io {
         action: &'static str,

@@ -5,9 +5,9 @@
 //! tool that mints tokens. Whoever can read it can mint any token, hence mode 0600 from the first
 //! byte and a refusal to start when group or others have any access.
 
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read as _, Write as _};
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD;
@@ -32,14 +32,9 @@ const MAX_SECRET_FILE_BYTES: u64 = 4096;
 /// base64 of at least 32 bytes is an error for the operator to resolve, because replacing it would
 /// silently invalidate every token minted so far.
 pub fn load_or_create_secret(data_dir: &Path) -> Result<Vec<u8>, AuthSetupError> {
-    // Only directories created here get 0700; an existing directory's mode is the operator's.
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(data_dir)
-        .map_err(io_error("create the data directory", data_dir))?;
+    crate::data_dir::prepare(data_dir).map_err(AuthSetupError::DataDir)?;
     let path = data_dir.join(SECRET_FILE_NAME);
-    match File::open(&path) {
+    match crate::data_dir::open_read(&path) {
         Ok(file) => read_existing(file, &path),
         Err(e) if e.kind() == io::ErrorKind::NotFound => create_new(data_dir, &path),
         Err(e) => Err(io_error("open the JWT secret file", &path)(e)),
@@ -51,6 +46,8 @@ fn read_existing(file: File, path: &Path) -> Result<Vec<u8>, AuthSetupError> {
     if !meta.is_file() {
         return Err(corrupt(path, "not a regular file"));
     }
+    // A secret someone else owns could have been planted to mint tokens this server accepts.
+    crate::data_dir::owned_by_me(path, &meta).map_err(AuthSetupError::DataDir)?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(AuthSetupError::SecretPermissions {
@@ -99,7 +96,7 @@ fn create_new(data_dir: &Path, path: &Path) -> Result<Vec<u8>, AuthSetupError> {
         }
         // Another process created it between our open and our link: use theirs.
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            let file = File::open(path).map_err(io_error("open the JWT secret file", path))?;
+            let file = crate::data_dir::open_read(path).map_err(io_error("open the JWT secret file", path))?;
             read_existing(file, path)
         }
         Err(e) => Err(io_error("create the JWT secret file", path)(e)),
@@ -109,7 +106,7 @@ fn create_new(data_dir: &Path, path: &Path) -> Result<Vec<u8>, AuthSetupError> {
 fn write_private(path: &Path, secret: &[u8]) -> io::Result<()> {
     // Mode at creation (not a later chmod), so the file is never readable by others, even briefly.
     // The umask can only remove bits, never add group/other access.
-    let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut file = crate::data_dir::create_new(path)?;
     let mut line = STANDARD.encode(secret);
     line.push('\n');
     file.write_all(line.as_bytes())?;
@@ -260,10 +257,32 @@ mod tests {
         fs::write(&blocker, b"x").unwrap();
         assert!(matches!(
             load_or_create_secret(&blocker.join("data")),
-            Err(AuthSetupError::Io {
-                action: "create the data directory",
-                ..
-            })
+            Err(AuthSetupError::DataDir(crate::data_dir::UnsafeDataDir::Io { .. }))
         ));
+    }
+
+    #[test]
+    fn refuses_a_secret_behind_a_symlink_or_owned_by_another_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("planted");
+        write_with_mode(&elsewhere, STANDARD.encode([7u8; 32]).as_bytes(), 0o600);
+        let data = dir.path().join("data");
+        fs::create_dir(&data).unwrap();
+        fs::set_permissions(&data, fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, data.join(SECRET_FILE_NAME)).unwrap();
+        assert!(load_or_create_secret(&data).is_err(), "a symlink is not followed");
+        fs::remove_file(data.join(SECRET_FILE_NAME)).unwrap();
+        // Another owner (only root can hand a file over; elsewhere this part is moot).
+        if crate::data_dir::my_uid().unwrap() == 0 {
+            let path = data.join(SECRET_FILE_NAME);
+            write_with_mode(&path, STANDARD.encode([7u8; 32]).as_bytes(), 0o600);
+            std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+            assert!(matches!(
+                load_or_create_secret(&data),
+                Err(AuthSetupError::DataDir(
+                    crate::data_dir::UnsafeDataDir::ForeignOwner { .. }
+                ))
+            ));
+        }
     }
 }

@@ -10,7 +10,7 @@
 //! Module map:
 //! - [`writer`]: the writer thread: compare-and-set checks, group commit, publication.
 //! - [`disk`]: the durable files (log segments and the redb file), checkpoints, start-up replay.
-//! - [`wal`], [`direct_io`]: log segments and the direct writes into preallocated ones.
+//! - [`wal`]: log segments, preallocated from zero-filled spares.
 //! - [`records`]: the state and change records every write logs, as JSON.
 //! - [`memory`], [`key_hash`]: every user's state, sharded, under one hash per key.
 //! - [`deadlines`]: the users' next transitions, ordered.
@@ -20,7 +20,6 @@
 pub mod change_log;
 pub mod deadlines;
 pub mod deliveries;
-pub mod direct_io;
 pub mod disk;
 pub mod key_hash;
 pub mod memory;

@@ -20,11 +20,9 @@
 //! §1). A segment's end is therefore the first frame not followed by any valid one, not the
 //! file's length (see [`read_frames`]).
 //!
-//! Where the filesystem allows it, spares are filled and segments made from them appended to
-//! with direct I/O ([`direct_io`](super::direct_io)): the data reaches the disk during the write,
-//! and the `fdatasync` is only the flush of the disk's cache.
-use super::direct_io::{self, BlockAppender, IoMode};
-use std::fs::{File, OpenOptions};
+//! Segments and spares are created 0600 and never through a symlink (`crate::data_dir`).
+use crate::data_dir;
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
@@ -95,30 +93,19 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Fill a new spare with about `bytes` zeros and make it durable, replacing any older spare.
-/// Only a spare this process prepared is used: one left by a crash could hold blocks that never
-/// reached the disk, and this filesystem may show such blocks with stale contents instead of
-/// zeros. Direct I/O is tried first; the answer says which worked, and so how the segment made
-/// from this spare is to be written.
-pub fn prepare_spare(dir: &Path, bytes: u64) -> std::io::Result<IoMode> {
+/// Fill a new spare with `bytes` zeros and make it durable, replacing any older spare. Only a
+/// spare this process prepared is used: one left by a crash could hold blocks that never reached
+/// the disk, and this filesystem may show such blocks with stale contents instead of zeros.
+pub fn prepare_spare(dir: &Path, bytes: u64) -> std::io::Result<()> {
     let path = dir.join(SPARE_NAME);
-    // Whole blocks, so every direct write of zeros is aligned.
-    let bytes = bytes.next_multiple_of(direct_io::BLOCK as u64);
-    if fill_with_zeros(&path, bytes, IoMode::Direct).is_ok() {
-        return Ok(IoMode::Direct);
-    }
-    // No direct I/O here (or a real error, which the buffered attempt meets and reports).
-    fill_with_zeros(&path, bytes, IoMode::Buffered)?;
-    Ok(IoMode::Buffered)
-}
-
-fn fill_with_zeros(path: &Path, bytes: u64, mode: IoMode) -> std::io::Result<()> {
-    let mut file = direct_io::open_options(mode).create(true).truncate(true).open(path)?;
-    let zeros = direct_io::AlignedBuf::zeroed(1 << 20);
+    // Removed, then created anew (`O_EXCL`): never written through whatever sits at the name.
+    remove_spare(dir)?;
+    let mut file = data_dir::create_new(&path)?;
+    let zeros = vec![0u8; 1 << 20];
     let mut left = bytes;
     while left > 0 {
         let n = left.min(zeros.len() as u64) as usize;
-        file.write_all(&zeros.as_slice()[..n])?;
+        file.write_all(&zeros[..n])?;
         left -= n as u64;
     }
     file.sync_all()
@@ -139,8 +126,6 @@ pub struct Wal {
     seq: u64,
     /// Bytes of frames written; the file may be longer (zeros, when preallocated).
     len: u64,
-    /// Set when the file was opened for direct I/O.
-    direct: Option<BlockAppender>,
     /// A copy of every frame appended, as the file holds them: the checkpoint works from this
     /// instead of reading the segment back, a read that queued in front of the log's flushes.
     /// It never grows past the buffer it was given ([`Wal::keep_frames_in`]): `None` without a
@@ -153,32 +138,30 @@ impl Wal {
     /// from it: an fdatasync'd frame in a file whose name a crash could lose would be lost too.
     pub fn create(dir: &Path, seq: u64) -> std::io::Result<Wal> {
         let path = segment_path(dir, seq);
-        let file = OpenOptions::new().create(true).write(true).truncate(true).open(&path)?;
+        // Numbers only grow, so the file must be new (`O_EXCL`).
+        let file = data_dir::create_new(&path)?;
         sync_dir(dir)?;
         Ok(Wal {
             file,
             path,
             seq,
             len: 0,
-            direct: None,
             frames: None,
         })
     }
 
-    /// Make segment `seq` from the spare [`prepare_spare`] made durable in this process, written
-    /// in the `mode` it answered (the rename is made durable before anything is acknowledged
-    /// from the segment, as in `create`).
-    pub fn from_spare(dir: &Path, seq: u64, mode: IoMode) -> std::io::Result<Wal> {
+    /// Make segment `seq` from the spare [`prepare_spare`] made durable in this process (the
+    /// rename is made durable before anything is acknowledged from the segment, as in `create`).
+    pub fn from_spare(dir: &Path, seq: u64) -> std::io::Result<Wal> {
         let path = segment_path(dir, seq);
         std::fs::rename(dir.join(SPARE_NAME), &path)?;
         sync_dir(dir)?;
-        let file = direct_io::open_options(mode).open(&path)?;
+        let file = data_dir::open_write(&path)?;
         Ok(Wal {
             file,
             path,
             seq,
             len: 0,
-            direct: (mode == IoMode::Direct).then(BlockAppender::default),
             frames: None,
         })
     }
@@ -201,11 +184,6 @@ impl Wal {
     /// Later appends keep none.
     pub fn take_frames(&mut self) -> Option<Vec<u8>> {
         self.frames.take()
-    }
-
-    /// Whether appends bypass the page cache.
-    pub fn is_direct(&self) -> bool {
-        self.direct.is_some()
     }
 
     pub fn seq(&self) -> u64 {
@@ -235,11 +213,8 @@ impl Wal {
         header[..4].copy_from_slice(&MAGIC);
         header[4..8].copy_from_slice(&len.to_le_bytes());
         header[8..].copy_from_slice(&crc32(payload).to_le_bytes());
-        let mut written = match &mut self.direct {
-            Some(appender) => appender.append(&self.file, self.len, &[&header, payload]),
-            // Header and payload in one vectored write: no copy of the payload into a frame buffer.
-            None => write_both(&mut self.file, &header, payload),
-        };
+        // Header and payload in one vectored write: no copy of the payload into a frame buffer.
+        let mut written = write_both(&mut self.file, &header, payload);
         if sync {
             written = written.and_then(|()| self.file.sync_data());
         }
@@ -332,7 +307,7 @@ pub fn read_frames_into(path: &Path, mut buffer: Vec<u8>) -> Result<Segment, Wal
     buffer.clear();
     // `read_to_end` reserves from the file's length: at most one allocation, none when the
     // buffer already has the room.
-    let read = File::open(path).and_then(|mut file| file.read_to_end(&mut buffer));
+    let read = data_dir::open_read(path).and_then(|mut file| file.read_to_end(&mut buffer));
     match read {
         Ok(_) => parse_frames(path, buffer),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Segment::default()),
@@ -460,21 +435,10 @@ mod tests {
         ));
     }
 
-    /// Both ways a segment made from a spare can be written: direct I/O where this filesystem
-    /// has it (what `prepare_spare` answers), and buffered, the fallback.
-    fn modes(dir: &Path) -> Vec<IoMode> {
-        let mut modes = vec![prepare_spare(dir, 4096).unwrap()];
-        if modes[0] == IoMode::Direct {
-            modes.push(IoMode::Buffered);
-        }
-        modes
-    }
-
-    /// A segment made from a spare of `bytes` zeros, written in `mode`, holding `frames`.
-    fn preallocated(dir: &Path, bytes: u64, mode: IoMode, frames: &[&[u8]]) -> Wal {
+    /// A segment made from a spare of `bytes` zeros, holding `frames`.
+    fn preallocated(dir: &Path, bytes: u64, frames: &[&[u8]]) -> Wal {
         prepare_spare(dir, bytes).unwrap();
-        let mut wal = Wal::from_spare(dir, 3, mode).unwrap();
-        assert_eq!(wal.is_direct(), mode == IoMode::Direct);
+        let mut wal = Wal::from_spare(dir, 3).unwrap();
         wal.keep_frames_in(Vec::with_capacity(1 << 20));
         for frame in frames {
             wal.append(frame, true).unwrap();
@@ -484,25 +448,24 @@ mod tests {
 
     #[test]
     fn a_preallocated_segment_is_written_in_place_and_ends_where_the_zeros_start() {
-        for mode in modes(tempfile::tempdir().unwrap().path()) {
+        {
             let dir = tempfile::tempdir().unwrap();
-            let wal = preallocated(dir.path(), 64 * 1024, mode, &[b"first", b"second"]);
+            let wal = preallocated(dir.path(), 64 * 1024, &[b"first", b"second"]);
             assert!(!dir.path().join(SPARE_NAME).exists(), "the spare became the segment");
             assert_eq!(
                 std::fs::metadata(wal.path()).unwrap().len(),
                 64 * 1024,
-                "{mode:?}: frames overwrite zeros; the file does not grow (so an fdatasync need not write its size)"
+                "frames overwrite zeros; the file does not grow (so an fdatasync need not write its size)"
             );
             let frames = owned_frames(read_frames(wal.path()).unwrap());
-            assert_eq!(frames, vec![b"first".to_vec(), b"second".to_vec()], "{mode:?}");
+            assert_eq!(frames, vec![b"first".to_vec(), b"second".to_vec()]);
         }
     }
 
-    /// Frames of every size, across block boundaries and past the preallocated end, read back
-    /// whole: in direct mode each append rewrites the partly filled last block.
+    /// Frames of every size, across block boundaries and past the preallocated end, read back whole.
     #[test]
-    fn frames_of_any_size_read_back_in_either_mode() {
-        for mode in modes(tempfile::tempdir().unwrap().path()) {
+    fn frames_of_any_size_read_back_whole() {
+        {
             let dir = tempfile::tempdir().unwrap();
             let sizes = [1usize, 4083, 4084, 4085, 9000, 12, 20_000, 3];
             let payloads: Vec<Vec<u8>> = sizes
@@ -511,16 +474,16 @@ mod tests {
                 .map(|(i, &n)| (0..n).map(|j| (i * 31 + j) as u8).collect())
                 .collect();
             let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
-            let wal = preallocated(dir.path(), 16 * 1024, mode, &refs);
+            let wal = preallocated(dir.path(), 16 * 1024, &refs);
             let expected: u64 = sizes.iter().map(|n| (HEADER + n) as u64).sum();
             assert_eq!(wal.len(), expected);
             let frames = owned_frames(read_frames(wal.path()).unwrap());
-            assert_eq!(frames, payloads, "{mode:?}");
+            assert_eq!(frames, payloads);
             // The copy the checkpoint works from holds the same frames.
             let mut wal = wal;
             let frames = wal.take_frames().unwrap();
             let kept = owned_frames(parse_frames(wal.path(), frames).unwrap());
-            assert_eq!(kept, payloads, "{mode:?}: the kept copy");
+            assert_eq!(kept, payloads, "the kept copy");
         }
     }
 
@@ -584,8 +547,7 @@ mod tests {
     #[test]
     fn a_torn_frame_before_the_zeros_is_dropped_but_damage_before_a_valid_frame_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let mode = prepare_spare(dir.path(), 4096).unwrap();
-        let wal = preallocated(dir.path(), 64 * 1024, mode, &[b"first", b"second"]);
+        let wal = preallocated(dir.path(), 64 * 1024, &[b"first", b"second"]);
         let path = wal.path().to_path_buf();
         let end = 2 * HEADER + 11;
         // A crash in the middle of a third append: its header and part of its payload.
@@ -602,26 +564,22 @@ mod tests {
     #[test]
     fn after_a_failed_append_the_next_frame_follows_the_last_complete_one() {
         use std::os::unix::fs::FileExt;
-        for mode in modes(tempfile::tempdir().unwrap().path()) {
+        {
             let dir = tempfile::tempdir().unwrap();
-            let mut wal = preallocated(dir.path(), 64 * 1024, mode, &[b"first"]);
+            let mut wal = preallocated(dir.path(), 64 * 1024, &[b"first"]);
             // A write that failed halfway (a full disk, say) left part of a frame behind.
-            let other = OpenOptions::new().write(true).open(wal.path()).unwrap();
+            let other = std::fs::OpenOptions::new().write(true).open(wal.path()).unwrap();
             other.write_all_at(b"PWAL\x10\x00\x00\x00half", wal.len()).unwrap();
             other.sync_all().unwrap();
             wal.cut_back();
             wal.append(b"second", true).unwrap();
             let frames = owned_frames(read_frames(wal.path()).unwrap());
-            assert_eq!(frames, vec![b"first".to_vec(), b"second".to_vec()], "{mode:?}");
-            // Direct writes are whole blocks, so the file ends at the next block boundary.
-            let grows_to = match mode {
-                IoMode::Direct => wal.len().next_multiple_of(direct_io::BLOCK as u64),
-                IoMode::Buffered => wal.len(),
-            };
+            assert_eq!(frames, vec![b"first".to_vec(), b"second".to_vec()]);
+            let grows_to = wal.len();
             assert_eq!(
                 std::fs::metadata(wal.path()).unwrap().len(),
                 grows_to,
-                "{mode:?}: the zeros went with the cut; the segment now grows as written"
+                "the zeros went with the cut; the segment now grows as written"
             );
         }
     }

@@ -65,7 +65,7 @@ pub(super) struct CheckpointState {
     /// The writer used (or never had) the spare and wants one of this size.
     pub(super) spare_wanted: Option<u64>,
     /// A spare is durable and ready for the next segment, to be written in this mode.
-    pub(super) spare_ready: Option<IoMode>,
+    pub(super) spare_ready: bool,
 }
 
 impl Checkpoints {
@@ -120,7 +120,7 @@ impl Checkpoints {
     /// never renamed into place while zeros are still being written to it.
     pub(super) fn take_spare(&self, dir: &Path, seq: u64) -> Option<std::io::Result<Wal>> {
         let mut s = self.lock();
-        s.spare_ready.take().map(|mode| Wal::from_spare(dir, seq, mode))
+        std::mem::take(&mut s.spare_ready).then(|| Wal::from_spare(dir, seq))
     }
 
     /// Ask the checkpoint thread for a new spare of about `bytes`.
@@ -138,7 +138,7 @@ impl Checkpoints {
             tracing::warn!(error = %e, "cannot preallocate the next log segment; it will grow as written");
             let _ = wal::remove_spare(dir);
         }
-        self.lock().spare_ready = prepared.ok();
+        self.lock().spare_ready = prepared.is_ok();
     }
 
     /// The checkpoint thread: write each closed segment to redb (deleting segments once a synced
@@ -155,7 +155,7 @@ impl Checkpoints {
                         return;
                     }
                     // A spare already waiting serves the next segment too, whatever its size.
-                    if let Some(bytes) = s.spare_wanted.take().filter(|_| s.spare_ready.is_none()) {
+                    if let Some(bytes) = s.spare_wanted.take().filter(|_| !s.spare_ready) {
                         drop(s);
                         spare_bytes = bytes;
                         self.prepare_spare(dir, bytes);

@@ -25,7 +25,6 @@ mod checkpoint;
 mod frame;
 mod tables;
 
-use super::direct_io::IoMode;
 use super::wal::{self, Wal};
 use crate::store::LifecycleNotice;
 use crate::subscription::Subscription;
@@ -73,6 +72,8 @@ pub enum OpenError {
     Corrupt { path: PathBuf, reason: String },
     #[error("the database {path} has schema version {found}, this presenced understands {SCHEMA_VERSION}; refusing to start")]
     Schema { path: PathBuf, found: u64 },
+    #[error(transparent)]
+    Unsafe(#[from] crate::data_dir::UnsafeDataDir),
 }
 
 /// Everything read at start-up.
@@ -127,10 +128,7 @@ impl Disk {
     }
 
     fn open_with(dir: &Path, open_database: OpenDatabase) -> Result<(Self, Loaded), OpenError> {
-        std::fs::create_dir_all(dir).map_err(|source| OpenError::Directory {
-            path: dir.into(),
-            source,
-        })?;
+        crate::data_dir::prepare(dir)?;
         let path = dir.join(FILE_NAME);
         let dir_err = |source| OpenError::Directory {
             path: dir.into(),

@@ -106,7 +106,11 @@ pub(super) const REDB_CACHE_BYTES: usize = 64 * 1024 * 1024;
 pub(super) type OpenDatabase = fn(&Path) -> Result<Database, redb::DatabaseError>;
 
 pub(super) fn open_database(path: &Path) -> Result<Database, redb::DatabaseError> {
-    redb::Builder::new().set_cache_size(REDB_CACHE_BYTES).create(path)
+    // Opened here rather than by redb: created 0600 and never through a symlink.
+    let file = crate::data_dir::open_or_create(path)?;
+    redb::Builder::new()
+        .set_cache_size(REDB_CACHE_BYTES)
+        .create_with_backend(redb::backends::FileBackend::new(file)?)
 }
 pub const FILE_NAME: &str = "presence.redb";
 

@@ -403,7 +403,7 @@ fn a_lagging_checkpoint_holds_at_most_one_queued_segments_frames() {
 /// Wait (bounded) until the checkpoint thread has a spare ready.
 fn await_spare(disk: &Disk) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while disk.checkpoints.lock().spare_ready.is_none() {
+    while !disk.checkpoints.lock().spare_ready {
         assert!(Instant::now() < deadline, "no spare was prepared");
         std::thread::sleep(Duration::from_millis(5));
     }
