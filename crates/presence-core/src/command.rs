@@ -3,6 +3,7 @@
 use crate::ids::SessionId;
 use crate::state::{PreferredState, SessionState};
 use crate::view::{MessageExpiry, OutOfOfficeSettings};
+use crate::work_location::{DayZone, LocationInput, LocationLayer};
 use jiff::{SignedDuration, Timestamp};
 
 /// Teams caps status notes at 280 characters; Graph documents no limit, so we follow the client
@@ -33,6 +34,17 @@ pub enum Command {
     /// `None` clears the message.
     SetStatusMessage(Option<StatusMessageInput>),
     SetOutOfOffice(OutOfOfficeSettings),
+    /// `setManualLocation` / `setAutomaticLocation`: the layer holds this location until the end
+    /// of the current day in `day`'s zone.
+    SetWorkLocation {
+        layer: LocationLayer,
+        location: LocationInput,
+        day: DayZone,
+    },
+    /// `clearAutomaticLocation`: the manual layer, if any, still shows.
+    ClearAutomaticLocation,
+    /// `clearLocation`: both layers go.
+    ClearLocation,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -12,6 +12,7 @@
 //! - [`command`]: the write commands a caller can issue, already validated.
 //! - [`user`]: `UserPresence`, the per-user aggregate with `apply`, `advance` and `next_deadline`.
 //! - [`view`]: the folded, externally visible presence and the change event it produces.
+//! - [`work_location`]: the manual and automatic work-location layers and their end of day.
 #![forbid(unsafe_code)]
 
 pub mod command;
@@ -21,6 +22,7 @@ pub mod state;
 pub mod timing;
 pub mod user;
 pub mod view;
+pub mod work_location;
 pub mod zone;
 
 pub use command::{Command, CommandError, StatusMessageInput};
@@ -29,3 +31,7 @@ pub use state::{Activity, Availability, PairError, PreferredState, SessionState}
 pub use timing::{Timing, TimingError};
 pub use user::{Outcome, UserPresence};
 pub use view::{ChangeEvent, OutOfOfficeSettings, PresenceView, SequenceNumber, StatusMessageView};
+pub use work_location::{
+    DayZone, LocationInput, LocationLayer, PlaceId, WorkLocation, WorkLocationError, WorkLocationSource,
+    WorkLocationType, WorkLocationView,
+};

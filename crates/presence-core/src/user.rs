@@ -9,6 +9,7 @@ use crate::ids::SessionId;
 use crate::state::{Activity, Availability, PreferredState, SessionState};
 use crate::timing::Timing;
 use crate::view::{ChangeEvent, MessageExpiry, OutOfOfficeSettings, PresenceView, SequenceNumber, StatusMessageView};
+use crate::work_location::WorkLocation;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -75,6 +76,10 @@ pub struct UserPresence {
     #[serde(default)]
     out_of_office: OutOfOfficeSettings,
     sequence: SequenceNumber,
+    // Boxed and left out of the record while unset, like the status message: most users never
+    // set one, and records written before work locations existed read back unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    work_location: Option<Box<WorkLocation>>,
 }
 
 /// The result of a successful command: the change event, if the visible presence changed.
@@ -102,6 +107,10 @@ impl UserPresence {
 
     pub fn sequence(&self) -> SequenceNumber {
         self.sequence
+    }
+
+    pub fn work_location(&self) -> Option<&WorkLocation> {
+        self.work_location.as_deref()
     }
 
     /// Apply a command at `now`. Transitions already due are applied first, so a session that
@@ -152,7 +161,8 @@ impl UserPresence {
             .as_ref()
             .and_then(|m| m.expiry.as_ref())
             .map(|e| e.at);
-        sessions.chain(preferred).chain(message).min()
+        let location = self.work_location.as_ref().and_then(|w| w.next_deadline());
+        sessions.chain(preferred).chain(message).chain(location).min()
     }
 
     /// The view as of `now` without mutating: readers call this so they never show a state the
@@ -181,6 +191,7 @@ impl UserPresence {
             }),
             out_of_office: self.out_of_office.clone(),
             sequence: self.sequence,
+            work_location: self.work_location.as_ref().map(|w| w.view()).unwrap_or_default(),
         }
     }
 
@@ -233,6 +244,12 @@ impl UserPresence {
         if let Some(m) = self.status_message.take_if(expired) {
             note(m.expiry.map_or(now, |e| e.at));
         }
+        if let Some(w) = &mut self.work_location {
+            if let Some(ended) = w.apply_due(now) {
+                note(ended);
+            }
+        }
+        self.work_location.take_if(|w| w.is_empty());
         latest
     }
 
@@ -314,6 +331,17 @@ impl UserPresence {
                 }
                 self.out_of_office = settings.clone();
             }
+            Command::SetWorkLocation { layer, location, day } => {
+                let until = day.end_of_day(now);
+                self.work_location.get_or_insert_default().set(*layer, location, until);
+            }
+            Command::ClearAutomaticLocation => {
+                if let Some(w) = &mut self.work_location {
+                    w.automatic = None;
+                }
+                self.work_location.take_if(|w| w.is_empty());
+            }
+            Command::ClearLocation => self.work_location = None,
         }
         Ok(())
     }

@@ -1,5 +1,6 @@
 //! What readers see: the folded presence, and the change event emitted when it changes.
 use crate::state::{Activity, Availability};
+use crate::work_location::WorkLocationView;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -60,6 +61,10 @@ pub struct PresenceView {
     pub status_message: Option<StatusMessageView>,
     pub out_of_office: OutOfOfficeSettings,
     pub sequence: SequenceNumber,
+    /// Left out of stored records while it is the default, so records of users who never set a
+    /// work location are byte for byte what they were before it existed.
+    #[serde(default, skip_serializing_if = "WorkLocationView::is_default")]
+    pub work_location: WorkLocationView,
 }
 
 impl PresenceView {
@@ -69,6 +74,7 @@ impl PresenceView {
             && self.activity == other.activity
             && self.status_message == other.status_message
             && self.out_of_office == other.out_of_office
+            && self.work_location == other.work_location
     }
 }
 

@@ -1,4 +1,5 @@
-//! Property tests: the fold ignores insertion order, and nothing changes between deadlines.
+//! Property tests: the fold ignores insertion order, and nothing changes between deadlines
+//! (work-location layers, which end at a midnight, included).
 use jiff::{SignedDuration, Timestamp};
 use presence_core::*;
 use proptest::prelude::*;
@@ -23,21 +24,67 @@ struct Op {
     offset: i64,
     expiration_mins: i64,
     clear: bool,
+    /// A work-location command instead of a session one (see `location_command`).
+    location: Option<u8>,
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    (0u8..5, 0usize..5, 0i64..1800, 5i64..=240, prop::bool::weighted(0.15)).prop_map(
-        |(session, pair, offset, expiration_mins, clear)| Op {
+    (
+        0u8..5,
+        0usize..5,
+        0i64..1800,
+        5i64..=240,
+        prop::bool::weighted(0.15),
+        prop::option::weighted(0.25, 0u8..6),
+    )
+        .prop_map(|(session, pair, offset, expiration_mins, clear, location)| Op {
             session,
             pair,
             offset,
             expiration_mins,
             clear,
+            location,
+        })
+}
+
+/// Work-location commands in zones whose day ends at different distances from t0 (09:00 UTC):
+/// Kiritimati (UTC+14) an hour later, UTC 15 hours later, Los Angeles 23 hours later.
+fn location_command(kind: u8) -> Command {
+    let zone = |name: &str| DayZone::new(jiff::tz::TimeZone::get(name).unwrap());
+    let input = |kind, place: Option<&str>| LocationInput {
+        kind,
+        place_id: place.map(|p| PlaceId::parse(p).unwrap()),
+    };
+    match kind {
+        0 => Command::SetWorkLocation {
+            layer: LocationLayer::Manual,
+            location: input(WorkLocationType::Office, Some("hq")),
+            day: zone("Pacific/Kiritimati"),
         },
-    )
+        1 => Command::SetWorkLocation {
+            layer: LocationLayer::Automatic,
+            location: input(WorkLocationType::Remote, None),
+            day: DayZone::utc(),
+        },
+        2 => Command::SetWorkLocation {
+            layer: LocationLayer::Automatic,
+            location: input(WorkLocationType::Office, Some("b2")),
+            day: zone("Pacific/Kiritimati"),
+        },
+        3 => Command::SetWorkLocation {
+            layer: LocationLayer::Manual,
+            location: input(WorkLocationType::TimeOff, None),
+            day: zone("America/Los_Angeles"),
+        },
+        4 => Command::ClearAutomaticLocation,
+        _ => Command::ClearLocation,
+    }
 }
 
 fn command(op: &Op) -> Command {
+    if let Some(kind) = op.location {
+        return location_command(kind);
+    }
     let session = SessionId::parse(&format!("s{}", op.session)).unwrap();
     if op.clear {
         return Command::ClearPresence { session };
@@ -66,7 +113,7 @@ proptest! {
     fn fold_ignores_insertion_order(ops in prop::collection::vec(op(), 1..8), seed in any::<u64>()) {
         let timing = Timing::default();
         // One set per session at the same instant: arrival order is the only difference.
-        let mut sets: Vec<Op> = ops.iter().cloned().map(|mut o| { o.clear = false; o.offset = 0; o }).collect();
+        let mut sets: Vec<Op> = ops.iter().cloned().map(|mut o| { o.clear = false; o.location = None; o.offset = 0; o }).collect();
         sets.sort_by_key(|o| o.session);
         sets.dedup_by_key(|o| o.session);
         let mut shuffled = sets.clone();
@@ -92,7 +139,7 @@ proptest! {
         let before = u.clone();
         let last = ops.iter().map(|o| o.offset).max().unwrap_or(0);
         let at = t0() + SignedDuration::from_secs(last + later);
-        let set = command(&Op { clear: false, ..renew.clone() });
+        let set = command(&Op { clear: false, location: None, ..renew.clone() });
         let Ok((renewed, _)) = u.applied(&set, at, &timing) else {
             return Ok(()); // too many sessions: nothing to compare
         };

@@ -341,3 +341,117 @@ fn state_survives_serialisation() {
     let back: UserPresence = serde_json::from_str(&json).unwrap();
     assert_eq!(back, u);
 }
+
+fn locate(layer: LocationLayer, kind: WorkLocationType, place: Option<&str>, zone: &str) -> Command {
+    Command::SetWorkLocation {
+        layer,
+        location: LocationInput {
+            kind,
+            place_id: place.map(|p| PlaceId::parse(p).unwrap()),
+        },
+        day: DayZone::new(jiff::tz::TimeZone::get(zone).unwrap()),
+    }
+}
+
+fn location(u: &UserPresence) -> (WorkLocationType, WorkLocationSource, Option<String>) {
+    let w = u.view().work_location;
+    (w.kind, w.source, w.place_id.map(|p| p.as_str().to_owned()))
+}
+
+#[test]
+fn work_location_layers_fold_manual_over_automatic_and_clear_as_graph_documents() {
+    let timing = Timing::default();
+    let mut u = UserPresence::default();
+    assert_eq!(
+        location(&u),
+        (WorkLocationType::Unspecified, WorkLocationSource::None, None)
+    );
+    let auto = locate(LocationLayer::Automatic, WorkLocationType::Office, Some("b1"), "UTC");
+    u.apply(auto, t0(), &timing).unwrap();
+    assert_eq!(
+        location(&u),
+        (
+            WorkLocationType::Office,
+            WorkLocationSource::Automatic,
+            Some("b1".into())
+        )
+    );
+    let manual = locate(LocationLayer::Manual, WorkLocationType::Remote, None, "UTC");
+    u.apply(manual, t0(), &timing).unwrap();
+    assert_eq!(
+        location(&u),
+        (WorkLocationType::Remote, WorkLocationSource::Manual, None)
+    );
+    // A new automatic signal is hidden by the manual one: nothing visible changes.
+    let seq = u.sequence();
+    let hidden = locate(LocationLayer::Automatic, WorkLocationType::TimeOff, None, "UTC");
+    let out = u.apply(hidden, t0() + mins(1), &timing).unwrap();
+    assert_eq!((out.change, u.sequence()), (None, seq));
+    // Clearing the automatic layer leaves the manual one.
+    u.apply(Command::ClearAutomaticLocation, t0() + mins(2), &timing)
+        .unwrap();
+    assert_eq!(
+        location(&u),
+        (WorkLocationType::Remote, WorkLocationSource::Manual, None)
+    );
+    let auto = locate(LocationLayer::Automatic, WorkLocationType::Office, Some("b2"), "UTC");
+    u.apply(auto, t0() + mins(3), &timing).unwrap();
+    // clearLocation takes both layers.
+    u.apply(Command::ClearLocation, t0() + mins(4), &timing).unwrap();
+    assert_eq!(
+        location(&u),
+        (WorkLocationType::Unspecified, WorkLocationSource::None, None)
+    );
+    assert_eq!(u.work_location(), None);
+    assert_eq!(u.next_deadline(), None);
+}
+
+#[test]
+fn a_work_location_change_bumps_the_sequence_but_is_no_availability_change() {
+    let timing = Timing::default();
+    let mut u = UserPresence::default();
+    let before = u.sequence();
+    let set = locate(LocationLayer::Manual, WorkLocationType::Office, Some("hq"), "UTC");
+    let change = u
+        .apply(set.clone(), t0(), &timing)
+        .unwrap()
+        .change
+        .expect("a visible change");
+    assert!(change.view.sequence > before);
+    assert!(!change.availability_or_activity_changed());
+    // The same location again is no change.
+    assert_eq!(u.apply(set, t0() + mins(1), &timing).unwrap().change, None);
+}
+
+#[test]
+fn work_location_layers_end_at_midnight_in_the_zone_the_caller_gave() {
+    let timing = Timing::default();
+    let mut u = UserPresence::default();
+    // t0 is 09:00 UTC = 01:00 in Los Angeles, whose day ends at 08:00 UTC the next morning;
+    // in Tokyo (UTC+9) it is already 18:00, and that day ends at 15:00 UTC today.
+    let la = locate(
+        LocationLayer::Manual,
+        WorkLocationType::Remote,
+        None,
+        "America/Los_Angeles",
+    );
+    let tokyo = locate(
+        LocationLayer::Automatic,
+        WorkLocationType::Office,
+        Some("t"),
+        "Asia/Tokyo",
+    );
+    u.apply(la, t0(), &timing).unwrap();
+    u.apply(tokyo, t0(), &timing).unwrap();
+    let tokyo_midnight: Timestamp = "2026-11-27T15:00:00Z".parse().unwrap();
+    let la_midnight: Timestamp = "2026-11-28T08:00:00Z".parse().unwrap();
+    assert_eq!(u.next_deadline(), Some(tokyo_midnight));
+    // The automatic layer ends unseen (the manual one hides it): state changes, the view does not.
+    assert_eq!(u.advance(tokyo_midnight), None);
+    assert_eq!(u.next_deadline(), Some(la_midnight));
+    assert_eq!(u.advance(la_midnight - SignedDuration::from_nanos(1)), None);
+    let ended = u.advance(la_midnight).expect("the manual layer ends at midnight");
+    assert_eq!(ended.at, la_midnight);
+    assert_eq!(ended.view.work_location, WorkLocationView::default());
+    assert_eq!(u.next_deadline(), None);
+}

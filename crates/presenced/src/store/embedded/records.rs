@@ -8,7 +8,11 @@
 use crate::json_text;
 use presence_core::user::{Preferred, Session, StatusMessage};
 use presence_core::view::MessageExpiry;
-use presence_core::{ChangeEvent, OutOfOfficeSettings, PresenceView, StatusMessageView, UserKey, UserPresence};
+use presence_core::work_location::LocationSignal;
+use presence_core::{
+    ChangeEvent, OutOfOfficeSettings, PresenceView, StatusMessageView, UserKey, UserPresence, WorkLocation,
+    WorkLocationView,
+};
 
 /// What `serde_json::to_vec(state)` writes.
 pub fn state(state: &UserPresence) -> Vec<u8> {
@@ -28,6 +32,11 @@ pub fn state(state: &UserPresence) -> Vec<u8> {
     out_of_office(&mut out, state.out_of_office());
     out.extend_from_slice(b",\"sequence\":");
     json_text::u64(&mut out, state.sequence().0);
+    // Absent while unset (serde's `skip_serializing_if`), so older records are unchanged.
+    if let Some(w) = state.work_location() {
+        out.extend_from_slice(b",\"work_location\":");
+        work_location(&mut out, w);
+    }
     out.push(b'}');
     out
 }
@@ -137,6 +146,44 @@ fn view(out: &mut Vec<u8>, v: &PresenceView) {
     out_of_office(out, &v.out_of_office);
     out.extend_from_slice(b",\"sequence\":");
     json_text::u64(out, v.sequence.0);
+    if !v.work_location.is_default() {
+        out.extend_from_slice(b",\"work_location\":");
+        work_location_view(out, &v.work_location);
+    }
+    out.push(b'}');
+}
+
+// Work-location enums are stored by their Rust names (what serde's derive writes), like
+// availability and activity; the wire's camelCase is the HTTP layer's business.
+fn location_kind(out: &mut Vec<u8>, kind: presence_core::WorkLocationType) {
+    json_text::string(out, &format!("{kind:?}"));
+}
+
+fn work_location(out: &mut Vec<u8>, w: &WorkLocation) {
+    out.extend_from_slice(b"{\"manual\":");
+    json_text::optional(out, w.manual.as_ref(), location_signal);
+    out.extend_from_slice(b",\"automatic\":");
+    json_text::optional(out, w.automatic.as_ref(), location_signal);
+    out.push(b'}');
+}
+
+fn location_signal(out: &mut Vec<u8>, s: &LocationSignal) {
+    out.extend_from_slice(b"{\"kind\":");
+    location_kind(out, s.kind);
+    out.extend_from_slice(b",\"place_id\":");
+    json_text::optional(out, s.place_id.as_ref().map(|p| p.as_str()), json_text::string);
+    out.extend_from_slice(b",\"until\":");
+    json_text::timestamp(out, s.until);
+    out.push(b'}');
+}
+
+fn work_location_view(out: &mut Vec<u8>, w: &WorkLocationView) {
+    out.extend_from_slice(b"{\"kind\":");
+    location_kind(out, w.kind);
+    out.extend_from_slice(b",\"source\":");
+    json_text::string(out, &format!("{:?}", w.source));
+    out.extend_from_slice(b",\"place_id\":");
+    json_text::optional(out, w.place_id.as_ref().map(|p| p.as_str()), json_text::string);
     out.push(b'}');
 }
 
@@ -145,7 +192,8 @@ mod tests {
     use super::*;
     use jiff::{SignedDuration, Timestamp};
     use presence_core::{
-        Command, PreferredState, SessionId, SessionState, StatusMessageInput, TenantId, Timing, UserId,
+        Command, DayZone, LocationInput, LocationLayer, PlaceId, PreferredState, SessionId, SessionState,
+        StatusMessageInput, TenantId, Timing, UserId, WorkLocationType,
     };
     use proptest::prelude::*;
 
@@ -172,6 +220,13 @@ mod tests {
             on: bool,
             text: Option<String>,
         },
+        Locate {
+            manual: bool,
+            kind: usize,
+            place: Option<String>,
+        },
+        ClearAutomaticLocation,
+        ClearLocation,
         /// Let time pass (fades, expiries) by this many seconds and nanoseconds.
         Wait {
             seconds: i64,
@@ -187,6 +242,10 @@ mod tests {
             Just(Step::Unprefer),
             (".{0,40}", any::<bool>()).prop_map(|(text, expires)| Step::Message { text, expires }),
             (any::<bool>(), proptest::option::of(".{0,20}")).prop_map(|(on, text)| Step::OutOfOffice { on, text }),
+            (any::<bool>(), 0usize..4, proptest::option::of("[^\\p{Cc}]{1,20}"))
+                .prop_map(|(manual, kind, place)| Step::Locate { manual, kind, place }),
+            Just(Step::ClearAutomaticLocation),
+            Just(Step::ClearLocation),
             (0i64..20_000, 0i64..1_000_000_000).prop_map(|(seconds, nanos)| Step::Wait { seconds, nanos }),
         ]
     }
@@ -227,6 +286,20 @@ mod tests {
                 is_out_of_office: *on,
                 message: text.clone(),
             }),
+            Step::Locate { manual, kind, place } => Command::SetWorkLocation {
+                layer: if *manual {
+                    LocationLayer::Manual
+                } else {
+                    LocationLayer::Automatic
+                },
+                location: LocationInput {
+                    kind: WorkLocationType::ALL[kind % WorkLocationType::ALL.len()],
+                    place_id: place.as_deref().map(|p| PlaceId::parse(p).unwrap()),
+                },
+                day: DayZone::new(jiff::tz::TimeZone::get("Asia/Kolkata").unwrap()),
+            },
+            Step::ClearAutomaticLocation => Command::ClearAutomaticLocation,
+            Step::ClearLocation => Command::ClearLocation,
             Step::Wait { .. } => return None,
         })
     }
