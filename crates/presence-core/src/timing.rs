@@ -4,6 +4,7 @@
 //! stored state stays a record of absolute instants that does not depend on the policy in force.
 use crate::duration::format_iso;
 use crate::state::{Availability, PreferredState};
+use crate::work_location::DayZone;
 use jiff::SignedDuration;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +17,9 @@ pub struct Timing {
     /// Longest preferred presence a caller may ask for. Graph is silent; 30 days keeps a forgotten
     /// "appear offline" from living forever while covering a month of leave.
     pub preferred_expiration_max: SignedDuration,
+    /// The zone whose midnight ends a work-location layer when the caller names none (Graph
+    /// scopes the layers to "the current date").
+    pub work_location_zone: DayZone,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,6 +39,7 @@ impl Default for Timing {
             session_expiration_default: SignedDuration::from_mins(5),
             session_expiration_max: SignedDuration::from_hours(4),
             preferred_expiration_max: SignedDuration::from_hours(24 * 30),
+            work_location_zone: DayZone::utc(),
         }
     }
 }

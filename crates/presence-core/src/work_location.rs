@@ -144,8 +144,9 @@ impl DayZone {
         Self(zone)
     }
 
+    /// UTC as the zone lookup names it, so it equals the zone a configuration saying "UTC" gets.
     pub fn utc() -> Self {
-        Self(TimeZone::UTC)
+        Self(crate::zone::lookup_time_zone("UTC").unwrap_or(TimeZone::UTC))
     }
 
     /// The first instant of the next day in this zone, strictly after `now`. Midnight that a DST

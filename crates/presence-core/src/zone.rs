@@ -58,6 +58,11 @@ pub fn resolve_date_time_zone(date_time: &str, time_zone: &str) -> Result<Timest
     })
 }
 
+/// A zone by Windows or IANA name, case-insensitively (what `resolve_date_time_zone` accepts).
+pub fn lookup_time_zone(time_zone: &str) -> Result<TimeZone, ZoneError> {
+    lookup_zone(time_zone)
+}
+
 fn lookup_zone(time_zone: &str) -> Result<TimeZone, ZoneError> {
     let name = time_zone.trim();
     let unknown = || ZoneError::UnknownZone(shorten(name));

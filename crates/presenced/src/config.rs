@@ -29,6 +29,8 @@ pub struct Cli {
 // Parsed once at start; the size of its largest variant costs nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
+// Parsed once at start; boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Cmd {
     /// Run the server.
     Serve(ServeArgs),
@@ -77,6 +79,10 @@ pub struct ServeArgs {
     /// Longest expirationDuration setPresence accepts. [default: 4h]
     #[arg(long, env = "PRESENCED_SESSION_EXPIRATION_MAX")]
     pub session_expiration_max: Option<String>,
+    /// Time zone (IANA or Windows name) whose midnight ends a work location set without a
+    /// `Prefer: outlook.timezone` header. [default: UTC]
+    #[arg(long, env = "PRESENCED_WORK_LOCATION_TIME_ZONE")]
+    pub work_location_time_zone: Option<String>,
     /// JWKS file with RS256/ES256 keys of an external identity provider.
     #[arg(long, env = "PRESENCED_JWKS_FILE")]
     pub jwks_file: Option<PathBuf>,
@@ -199,6 +205,7 @@ pub struct FileConfig {
     pub session_expiration_min: Option<String>,
     pub session_expiration_default: Option<String>,
     pub session_expiration_max: Option<String>,
+    pub work_location_time_zone: Option<String>,
     #[serde(default)]
     pub auth: FileAuth,
     #[serde(default)]
@@ -335,6 +342,15 @@ impl ServeArgs {
                 file.session_expiration_max,
                 defaults.session_expiration_max,
             )?,
+            work_location_zone: match self.work_location_time_zone.or(file.work_location_time_zone) {
+                None => defaults.work_location_zone.clone(),
+                Some(name) => presence_core::zone::lookup_time_zone(&name)
+                    .map(presence_core::DayZone::new)
+                    .map_err(|e| ConfigError::Value {
+                        key: "work-location-time-zone",
+                        message: e.to_string(),
+                    })?,
+            },
             ..defaults
         }
         .validate()

@@ -8,6 +8,10 @@
 //!   "set status message of another user" example does.
 //! - Application tokens cannot subscribe unless the operator opts in (`can_subscribe(true)`),
 //!   because Graph refuses app-only presence subscriptions.
+//! - Work location (`setManualLocation` and the other three) is delegated `Presence.ReadWrite`
+//!   only, as Graph documents, and only for the signed-in user's own presence (Graph's
+//!   documented path is `/me`; its sibling `setCurrentLocation` says a `/users/{id}` id "must be
+//!   your own user ID").
 //!
 //! Delegated tokens are judged only by `scp` and application tokens only by `roles`, so a role
 //! smuggled into `scp` (or a user's app role in a delegated token's `roles`) grants nothing.
@@ -33,6 +37,8 @@ pub enum Action {
     ReadPresenceBulk,
     /// setPresence, clearPresence, set/clearUserPreferredPresence, setStatusMessage.
     WritePresence,
+    /// setManualLocation, setAutomaticLocation, clearAutomaticLocation, clearLocation.
+    WriteWorkLocation,
     /// Create, renew or reauthorize a presence subscription.
     Subscribe,
 }
@@ -116,13 +122,31 @@ impl Principal {
                 check(self.has_scope(READ_ALL), doing, DELEGATED, READ_ALL)
             }
             Action::WritePresence => self.can_write(target_user, false),
+            Action::WriteWorkLocation => {
+                check(
+                    self.has_scope(READ_WRITE),
+                    "changing a work location",
+                    DELEGATED,
+                    READ_WRITE,
+                )?;
+                if self.is_own(target_user) {
+                    Ok(())
+                } else {
+                    Err(Denied::Forbidden(format!(
+                        "{READ_WRITE} lets the signed-in user change only their own work location (use /me)"
+                    )))
+                }
+            }
             Action::Subscribe => self.can_subscribe(false),
         }
     }
 
     fn application_can(&self, action: Action, target_user: Option<&str>) -> Result<(), Denied> {
         // An application has no "own" presence: `/me` means nothing without a signed-in user.
-        let per_user = matches!(action, Action::ReadPresence | Action::WritePresence);
+        let per_user = matches!(
+            action,
+            Action::ReadPresence | Action::WritePresence | Action::WriteWorkLocation
+        );
         if per_user && target_user.is_none() {
             return Err(Denied::NeedsUser);
         }
@@ -134,6 +158,10 @@ impl Principal {
                 let granted = self.has_role(READ_WRITE_ALL);
                 check(granted, "changing presence", APPLICATION, READ_WRITE_ALL)
             }
+            // Graph: "Application: Not supported".
+            Action::WriteWorkLocation => Err(Denied::Forbidden(format!(
+                "changing a work location is not supported with application permissions; it requires the delegated permission {READ_WRITE}"
+            ))),
             Action::Subscribe => self.can_subscribe(false),
         }
     }
@@ -239,6 +267,10 @@ mod tests {
             (READ_WRITE, ReadPresenceBulk, [Forbidden; 3]),
             (READ_WRITE, WritePresence, [Allow, Allow, Forbidden]),
             (READ_WRITE, Subscribe, [Forbidden; 3]),
+            (READ, WriteWorkLocation, [Forbidden; 3]),
+            (READ_ALL, WriteWorkLocation, [Forbidden; 3]),
+            (READ_WRITE, WriteWorkLocation, [Allow, Allow, Forbidden]),
+            (READ_WRITE_ALL, WriteWorkLocation, [Forbidden; 3]),
             // Application-only names in `scp` grant nothing.
             (READ_WRITE_ALL, ReadPresence, [Forbidden; 3]),
             (READ_WRITE_ALL, ReadPresenceBulk, [Forbidden; 3]),
@@ -278,6 +310,8 @@ mod tests {
             (READ_WRITE_ALL, ReadPresenceBulk, [Allow; 3]),
             (READ_WRITE_ALL, WritePresence, [NeedsUser, Allow, Allow]),
             (READ_WRITE_ALL, Subscribe, [NeedsUser; 3]),
+            (READ_WRITE_ALL, WriteWorkLocation, [NeedsUser, Forbidden, Forbidden]),
+            (READ_WRITE, WriteWorkLocation, [NeedsUser, Forbidden, Forbidden]),
             // Delegated-only names in `roles` grant nothing.
             (READ, ReadPresence, [NeedsUser, Forbidden, Forbidden]),
             (READ, ReadPresenceBulk, [Forbidden; 3]),
@@ -324,12 +358,14 @@ mod tests {
             Action::ReadPresence,
             Action::ReadPresenceBulk,
             Action::WritePresence,
+            Action::WriteWorkLocation,
             Action::Subscribe,
         ] {
             for target in TARGETS {
                 // A delegated principal needs a scope to be delegated at all, so "none" is an app.
                 let want = match (action, target) {
-                    (Action::ReadPresence | Action::WritePresence, None) | (Action::Subscribe, _) => NeedsUser,
+                    (Action::ReadPresence | Action::WritePresence | Action::WriteWorkLocation, None)
+                    | (Action::Subscribe, _) => NeedsUser,
                     _ => Forbidden,
                 };
                 assert_eq!(

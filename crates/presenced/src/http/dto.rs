@@ -300,6 +300,18 @@ pub struct PresenceDto {
     pub status_message: Option<StatusMessageOut>,
     pub out_of_office_settings: OutOfOfficeOut,
     pub sequence_number: String,
+    pub work_location: WorkLocationOut,
+}
+
+/// Graph's `userWorkLocation`: enums in camelCase, as Graph writes OData enums.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkLocationOut {
+    /// `unspecified`, `office`, `remote` or `timeOff`.
+    pub work_location_type: &'static str,
+    /// `none`, `manual` or `automatic` (`scheduled`, Graph's calendar layer, never occurs here).
+    pub source: &'static str,
+    pub place_id: Option<String>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -344,6 +356,11 @@ impl PresenceDto {
                 is_out_of_office: view.out_of_office.is_out_of_office,
             },
             sequence_number: view.sequence.to_string(),
+            work_location: WorkLocationOut {
+                work_location_type: view.work_location.kind.as_str(),
+                source: view.work_location.source.as_str(),
+                place_id: view.work_location.place_id.map(String::from),
+            },
         }
     }
 
@@ -375,7 +392,13 @@ impl PresenceDto {
             b",\"isOutOfOffice\":false},\"sequenceNumber\":"
         });
         json_text::string(out, &self.sequence_number);
-        out.push(b'}');
+        out.extend_from_slice(b",\"workLocation\":{\"workLocationType\":");
+        json_text::string(out, self.work_location.work_location_type);
+        out.extend_from_slice(b",\"source\":");
+        json_text::string(out, self.work_location.source);
+        out.extend_from_slice(b",\"placeId\":");
+        json_text::optional(out, self.work_location.place_id.as_deref(), json_text::string);
+        out.extend_from_slice(b"}}");
         Ok(())
     }
 }
@@ -470,6 +493,11 @@ mod tests {
                 is_out_of_office: ooo.is_some(),
             },
             sequence_number: SequenceNumber(1_234_567).to_string(),
+            work_location: WorkLocationOut {
+                work_location_type: "timeOff",
+                source: "manual",
+                place_id: ooo.map(|o| format!("place \"{o}\"")),
+            },
         }
     }
 

@@ -18,6 +18,7 @@ pub mod request_context;
 pub mod routes;
 pub mod stream;
 pub mod subscriptions;
+pub mod work_location;
 
 use crate::auth::{Principal, Verifier};
 use crate::clock::SystemClock;

@@ -7,6 +7,7 @@ use super::dto::{
 };
 use super::error::ApiError;
 use super::routes::{ApiVersion, PresenceAction, Target};
+use super::work_location;
 use super::AppState;
 use crate::auth::{Action, Denied, Principal};
 use crate::service::ServiceError;
@@ -14,7 +15,7 @@ use crate::store::StoreError;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use presence_core::{Command, CommandError, UserId, UserKey};
+use presence_core::{Command, CommandError, LocationLayer, UserId, UserKey};
 
 /// Graph's documented maximum for one `getPresencesByUserId` call.
 pub const MAX_BULK_IDS: usize = 650;
@@ -162,9 +163,15 @@ pub async fn action(
     bytes: &Bytes,
 ) -> Result<Response, ApiError> {
     let user = resolve(principal, target)?;
-    principal
-        .can_write(Some(user.as_str()), state.delegated_writes_to_others)
-        .map_err(denied)?;
+    if action.is_work_location() {
+        principal
+            .can(Action::WriteWorkLocation, Some(user.as_str()))
+            .map_err(denied)?;
+    } else {
+        principal
+            .can_write(Some(user.as_str()), state.delegated_writes_to_others)
+            .map_err(denied)?;
+    }
     let command = command(state, action, headers, bytes)?;
     state
         .service
@@ -218,5 +225,13 @@ fn command(state: &AppState, action: PresenceAction, headers: &HeaderMap, bytes:
             let b: SetOutOfOfficeBody = body::required(body::json(headers, bytes)?)?;
             Command::SetOutOfOffice(b.into_settings()?)
         }
+        PresenceAction::SetManualLocation => {
+            work_location::set(LocationLayer::Manual, headers, bytes, &timing.work_location_zone)?
+        }
+        PresenceAction::SetAutomaticLocation => {
+            work_location::set(LocationLayer::Automatic, headers, bytes, &timing.work_location_zone)?
+        }
+        PresenceAction::ClearAutomaticLocation => work_location::clear(false, headers, bytes)?,
+        PresenceAction::ClearLocation => work_location::clear(true, headers, bytes)?,
     })
 }

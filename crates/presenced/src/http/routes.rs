@@ -39,20 +39,39 @@ pub enum PresenceAction {
     SetStatusMessage,
     /// presenced extension: Graph derives out-of-office from mailboxes, which we do not have.
     SetOutOfOfficeSettings,
+    SetManualLocation,
+    SetAutomaticLocation,
+    ClearAutomaticLocation,
+    ClearLocation,
 }
 
 impl PresenceAction {
-    const ALL: [PresenceAction; 6] = [
+    const ALL: [PresenceAction; 10] = [
         PresenceAction::SetPresence,
         PresenceAction::ClearPresence,
         PresenceAction::SetUserPreferredPresence,
         PresenceAction::ClearUserPreferredPresence,
         PresenceAction::SetStatusMessage,
         PresenceAction::SetOutOfOfficeSettings,
+        PresenceAction::SetManualLocation,
+        PresenceAction::SetAutomaticLocation,
+        PresenceAction::ClearAutomaticLocation,
+        PresenceAction::ClearLocation,
     ];
 
-    pub fn all() -> [PresenceAction; 6] {
+    pub fn all() -> [PresenceAction; 10] {
         Self::ALL
+    }
+
+    /// The work-location actions, which Graph allows only to a signed-in user.
+    pub fn is_work_location(self) -> bool {
+        matches!(
+            self,
+            PresenceAction::SetManualLocation
+                | PresenceAction::SetAutomaticLocation
+                | PresenceAction::ClearAutomaticLocation
+                | PresenceAction::ClearLocation
+        )
     }
 
     pub fn name(self) -> &'static str {
@@ -63,6 +82,10 @@ impl PresenceAction {
             PresenceAction::ClearUserPreferredPresence => "clearUserPreferredPresence",
             PresenceAction::SetStatusMessage => "setStatusMessage",
             PresenceAction::SetOutOfOfficeSettings => "setOutOfOfficeSettings",
+            PresenceAction::SetManualLocation => "setManualLocation",
+            PresenceAction::SetAutomaticLocation => "setAutomaticLocation",
+            PresenceAction::ClearAutomaticLocation => "clearAutomaticLocation",
+            PresenceAction::ClearLocation => "clearLocation",
         }
     }
 
