@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use jiff::civil::DateTime;
-use jiff::tz::{TimeZone, TimeZoneDatabase};
+use jiff::tz::{Offset, TimeZone, TimeZoneDatabase};
 use jiff::Timestamp;
 
 /// No real zone name comes close; longer input is rejected before any lookup work is done.
@@ -37,25 +37,59 @@ pub enum ZoneError {
     BadDateTime(String),
 }
 
+/// A Graph `dateTimeTimeZone` resolved: the instant it names, and the wall clock of that instant
+/// in its zone (what a response echoes as `dateTime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResolvedDateTime {
+    pub at: Timestamp,
+    pub wall_clock: DateTime,
+}
+
+impl ResolvedDateTime {
+    /// The wall clock as Graph writes a `dateTime`: no zone, seven fractional digits.
+    pub fn wall_clock_text(&self) -> String {
+        self.wall_clock.strftime("%Y-%m-%dT%H:%M:%S%.7f").to_string()
+    }
+}
+
 /// Resolve a Graph `dateTimeTimeZone` (a wall-clock `dateTime` with no offset, plus a zone name) to an instant.
 ///
 /// `time_zone` may be an IANA name ("America/Los_Angeles", "UTC", "Etc/GMT+5") or a Windows name
 /// ("Pacific Standard Time", "W. Europe Standard Time", "UTC"); both are matched
-/// case-insensitively. `date_time` is `YYYY-MM-DDTHH:MM[:SS[.fffffffff]]`; a trailing offset or
-/// `Z` is rejected because Graph's `dateTime` carries no zone and silently preferring one of two
-/// conflicting zones would hide client bugs. Wall-clock times skipped or repeated by a DST change
-/// resolve with jiff's "compatible" disambiguation (gaps move forward, overlaps take the earlier
-/// instant), matching what Windows and most calendar software do.
+/// case-insensitively. `date_time` is `YYYY-MM-DDTHH:MM[:SS[.fffffffff]]`. Wall-clock times
+/// skipped or repeated by a DST change resolve with jiff's "compatible" disambiguation (gaps move
+/// forward, overlaps take the earlier instant), matching what Windows and most calendar software do.
+///
+/// Graph's `dateTime` carries no zone, but JavaScript's `new Date().toISOString()` and Python's
+/// `isoformat()` both write one (`Z`, `+00:00`), and clients send what they have. A trailing `Z` or
+/// `±HH:MM` (also `±HHMM`, `±HH`) therefore names that instant exactly, whatever `time_zone`
+/// says; `time_zone` then only decides the wall clock the instant is shown in.
 pub fn resolve_date_time_zone(date_time: &str, time_zone: &str) -> Result<Timestamp, ZoneError> {
-    let wall = parse_wall_clock(date_time)?;
+    resolve_date_time(date_time, time_zone).map(|r| r.at)
+}
+
+/// [`resolve_date_time_zone`], with the wall clock of the instant in the zone.
+pub fn resolve_date_time(date_time: &str, time_zone: &str) -> Result<ResolvedDateTime, ZoneError> {
+    let (wall, offset) = parse_wall_clock(date_time)?;
     let tz = lookup_zone(time_zone)?;
-    tz.to_ambiguous_timestamp(wall).compatible().map_err(|_| {
+    let outside = || {
         ZoneError::BadDateTime(format!(
             "{}: outside the supported range of instants in {}",
             quote(date_time.trim()),
             quote(time_zone.trim())
         ))
-    })
+    };
+    match offset {
+        None => {
+            let at = tz.to_ambiguous_timestamp(wall).compatible().map_err(|_| outside())?;
+            Ok(ResolvedDateTime { at, wall_clock: wall })
+        }
+        Some(offset) => {
+            let at = offset.to_timestamp(wall).map_err(|_| outside())?;
+            let wall_clock = tz.to_datetime(at);
+            Ok(ResolvedDateTime { at, wall_clock })
+        }
+    }
 }
 
 /// A zone by Windows or IANA name, case-insensitively (what `resolve_date_time_zone` accepts).
@@ -104,10 +138,10 @@ fn windows_names() -> &'static HashMap<String, &'static str> {
     })
 }
 
-/// Parse `YYYY-MM-DDTHH:MM[:SS[.f{1,9}]]` strictly. jiff's own parser is deliberately not used:
-/// it also takes offsets, bracketed zones, date-only and basic formats, each of which would
-/// need to be detected and rejected anyway.
-fn parse_wall_clock(text: &str) -> Result<DateTime, ZoneError> {
+/// Parse `YYYY-MM-DDTHH:MM[:SS[.f{1,9}]]` strictly, with an optional trailing `Z` or
+/// `±HH[:MM]`. jiff's own parser is deliberately not used: it also takes bracketed zones,
+/// date-only and basic formats, each of which would need to be detected and rejected anyway.
+fn parse_wall_clock(text: &str) -> Result<(DateTime, Option<Offset>), ZoneError> {
     let text = text.trim();
     if text.is_empty() {
         return Err(ZoneError::BadDateTime(format!("\"\": {DATE_TIME_SHAPE}")));
@@ -161,20 +195,24 @@ fn parse_wall_clock(text: &str) -> Result<DateTime, ZoneError> {
 
     // Every byte before `pos` was checked to be ASCII, so `pos` is a char boundary.
     let rest = &text[pos..];
-    if rest.starts_with(['Z', 'z', '+', '-']) {
-        return Err(bad(
-            "must not carry a UTC offset or 'Z'; Graph's dateTime is a wall-clock time \
-             and its zone belongs in timeZone",
-        ));
-    }
-    if let Some(ch) = rest.chars().next() {
-        return Err(bad(&format!("unexpected {ch:?} after the time; {DATE_TIME_SHAPE}")));
-    }
+    let bad_offset = || {
+        bad("a UTC offset must be Z or +HH:MM / -HH:MM (at most 23:59); or leave it out and give the zone in timeZone")
+    };
+    let offset = match rest.as_bytes() {
+        [] => None,
+        [b'Z' | b'z'] => Some(Offset::UTC),
+        [b'Z' | b'z', ..] => return Err(bad_offset()),
+        [sign @ (b'+' | b'-'), ..] => Some(parse_offset(*sign, &rest[1..]).ok_or_else(bad_offset)?),
+        _ => {
+            let ch = rest.chars().next().unwrap_or(' ');
+            return Err(bad(&format!("unexpected {ch:?} after the time; {DATE_TIME_SHAPE}")));
+        }
+    };
 
     // Every component is at most four digits, so these narrowings cannot fail; mapping them to an
     // error anyway keeps the function panic-free by construction.
     let narrow = |v: i16| i8::try_from(v).map_err(|_| bad(DATE_TIME_SHAPE));
-    DateTime::new(
+    let wall = DateTime::new(
         year,
         narrow(month)?,
         narrow(day)?,
@@ -183,7 +221,28 @@ fn parse_wall_clock(text: &str) -> Result<DateTime, ZoneError> {
         narrow(second)?,
         nanos,
     )
-    .map_err(|e| bad(&format!("not a valid date and time ({e})")))
+    .map_err(|e| bad(&format!("not a valid date and time ({e})")))?;
+    Ok((wall, offset))
+}
+
+/// `HH`, `HHMM` or `HH:MM` after the sign; hours 0..=23, minutes 0..=59.
+fn parse_offset(sign: u8, digits: &str) -> Option<Offset> {
+    let b = digits.as_bytes();
+    let two = |i: usize| -> Option<i32> {
+        let (h, l) = (*b.get(i)?, *b.get(i + 1)?);
+        (h.is_ascii_digit() && l.is_ascii_digit()).then(|| i32::from(h - b'0') * 10 + i32::from(l - b'0'))
+    };
+    let (hours, minutes) = match b.len() {
+        2 => (two(0)?, 0),
+        4 => (two(0)?, two(2)?),
+        5 if b[2] == b':' => (two(0)?, two(3)?),
+        _ => return None,
+    };
+    if hours > 23 || minutes > 59 {
+        return None;
+    }
+    let seconds = (hours * 3600 + minutes * 60) * if sign == b'-' { -1 } else { 1 };
+    Offset::from_seconds(seconds).ok()
 }
 
 fn shorten(text: &str) -> String {
@@ -351,19 +410,76 @@ mod tests {
     }
 
     #[test]
-    fn offsets_are_rejected() {
-        for date_time in [
-            "2026-12-01T12:00:00Z",
-            "2026-12-01T12:00:00z",
-            "2026-12-01T12:00:00+00:00",
-            "2026-12-01T12:00:00-08:00",
-            "2026-12-01T12:00Z",
-            "2026-12-01T12:00:00.5+01:00",
+    fn an_offset_or_z_names_that_instant_and_the_zone_only_its_wall_clock() {
+        // What `new Date().toISOString()` and Python's isoformat() send.
+        let cases = [
+            (
+                "2026-12-04T21:53:51.697Z",
+                "Pacific Standard Time",
+                "2026-12-04T21:53:51.697Z",
+                "2026-12-04T13:53:51.6970000",
+            ),
+            (
+                "2026-12-01T12:00:00z",
+                "UTC",
+                "2026-12-01T12:00:00Z",
+                "2026-12-01T12:00:00.0000000",
+            ),
+            (
+                "2026-12-01T12:00:00+00:00",
+                "W. Europe Standard Time",
+                "2026-12-01T12:00:00Z",
+                "2026-12-01T13:00:00.0000000",
+            ),
+            (
+                "2026-12-01T12:00:00-08:00",
+                "UTC",
+                "2026-12-01T20:00:00Z",
+                "2026-12-01T20:00:00.0000000",
+            ),
+            (
+                "2026-12-01T12:00Z",
+                "Asia/Kolkata",
+                "2026-12-01T12:00:00Z",
+                "2026-12-01T17:30:00.0000000",
+            ),
+            (
+                "2026-12-01T12:00:00.5+0130",
+                "UTC",
+                "2026-12-01T10:30:00.5Z",
+                "2026-12-01T10:30:00.5000000",
+            ),
+            (
+                "2026-12-01T12:00:00+05",
+                "UTC",
+                "2026-12-01T07:00:00Z",
+                "2026-12-01T07:00:00.0000000",
+            ),
+        ];
+        for (date_time, zone, instant, wall) in cases {
+            let r = resolve_date_time(date_time, zone).unwrap();
+            assert_eq!(
+                (r.at, r.wall_clock_text().as_str()),
+                (ts(instant), wall),
+                "{date_time} {zone}"
+            );
+        }
+        // Without an offset the wall clock is the one given, written with seven digits.
+        let r = resolve_date_time("2022-10-18T17:05:33.2079781", "Pacific Standard Time").unwrap();
+        assert_eq!(r.wall_clock_text(), "2022-10-18T17:05:33.2079781");
+        for bad in [
+            "2026-12-01T12:00:00+24:00",
+            "2026-12-01T12:00:00+01:60",
+            "2026-12-01T12:00:00+1",
+            "2026-12-01T12:00:00+01:0",
+            "2026-12-01T12:00:00Zx",
+            "2026-12-01T12:00:00+01:00:00",
+            "2026-12-01T12:00:00-",
         ] {
-            let err = resolve_date_time_zone(date_time, "UTC").unwrap_err();
+            let err = resolve_date_time_zone(bad, "UTC").unwrap_err();
             assert!(
                 matches!(&err, ZoneError::BadDateTime(m) if m.contains("offset")),
-                "{err}"
+                "{bad}: {err}"
             );
         }
     }

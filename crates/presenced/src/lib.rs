@@ -18,12 +18,14 @@
 //! - [`metrics`]: Prometheus metrics (`/metrics`).
 //! - [`clock`]: the only place allowed to read the wall clock, and the injectable [`clock::Clock`].
 //! - [`json_text`]: JSON values written by hand, byte-equal to serde_json, for the hot paths.
+//! - [`graph_time`]: date-times as Graph writes them (seven fractional digits).
 #![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod data_dir;
+pub mod graph_time;
 pub mod http;
 pub mod json_text;
 pub mod metrics;

@@ -202,6 +202,52 @@ async fn folding_preferred_presence_and_clear() {
     r.assert_error(404, "NotFound");
 }
 
+/// `2026-12-04T21:53:51.6977450Z`: seven fractional digits and `Z`, as Graph writes date-times.
+fn assert_graph_date_time(text: &str) {
+    let b = text.as_bytes();
+    let shape_ok = b.len() == 28
+        && b.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            10 => *c == b'T',
+            13 | 16 => *c == b':',
+            19 => *c == b'.',
+            27 => *c == b'Z',
+            _ => c.is_ascii_digit(),
+        });
+    assert!(shape_ok, "not a Graph date-time: {text}");
+}
+
+#[tokio::test]
+async fn an_expiry_with_z_or_an_offset_is_that_instant_shown_in_the_given_zone() {
+    let server = Server::start(&[]);
+    let alice = server.user_token(ALICE, &["Presence.ReadWrite"]);
+    // What `new Date(...).toISOString()` gives, with a Windows zone; then Python's isoformat().
+    for (date_time, zone, echoed) in [
+        (
+            "2099-12-04T21:53:51.697Z",
+            "Pacific Standard Time",
+            "2099-12-04T13:53:51.6970000",
+        ),
+        (
+            "2099-12-04T21:53:51+00:00",
+            "Europe/Berlin",
+            "2099-12-04T22:53:51.0000000",
+        ),
+        ("2099-12-04T21:53:51.5", "Europe/Berlin", "2099-12-04T21:53:51.5000000"),
+    ] {
+        let body = json!({ "statusMessage": { "message": { "content": "Back soon" },
+            "expiryDateTime": { "dateTime": date_time, "timeZone": zone } } });
+        let r = post(&server.url("/v1.0/me/presence/setStatusMessage"), &alice, body).await;
+        assert_eq!(r.status, 200, "{date_time}: {}", r.text);
+        let own = get(&server.url("/v1.0/me/presence"), &alice).await.json();
+        assert_eq!(
+            own["statusMessage"]["expiryDateTime"],
+            json!({ "dateTime": echoed, "timeZone": zone }),
+            "{date_time}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn status_message_dates_are_hidden_from_other_readers() {
     let server = Server::start(&[]);
@@ -225,7 +271,7 @@ async fn status_message_dates_are_hidden_from_other_readers() {
         message["expiryDateTime"],
         json!({ "dateTime": "2099-10-18T17:05:33.2079781", "timeZone": "Pacific Standard Time" })
     );
-    assert!(message["publishedDateTime"].as_str().unwrap().ends_with('Z'));
+    assert_graph_date_time(message["publishedDateTime"].as_str().unwrap());
 
     for reader in [&bob, &app] {
         let other = get(&server.url(&format!("/v1.0/users/{ALICE}/presence")), reader)
@@ -381,4 +427,89 @@ async fn sigterm_exits_cleanly() {
     let mut server = Server::start(&[]);
     let status = server.terminate();
     assert!(status.success(), "exit status {status:?}");
+}
+
+#[tokio::test]
+async fn odata_context_follows_the_addressing_and_select_projects() {
+    let server = Server::start(&[]);
+    let app = server.app_token(&["Presence.ReadWrite.All"]);
+    let alice = server.user_token(ALICE, &["Presence.ReadWrite", "Presence.Read.All"]);
+    let host = server.base.trim_start_matches("http://").to_owned();
+    let context = |path: &str, app_token: bool| {
+        let url = server.url(path);
+        let token = if app_token { app.clone() } else { alice.clone() };
+        async move { get(&url, &token).await.json()["@odata.context"].clone() }
+    };
+    assert_eq!(
+        context(&format!("/v1.0/users/{ALICE}/presence"), true).await,
+        format!("http://{host}/v1.0/$metadata#users('{ALICE}')/presence/$entity")
+    );
+    assert_eq!(
+        context("/beta/me/presence", false).await,
+        format!("http://{host}/beta/$metadata#users('{ALICE}')/presence/$entity")
+    );
+    assert_eq!(
+        context(&format!("/v1.0/communications/presences/{ALICE}"), true).await,
+        format!("http://{host}/v1.0/$metadata#communications/presences/$entity")
+    );
+
+    // $select: the named properties plus id, in any case, encoded or not.
+    for query in ["$select=availability,activity", "%24select=Availability%2CACTIVITY"] {
+        let v = get(&server.url(&format!("/v1.0/users/{ALICE}/presence?{query}")), &app)
+            .await
+            .json();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(sorted, ["@odata.context", "activity", "availability", "id"], "{query}");
+        assert_eq!(v["id"], ALICE);
+        assert_eq!(
+            v["@odata.context"],
+            format!("http://{host}/v1.0/$metadata#users('{ALICE}')/presence(availability,activity)/$entity")
+        );
+    }
+    let v = get(
+        &server.url(&format!("/beta/communications/presences/{ALICE}?$select=workLocation")),
+        &app,
+    )
+    .await
+    .json();
+    assert_eq!(
+        v["@odata.context"],
+        format!("http://{host}/beta/$metadata#communications/presences(workLocation)/$entity")
+    );
+    assert_eq!(v["workLocation"]["source"], "none");
+    assert!(v.get("availability").is_none());
+
+    // getPresencesByUserId: a collection context, and $select per item.
+    let url = server.url("/v1.0/communications/getPresencesByUserId");
+    let body = json!({ "ids": [ALICE, BOB] });
+    let v = post(&url, &app, body.clone()).await.json();
+    assert_eq!(
+        v["@odata.context"],
+        format!("http://{host}/v1.0/$metadata#Collection(microsoft.graph.presence)")
+    );
+    let v = post(&format!("{url}?$select=activity"), &app, body.clone())
+        .await
+        .json();
+    for item in v["value"].as_array().unwrap() {
+        let mut keys: Vec<&str> = item.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort();
+        assert_eq!(keys, ["activity", "id"]);
+    }
+
+    // Unknown properties are Graph's 400.
+    let r = get(
+        &server.url(&format!("/v1.0/users/{ALICE}/presence?$select=availability,mood")),
+        &app,
+    )
+    .await;
+    r.assert_error(400, "BadRequest");
+    assert_eq!(
+        r.json()["error"]["message"],
+        "Parsing OData Select and Expand failed: Could not find a property named 'mood' on type 'microsoft.graph.presence'."
+    );
+    post(&format!("{url}?$select=ids"), &app, body)
+        .await
+        .assert_error(400, "BadRequest");
 }

@@ -8,7 +8,7 @@ use super::flat_json::Members;
 use crate::json_text;
 use presence_core::duration::parse_wire_duration;
 use presence_core::view::MessageExpiry;
-use presence_core::zone::resolve_date_time_zone;
+use presence_core::zone::resolve_date_time;
 use presence_core::{
     Activity, Availability, OutOfOfficeSettings, PreferredState, PresenceView, SessionId, SessionState,
     StatusMessageInput, UserId,
@@ -264,11 +264,13 @@ fn expiry(dto: DateTimeTimeZone) -> Result<MessageExpiry, ApiError> {
         .date_time
         .ok_or_else(|| ApiError::invalid_argument("[ExpiryDateTime.DateTime]: The DateTime field is required."))?;
     let time_zone = dto.time_zone.unwrap_or_else(|| "UTC".to_owned());
-    let at = resolve_date_time_zone(&date_time, &time_zone)
+    let resolved = resolve_date_time(&date_time, &time_zone)
         .map_err(|e| ApiError::invalid_argument(format!("[ExpiryDateTime]: {e}")))?;
+    // Echoed as Graph writes a dateTime: the wall clock in `timeZone`, seven fractional digits
+    // (for a dateTime sent with `Z` or an offset, that instant's wall clock there).
     Ok(MessageExpiry {
-        at,
-        date_time,
+        at: resolved.at,
+        date_time: resolved.wall_clock_text(),
         time_zone,
     })
 }
@@ -343,7 +345,7 @@ impl PresenceDto {
                 date_time: Some(e.date_time),
                 time_zone: Some(e.time_zone),
             }),
-            published_date_time: show_dates.then(|| m.published_at.to_string()),
+            published_date_time: show_dates.then(|| crate::graph_time::format(m.published_at)),
         });
         PresenceDto {
             odata_context,
@@ -403,14 +405,29 @@ impl PresenceDto {
     }
 }
 
-/// `{"value":[...]}`, as serde_json writes a struct with that one field.
-pub fn write_presence_list(dtos: &[PresenceDto], out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
-    out.extend_from_slice(b"{\"value\":[");
+/// `{"@odata.context":…,"value":[...]}`, as serde_json writes a struct with those fields (the
+/// context left out when `None`); each item projected by `select` when there is one.
+pub fn write_presence_list(
+    context: Option<&str>,
+    dtos: &[PresenceDto],
+    select: Option<&super::select::Selection>,
+    out: &mut Vec<u8>,
+) -> Result<(), serde_json::Error> {
+    out.push(b'{');
+    if let Some(context) = context {
+        out.extend_from_slice(b"\"@odata.context\":");
+        json_text::string(out, context);
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"value\":[");
     for (i, dto) in dtos.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        dto.write_json(out)?;
+        match select {
+            None => dto.write_json(out)?,
+            Some(selection) => super::select::write(dto, selection, out)?,
+        }
     }
     out.extend_from_slice(b"]}");
     Ok(())
@@ -541,15 +558,22 @@ mod tests {
         }
         #[derive(Serialize)]
         struct List<'a> {
+            #[serde(rename = "@odata.context", skip_serializing_if = "Option::is_none")]
+            context: Option<&'a str>,
             value: &'a [PresenceDto],
         }
-        for list in [&samples[..], &samples[..1], &[]] {
-            let mut ours = Vec::new();
-            write_presence_list(list, &mut ours).unwrap();
-            assert_eq!(
-                String::from_utf8(ours).unwrap(),
-                serde_json::to_string(&List { value: list }).unwrap()
-            );
+        for context in [
+            None,
+            Some("http://h/v1.0/$metadata#Collection(microsoft.graph.presence)"),
+        ] {
+            for list in [&samples[..], &samples[..1], &[]] {
+                let mut ours = Vec::new();
+                write_presence_list(context, list, None, &mut ours).unwrap();
+                assert_eq!(
+                    String::from_utf8(ours).unwrap(),
+                    serde_json::to_string(&List { context, value: list }).unwrap()
+                );
+            }
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod presence;
 pub mod rate_limit;
 pub mod request_context;
 pub mod routes;
+pub mod select;
 pub mod stream;
 pub mod subscriptions;
 pub mod work_location;
@@ -146,7 +147,9 @@ async fn dispatch(
     // creation sends a validation handshake out.
     admit_presence_call(state, &principal)?;
     match route.endpoint {
-        Endpoint::GetPresence(target) => get_presence(state, &principal, route.version, target, &parts).await,
+        Endpoint::GetPresence(target) => {
+            get_presence(state, &principal, (route.version, route.addressing), target, &parts).await
+        }
         // Every other endpoint's future is boxed: a request's future is as large as its largest
         // branch, and writes (which await the store) and subscription handlers (which await a
         // webhook handshake) made every request's future ~4.7 KB, allocated and copied per
@@ -159,12 +162,19 @@ async fn dispatch(
 async fn get_presence(
     state: &AppState,
     principal: &Principal,
-    version: routes::ApiVersion,
+    (version, addressing): (routes::ApiVersion, routes::Addressing),
     target: routes::Target,
     parts: &axum::http::request::Parts,
 ) -> Result<Response, ApiError> {
     let host = parts.headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    presence::get(state, principal, version, target, host).await
+    let select = select::parse(parts.uri.query())?;
+    let shape = presence::ReadShape {
+        version,
+        addressing,
+        host,
+        select: select.as_ref(),
+    };
+    presence::get(state, principal, shape, target).await
 }
 
 /// Serve an authenticated, admitted request (`dispatch` short-cuts presence reads, whose future is
@@ -177,14 +187,24 @@ async fn dispatch_endpoint(
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     match route.endpoint {
-        Endpoint::GetPresence(target) => get_presence(state, &principal, route.version, target, &parts).await,
+        Endpoint::GetPresence(target) => {
+            get_presence(state, &principal, (route.version, route.addressing), target, &parts).await
+        }
         Endpoint::Action(target, action) => {
             let bytes = body::read(&parts.headers, body).await?;
             presence::action(state, &principal, target, action, &parts.headers, &bytes).await
         }
         Endpoint::GetPresencesByUserId => {
             let bytes = body::read(&parts.headers, body).await?;
-            presence::get_many(state, &principal, &parts.headers, &bytes).await
+            let host = parts.headers.get(header::HOST).and_then(|v| v.to_str().ok());
+            let select = select::parse(parts.uri.query())?;
+            let shape = presence::ReadShape {
+                version: route.version,
+                addressing: route.addressing,
+                host,
+                select: select.as_ref(),
+            };
+            presence::get_many(state, &principal, shape, &parts.headers, &bytes).await
         }
         Endpoint::Subscriptions if parts.method == Method::POST => {
             let bytes = body::read(&parts.headers, body).await?;

@@ -6,7 +6,8 @@ use super::dto::{
     SetStatusMessageBody,
 };
 use super::error::ApiError;
-use super::routes::{ApiVersion, PresenceAction, Target};
+use super::routes::{Addressing, ApiVersion, PresenceAction, Target};
+use super::select::{self, Selection};
 use super::work_location;
 use super::AppState;
 use crate::auth::{Action, Denied, Principal};
@@ -64,23 +65,62 @@ fn service_error(e: ServiceError) -> ApiError {
     }
 }
 
-fn context(version: ApiVersion, host: Option<&str>, user: &UserId) -> Option<String> {
-    // Concatenated rather than `format!`ed: this is built for every read.
-    let (version, user) = (version.as_str(), user.as_str());
-    host.map(|h| {
-        let parts = [
-            "http://",
-            h,
-            "/",
-            version,
-            "/$metadata#users('",
-            user,
-            "')/presence/$entity",
-        ];
-        let mut context = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+/// What a read's document looks like: its `@odata.context` (from the version, the addressing,
+/// the host the caller used) and the `$select` projection, if any.
+pub struct ReadShape<'a> {
+    pub version: ApiVersion,
+    pub addressing: Addressing,
+    pub host: Option<&'a str>,
+    pub select: Option<&'a Selection>,
+}
+
+impl ReadShape<'_> {
+    /// Graph's context for one presence: `…/$metadata#users('{id}')/presence/$entity`, or
+    /// `…/$metadata#communications/presences/$entity` when addressed that way; a `$select`
+    /// names its properties (`presence(availability,activity)`).
+    fn entity_context(&self, user: &UserId) -> Option<String> {
+        // Concatenated rather than `format!`ed: this is built for every read.
+        let host = self.host?;
+        let projection = self.select.map(Selection::context_suffix).unwrap_or_default();
+        let parts: [&str; 8] = match self.addressing {
+            Addressing::Communications => [
+                "http://",
+                host,
+                "/",
+                self.version.as_str(),
+                "/$metadata#communications/presences",
+                &projection,
+                "/$entity",
+                "",
+            ],
+            _ => [
+                "http://",
+                host,
+                "/",
+                self.version.as_str(),
+                "/$metadata#users('",
+                user.as_str(),
+                "')/presence",
+                &projection,
+            ],
+        };
+        let mut context = String::with_capacity(parts.iter().map(|p| p.len()).sum::<usize>() + 8);
         parts.iter().for_each(|p| context.push_str(p));
-        context
-    })
+        if self.addressing != Addressing::Communications {
+            context.push_str("/$entity");
+        }
+        Some(context)
+    }
+
+    /// `getPresencesByUserId` answers a collection of presences.
+    fn collection_context(&self) -> Option<String> {
+        self.host.map(|host| {
+            format!(
+                "http://{host}/{}/$metadata#Collection(microsoft.graph.presence)",
+                self.version.as_str()
+            )
+        })
+    }
 }
 
 /// Only a delegated caller reading their own presence sees their status message's dates.
@@ -91,9 +131,8 @@ fn is_self(principal: &Principal, user: &UserId) -> bool {
 pub async fn get(
     state: &AppState,
     principal: &Principal,
-    version: ApiVersion,
+    shape: ReadShape<'_>,
     target: Target,
-    host: Option<&str>,
 ) -> Result<Response, ApiError> {
     let user = resolve(principal, target)?;
     principal
@@ -104,15 +143,20 @@ pub async fn get(
         .read(&key(principal, user.clone())?)
         .await
         .map_err(store_error)?;
-    let dto = PresenceDto::from_view(&user, view, is_self(principal, &user), context(version, host, &user));
+    let context = shape.entity_context(&user);
+    let dto = PresenceDto::from_view(&user, view, is_self(principal, &user), context);
     Ok(super::written_json_response(StatusCode::OK, 512, |out| {
-        dto.write_json(out)
+        match shape.select {
+            None => dto.write_json(out),
+            Some(selection) => select::write(&dto, selection, out),
+        }
     }))
 }
 
 pub async fn get_many(
     state: &AppState,
     principal: &Principal,
+    shape: ReadShape<'_>,
     headers: &HeaderMap,
     bytes: &Bytes,
 ) -> Result<Response, ApiError> {
@@ -148,9 +192,10 @@ pub async fn get_many(
         value.push(PresenceDto::from_view(&user, view, is_self(principal, &user), None));
     }
     // Written straight from the DTOs: building a `serde_json::Value` tree first doubled the cost.
-    let hint = 300 * value.len() + 16;
+    let hint = 300 * value.len() + 96;
+    let context = shape.collection_context();
     Ok(super::written_json_response(StatusCode::OK, hint, |out| {
-        dto::write_presence_list(&value, out)
+        dto::write_presence_list(context.as_deref(), &value, shape.select, out)
     }))
 }
 

@@ -142,6 +142,19 @@ impl Endpoint {
 pub struct Route {
     pub version: ApiVersion,
     pub endpoint: Endpoint,
+    /// The path form a presence was addressed by; a read's `@odata.context` follows it.
+    pub addressing: Addressing,
+}
+
+/// How a request named the presence it reads or writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Addressing {
+    /// `/me/presence` and `/users/{id}/presence`: Graph's context is `users('{id}')/presence`.
+    Users,
+    /// `/communications/presences/{id}`: Graph's context is `communications/presences`.
+    Communications,
+    /// Not a single presence (bulk reads, subscriptions).
+    Other,
 }
 
 /// Parse a request line. Unknown paths are 404; known paths with the wrong method are 405;
@@ -166,6 +179,11 @@ pub fn parse(method: &Method, path: &str) -> Result<Route, ApiError> {
         count += 1;
     }
     let is = |s: &str, lit: &str| s.eq_ignore_ascii_case(lit);
+    let addressing = match rest[0] {
+        first if is(first, "me") || is(first, "users") => Addressing::Users,
+        first if is(first, "communications") && count >= 3 => Addressing::Communications,
+        _ => Addressing::Other,
+    };
     let endpoint = match &rest[..count] {
         [me, presence] if is(me, "me") && is(presence, "presence") => Endpoint::GetPresence(Target::Me),
         [me, presence, action] if is(me, "me") && is(presence, "presence") => {
@@ -209,7 +227,11 @@ pub fn parse(method: &Method, path: &str) -> Result<Route, ApiError> {
             names.join(" or ")
         )));
     }
-    Ok(Route { version, endpoint })
+    Ok(Route {
+        version,
+        endpoint,
+        addressing,
+    })
 }
 
 fn user_id(raw: &str) -> Result<UserId, ApiError> {

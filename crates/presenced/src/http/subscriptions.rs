@@ -326,7 +326,7 @@ fn render(s: &Subscription, context_version: Option<ApiVersion>) -> Value {
         notification_url: s.notification_url.clone(),
         notification_query_options: None,
         lifecycle_notification_url: s.lifecycle_notification_url.clone(),
-        expiration_date_time: s.expiration.to_string(),
+        expiration_date_time: crate::graph_time::format(s.expiration),
         creator_id: s.creator_id.clone(),
         include_resource_data: s.include_resource_data,
         latest_supported_tls_version: s.latest_supported_tls_version.clone(),

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 /// Graph writes 7 fractional digits; any RFC 3339 parser reads ours.
 fn timestamp(t: Timestamp) -> String {
-    t.strftime("%Y-%m-%dT%H:%M:%S%.7fZ").to_string()
+    crate::graph_time::format(t)
 }
 
 /// The presence a change notification reports.
