@@ -29,8 +29,6 @@ pub struct Cli {
 // Parsed once at start; the size of its largest variant costs nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
-// Parsed once at start; boxing the large variant would buy nothing.
-#[allow(clippy::large_enum_variant)]
 pub enum Cmd {
     /// Run the server.
     Serve(ServeArgs),

@@ -14,20 +14,25 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 /// Read the whole body, refusing early on a declared length over the limit. A body that arrives
 /// in one piece (every SDK request) is returned as that piece: no collecting buffer, no copy.
 pub async fn read(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    read_at_most(headers, body, MAX_BODY_BYTES).await
+}
+
+/// [`read`] with another limit (a `$batch` carries up to twenty bodies).
+pub async fn read_at_most(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return Err(ApiError::payload_too_large(MAX_BODY_BYTES));
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::payload_too_large(limit));
     }
-    let mut body = Limited::new(body, MAX_BODY_BYTES);
+    let mut body = Limited::new(body, limit);
     let mut first = Bytes::new();
     let mut joined: Option<Vec<u8>> = None;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
             if e.is::<LengthLimitError>() {
-                ApiError::payload_too_large(MAX_BODY_BYTES)
+                ApiError::payload_too_large(limit)
             } else {
                 ApiError::bad_request("The request body could not be read.")
             }

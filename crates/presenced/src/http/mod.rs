@@ -6,6 +6,7 @@
 //! dispatches to one handler per operation. Errors of every layer become one [`error::ApiError`],
 //! rendered as Graph's JSON. Write bodies that are flat objects of plain strings are read by
 //! [`flat_json`] rather than serde.
+pub mod batch;
 pub mod body;
 pub mod dto;
 pub mod error;
@@ -230,6 +231,7 @@ async fn dispatch_endpoint(
             let expires = token_expiry(&principal);
             stream::sse(state, &principal, &parts, &bytes, expires).await
         }
+        Endpoint::Batch => batch::handle(state, route.version, &parts.headers, body).await,
     }
 }
 

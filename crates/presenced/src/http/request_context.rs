@@ -28,47 +28,85 @@ pub fn entry(
     request: Request,
 ) -> impl Future<Output = Result<Response, std::convert::Infallible>> + Send {
     let started = Instant::now();
-    let client_request_id = request
-        .headers()
-        .get("client-request-id")
-        .filter(|v| {
-            let b = v.as_bytes();
-            !b.is_empty() && b.len() <= MAX_CLIENT_REQUEST_ID && b.iter().all(u8::is_ascii_graphic)
-        })
-        .cloned();
-    let method = request.method().clone();
-    // Cheap: the path is reference-counted; kept only to name it in the log of a failed request.
-    let uri = request.uri().clone();
-    let fixed = matches!(uri.path(), "/healthz" | "/readyz" | "/metrics" | "/openapi.json");
+    let seen = Seen::of(&request);
+    let fixed = matches!(seen.uri.path(), "/healthz" | "/readyz" | "/metrics" | "/openapi.json");
     async move {
         let state = &*state;
-        let (route, mut response) = if fixed {
+        let (route, response) = if fixed {
             super::health::fixed(state, request).await
         } else {
             super::graph(state, request).await
         };
-        record(&state.metrics, route, &method, response.status(), started);
-        let mut id_text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        let request_id: &str = next_request_id().encode_lower(&mut id_text);
-        if let Some(payload) = response.extensions_mut().remove::<ErrorPayload>() {
-            let status = response.status().as_u16();
-            let path = uri.path();
-            if response.status().is_server_error() {
-                tracing::error!(%request_id, %method, path, status, code = payload.code, message = %payload.message, "request failed");
-            } else {
-                tracing::info!(%request_id, %method, path, status, code = payload.code, "request failed");
-            }
-            render_error(&mut response, &payload, request_id, client_request_id.as_ref());
-        }
-        let headers = response.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(request_id) {
-            headers.insert(REQUEST_ID, v);
-        }
-        if let Some(v) = client_request_id {
-            headers.insert(CLIENT_REQUEST_ID, v);
-        }
-        Ok(response)
+        Ok(finish(state, route, seen, started, response))
     }
+}
+
+/// One step of a JSON batch (`http::batch`), served exactly as if it had come alone: the same
+/// routing, authentication, permission checks and rate limit (`graph`), and the same metrics,
+/// request id and error body as `entry` gives a request. Only the fixed routes are not reachable.
+pub fn step(state: &AppState, request: Request) -> impl Future<Output = Response> + Send + '_ {
+    let started = Instant::now();
+    let seen = Seen::of(&request);
+    async move {
+        let (route, response) = super::graph(state, request).await;
+        finish(state, route, seen, started, response)
+    }
+}
+
+/// What `finish` needs of a request after the handler has consumed it.
+struct Seen {
+    client_request_id: Option<HeaderValue>,
+    method: Method,
+    // Cheap: the path is reference-counted; kept only to name it in the log of a failed request.
+    uri: axum::http::Uri,
+}
+
+impl Seen {
+    fn of(request: &Request) -> Self {
+        let client_request_id = request
+            .headers()
+            .get("client-request-id")
+            .filter(|v| {
+                let b = v.as_bytes();
+                !b.is_empty() && b.len() <= MAX_CLIENT_REQUEST_ID && b.iter().all(u8::is_ascii_graphic)
+            })
+            .cloned();
+        Self {
+            client_request_id,
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+        }
+    }
+}
+
+/// Record the request, give it a request id, and render its error (if any) as Graph's JSON.
+fn finish(state: &AppState, route: &'static str, seen: Seen, started: Instant, mut response: Response) -> Response {
+    let Seen {
+        client_request_id,
+        method,
+        uri,
+    } = seen;
+    record(&state.metrics, route, &method, response.status(), started);
+    let mut id_text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let request_id: &str = next_request_id().encode_lower(&mut id_text);
+    if let Some(payload) = response.extensions_mut().remove::<ErrorPayload>() {
+        let status = response.status().as_u16();
+        let path = uri.path();
+        if response.status().is_server_error() {
+            tracing::error!(%request_id, %method, path, status, code = payload.code, message = %payload.message, "request failed");
+        } else {
+            tracing::info!(%request_id, %method, path, status, code = payload.code, "request failed");
+        }
+        render_error(&mut response, &payload, request_id, client_request_id.as_ref());
+    }
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        headers.insert(REQUEST_ID, v);
+    }
+    if let Some(v) = client_request_id {
+        headers.insert(CLIENT_REQUEST_ID, v);
+    }
+    response
 }
 
 fn record(metrics: &Metrics, route: &'static str, method: &Method, status: StatusCode, started: Instant) {

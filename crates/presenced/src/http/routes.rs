@@ -108,6 +108,8 @@ pub enum Endpoint {
     /// `…/communications/presences/$stream`: a watch stream (SSE, or WebSocket on `GET`). No
     /// user id can be `$stream` (ids cannot hold `$`), so the path cannot collide with one.
     Stream,
+    /// `POST /$batch`: JSON batching.
+    Batch,
 }
 
 impl Endpoint {
@@ -121,6 +123,7 @@ impl Endpoint {
             Endpoint::Subscription(_) => "subscription",
             Endpoint::Reauthorize(_) => "reauthorize",
             Endpoint::Stream => "stream",
+            Endpoint::Batch => "batch",
         }
     }
 
@@ -131,7 +134,7 @@ impl Endpoint {
         const ONE: &[Method] = &[Method::GET, Method::PATCH, Method::DELETE];
         match self {
             Endpoint::GetPresence(_) => GET,
-            Endpoint::Action(..) | Endpoint::GetPresencesByUserId | Endpoint::Reauthorize(_) => POST,
+            Endpoint::Action(..) | Endpoint::GetPresencesByUserId | Endpoint::Reauthorize(_) | Endpoint::Batch => POST,
             Endpoint::Subscriptions | Endpoint::Stream => LIST,
             Endpoint::Subscription(_) => ONE,
         }
@@ -211,6 +214,7 @@ pub fn parse(method: &Method, path: &str) -> Result<Route, ApiError> {
         [comms, bulk] if is(comms, "communications") && is(bulk, "getPresencesByUserId") => {
             Endpoint::GetPresencesByUserId
         }
+        [batch] if is(batch, "$batch") || is(batch, "%24batch") => Endpoint::Batch,
         [subs] if is(subs, "subscriptions") => Endpoint::Subscriptions,
         [subs, id] if is(subs, "subscriptions") => Endpoint::Subscription(subscription_id(id).ok_or_else(not_found)?),
         [subs, id, re] if is(subs, "subscriptions") && is(re, "reauthorize") => {

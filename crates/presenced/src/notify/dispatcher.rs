@@ -859,6 +859,7 @@ mod tests {
             status_message: None,
             out_of_office: Default::default(),
             sequence: SequenceNumber(position),
+            work_location: Default::default(),
         };
         Arc::new(Change {
             position: Position::from_sequence(position),
