@@ -4,9 +4,10 @@ use crate::auth::{self, AuthConfig, Verifier};
 use crate::clock::{Clock, SystemClock};
 use crate::config::ServeConfig;
 use crate::http::{self, AppState};
-use crate::notify::dispatcher::Dispatcher;
+use crate::notify::dispatcher::{DeliveryConfig, Dispatcher};
 use crate::notify::endpoint::EndpointPolicy;
 use crate::notify::lifecycle::Lifecycle;
+use crate::notify::validation_token::ValidationTokenSigner;
 use crate::notify::webhook::WebhookClient;
 use crate::service::{PresenceService, SubscriptionService};
 use crate::store::embedded::{self, EmbeddedStore};
@@ -97,11 +98,17 @@ pub async fn run_with_clock(
         client.clone(),
         clock.clone(),
     ));
+    let validation_tokens =
+        Arc::new(ValidationTokenSigner::load_or_create(&config.data_dir).context("loading the validation-token key")?);
+    let delivery = DeliveryConfig {
+        validation_tokens: Some(validation_tokens.clone()),
+        ..config.delivery.clone()
+    };
     let dispatcher = tokio::spawn(
         Dispatcher::new(
             store.clone(),
             client,
-            config.delivery.clone(),
+            delivery,
             delivery_metrics,
             clock.clone(),
             stop_rx.clone(),
@@ -130,6 +137,7 @@ pub async fn run_with_clock(
         streams: streams.clone(),
         delegated_writes_to_others: config.delegated_writes_to_others,
         metrics,
+        validation_tokens,
     };
     // Tests and scripts wait for this exact line on stdout; logs go to stderr.
     println!("listening on http://{addr}");

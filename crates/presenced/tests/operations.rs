@@ -88,3 +88,52 @@ async fn json_logs_carry_the_request_id() {
     assert_eq!(entry["fields"]["code"], "InvalidArgument");
     assert!(line.contains(&request_id));
 }
+
+#[tokio::test]
+async fn validation_token_keys_are_published_unauthenticated_and_kept_across_restarts() {
+    let mut server = Server::start(&[]);
+    let keys = |server: &Server| {
+        let url = server.url("/common/discovery/v2.0/keys");
+        async move {
+            let r = reply(client().get(url).send().await.unwrap()).await;
+            assert_eq!(r.status, 200, "{}", r.text);
+            r.json()
+        }
+    };
+    let jwks = keys(&server).await;
+    let key = &jwks["keys"][0];
+    assert_eq!(
+        (key["kty"].as_str(), key["alg"].as_str(), key["use"].as_str()),
+        (Some("RSA"), Some("RS256"), Some("sig"))
+    );
+    assert!(key["kid"].is_string() && key["n"].is_string() && key["e"].is_string());
+    for path in [
+        "/common/discovery/keys".to_owned(),
+        format!("/{TENANT}/discovery/keys"),
+        format!("/{TENANT}/discovery/v2.0/keys"),
+    ] {
+        let other = reply(client().get(server.url(&path)).send().await.unwrap()).await;
+        assert_eq!(other.json(), jwks, "{path}");
+    }
+    let config = reply(
+        client()
+            .get(server.url(&format!("/{TENANT}/.well-known/openid-configuration")))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+    .json();
+    assert_eq!(config["issuer"], format!("https://sts.windows.net/{TENANT}/"));
+    let jwks_uri = config["jwks_uri"].as_str().unwrap();
+    assert_eq!(jwks_uri, server.url(&format!("/{TENANT}/discovery/keys")));
+    // The key file is private, and the same key is served after a restart.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(server.data_dir.join("validation-token-key"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    server.crash_and_restart();
+    assert_eq!(keys(&server).await, jwks);
+}

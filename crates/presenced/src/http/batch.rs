@@ -480,7 +480,10 @@ mod tests {
         for nested in ["/$batch", "/v1.0/$batch", "%24batch", "http://h/beta/$BATCH"] {
             assert!(path_and_query(v1, nested).unwrap_err().contains("nested"), "{nested}");
         }
-        for stream in ["/communications/presences/$stream", "/beta/communications/presences/%24STREAM?x=1"] {
+        for stream in [
+            "/communications/presences/$stream",
+            "/beta/communications/presences/%24STREAM?x=1",
+        ] {
             assert!(path_and_query(v1, stream).unwrap_err().contains("stream"), "{stream}");
         }
         for bad in ["", "  ", "/me presence", "/me\npresence", &"a".repeat(3000)] {

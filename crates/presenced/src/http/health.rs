@@ -1,5 +1,6 @@
-//! The fixed routes: liveness, readiness, metrics and the API description. No authentication,
-//! so orchestrators and scrapers can reach them; none holds user data.
+//! The fixed routes: liveness, readiness, metrics, the API description and the validation-token
+//! keys (`keys`). No authentication, so orchestrators, scrapers and notification receivers can
+//! reach them; none holds user data.
 use super::error::ApiError;
 use super::AppState;
 use crate::store::PresenceState;
@@ -22,7 +23,11 @@ pub async fn fixed(state: &AppState, request: Request) -> (&'static str, Respons
         "/healthz" => healthz(),
         "/readyz" => readyz(state),
         "/metrics" => metrics(state),
-        _ => openapi(),
+        "/openapi.json" => openapi(),
+        _ => match super::keys::parse(path) {
+            Some(key_path) => super::keys::serve(state, key_path, request.headers()),
+            None => ApiError::not_found("Resource not found.").into_response(),
+        },
     };
     (route, response)
 }

@@ -12,6 +12,7 @@ pub mod dto;
 pub mod error;
 pub mod flat_json;
 pub mod health;
+pub mod keys;
 pub mod openapi;
 pub mod presence;
 pub mod rate_limit;
@@ -51,6 +52,8 @@ pub struct AppState {
     /// presence (off: they change their own only).
     pub delegated_writes_to_others: bool,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Signs rich notifications' `validationTokens`; its public key is served by `keys`.
+    pub validation_tokens: Arc<crate::notify::validation_token::ValidationTokenSigner>,
 }
 
 /// The service `axum::serve` runs: every request goes to `request_context::entry`, which routes

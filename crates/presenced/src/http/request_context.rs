@@ -29,7 +29,9 @@ pub fn entry(
 ) -> impl Future<Output = Result<Response, std::convert::Infallible>> + Send {
     let started = Instant::now();
     let seen = Seen::of(&request);
-    let fixed = matches!(seen.uri.path(), "/healthz" | "/readyz" | "/metrics" | "/openapi.json");
+    let path = seen.uri.path();
+    let fixed =
+        matches!(path, "/healthz" | "/readyz" | "/metrics" | "/openapi.json") || super::keys::parse(path).is_some();
     async move {
         let state = &*state;
         let (route, response) = if fixed {

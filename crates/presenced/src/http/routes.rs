@@ -255,7 +255,10 @@ pub fn route_name(method: &Method, path: &str) -> &'static str {
         "/readyz" => "readyz",
         "/metrics" => "metrics",
         "/openapi.json" => "openapi",
-        _ => parse(method, path).map_or(UNMATCHED, |r| r.endpoint.name()),
+        _ => match super::keys::parse(path) {
+            Some(key_path) => super::keys::route_name(&key_path),
+            None => parse(method, path).map_or(UNMATCHED, |r| r.endpoint.name()),
+        },
     }
 }
 

@@ -18,6 +18,7 @@
 //! anyway), one position and at most one pending `missed` notice in the store.
 use super::crypto::EncryptionCertificate;
 use super::payload::{self, ChangedPresence};
+use super::validation_token::ValidationTokenSigner;
 use super::webhook::WebhookClient;
 use crate::clock::Clock;
 use crate::metrics::{DeliveryMetrics, OutcomeLabels};
@@ -63,6 +64,8 @@ pub struct DeliveryConfig {
     /// endpoint is tried once per `probe_every` until it answers again.
     pub suspend_after: SignedDuration,
     pub probe_every: Duration,
+    /// Signs the `validationTokens` of rich notifications; `None` sends none.
+    pub validation_tokens: Option<Arc<ValidationTokenSigner>>,
 }
 
 impl Default for DeliveryConfig {
@@ -77,6 +80,7 @@ impl Default for DeliveryConfig {
             queue_per_endpoint: 50_000,
             suspend_after: SignedDuration::from_mins(10),
             probe_every: Duration::from_secs(60),
+            validation_tokens: None,
         }
     }
 }
@@ -613,11 +617,12 @@ where
                 _ = shutdown.changed() => return,
             }
         }
-        let items = build_items(&shared, &batch);
+        let (items, rich) = build_items(&shared, &batch);
         let delivered = match (&target, items.is_empty()) {
             (_, true) => true,
             (Ok(target), false) => {
-                deliver_with_retries(&shared, &endpoint, target, &batch, payload::collection(items)).await
+                let body = payload::collection_with_tokens(items, validation_tokens(&shared, rich));
+                deliver_with_retries(&shared, &endpoint, target, &batch, body).await
             }
             (Err(_), false) => {
                 tracing::warn!(url = %endpoint.url, "dropping notifications to an unparsable URL");
@@ -635,8 +640,13 @@ where
     }
 }
 
-fn build_items<S>(shared: &Shared<S>, batch: &[(Arc<str>, Arc<Change>)]) -> Vec<serde_json::Value> {
+/// The items of one POST, and the (application, tenant) pairs of those that carry resource data.
+fn build_items<S>(
+    shared: &Shared<S>,
+    batch: &[(Arc<str>, Arc<Change>)],
+) -> (Vec<serde_json::Value>, Vec<(String, presence_core::TenantId)>) {
     let mut items = Vec::with_capacity(batch.len());
+    let mut rich = Vec::new();
     let mut certificates: HashMap<&str, Option<EncryptionCertificate>> = HashMap::new();
     for (id, change) in batch {
         // A deleted subscription wants no more notifications, even ones already queued.
@@ -661,11 +671,30 @@ fn build_items<S>(shared: &Shared<S>, batch: &[(Arc<str>, Arc<Change>)]) -> Vec<
         };
         let item_id = change.position.to_text();
         match payload::change_item(&item_id, &subscription, &presence, certificate.as_ref()) {
-            Ok(item) => items.push(item),
+            Ok(item) => {
+                let pair = (subscription.application_id.clone(), subscription.tenant.clone());
+                if item.get("encryptedContent").is_some() && !rich.contains(&pair) {
+                    rich.push(pair);
+                }
+                items.push(item);
+            }
             Err(e) => tracing::warn!(error = %e, subscription = %subscription.id, "cannot encrypt a notification"),
         }
     }
-    items
+    (items, rich)
+}
+
+/// One token per application and tenant with resource data in the POST, as Graph sends them.
+/// They stay valid for an hour past the retry window, since a retried POST repeats its body.
+fn validation_tokens<S>(shared: &Shared<S>, rich: Vec<(String, presence_core::TenantId)>) -> Vec<String> {
+    let Some(signer) = &shared.config.validation_tokens else {
+        return Vec::new();
+    };
+    let now = shared.clock.now();
+    let lifetime = shared.config.retry_for + SignedDuration::from_hours(1);
+    rich.iter()
+        .filter_map(|(app, tenant)| signer.sign(app, tenant, now, lifetime))
+        .collect()
 }
 
 /// Send until it succeeds (true) or the oldest change is older than `retry_for` (false: given

@@ -6,6 +6,7 @@
 //! - [`webhook`]: the outbound HTTP client: validation handshake and delivery POSTs.
 //! - [`crypto`]: rich notifications, encrypted exactly as Graph documents.
 //! - [`payload`]: Graph's notification JSON (change, rich, lifecycle).
+//! - [`validation_token`]: the signed `validationTokens` of rich notifications and their key.
 //! - [`dispatcher`]: follows the change log; per-endpoint bounded queues, batching, retries with
 //!   backoff, `missed` when something is given up; sends lifecycle notices.
 //! - [`lifecycle`]: `reauthorizationRequired` before expiry, `subscriptionRemoved` at expiry.
@@ -20,4 +21,5 @@ pub mod dispatcher;
 pub mod endpoint;
 pub mod lifecycle;
 pub mod payload;
+pub mod validation_token;
 pub mod webhook;

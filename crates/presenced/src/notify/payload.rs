@@ -86,3 +86,12 @@ pub fn lifecycle_item(
 pub fn collection(items: Vec<Value>) -> Value {
     json!({ "value": items })
 }
+
+/// [`collection`] with Graph's `validationTokens` (one per application and tenant among the
+/// items that carry resource data), when there are any.
+pub fn collection_with_tokens(items: Vec<Value>, tokens: Vec<String>) -> Value {
+    if tokens.is_empty() {
+        return collection(items);
+    }
+    json!({ "validationTokens": tokens, "value": items })
+}
