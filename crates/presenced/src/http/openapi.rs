@@ -4,12 +4,14 @@
 //! route it must reach; `tests::every_documented_operation_reaches_its_route` checks that against
 //! the real router, and `tests::committed_document_is_current` keeps `docs/openapi.json` in step
 //! (regenerate with `presenced openapi > docs/openapi.json`).
+use super::batch::BatchBody;
 use super::dto::{
     ClearPresenceBody, GetPresencesBody, PresenceDto, SetOutOfOfficeBody, SetPreferredBody, SetPresenceBody,
     SetStatusMessageBody,
 };
 use super::error::ErrorBody;
 use super::subscriptions::{CreateBody, SubscriptionDto, UpdateBody};
+use super::work_location::SetLocationBody;
 use schemars::generate::{SchemaGenerator, SchemaSettings};
 use serde_json::{json, Map, Value};
 
@@ -49,7 +51,7 @@ const PREFIXES: [(&str, &str); 3] = [
     ("/communications/presences/{id}", "presence"),
 ];
 
-const ACTIONS: [(&str, &str, Option<SchemaFn>); 6] = [
+const ACTIONS: [(&str, &str, Option<SchemaFn>); 10] = [
     (
         "setPresence",
         "Create or keep alive the caller's presence session",
@@ -79,6 +81,26 @@ const ACTIONS: [(&str, &str, Option<SchemaFn>); 6] = [
         "setOutOfOfficeSettings",
         "presenced extension: set out-of-office settings",
         Some(schema::<SetOutOfOfficeBody>),
+    ),
+    (
+        "setManualLocation",
+        "Set the signed-in user's manual work location until midnight (Prefer: outlook.timezone, else the server's zone)",
+        Some(schema::<SetLocationBody>),
+    ),
+    (
+        "setAutomaticLocation",
+        "Set the signed-in user's automatic work location until midnight (hidden by a manual one)",
+        Some(schema::<SetLocationBody>),
+    ),
+    (
+        "clearAutomaticLocation",
+        "Clear the automatic work location (no body)",
+        None,
+    ),
+    (
+        "clearLocation",
+        "Clear the manual and automatic work locations (no body)",
+        None,
     ),
 ];
 
@@ -125,6 +147,15 @@ fn operations() -> Vec<Operation> {
             summary: "Get the presence of 1 to 650 users, in request order",
             request: Some(schema::<GetPresencesBody>),
             success: (200, "The presences", Some(presence_list)),
+            root: false,
+        },
+        Operation {
+            method: "post",
+            path: "/$batch",
+            route: "batch",
+            summary: "JSON batching: 1 to 20 requests, each authorised and rate-limited as if sent alone",
+            request: Some(schema::<BatchBody>),
+            success: (200, "One response per request: id, status, headers, body", None),
             root: false,
         },
         subscription(
@@ -189,6 +220,16 @@ fn operations() -> Vec<Operation> {
             "Prometheus metrics (no authentication; no ids as labels)",
         ),
         ("/openapi.json", "openapi", "This document (no authentication)"),
+        (
+            "/common/discovery/v2.0/keys",
+            "validation_keys",
+            "JWKS of the rich-notification validationTokens (no authentication; also /{tenant}/discovery/keys and /v2.0/)",
+        ),
+        (
+            "/common/.well-known/openid-configuration",
+            "openid_configuration",
+            "OpenID metadata naming the validationTokens' jwks_uri and issuer (no authentication; also per tenant and /v2.0/)",
+        ),
     ] {
         ops.push(Operation {
             method: "get",
@@ -328,6 +369,7 @@ mod tests {
             "subscriptions",
             "subscription",
             "reauthorize",
+            "batch",
         ];
         routes.extend(PresenceAction::all().iter().map(|a| a.name()));
         for route in routes {
