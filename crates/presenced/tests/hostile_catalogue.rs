@@ -33,13 +33,17 @@ const NORMAL: &str = "eeeeeeee-0000-0000-0000-00000000000e";
 const ANSWER_WITHIN: Duration = Duration::from_secs(20);
 const MIN_CASES: usize = 300;
 const METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"];
-const ACTIONS: [&str; 6] = [
+const ACTIONS: [&str; 10] = [
     "setPresence",
     "clearPresence",
     "setUserPreferredPresence",
     "clearUserPreferredPresence",
     "setStatusMessage",
     "setOutOfOfficeSettings",
+    "setManualLocation",
+    "setAutomaticLocation",
+    "clearAutomaticLocation",
+    "clearLocation",
 ];
 const HUGE: usize = 200 * 1024;
 
@@ -511,6 +515,8 @@ struct Ctx {
     reader: String,
     /// Delegated, Presence.Read.All: may subscribe.
     subscriber: String,
+    /// Delegated, Presence.ReadWrite: may set their own work location.
+    writer: String,
     /// The HS256 secret from the data dir, to craft tokens the verifier must refuse.
     secret: Vec<u8>,
     receiver_url: String,
@@ -620,6 +626,46 @@ fn body_targets(ctx: &Ctx) -> Vec<BodyTarget> {
             empty_ok: false,
         },
         BodyTarget {
+            name: "setManualLocation",
+            method: "POST",
+            path: "/v1.0/me/presence/setManualLocation".into(),
+            token: ctx.writer.clone(),
+            valid: json!({"workLocationType": "office", "placeId": "building-4"}),
+            required: vec!["workLocationType"],
+            huge_ok: vec![],
+            empty_ok: false,
+        },
+        BodyTarget {
+            name: "setAutomaticLocation",
+            method: "POST",
+            path: format!("/beta/users/{VICTIM}/presence/setAutomaticLocation"),
+            token: ctx.writer.clone(),
+            valid: json!({"placeId": "desk-12", "workLocationType": "remote"}),
+            required: vec!["workLocationType"],
+            huge_ok: vec![],
+            empty_ok: false,
+        },
+        BodyTarget {
+            name: "clearLocation",
+            method: "POST",
+            path: format!("/v1.0/communications/presences/{VICTIM}/clearLocation"),
+            token: ctx.writer.clone(),
+            valid: json!({}),
+            required: vec![],
+            huge_ok: vec![],
+            empty_ok: true,
+        },
+        BodyTarget {
+            name: "batch",
+            method: "POST",
+            path: "/v1.0/$batch".into(),
+            token: ctx.app.clone(),
+            valid: json!({"requests": [{"id": "1", "method": "GET", "url": format!("/users/{VICTIM}/presence")}]}),
+            required: vec!["requests"],
+            huge_ok: vec![],
+            empty_ok: false,
+        },
+        BodyTarget {
             name: "getPresencesByUserId",
             method: "POST",
             path: "/v1.0/communications/getPresencesByUserId".into(),
@@ -679,6 +725,9 @@ fn positional(t: &BodyTarget, ctx: &Ctx) -> Value {
             "v1_2"
         ]),
         "updateSubscription" => json!(["2099-01-01T00:00:00Z", url, null]),
+        "setManualLocation" | "setAutomaticLocation" => json!(["office", "building-4"]),
+        "clearLocation" => json!([[]]),
+        "batch" => json!([[["1", "GET", format!("/users/{VICTIM}/presence"), null, null, null]]]),
         other => panic!("no positional body for {other}"),
     }
 }
@@ -762,6 +811,7 @@ fn known_paths(subscription_id: &str) -> Vec<(String, &'static [&'static str])> 
             &["GET", "PATCH", "DELETE"],
         ));
         paths.push((format!("/{v}/subscriptions/{subscription_id}/reauthorize"), POST));
+        paths.push((format!("/{v}/$batch"), POST));
     }
     for p in ["/healthz", "/readyz", "/metrics"] {
         paths.push((p.into(), GET));
@@ -1317,16 +1367,21 @@ fn malformed_bodies(ctx: &Ctx) -> Vec<Case> {
             t.req().header("Content-Type", b"application/\xffjson").raw_body(&valid),
             &[415],
         ));
-        // Size: declared, and chunked without a length.
-        let big = format!("{{\"x\":\"{}\"}}", "a".repeat(300 * 1024));
+        // Size: declared, and chunked without a length. A batch may be 4 MiB (20 bodies).
+        let (limit_kb, label) = if t.name == "batch" {
+            (4 * 1024, "4.3 MB")
+        } else {
+            (256, "300 KB")
+        };
+        let big = format!("{{\"x\":\"{}\"}}", "a".repeat((limit_kb + 44) * 1024));
         cases.push(app_case(
             "oversize",
-            format!("{}: 300 KB body", t.name),
+            format!("{}: {label} body", t.name),
             t.req().json_bytes(&big),
             &[413],
         ));
         let mut chunked = Vec::new();
-        for _ in 0..40 {
+        for _ in 0..(limit_kb / 8 + 8) {
             chunked.extend_from_slice(format!("{:x}\r\n", 8 * 1024).as_bytes());
             chunked.extend_from_slice(&[b' '; 8 * 1024]);
             chunked.extend_from_slice(b"\r\n");
@@ -1338,7 +1393,12 @@ fn malformed_bodies(ctx: &Ctx) -> Vec<Case> {
             .header("Transfer-Encoding", "chunked")
             .raw_body(chunked)
             .unframed();
-        cases.push(app_case("oversize", format!("{}: 320 KB chunked", t.name), req, &[413]));
+        cases.push(app_case(
+            "oversize",
+            format!("{}: {label} chunked", t.name),
+            req,
+            &[413],
+        ));
     }
     cases
 }
@@ -1466,6 +1526,8 @@ fn unknown_enums(ctx: &Ctx) -> Vec<Case> {
         ),
         ("createSubscription", &["changeType"], true, true),
         ("createSubscription", &["latestSupportedTlsVersion"], false, false),
+        ("setManualLocation", &["workLocationType"], false, false),
+        ("setAutomaticLocation", &["workLocationType"], false, false),
     ];
     let mut cases = Vec::new();
     for (name, path, trims, lists) in fields {
@@ -1896,6 +1958,203 @@ fn subscription_cases(ctx: &Ctx) -> Vec<Case> {
     cases
 }
 
+/// `$batch` bodies whose batch is not well formed: refused whole with Graph's 400 (or 413),
+/// nothing run.
+fn batch_shapes(ctx: &Ctx) -> Vec<Case> {
+    let get = |id: &str| json!({"id": id, "method": "GET", "url": format!("/users/{VICTIM}/presence")});
+    let many = |n: usize| json!({"requests": (0..n).map(|i| get(&i.to_string())).collect::<Vec<_>>()});
+    let one = |step: Value| json!({"requests": [step]});
+    let step = |fields: Value| {
+        let mut s = get("1");
+        for (k, v) in fields.as_object().unwrap() {
+            s[k.as_str()] = v.clone();
+        }
+        s
+    };
+    let bodies: Vec<(&str, Value)> = vec![
+        ("21 requests", many(21)),
+        ("1,000 requests", many(1000)),
+        ("no requests", many(0)),
+        ("duplicate ids", json!({"requests": [get("a"), get("a")]})),
+        ("ids differing in case only", json!({"requests": [get("x"), get("X")]})),
+        (
+            "two-step cycle",
+            json!({"requests": [step(json!({"id": "1", "dependsOn": ["2"]})), step(json!({"id": "2", "dependsOn": ["1"]}))]}),
+        ),
+        (
+            "three-step cycle",
+            json!({"requests": [
+            step(json!({"id": "1", "dependsOn": ["3"]})), step(json!({"id": "2", "dependsOn": ["1"]})), step(json!({"id": "3", "dependsOn": ["2"]}))]}),
+        ),
+        ("self dependency", one(step(json!({"dependsOn": ["1"]})))),
+        ("unknown dependency", one(step(json!({"dependsOn": ["nope"]})))),
+        ("dependsOn not a list", one(step(json!({"dependsOn": "1"})))),
+        (
+            "nested $batch",
+            one(step(
+                json!({"method": "POST", "url": "/$batch", "body": {"requests": [get("2")]}}),
+            )),
+        ),
+        (
+            "nested $batch with a version",
+            one(step(json!({"method": "POST", "url": "/beta/$batch"}))),
+        ),
+        (
+            "nested %24batch",
+            one(step(json!({"method": "POST", "url": "/v1.0/%24batch"}))),
+        ),
+        (
+            "nested absolute $batch",
+            one(step(
+                json!({"method": "POST", "url": "http://evil.example/v1.0/$batch"}),
+            )),
+        ),
+        ("id missing", one(json!({"method": "GET", "url": "/me/presence"}))),
+        ("id empty", one(step(json!({"id": ""})))),
+        ("id a number", one(step(json!({"id": 1})))),
+        ("id of 10,000 characters", one(step(json!({"id": "i".repeat(10_000)})))),
+        ("id with a NUL", one(step(json!({"id": "a\u{0}b"})))),
+        ("method missing", one(json!({"id": "1", "url": "/me/presence"}))),
+        ("method with a space", one(step(json!({"method": "GE T"})))),
+        (
+            "method of 10,000 characters",
+            one(step(json!({"method": "G".repeat(10_000)}))),
+        ),
+        ("url missing", one(json!({"id": "1", "method": "GET"}))),
+        ("url empty", one(step(json!({"url": ""})))),
+        (
+            "url with a newline",
+            one(step(json!({"url": "/me/presence\r\nX-Injected: 1"}))),
+        ),
+        ("url with a space", one(step(json!({"url": "/me/ presence"})))),
+        (
+            "url of 10,000 characters",
+            one(step(json!({"url": format!("/users/{}", "u".repeat(10_000))}))),
+        ),
+        (
+            "headers a list",
+            one(step(json!({"headers": ["Content-Type: application/json"]}))),
+        ),
+        (
+            "header value an object",
+            one(step(json!({"headers": {"x-a": {"b": 1}}}))),
+        ),
+        ("header name with a colon", one(step(json!({"headers": {"x:a": "b"}})))),
+        (
+            "header value with a newline",
+            one(step(json!({"headers": {"x-a": "b\r\nX-Injected: 1"}}))),
+        ),
+        (
+            "100 headers",
+            one(step(
+                json!({"headers": (0..100).map(|i| (format!("x-h{i}"), json!("v"))).collect::<serde_json::Map<_, _>>()}),
+            )),
+        ),
+        ("requests an object", json!({"requests": {"id": "1"}})),
+        ("requests null", json!({"requests": null})),
+        ("a step that is a string", json!({"requests": ["GET /me/presence"]})),
+    ];
+    let mut cases: Vec<Case> = bodies
+        .into_iter()
+        .map(|(name, body)| {
+            let req = Req::new("POST", "/v1.0/$batch").bearer(&ctx.app).json(&body);
+            app_case("batch shape", name, req, &[400])
+        })
+        .collect();
+    let over = Req::new("POST", "/beta/$batch").bearer(&ctx.app).json_bytes(format!(
+        "{{\"requests\":[],\"pad\":\"{}\"}}",
+        "x".repeat(5 * 1024 * 1024)
+    ));
+    cases.push(app_case("batch shape", "a body over 4 MiB", over, &[413]));
+    let text = Req::new("POST", "/v1.0/$batch")
+        .bearer(&ctx.app)
+        .body("text/plain", "requests");
+    cases.push(app_case("batch shape", "not JSON", text, &[415]));
+    cases
+}
+
+/// `$select` values on presence reads that Graph refuses.
+fn select_values(ctx: &Ctx) -> Vec<Case> {
+    let values: Vec<(&str, String)> = vec![
+        ("unknown property", "$select=mood".into()),
+        ("one unknown among known", "$select=availability,mood".into()),
+        ("empty", "$select=".into()),
+        ("trailing comma", "$select=activity,".into()),
+        ("only commas", "$select=,,,".into()),
+        ("given twice", "$select=activity&$select=availability".into()),
+        ("wildcard among names", "$select=*,id".into()),
+        ("invalid UTF-8", "$select=%FF%FE".into()),
+        ("percent-encoded NUL", "$select=activity%00".into()),
+        ("a path", "$select=statusMessage/message".into()),
+        ("an expression", "$select=availability%20eq%20'Busy'".into()),
+        ("homoglyph", format!("$select={}", homoglyph("activity"))),
+        ("2 KB", format!("$select={}", "a".repeat(2048))),
+        ("40 names", format!("$select={}", vec!["id"; 40].join(","))),
+        ("SQL", "$select=activity'%20OR%20'1'='1".into()),
+    ];
+    let mut cases = Vec::new();
+    for (name, query) in values {
+        let read = Req::new("GET", format!("/v1.0/users/{VICTIM}/presence?{query}")).bearer(&ctx.app);
+        cases.push(app_case("select", format!("GET presence: {name}"), read, &[400]));
+        let bulk = Req::new("POST", format!("/beta/communications/getPresencesByUserId?{query}"))
+            .bearer(&ctx.app)
+            .json(&json!({"ids": [VICTIM]}));
+        cases.push(app_case(
+            "select",
+            format!("getPresencesByUserId: {name}"),
+            bulk,
+            &[400],
+        ));
+    }
+    cases
+}
+
+/// Work-location requests that are refused for who sends them or the zone they name.
+fn location_extras(ctx: &Ctx) -> Vec<Case> {
+    let body = json!({"workLocationType": "office"});
+    let set = |path: String, token: &str| Req::new("POST", path).bearer(token).json(&body);
+    let mut cases = vec![
+        app_case(
+            "work location",
+            "application token on a user",
+            set(format!("/v1.0/users/{VICTIM}/presence/setManualLocation"), &ctx.app),
+            &[403],
+        ),
+        app_case(
+            "work location",
+            "application token on /me",
+            set("/v1.0/me/presence/setAutomaticLocation".into(), &ctx.app),
+            &[400],
+        ),
+        app_case(
+            "work location",
+            "another user's location",
+            set(format!("/v1.0/users/{NORMAL}/presence/setManualLocation"), &ctx.writer),
+            &[403],
+        ),
+        app_case(
+            "work location",
+            "read-only delegated token",
+            set("/v1.0/me/presence/setManualLocation".into(), &ctx.reader),
+            &[403],
+        ),
+    ];
+    for (name, prefer) in [
+        ("unknown zone", "outlook.timezone=\"Atlantis Standard Time\"".to_owned()),
+        ("empty zone", "outlook.timezone=\"\"".to_owned()),
+        ("zone with a path", "outlook.timezone=\"../../etc/passwd\"".to_owned()),
+        ("zone of 2 KB", format!("outlook.timezone={}", "z".repeat(2048))),
+        ("Prefer of 10 KB", format!("return=minimal,{}", "x".repeat(10_000))),
+    ] {
+        let req = Req::new("POST", "/v1.0/me/presence/setManualLocation")
+            .bearer(&ctx.writer)
+            .header("Prefer", prefer)
+            .json(&body);
+        cases.push(app_case("work location", format!("Prefer: {name}"), req, &[400]));
+    }
+    cases
+}
+
 fn raw_tcp(ctx: &Ctx) -> Vec<Case> {
     let auth = format!("Authorization: Bearer {}\r\n", ctx.app);
     let line = |l: &[u8]| [l, b"\r\nHost: x\r\nConnection: close\r\n\r\n"].concat();
@@ -2296,6 +2555,7 @@ async fn hostile_catalogue_gets_4xx_and_the_server_stays_healthy() {
         app_reader: server.app_token(&["Presence.Read.All"]),
         reader: server.user_token(SUBSCRIBER, &["Presence.Read"]),
         subscriber: subscriber.clone(),
+        writer: server.user_token(VICTIM, &["Presence.ReadWrite"]),
         app: app.clone(),
         secret,
         receiver_url: receiver.url.clone(),
@@ -2322,6 +2582,9 @@ async fn hostile_catalogue_gets_4xx_and_the_server_stays_healthy() {
     cases.extend(wrong_types(&ctx));
     cases.extend(unknown_enums(&ctx));
     cases.extend(subscription_cases(&ctx));
+    cases.extend(batch_shapes(&ctx));
+    cases.extend(select_values(&ctx));
+    cases.extend(location_extras(&ctx));
     cases.extend(raw_tcp(&ctx));
 
     let verbose = std::env::var_os("HOSTILE_VERBOSE").is_some();

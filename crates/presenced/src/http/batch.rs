@@ -41,6 +41,8 @@ pub const MAX_REQUESTS: usize = 20;
 pub const MAX_BATCH_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// Step ids are the caller's correlation values (Kiota uses GUIDs); long ones are not ids.
 const MAX_ID_CHARS: usize = 128;
+/// HTTP methods are short words; a long one is no method this server has.
+const MAX_METHOD_CHARS: usize = 16;
 /// A step URL names a presence path and a short query.
 const MAX_URL_CHARS: usize = 2048;
 /// Per step; a request of its own is held to far fewer by the HTTP server anyway.
@@ -95,6 +97,10 @@ pub fn handle<'a>(
 ) -> Pin<Box<dyn Future<Output = Result<Response, ApiError>> + Send + 'a>> {
     Box::pin(async move {
         let bytes = body::read_at_most(outer, body, MAX_BATCH_BODY_BYTES).await?;
+        // Read as a JSON value first: that checks the whole document (text, numbers, nesting),
+        // including members the batch does not use, before any step runs. Then as the batch,
+        // which also refuses a member given twice (a value keeps the last one silently).
+        let _: Value = body::required(body::json(outer, &bytes)?)?;
         let batch: BatchBody = body::required(body::json(outer, &bytes)?)?;
         let steps = parse(version, batch)?;
         let order = order(&steps)?;
@@ -170,8 +176,10 @@ fn parse(version: ApiVersion, batch: BatchBody) -> Result<Vec<Step>, ApiError> {
     for (r, id) in requests.into_iter().zip(&ids) {
         let context = |what: &str| format!("Request '{id}' of the batch {what}");
         let method = r.method.as_deref().ok_or_else(|| invalid(context("has no method.")))?;
-        let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
-            .map_err(|_| invalid(context("has a method that is not an HTTP method.")))?;
+        let method = Some(method)
+            .filter(|m| m.len() <= MAX_METHOD_CHARS)
+            .and_then(|m| Method::from_bytes(m.to_ascii_uppercase().as_bytes()).ok())
+            .ok_or_else(|| invalid(context("has a method that is not an HTTP method.")))?;
         let url = r.url.as_deref().ok_or_else(|| invalid(context("has no url.")))?;
         let path_and_query = path_and_query(version, url).map_err(|why| invalid(context(&why)))?;
         let headers = headers(r.headers.unwrap_or_default()).map_err(|why| invalid(context(&why)))?;
