@@ -20,6 +20,9 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
+import jwt
+import pytest
+from conftest import TENANT
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, padding, serialization
 from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
@@ -68,6 +71,7 @@ class Receiver:
 
     def __init__(self) -> None:
         self.items: list[dict] = []
+        self.posts: list[dict] = []
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -81,7 +85,9 @@ class Receiver:
                     self.end_headers()
                     self.wfile.write(token[0].encode())
                     return
-                receiver.items.extend(json.loads(body)["value"])
+                post = json.loads(body)
+                receiver.posts.append(post)
+                receiver.items.extend(post["value"])
                 self.send_response(202)
                 self.end_headers()
 
@@ -100,7 +106,7 @@ class Receiver:
         return self.items
 
 
-def test_rich_notifications_decrypt_with_graphs_documented_algorithm(mint_token, graph, new_user):
+def test_rich_notifications_decrypt_with_graphs_documented_algorithm(server, mint_token, graph, new_user):
     private_key, cert_der = make_certificate()
     receiver = Receiver()
     user = new_user()
@@ -143,6 +149,23 @@ def test_rich_notifications_decrypt_with_graphs_documented_algorithm(mint_token,
         assert data["activity"] == "Presenting"
         assert data["@odata.type"] == "#microsoft.graph.presence"
         assert data["sequenceNumber"] == item["resourceData"]["sequenceNumber"]
+
+        # validationTokens, checked as Microsoft's guidance says (signature against the issuer's
+        # published keys, audience = our app id, issuer, expiry, appid = Graph change tracking),
+        # with the keys fetched from presenced instead of login.microsoftonline.com.
+        [token] = receiver.posts[0]["validationTokens"]
+        signing_key = jwt.PyJWKClient(f"{server.base_url}/common/discovery/v2.0/keys").get_signing_key_from_jwt(token)
+        claims = jwt.decode(
+            token,
+            signing_key.key,
+            algorithms=["RS256"],
+            audience=created.application_id,
+            issuer=f"https://sts.windows.net/{TENANT}/",
+            options={"require": ["exp", "iat", "nbf", "aud", "iss"]},
+        )
+        assert claims["appid"] == "0bf30f3b-4a52-48df-9a82-234910c4a086"
+        with pytest.raises(jwt.InvalidAudienceError):
+            jwt.decode(token, signing_key.key, algorithms=["RS256"], audience="another-app")
 
         # Every notification uses a fresh symmetric key.
         await writer.users.by_user_id(user).presence.set_presence.post(
