@@ -99,9 +99,10 @@ def test_work_location_beta_sdk_and_who_may_set_it(mint_token, graph, new_user):
 def test_select_on_reads_and_bulk(mint_token, graph, new_user):
     user = new_user()
     client = graph(mint_token(user=new_user(), scopes=["Presence.Read.All", "Presence.ReadWrite"]))
+    writer = graph(mint_token())
 
     async def scenario() -> None:
-        await client.users.by_user_id(user).presence.set_presence.post(
+        await writer.users.by_user_id(user).presence.set_presence.post(
             SetPresencePostRequestBody(session_id="app", availability="Busy", activity="InACall")
         )
         query = PresenceRequestBuilder.PresenceRequestBuilderGetQueryParameters(select=["availability", "activity"])

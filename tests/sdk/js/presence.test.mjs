@@ -66,7 +66,8 @@ test("$select on a read and on getPresencesByUserId", async () => {
   const user = randomUUID();
   const token = delegated(randomUUID());
   const gc = graphClient(server.baseUrl, token);
-  await gc.api(`/users/${user}/presence/setPresence`).post({ sessionId: "s", availability: "Busy", activity: "InACall" });
+  const writer = graphClient(server.baseUrl, server.token({ roles: ["Presence.ReadWrite.All"] }));
+  await writer.api(`/users/${user}/presence/setPresence`).post({ sessionId: "s", availability: "Busy", activity: "InACall" });
   const read = await gc.api(`/users/${user}/presence`).select(["availability", "activity"]).get();
   assert.deepEqual(Object.keys(read).sort(), ["@odata.context", "activity", "availability", "id"]);
   assert.match(read["@odata.context"], /presence\(availability,activity\)\/\$entity$/);
