@@ -148,8 +148,11 @@ async fn dispatch(
         .verify_cached(authorization, state.clock.unix_seconds())
         .map_err(|e| ApiError::unauthorized(e.to_string()))?;
     // Every API call counts against the application's budget; subscription calls too, since a
-    // creation sends a validation handshake out.
-    admit_presence_call(state, &principal)?;
+    // creation sends a validation handshake out. A `$batch` itself does not: each of its steps
+    // is admitted as the request of its own it stands for.
+    if route.endpoint != Endpoint::Batch {
+        admit_presence_call(state, &principal)?;
+    }
     match route.endpoint {
         Endpoint::GetPresence(target) => {
             get_presence(state, &principal, (route.version, route.addressing), target, &parts).await
