@@ -96,6 +96,99 @@ pub fn open_write(path: &Path) -> io::Result<File> {
     options().write(true).open(path)
 }
 
+/// Why a private file (a secret or a key) cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PrivateFileError {
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} is accessible by group or others (mode {mode:03o}); run `chmod 600 {}`", path.display(), path.display())]
+    Permissions { path: PathBuf, mode: u32 },
+    #[error("{} is not a regular file", path.display())]
+    NotAFile { path: PathBuf },
+    #[error("{} is larger than {max} bytes", path.display())]
+    TooLarge { path: PathBuf, max: u64 },
+    #[error(transparent)]
+    Unsafe(#[from] UnsafeDataDir),
+}
+
+fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> PrivateFileError {
+    let path = path.to_owned();
+    move |source| PrivateFileError::Io { action, path, source }
+}
+
+/// The contents of the private file at `path` (at most `max` bytes), or `None` if there is none.
+/// It must be a regular file (not reached through a symlink), owned by this user and accessible
+/// to it alone: a secret someone else could write could be one they chose.
+pub fn read_private(path: &Path, max: u64) -> Result<Option<Vec<u8>>, PrivateFileError> {
+    use std::io::Read;
+    let file = match open_read(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error("open", path)(e)),
+    };
+    let meta = file.metadata().map_err(io_error("inspect", path))?;
+    if !meta.is_file() {
+        return Err(PrivateFileError::NotAFile { path: path.to_owned() });
+    }
+    owned_by_me(path, &meta)?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(PrivateFileError::Permissions {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    let mut raw = Vec::new();
+    file.take(max + 1)
+        .read_to_end(&mut raw)
+        .map_err(io_error("read", path))?;
+    if raw.len() as u64 > max {
+        return Err(PrivateFileError::TooLarge {
+            path: path.to_owned(),
+            max,
+        });
+    }
+    Ok(Some(raw))
+}
+
+/// Create the private file `path` in `dir` holding `contents`, whole or not at all: written to a
+/// private temporary name, then hard-linked into place, so a crash never leaves half a secret
+/// and two processes starting at once agree on one. Returns what the file holds: `contents`, or
+/// the other process's if it won (read with [`read_private`]'s checks).
+pub fn create_private(dir: &Path, path: &Path, contents: &[u8], max: u64) -> Result<Vec<u8>, PrivateFileError> {
+    use std::io::Write;
+    let mut suffix = [0u8; 8];
+    getrandom::fill(&mut suffix).map_err(|e| io_error("name a temporary file for", path)(io::Error::other(e)))?;
+    let hex: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("private");
+    let tmp = dir.join(format!(".{name}.{hex}.tmp"));
+    let written = create_new(&tmp).and_then(|mut file| {
+        file.write_all(contents)?;
+        file.sync_all()
+    });
+    let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
+    // The temporary name is only a staging area; failing to remove it loses nothing (it is 0600).
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {
+            // The new directory entry is durable: a crash cannot lose what was handed out.
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_error("sync", dir))?;
+            Ok(contents.to_vec())
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            read_private(path, max)?.ok_or_else(|| io_error("read", path)(io::ErrorKind::NotFound.into()))
+        }
+        Err(e) => Err(io_error("create", path)(e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,10 +5,8 @@
 //! tool that mints tokens. Whoever can read it can mint any token, hence mode 0600 from the first
 //! byte and a refusal to start when group or others have any access.
 
-use std::fs::{self, File};
-use std::io::{self, Read as _, Write as _};
-use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
+use crate::data_dir::{self, PrivateFileError};
+use std::path::Path;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -32,37 +30,25 @@ const MAX_SECRET_FILE_BYTES: u64 = 4096;
 /// base64 of at least 32 bytes is an error for the operator to resolve, because replacing it would
 /// silently invalidate every token minted so far.
 pub fn load_or_create_secret(data_dir: &Path) -> Result<Vec<u8>, AuthSetupError> {
-    crate::data_dir::prepare(data_dir).map_err(AuthSetupError::DataDir)?;
+    data_dir::prepare(data_dir).map_err(AuthSetupError::DataDir)?;
     let path = data_dir.join(SECRET_FILE_NAME);
-    match crate::data_dir::open_read(&path) {
-        Ok(file) => read_existing(file, &path),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => create_new(data_dir, &path),
-        Err(e) => Err(io_error("open the JWT secret file", &path)(e)),
-    }
+    let raw = match data_dir::read_private(&path, MAX_SECRET_FILE_BYTES).map_err(|e| setup_error(e, &path))? {
+        Some(raw) => raw,
+        None => {
+            let mut secret = vec![0u8; GENERATED_SECRET_BYTES];
+            getrandom::fill(&mut secret).map_err(AuthSetupError::Random)?;
+            let mut line = STANDARD.encode(&secret);
+            line.push('\n');
+            data_dir::create_private(data_dir, &path, line.as_bytes(), MAX_SECRET_FILE_BYTES)
+                .map_err(|e| setup_error(e, &path))?
+        }
+    };
+    parse(&raw, &path)
 }
 
-fn read_existing(file: File, path: &Path) -> Result<Vec<u8>, AuthSetupError> {
-    let meta = file.metadata().map_err(io_error("inspect the JWT secret file", path))?;
-    if !meta.is_file() {
-        return Err(corrupt(path, "not a regular file"));
-    }
-    // A secret someone else owns could have been planted to mint tokens this server accepts.
-    crate::data_dir::owned_by_me(path, &meta).map_err(AuthSetupError::DataDir)?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(AuthSetupError::SecretPermissions {
-            path: path.to_owned(),
-            mode,
-        });
-    }
-    let mut raw = Vec::new();
-    file.take(MAX_SECRET_FILE_BYTES + 1)
-        .read_to_end(&mut raw)
-        .map_err(io_error("read the JWT secret file", path))?;
-    if raw.len() as u64 > MAX_SECRET_FILE_BYTES {
-        return Err(corrupt(path, "larger than 4 KiB"));
-    }
-    let text = std::str::from_utf8(&raw)
+/// The secret a file holds: base64 of at least 32 bytes, surrounding white space allowed.
+fn parse(raw: &[u8], path: &Path) -> Result<Vec<u8>, AuthSetupError> {
+    let text = std::str::from_utf8(raw)
         .map_err(|_| corrupt(path, "not base64 text"))?
         .trim();
     if text.is_empty() {
@@ -75,57 +61,14 @@ fn read_existing(file: File, path: &Path) -> Result<Vec<u8>, AuthSetupError> {
     Ok(secret)
 }
 
-/// Writes the secret to a private temporary file and hard-links it into place. The link either
-/// creates `jwt-secret` complete or fails because it exists, so a crash never leaves a half-written
-/// secret behind, and two processes starting at once agree on one secret.
-fn create_new(data_dir: &Path, path: &Path) -> Result<Vec<u8>, AuthSetupError> {
-    let mut secret = vec![0u8; GENERATED_SECRET_BYTES];
-    getrandom::fill(&mut secret).map_err(AuthSetupError::Random)?;
-    let mut suffix = [0u8; 8];
-    getrandom::fill(&mut suffix).map_err(AuthSetupError::Random)?;
-    let tmp = data_dir.join(format!(".{SECRET_FILE_NAME}.{}.tmp", hex(&suffix)));
-
-    let written = write_private(&tmp, &secret);
-    let linked = written.and_then(|()| fs::hard_link(&tmp, path));
-    // The temporary name is only a staging area; failing to remove it loses nothing (it is 0600).
-    let _ = fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => {
-            sync_dir(data_dir).map_err(io_error("sync the data directory", data_dir))?;
-            Ok(secret)
-        }
-        // Another process created it between our open and our link: use theirs.
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            let file = crate::data_dir::open_read(path).map_err(io_error("open the JWT secret file", path))?;
-            read_existing(file, path)
-        }
-        Err(e) => Err(io_error("create the JWT secret file", path)(e)),
+fn setup_error(e: PrivateFileError, path: &Path) -> AuthSetupError {
+    match e {
+        PrivateFileError::Permissions { path, mode } => AuthSetupError::SecretPermissions { path, mode },
+        PrivateFileError::NotAFile { .. } => corrupt(path, "not a regular file"),
+        PrivateFileError::TooLarge { .. } => corrupt(path, "larger than 4 KiB"),
+        PrivateFileError::Io { action, path, source } => AuthSetupError::Io { action, path, source },
+        PrivateFileError::Unsafe(e) => AuthSetupError::DataDir(e),
     }
-}
-
-fn write_private(path: &Path, secret: &[u8]) -> io::Result<()> {
-    // Mode at creation (not a later chmod), so the file is never readable by others, even briefly.
-    // The umask can only remove bits, never add group/other access.
-    let mut file = crate::data_dir::create_new(path)?;
-    let mut line = STANDARD.encode(secret);
-    line.push('\n');
-    file.write_all(line.as_bytes())?;
-    file.sync_all()
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    // Makes the new directory entry durable, so a crash after start-up cannot lose the secret that
-    // tokens were already minted with.
-    File::open(dir)?.sync_all()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> AuthSetupError {
-    let path: PathBuf = path.to_owned();
-    move |source| AuthSetupError::Io { action, path, source }
 }
 
 fn corrupt(path: &Path, reason: &'static str) -> AuthSetupError {
@@ -138,6 +81,8 @@ fn corrupt(path: &Path, reason: &'static str) -> AuthSetupError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt as _;
 
     fn mode(path: &Path) -> u32 {
         fs::metadata(path).unwrap().permissions().mode() & 0o777
@@ -227,7 +172,8 @@ mod tests {
         let path = dir.path().join(SECRET_FILE_NAME);
         let winner = [9u8; 32];
         write_with_mode(&path, STANDARD.encode(winner).as_bytes(), 0o600);
-        assert_eq!(create_new(dir.path(), &path).unwrap(), winner);
+        let held = data_dir::create_private(dir.path(), &path, b"ours", MAX_SECRET_FILE_BYTES).unwrap();
+        assert_eq!(parse(&held, &path).unwrap(), winner);
         assert_eq!(fs::read_to_string(&path).unwrap(), STANDARD.encode(winner));
         let names: Vec<_> = fs::read_dir(dir.path())
             .unwrap()

@@ -19,9 +19,7 @@ use base64::Engine as _;
 use jiff::{SignedDuration, Timestamp};
 use presence_core::TenantId;
 use std::fmt;
-use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, Read as _, Write as _};
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use aws_lc_rs::encoding::AsDer;
@@ -61,6 +59,8 @@ pub enum ValidationKeyError {
     Corrupt { path: PathBuf, reason: &'static str },
     #[error("cannot generate the validation-token key")]
     Generate,
+    #[error(transparent)]
+    DataDir(crate::data_dir::UnsafeDataDir),
 }
 
 /// Signs validation tokens and publishes the public key.
@@ -82,17 +82,18 @@ impl fmt::Debug for ValidationTokenSigner {
 impl ValidationTokenSigner {
     /// The key in `<data_dir>/validation-token-key`, created (0600) if there is none.
     pub fn load_or_create(data_dir: &Path) -> Result<Self, ValidationKeyError> {
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(data_dir)
-            .map_err(io_error("create the data directory", data_dir))?;
+        crate::data_dir::prepare(data_dir).map_err(|e| key_error(e.into(), data_dir))?;
         let path = data_dir.join(KEY_FILE_NAME);
-        let der = match File::open(&path) {
-            Ok(file) => read_existing(file, &path)?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => create_new(data_dir, &path)?,
-            Err(e) => return Err(io_error("open the validation-token key", &path)(e)),
+        let raw = match crate::data_dir::read_private(&path, MAX_KEY_FILE_BYTES).map_err(|e| key_error(e, &path))? {
+            Some(raw) => raw,
+            None => {
+                let key = KeyPair::generate(KeySize::Rsa2048).map_err(|_| ValidationKeyError::Generate)?;
+                let der: aws_lc_rs::encoding::Pkcs8V1Der = key.as_der().map_err(|_| ValidationKeyError::Generate)?;
+                crate::data_dir::create_private(data_dir, &path, pem(der.as_ref()).as_bytes(), MAX_KEY_FILE_BYTES)
+                    .map_err(|e| key_error(e, &path))?
+            }
         };
+        let der = der_of_pem(&raw, &path)?;
         let key = KeyPair::from_pkcs8(&der).map_err(|_| corrupt(&path, "not an RSA private key in PKCS#8"))?;
         Ok(Self::from_key(key))
     }
@@ -159,28 +160,9 @@ pub fn issuer(tenant: &TenantId) -> String {
     format!("https://sts.windows.net/{}/", tenant.as_str())
 }
 
-fn read_existing(file: File, path: &Path) -> Result<Vec<u8>, ValidationKeyError> {
-    let meta = file
-        .metadata()
-        .map_err(io_error("inspect the validation-token key", path))?;
-    if !meta.is_file() {
-        return Err(corrupt(path, "not a regular file"));
-    }
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(ValidationKeyError::Permissions {
-            path: path.to_owned(),
-            mode,
-        });
-    }
-    let mut raw = Vec::new();
-    file.take(MAX_KEY_FILE_BYTES + 1)
-        .read_to_end(&mut raw)
-        .map_err(io_error("read the validation-token key", path))?;
-    if raw.len() as u64 > MAX_KEY_FILE_BYTES {
-        return Err(corrupt(path, "larger than 16 KiB"));
-    }
-    let text = std::str::from_utf8(&raw).map_err(|_| corrupt(path, "not PEM text"))?;
+/// The DER inside a PEM `PRIVATE KEY` block.
+fn der_of_pem(raw: &[u8], path: &Path) -> Result<Vec<u8>, ValidationKeyError> {
+    let text = std::str::from_utf8(raw).map_err(|_| corrupt(path, "not PEM text"))?;
     let body = text
         .trim()
         .strip_prefix(PEM_BEGIN)
@@ -192,31 +174,14 @@ fn read_existing(file: File, path: &Path) -> Result<Vec<u8>, ValidationKeyError>
         .map_err(|_| corrupt(path, "not base64 inside the PEM block"))
 }
 
-/// Generate, write to a private temporary file and hard-link into place: the key file appears
-/// complete or not at all, and two processes starting at once end up with one key.
-fn create_new(data_dir: &Path, path: &Path) -> Result<Vec<u8>, ValidationKeyError> {
-    let key = KeyPair::generate(KeySize::Rsa2048).map_err(|_| ValidationKeyError::Generate)?;
-    let der: aws_lc_rs::encoding::Pkcs8V1Der = key.as_der().map_err(|_| ValidationKeyError::Generate)?;
-    let der = der.as_ref().to_vec();
-    let mut suffix = [0u8; 8];
-    getrandom::fill(&mut suffix).map_err(|_| ValidationKeyError::Generate)?;
-    let hex: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
-    let tmp = data_dir.join(format!(".{KEY_FILE_NAME}.{hex}.tmp"));
-    let written = write_private(&tmp, &pem(&der));
-    let linked = written.and_then(|()| fs::hard_link(&tmp, path));
-    let _ = fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => {
-            File::open(data_dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io_error("sync the data directory", data_dir))?;
-            Ok(der)
-        }
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            let file = File::open(path).map_err(io_error("open the validation-token key", path))?;
-            read_existing(file, path)
-        }
-        Err(e) => Err(io_error("create the validation-token key", path)(e)),
+fn key_error(e: crate::data_dir::PrivateFileError, path: &Path) -> ValidationKeyError {
+    use crate::data_dir::PrivateFileError as E;
+    match e {
+        E::Permissions { path, mode } => ValidationKeyError::Permissions { path, mode },
+        E::NotAFile { .. } => corrupt(path, "not a regular file"),
+        E::TooLarge { .. } => corrupt(path, "larger than 16 KiB"),
+        E::Io { action, path, source } => ValidationKeyError::Io { action, path, source },
+        E::Unsafe(e) => ValidationKeyError::DataDir(e),
     }
 }
 
@@ -234,18 +199,6 @@ fn pem(der: &[u8]) -> String {
     out
 }
 
-fn write_private(path: &Path, text: &str) -> io::Result<()> {
-    // Mode at creation, so the key is never readable by others, even briefly.
-    let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()
-}
-
-fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ValidationKeyError {
-    let path = path.to_owned();
-    move |source| ValidationKeyError::Io { action, path, source }
-}
-
 fn corrupt(path: &Path, reason: &'static str) -> ValidationKeyError {
     ValidationKeyError::Corrupt {
         path: path.to_owned(),
@@ -257,6 +210,8 @@ fn corrupt(path: &Path, reason: &'static str) -> ValidationKeyError {
 mod tests {
     use super::*;
     use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt as _;
 
     #[test]
     fn a_key_is_made_once_privately_and_read_back() {
