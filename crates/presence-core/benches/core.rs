@@ -50,6 +50,7 @@ fn set_presence(i: usize) -> Command {
         session: session(i),
         state: state(i),
         expiration: SignedDuration::from_hours(1),
+        application: None,
     }
 }
 

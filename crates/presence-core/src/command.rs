@@ -1,6 +1,7 @@
 //! The write commands, already validated: a handler turns a Graph request into one of these
 //! (parse, don't validate), and `UserPresence::apply` can then only fail for reasons that depend on state.
 use crate::ids::SessionId;
+use crate::origin::Device;
 use crate::state::{PreferredState, SessionState};
 use crate::view::{MessageExpiry, OutOfOfficeSettings};
 use crate::work_location::{DayZone, LocationInput, LocationLayer};
@@ -22,6 +23,36 @@ pub enum Command {
         session: SessionId,
         state: SessionState,
         expiration: SignedDuration,
+        /// The calling application, recorded when it differs from the session id.
+        application: Option<String>,
+    },
+    /// A client connects (or reconnects) its session: it lives as long as the connection.
+    ConnectClient {
+        session: SessionId,
+        device: Device,
+        /// The process (or node) holding the connection.
+        epoch: String,
+        state: SessionState,
+    },
+    /// A connected client sets its availability and activity.
+    SetClientState {
+        session: SessionId,
+        state: SessionState,
+    },
+    /// The user was active on a client: its fade starts over.
+    ClientActivity {
+        session: SessionId,
+    },
+    /// The client's connection ended: the session goes after `grace` unless it reconnects.
+    DisconnectClient {
+        session: SessionId,
+        grace: SignedDuration,
+    },
+    /// At start: every client session of another process (`epoch`) is disconnected, with the
+    /// grace from now, so clients that reconnect keep theirs and ghosts go.
+    OrphanClients {
+        epoch: String,
+        grace: SignedDuration,
     },
     ClearPresence {
         session: SessionId,
@@ -80,6 +111,8 @@ impl StatusMessageInput {
 pub enum CommandError {
     #[error("The presence session '{0}' does not exist.")]
     SessionNotFound(SessionId),
+    #[error("The presence session '{0}' belongs to a connected client; setPresence and clearPresence act on application sessions only.")]
+    SessionKind(SessionId),
     #[error("The user already has {max} presence sessions; clear one or reuse a sessionId (your application id).")]
     TooManySessions { max: usize },
     #[error("The status message is longer than {max} characters.")]

@@ -10,6 +10,7 @@
 //! - [`zone`]: resolving Graph `dateTimeTimeZone` values (Windows or IANA zone names) to instants.
 //! - [`timing`]: the timing policy (fade, session expiration bounds, preferred-presence defaults).
 //! - [`command`]: the write commands a caller can issue, already validated.
+//! - [`origin`]: where a session comes from: an application, or a connected client (device, connection).
 //! - [`user`]: `UserPresence`, the per-user aggregate with `apply`, `advance` and `next_deadline`.
 //! - [`view`]: the folded, externally visible presence and the change event it produces.
 //! - [`work_location`]: the manual and automatic work-location layers and their end of day.
@@ -18,6 +19,7 @@
 pub mod command;
 pub mod duration;
 pub mod ids;
+pub mod origin;
 pub mod state;
 pub mod timing;
 pub mod user;
@@ -27,9 +29,10 @@ pub mod zone;
 
 pub use command::{Command, CommandError, StatusMessageInput};
 pub use ids::{IdError, SessionId, TenantId, UserId, UserKey};
+pub use origin::{ClientLink, Device, Origin};
 pub use state::{Activity, Availability, PairError, PreferredState, SessionState};
 pub use timing::{Timing, TimingError};
-pub use user::{Outcome, UserPresence};
+pub use user::{Explanation, Fold, Outcome, Rule, UserPresence};
 pub use view::{ChangeEvent, OutOfOfficeSettings, PresenceView, SequenceNumber, StatusMessageView};
 pub use work_location::{
     DayZone, LocationInput, LocationLayer, PlaceId, WorkLocation, WorkLocationError, WorkLocationSource,

@@ -6,6 +6,7 @@
 //! folded view a function of the state alone: between two deadlines nothing can change.
 use crate::command::{Command, CommandError, MAX_OUT_OF_OFFICE_MESSAGE_CHARS, MAX_SESSIONS_PER_USER};
 use crate::ids::SessionId;
+use crate::origin::{ClientLink, Origin};
 use crate::state::{Activity, Availability, PreferredState, SessionState};
 use crate::timing::Timing;
 use crate::view::{ChangeEvent, MessageExpiry, OutOfOfficeSettings, PresenceView, SequenceNumber, StatusMessageView};
@@ -30,10 +31,47 @@ pub struct Session {
     /// Only Available sessions fade; for others these are `None`.
     pub idle_at: Option<Timestamp>,
     pub away_at: Option<Timestamp>,
+    /// When the session ends; not while it is a connected client's.
     pub expires_at: Timestamp,
+    /// Where it comes from, when the id does not say it (an app session whose id is its
+    /// application's records nothing). Boxed and left out of records while unset: millions of
+    /// sessions are held in memory, and records of older builds read back unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Box<Origin>>,
 }
 
 impl Session {
+    /// The connection of a client session.
+    pub fn client(&self) -> Option<&ClientLink> {
+        match self.origin.as_deref() {
+            Some(Origin::Client(link)) => Some(link),
+            _ => None,
+        }
+    }
+
+    fn client_mut(&mut self) -> Option<&mut ClientLink> {
+        match self.origin.as_deref_mut() {
+            Some(Origin::Client(link)) => Some(link),
+            _ => None,
+        }
+    }
+
+    /// When it expires: never while a client's connection holds it.
+    pub fn expires(&self) -> Option<Timestamp> {
+        match self.client() {
+            Some(link) if link.connected => None,
+            _ => Some(self.expires_at),
+        }
+    }
+
+    /// Restart the fade from `now` (a keep-alive or a client's activity): only Available fades.
+    fn restart_fade(&mut self, now: Timestamp, timing: &Timing) {
+        let fades = self.state.availability == Availability::Available;
+        self.stage = FadeStage::Active;
+        self.idle_at = fades.then(|| now + timing.fade_after);
+        self.away_at = fades.then(|| now + timing.fade_after * 2);
+    }
+
     /// What this session contributes to the fold at its current stage.
     pub fn effective(&self) -> (Availability, Activity) {
         match self.stage {
@@ -43,13 +81,13 @@ impl Session {
         }
     }
 
-    fn next_deadline(&self) -> Timestamp {
+    fn next_deadline(&self) -> Option<Timestamp> {
         let fade = match self.stage {
             FadeStage::Active => self.idle_at,
             FadeStage::Idle => self.away_at,
             FadeStage::Away => None,
         };
-        fade.map_or(self.expires_at, |f| f.min(self.expires_at))
+        fade.into_iter().chain(self.expires()).min()
     }
 }
 
@@ -80,6 +118,37 @@ pub struct UserPresence {
     // set one, and records written before work locations existed read back unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     work_location: Option<Box<WorkLocation>>,
+}
+
+/// Which rule decided a user's folded presence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rule {
+    /// No session: the user is offline (a preference, if any, waits for a session).
+    NoSession,
+    /// The user's preferred presence overrides every session.
+    Preferred,
+    /// The one session decides.
+    OnlySession(SessionId),
+    /// The session with the highest availability decides (the most recently set among equals,
+    /// then the lowest id).
+    HighestSession(SessionId),
+}
+
+/// The folded presence and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fold {
+    pub availability: Availability,
+    pub activity: Activity,
+    pub rule: Rule,
+}
+
+/// Why a user shows what they show: the view, the rule that produced it, and its inputs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Explanation<'a> {
+    pub view: PresenceView,
+    pub rule: Rule,
+    pub sessions: &'a [Session],
+    pub preferred: Option<&'a Preferred>,
 }
 
 /// The result of a successful command: the change event, if the visible presence changed.
@@ -154,7 +223,7 @@ impl UserPresence {
 
     /// The earliest instant at which `advance` would change anything; `None` if nothing is pending.
     pub fn next_deadline(&self) -> Option<Timestamp> {
-        let sessions = self.sessions.iter().map(Session::next_deadline);
+        let sessions = self.sessions.iter().filter_map(Session::next_deadline);
         let preferred = self.preferred.as_ref().map(|p| p.expires_at);
         let message = self
             .status_message
@@ -180,7 +249,9 @@ impl UserPresence {
 
     /// The folded presence from the stored stages (see the module comment for why no `now`).
     pub fn view(&self) -> PresenceView {
-        let (availability, activity) = self.fold();
+        let Fold {
+            availability, activity, ..
+        } = self.fold();
         PresenceView {
             availability,
             activity,
@@ -195,38 +266,54 @@ impl UserPresence {
         }
     }
 
-    fn fold(&self) -> (Availability, Activity) {
+    /// The folded presence and the rule that decided it: what the view shows and what an
+    /// explanation says come from this one function.
+    pub fn fold(&self) -> Fold {
         // Preferred presence only counts while some session exists: with none the user is offline.
-        if self.sessions.is_empty() {
-            return (Availability::Offline, Activity::Offline);
+        let winner = self.sessions.iter().max_by(|a, b| {
+            let (rank_a, rank_b) = (a.effective().0.rank(), b.effective().0.rank());
+            rank_a
+                .cmp(&rank_b)
+                .then(a.set_at.cmp(&b.set_at))
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        match (winner, &self.preferred) {
+            (None, _) => Fold {
+                availability: Availability::Offline,
+                activity: Activity::Offline,
+                rule: Rule::NoSession,
+            },
+            (Some(_), Some(p)) => Fold {
+                availability: p.state.availability,
+                activity: p.state.activity,
+                rule: Rule::Preferred,
+            },
+            (Some(s), None) => {
+                let (availability, activity) = s.effective();
+                let rule = if self.sessions.len() == 1 {
+                    Rule::OnlySession(s.id.clone())
+                } else {
+                    Rule::HighestSession(s.id.clone())
+                };
+                Fold {
+                    availability,
+                    activity,
+                    rule,
+                }
+            }
         }
-        if let Some(p) = &self.preferred {
-            return (p.state.availability, p.state.activity);
-        }
-        self.sessions
-            .iter()
-            .max_by(|a, b| {
-                let (rank_a, rank_b) = (a.effective().0.rank(), b.effective().0.rank());
-                rank_a
-                    .cmp(&rank_b)
-                    .then(a.set_at.cmp(&b.set_at))
-                    .then_with(|| a.id.cmp(&b.id))
-            })
-            .map(Session::effective)
-            .unwrap_or((Availability::Offline, Activity::Offline))
     }
 
     /// Returns the latest deadline applied, or `None` if nothing was due.
     fn apply_due(&mut self, now: Timestamp) -> Option<Timestamp> {
         let mut latest: Option<Timestamp> = None;
         let mut note = |t: Timestamp| latest = Some(latest.map_or(t, |l| l.max(t)));
-        self.sessions.retain(|s| {
-            if s.expires_at <= now {
-                note(s.expires_at);
+        self.sessions.retain(|s| match s.expires() {
+            Some(at) if at <= now => {
+                note(at);
                 false
-            } else {
-                true
             }
+            _ => true,
         });
         for s in &mut self.sessions {
             if let Some(away) = s.away_at.filter(|t| *t <= now && s.stage != FadeStage::Away) {
@@ -259,45 +346,74 @@ impl UserPresence {
                 session,
                 state,
                 expiration,
+                application,
             } => {
-                let fades = state.availability == Availability::Available;
-                // Everything but the id, which a renewed session keeps (no copy of it).
-                let renew = |s: &mut Session| {
-                    s.state = *state;
-                    s.stage = FadeStage::Active;
-                    s.set_at = now;
-                    s.idle_at = fades.then(|| now + timing.fade_after);
-                    s.away_at = fades.then(|| now + timing.fade_after * 2);
-                    s.expires_at = now + *expiration;
-                };
-                let count = self.sessions.len();
-                match self.sessions.iter_mut().find(|s| s.id == *session) {
-                    Some(existing) => renew(existing),
-                    None if count >= MAX_SESSIONS_PER_USER => {
-                        return Err(CommandError::TooManySessions {
-                            max: MAX_SESSIONS_PER_USER,
+                let origin = application
+                    .as_ref()
+                    .filter(|a| a.as_str() != session.as_str())
+                    .map(|a| {
+                        Box::new(Origin::App {
+                            application_id: a.clone(),
                         })
-                    }
-                    None => {
-                        let mut fresh = Session {
-                            id: session.clone(),
-                            state: *state,
-                            stage: FadeStage::Active,
-                            set_at: now,
-                            idle_at: None,
-                            away_at: None,
-                            expires_at: now,
-                        };
-                        renew(&mut fresh);
-                        self.sessions.push(fresh);
-                    }
-                }
+                    });
+                let s = self.session_for(session, *state, now, false)?;
+                s.state = *state;
+                s.set_at = now;
+                s.restart_fade(now, timing);
+                s.expires_at = now + *expiration;
+                s.origin = origin;
             }
             Command::ClearPresence { session } => {
-                let index = self.sessions.iter().position(|s| s.id == *session);
+                // REST clears app sessions only; a client's ends with its connection.
+                let index = self
+                    .sessions
+                    .iter()
+                    .position(|s| s.id == *session && s.client().is_none());
                 match index {
                     Some(i) => drop(self.sessions.remove(i)),
                     None => return Err(CommandError::SessionNotFound(session.clone())),
+                }
+            }
+            Command::ConnectClient {
+                session,
+                device,
+                epoch,
+                state,
+            } => {
+                let fresh = !self.sessions.iter().any(|s| s.id == *session);
+                let s = self.session_for(session, *state, now, true)?;
+                if fresh || s.state != *state {
+                    s.state = *state;
+                    s.set_at = now;
+                }
+                s.restart_fade(now, timing);
+                s.origin = Some(Box::new(Origin::Client(ClientLink {
+                    device: device.clone(),
+                    epoch: epoch.clone(),
+                    connected: true,
+                })));
+            }
+            Command::SetClientState { session, state } => {
+                let s = self.client_session(session)?;
+                s.state = *state;
+                s.set_at = now;
+                s.restart_fade(now, timing);
+            }
+            Command::ClientActivity { session } => self.client_session(session)?.restart_fade(now, timing),
+            Command::DisconnectClient { session, grace } => {
+                let s = self.client_session(session)?;
+                if let Some(link) = s.client_mut() {
+                    link.connected = false;
+                }
+                s.expires_at = now + *grace;
+            }
+            Command::OrphanClients { epoch, grace } => {
+                for s in &mut self.sessions {
+                    let orphan = s.client().is_some_and(|l| l.connected && l.epoch != *epoch);
+                    if let (true, Some(link)) = (orphan, s.client_mut()) {
+                        link.connected = false;
+                        s.expires_at = now + *grace;
+                    }
                 }
             }
             Command::SetPreferred { state, expiration } => {
@@ -344,6 +460,62 @@ impl UserPresence {
             Command::ClearLocation => self.work_location = None,
         }
         Ok(())
+    }
+
+    /// The session `id` to set, created if missing (within the per-user limit). An app's
+    /// `setPresence` may not take over a client's session, nor a client an app's.
+    fn session_for(
+        &mut self,
+        id: &SessionId,
+        state: SessionState,
+        now: Timestamp,
+        client: bool,
+    ) -> Result<&mut Session, CommandError> {
+        let count = self.sessions.len();
+        let index = match self.sessions.iter().position(|s| s.id == *id) {
+            Some(i) if self.sessions[i].client().is_some() != client => {
+                return Err(CommandError::SessionKind(id.clone()));
+            }
+            Some(i) => i,
+            None if count >= MAX_SESSIONS_PER_USER => {
+                return Err(CommandError::TooManySessions {
+                    max: MAX_SESSIONS_PER_USER,
+                })
+            }
+            None => {
+                self.sessions.push(Session {
+                    id: id.clone(),
+                    state,
+                    stage: FadeStage::Active,
+                    set_at: now,
+                    idle_at: None,
+                    away_at: None,
+                    expires_at: now,
+                    origin: None,
+                });
+                count
+            }
+        };
+        Ok(&mut self.sessions[index])
+    }
+
+    /// An existing client session.
+    fn client_session(&mut self, id: &SessionId) -> Result<&mut Session, CommandError> {
+        self.sessions
+            .iter_mut()
+            .find(|s| s.id == *id && s.client().is_some())
+            .ok_or_else(|| CommandError::SessionNotFound(id.clone()))
+    }
+
+    /// The fold, with every session and the preference as they stand: why the user shows what
+    /// they show. The view it explains is [`view`](Self::view)'s.
+    pub fn explain(&self) -> Explanation<'_> {
+        Explanation {
+            view: self.view(),
+            rule: self.fold().rule,
+            sessions: &self.sessions,
+            preferred: self.preferred.as_ref(),
+        }
     }
 
     /// Bump the sequence and build the event if the visible presence differs from `before`.

@@ -26,6 +26,8 @@ struct Op {
     clear: bool,
     /// A work-location command instead of a session one (see `location_command`).
     location: Option<u8>,
+    /// A client-session command instead (see `client_command`).
+    client: Option<u8>,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -36,15 +38,43 @@ fn op() -> impl Strategy<Value = Op> {
         5i64..=240,
         prop::bool::weighted(0.15),
         prop::option::weighted(0.25, 0u8..6),
+        prop::option::weighted(0.3, 0u8..5),
     )
-        .prop_map(|(session, pair, offset, expiration_mins, clear, location)| Op {
+        .prop_map(|(session, pair, offset, expiration_mins, clear, location, client)| Op {
             session,
             pair,
             offset,
             expiration_mins,
             clear,
             location,
+            client,
         })
+}
+
+/// Client-session commands on sessions `c0`..`c4`: connect, set a state, report activity,
+/// disconnect (a grace of 30 s), or orphan every client of another process.
+fn client_command(op: &Op, kind: u8) -> Command {
+    let session = SessionId::parse(&format!("c{}", op.session)).unwrap();
+    let (av, ac) = PAIRS[op.pair];
+    let state = SessionState::new(av, ac).unwrap();
+    match kind {
+        0 => Command::ConnectClient {
+            session,
+            device: Device::parse("desktop").unwrap(),
+            epoch: format!("e{}", op.expiration_mins % 2),
+            state,
+        },
+        1 => Command::SetClientState { session, state },
+        2 => Command::ClientActivity { session },
+        3 => Command::DisconnectClient {
+            session,
+            grace: SignedDuration::from_secs(30),
+        },
+        _ => Command::OrphanClients {
+            epoch: "e1".into(),
+            grace: SignedDuration::from_secs(30),
+        },
+    }
 }
 
 /// Work-location commands in zones whose day ends at different distances from t0 (09:00 UTC):
@@ -85,6 +115,9 @@ fn command(op: &Op) -> Command {
     if let Some(kind) = op.location {
         return location_command(kind);
     }
+    if let Some(kind) = op.client {
+        return client_command(op, kind);
+    }
     let session = SessionId::parse(&format!("s{}", op.session)).unwrap();
     if op.clear {
         return Command::ClearPresence { session };
@@ -94,6 +127,7 @@ fn command(op: &Op) -> Command {
         session,
         state: SessionState::new(av, ac).unwrap(),
         expiration: SignedDuration::from_mins(op.expiration_mins),
+        application: None,
     }
 }
 
@@ -113,7 +147,7 @@ proptest! {
     fn fold_ignores_insertion_order(ops in prop::collection::vec(op(), 1..8), seed in any::<u64>()) {
         let timing = Timing::default();
         // One set per session at the same instant: arrival order is the only difference.
-        let mut sets: Vec<Op> = ops.iter().cloned().map(|mut o| { o.clear = false; o.location = None; o.offset = 0; o }).collect();
+        let mut sets: Vec<Op> = ops.iter().cloned().map(|mut o| { o.clear = false; o.location = None; o.offset = 0; o.client = o.client.map(|_| 0); o }).collect();
         sets.sort_by_key(|o| o.session);
         sets.dedup_by_key(|o| o.session);
         let mut shuffled = sets.clone();
@@ -139,7 +173,7 @@ proptest! {
         let before = u.clone();
         let last = ops.iter().map(|o| o.offset).max().unwrap_or(0);
         let at = t0() + SignedDuration::from_secs(last + later);
-        let set = command(&Op { clear: false, location: None, ..renew.clone() });
+        let set = command(&Op { clear: false, location: None, client: None, ..renew.clone() });
         let Ok((renewed, _)) = u.applied(&set, at, &timing) else {
             return Ok(()); // too many sessions: nothing to compare
         };
@@ -192,6 +226,74 @@ proptest! {
         }
     }
 
+    /// The explanation is of the very view readers get, and its rule names what produced it.
+    #[test]
+    fn the_explanation_agrees_with_the_view(ops in prop::collection::vec(op(), 0..12), later in 0i64..20_000) {
+        let timing = Timing::default();
+        let mut u = run(&ops, &timing);
+        let last = ops.iter().map(|o| o.offset).max().unwrap_or(0);
+        u.advance(t0() + SignedDuration::from_secs(last + later));
+        let explained = u.explain();
+        prop_assert_eq!(&explained.view, &u.view());
+        let (availability, activity) = (explained.view.availability, explained.view.activity);
+        match &explained.rule {
+            Rule::NoSession => {
+                prop_assert!(u.sessions().is_empty());
+                prop_assert_eq!((availability, activity), (Availability::Offline, Activity::Offline));
+            }
+            Rule::Preferred => {
+                let p = u.preferred().unwrap();
+                prop_assert_eq!((availability, activity), (p.state.availability, p.state.activity));
+            }
+            Rule::OnlySession(id) | Rule::HighestSession(id) => {
+                prop_assert!(u.preferred().is_none());
+                let s = u.sessions().iter().find(|s| s.id == *id).unwrap();
+                prop_assert_eq!((availability, activity), s.effective());
+                let top = u.sessions().iter().map(|s| s.effective().0.rank()).max().unwrap();
+                prop_assert_eq!(s.effective().0.rank(), top);
+                prop_assert_eq!(matches!(explained.rule, Rule::OnlySession(_)), u.sessions().len() == 1);
+            }
+        }
+    }
+
+    /// A connected client's session never expires; once disconnected it goes exactly a grace
+    /// after, unless it reconnects first, which keeps it without a visible change.
+    #[test]
+    fn a_client_session_lives_with_its_connection(pair in 0usize..5, away in 1i64..100_000, back in prop::option::of(0i64..60)) {
+        let timing = Timing::default();
+        let (av, ac) = PAIRS[pair];
+        let state = SessionState::new(av, ac).unwrap();
+        let session = SessionId::parse("c").unwrap();
+        let connect = Command::ConnectClient { session: session.clone(), device: Device::parse("web").unwrap(), epoch: "e".into(), state };
+        let mut u = UserPresence::default();
+        u.apply(connect.clone(), t0(), &timing).unwrap();
+        let gone_at = t0() + SignedDuration::from_secs(away);
+        u.advance(gone_at);
+        prop_assert_eq!(u.sessions().len(), 1, "connected: never expires");
+        let grace = SignedDuration::from_secs(30);
+        u.apply(Command::DisconnectClient { session: session.clone(), grace }, gone_at, &timing).unwrap();
+        match back {
+            Some(after) if after < 30 => {
+                let view = u.view_at(gone_at + SignedDuration::from_secs(after));
+                let at = gone_at + SignedDuration::from_secs(after);
+                let outcome = u.apply(connect, at, &timing).unwrap();
+                if av != Availability::Available {
+                    prop_assert_eq!(outcome.change, None, "a reconnect within the grace changes nothing visible");
+                }
+                let _ = view;
+                u.advance(at + grace * 10);
+                prop_assert_eq!(u.sessions().len(), 1);
+            }
+            _ => {
+                let mut before = u.clone();
+                before.advance(gone_at + grace - SignedDuration::from_millis(1));
+                prop_assert_eq!(before.sessions().len(), 1, "not before the grace");
+                u.advance(gone_at + grace);
+                prop_assert!(u.sessions().is_empty(), "gone at the grace");
+            }
+        }
+    }
+
     /// Advancing in many small steps or one big one lands on the same visible presence.
     #[test]
     fn advance_is_path_independent(ops in prop::collection::vec(op(), 1..10), step_secs in 1i64..600) {
@@ -207,7 +309,11 @@ proptest! {
         let mut jumped = u.clone();
         jumped.advance(end);
         prop_assert_eq!((stepped.view().availability, stepped.view().activity), (jumped.view().availability, jumped.view().activity));
-        prop_assert!(stepped.sessions().is_empty(), "every session expires within 4 hours");
+        // Every session expires within 4 hours, but a connected client's, which lives with its connection.
+        prop_assert!(
+            stepped.sessions().iter().all(|s| s.client().is_some_and(|l| l.connected)),
+            "every other session expires within 4 hours"
+        );
     }
 }
 

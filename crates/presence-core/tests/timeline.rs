@@ -17,6 +17,7 @@ fn set(session: &str, av: Availability, ac: Activity, expiration: SignedDuration
         session: sid(session),
         state: SessionState::new(av, ac).unwrap(),
         expiration,
+        application: None,
     }
 }
 fn pair(v: &PresenceView) -> (Availability, Activity) {

@@ -111,6 +111,7 @@ mod tests {
             session: SessionId::parse("s").unwrap(),
             state: SessionState::new(Availability::Available, Activity::Available).unwrap(),
             expiration: SignedDuration::from_hours(1),
+            application: None,
         };
         let event = state
             .apply(set, now - SignedDuration::from_mins(12), &Timing::default())
@@ -161,6 +162,7 @@ mod manual_clock {
             session: SessionId::parse("s").unwrap(),
             state: SessionState::new(Availability::Available, Activity::Available).unwrap(),
             expiration: SignedDuration::from_mins(30),
+            application: None,
         };
         service.execute(&key, set).await.unwrap();
         let fade = Timing::default().fade_after;

@@ -246,6 +246,7 @@ fn busy(now: Timestamp, expiration: SignedDuration, timing: &Timing) -> (UserPre
         session: SessionId::parse(APP_ID).expect("valid session id"),
         state: SessionState::new(Availability::Busy, Activity::InACall).expect("Busy/InACall is a session pair"),
         expiration,
+        application: None,
     };
     let change = state
         .apply(command, now, timing)

@@ -217,7 +217,7 @@ pub async fn action(
             .can_write(Some(user.as_str()), state.delegated_writes_to_others)
             .map_err(denied)?;
     }
-    let command = command(state, action, headers, bytes)?;
+    let command = command(state, action, headers, bytes, principal.app.as_deref())?;
     state
         .service
         .execute(&key(principal, user)?, command)
@@ -226,7 +226,13 @@ pub async fn action(
     Ok(StatusCode::OK.into_response())
 }
 
-fn command(state: &AppState, action: PresenceAction, headers: &HeaderMap, bytes: &Bytes) -> Result<Command, ApiError> {
+fn command(
+    state: &AppState,
+    action: PresenceAction,
+    headers: &HeaderMap,
+    bytes: &Bytes,
+    application: Option<&str>,
+) -> Result<Command, ApiError> {
     let timing = state.service.timing();
     let range = |e: presence_core::TimingError| ApiError::invalid_argument(e.to_string());
     Ok(match action {
@@ -241,6 +247,7 @@ fn command(state: &AppState, action: PresenceAction, headers: &HeaderMap, bytes:
                 session,
                 state,
                 expiration,
+                application: application.map(str::to_owned),
             }
         }
         PresenceAction::ClearPresence => {

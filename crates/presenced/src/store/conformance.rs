@@ -119,6 +119,7 @@ fn set(
         session: SessionId::parse("app").unwrap(),
         state: SessionState::new(availability, activity).unwrap(),
         expiration: SignedDuration::from_mins(10),
+        application: None,
     };
     let outcome = next.apply(command, at, &Timing::default()).unwrap();
     (next, outcome.change)

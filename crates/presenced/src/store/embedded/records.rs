@@ -80,6 +80,13 @@ fn session(out: &mut Vec<u8>, s: &Session) {
     json_text::optional(out, s.away_at, json_text::timestamp);
     out.extend_from_slice(b",\"expires_at\":");
     json_text::timestamp(out, s.expires_at);
+    if let Some(origin) = &s.origin {
+        // Rare (an app other than the session's id, or a client): serde writes it.
+        out.extend_from_slice(b",\"origin\":");
+        if serde_json::to_writer(&mut *out, origin).is_err() {
+            out.extend_from_slice(b"null");
+        }
+    }
     out.push(b'}');
 }
 
@@ -227,6 +234,12 @@ mod tests {
         },
         ClearAutomaticLocation,
         ClearLocation,
+        /// A client session: connect (or set its state), or disconnect it.
+        Client {
+            session: u8,
+            pair: usize,
+            connect: bool,
+        },
         /// Let time pass (fades, expiries) by this many seconds and nanoseconds.
         Wait {
             seconds: i64,
@@ -237,6 +250,11 @@ mod tests {
     fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
             (0u8..4, 0usize..8, 5i64..240).prop_map(|(session, pair, minutes)| Step::Set { session, pair, minutes }),
+            (0u8..4, 0usize..8, any::<bool>()).prop_map(|(session, pair, connect)| Step::Client {
+                session,
+                pair,
+                connect
+            }),
             (0u8..4).prop_map(|session| Step::Clear { session }),
             (0usize..8).prop_map(|pair| Step::Prefer { pair }),
             Just(Step::Unprefer),
@@ -260,6 +278,25 @@ mod tests {
                     session: SessionId::parse(sessions[*session as usize]).unwrap(),
                     state: SessionState::new(a, b).ok()?,
                     expiration: SignedDuration::from_mins(*minutes),
+                    application: (*session % 2 == 0).then(|| "another \"app\"\u{e9}".to_owned()),
+                }
+            }
+            Step::Client { session, pair, connect } => {
+                let pairs = presence_core::state::SESSION_PAIRS;
+                let (a, b) = pairs[pair % pairs.len()];
+                let session = SessionId::parse(&format!("client-{session}")).unwrap();
+                if *connect {
+                    Command::ConnectClient {
+                        session,
+                        device: presence_core::Device::parse("Anna's \"laptop\"").unwrap(),
+                        epoch: "e1".into(),
+                        state: SessionState::new(a, b).ok()?,
+                    }
+                } else {
+                    Command::DisconnectClient {
+                        session,
+                        grace: SignedDuration::from_secs(30),
+                    }
                 }
             }
             Step::Clear { session } => Command::ClearPresence {

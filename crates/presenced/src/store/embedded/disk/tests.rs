@@ -36,6 +36,7 @@ fn state_json(availability: presence_core::Availability, activity: presence_core
         session: presence_core::SessionId::parse("app").unwrap(),
         state: presence_core::SessionState::new(availability, activity).unwrap(),
         expiration: jiff::SignedDuration::from_mins(10),
+        application: None,
     };
     let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
     state.apply(command, now, &presence_core::Timing::default()).unwrap();
