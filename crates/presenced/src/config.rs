@@ -36,6 +36,8 @@ pub enum Cmd {
     Token(TokenArgs),
     /// Print the OpenAPI document of the API (as served at /openapi.json).
     Openapi,
+    /// Write a throwaway CA and a certificate for localhost, to try --tls-cert/--tls-key.
+    Cert(crate::net::config::CertArgs),
 }
 
 #[derive(Debug, Args, Default)]
@@ -149,6 +151,8 @@ pub struct ServeArgs {
     /// Log filter, e.g. `info` or `presenced=debug`. [default: info]
     #[arg(long, env = "PRESENCED_LOG_LEVEL")]
     pub log_level: Option<String>,
+    #[command(flatten)]
+    pub net: crate::net::config::NetArgs,
 }
 
 #[derive(Debug, Args)]
@@ -212,6 +216,12 @@ pub struct FileConfig {
     pub webhooks: FileWebhooks,
     #[serde(default)]
     pub subscriptions: FileSubscriptions,
+    pub public_url: Option<String>,
+    pub metrics_listen: Option<String>,
+    #[serde(default)]
+    pub connections: crate::net::config::FileConnections,
+    #[serde(default)]
+    pub tls: crate::net::config::FileTls,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -289,6 +299,7 @@ pub struct ServeConfig {
     pub delivery: DeliveryConfig,
     pub subscriptions: SubscriptionPolicy,
     pub rate_limit: Option<RateLimit>,
+    pub net: crate::net::config::NetConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -515,6 +526,12 @@ impl ServeArgs {
             delivery,
             subscriptions,
             rate_limit,
+            net: self.net.resolve(crate::net::config::FileNet {
+                public_url: file.public_url,
+                metrics_listen: file.metrics_listen,
+                connections: file.connections,
+                tls: file.tls,
+            })?,
         })
     }
 }
@@ -582,6 +599,7 @@ mod tests {
             (from_file.hs256, from_file.log_format),
             (defaults.hs256, defaults.log_format)
         );
+        assert_eq!(from_file.net, defaults.net);
     }
 
     #[test]

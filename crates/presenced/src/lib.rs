@@ -14,6 +14,8 @@
 //! - [`sweeper`]: applies fades and expiries on time from the store's deadline index.
 //! - [`stream`]: live watch streams: the hub that follows the change log, resumable watches.
 //! - [`server`]: wiring and graceful shutdown.
+//! - [`net`]: the accept loop: connection cap with a fair share per address, timeouts, TLS,
+//!   the descriptor limit.
 //! - [`notify`]: webhook delivery derived from the change log, lifecycle events.
 //! - [`metrics`]: Prometheus metrics (`/metrics`).
 //! - [`clock`]: the only place allowed to read the wall clock, and the injectable [`clock::Clock`].
@@ -29,6 +31,7 @@ pub mod graph_time;
 pub mod http;
 pub mod json_text;
 pub mod metrics;
+pub mod net;
 pub mod notify;
 pub mod server;
 pub mod service;

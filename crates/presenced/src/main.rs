@@ -1,4 +1,4 @@
-//! The `presenced` command line: `serve` and `token`.
+//! The `presenced` command line: `serve`, `token`, `openapi` and `cert`.
 use anyhow::Context;
 use clap::Parser;
 use presence_core::duration::parse_config_duration;
@@ -24,6 +24,7 @@ fn main() -> ExitCode {
             print!("{}", presenced::http::openapi::document_text());
             Ok(())
         }
+        Cmd::Cert(args) => cert(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -42,6 +43,26 @@ fn serve(args: presenced::config::ServeArgs) -> anyhow::Result<()> {
         let shutdown = presenced::server::shutdown_signal().context("cannot install the SIGTERM/SIGINT handlers")?;
         presenced::server::run(config, shutdown).await
     })
+}
+
+fn cert(args: presenced::net::config::CertArgs) -> anyhow::Result<()> {
+    use presenced::net::cert;
+    let hosts: Vec<String> = if args.hosts.is_empty() {
+        cert::DEFAULT_HOSTS.iter().map(|h| h.to_string()).collect()
+    } else {
+        args.hosts
+    };
+    let generated = cert::generate(&hosts, args.days).context("generating the certificate")?;
+    cert::write(&args.out, &generated, args.force)?;
+    let dir = args.out.display();
+    println!(
+        "wrote {dir}/ca.pem (the CA to trust), {dir}/cert.pem and {dir}/key.pem (for {}; {} days)",
+        hosts.join(", "),
+        args.days
+    );
+    println!("serve:  presenced serve --tls-cert {dir}/cert.pem --tls-key {dir}/key.pem");
+    println!("trust:  curl --cacert {dir}/ca.pem | NODE_EXTRA_CA_CERTS={dir}/ca.pem node … | SSL_CERT_FILE={dir}/ca.pem python …");
+    Ok(())
 }
 
 fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {

@@ -214,6 +214,11 @@ impl Metrics {
         });
     }
 
+    /// The registry, for modules that keep their own metrics (`net::metrics`).
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     /// The text exposition format.
     pub fn encode(&self) -> String {
         let mut out = String::new();

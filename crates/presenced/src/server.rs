@@ -1,9 +1,10 @@
 //! Wiring: open the store the configuration names, build the services, start the workers (sweeper,
-//! dispatcher, lifecycle), serve HTTP, shut down cleanly.
+//! dispatcher, lifecycle), serve HTTP(S) through `net`, shut down cleanly.
 use crate::auth::{self, AuthConfig, Verifier};
 use crate::clock::{Clock, SystemClock};
 use crate::config::ServeConfig;
 use crate::http::{self, AppState};
+use crate::net::{self, conn::ListenerInfo, limits::Limiter};
 use crate::notify::dispatcher::{DeliveryConfig, Dispatcher};
 use crate::notify::endpoint::EndpointPolicy;
 use crate::notify::lifecycle::Lifecycle;
@@ -76,6 +77,8 @@ pub async fn run_with_clock(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let verifier = verifier(&config)?;
+    // Before the store opens its files, so they count against the raised limit.
+    let descriptors = net::fd::apply(config.net.open_files);
     let store = open_store(&config, &clock).await?;
 
     let endpoints = EndpointPolicy {
@@ -85,7 +88,10 @@ pub async fn run_with_clock(
     let client = WebhookClient::new(endpoints.clone()).context("building the webhook client")?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let delivery_metrics = crate::metrics::DeliveryMetrics::default();
-    let metrics = Arc::new(crate::metrics::Metrics::new(store.metrics(), &delivery_metrics));
+    let connection_metrics = net::metrics::ConnectionMetrics::default();
+    let mut metrics = crate::metrics::Metrics::new(store.metrics(), &delivery_metrics);
+    connection_metrics.register(metrics.registry_mut());
+    let metrics = Arc::new(metrics);
     let service = Arc::new(PresenceService::new(
         store.clone(),
         config.timing.clone(),
@@ -119,12 +125,10 @@ pub async fn run_with_clock(
     let hub = Hub::new(config.streams.queue, store.head());
     let streams = Arc::new(Streams::new(hub.clone(), config.streams.clone()));
     let hub_task = tokio::spawn(hub.run(store.clone(), stop_rx.clone()));
-    let sweeper = tokio::spawn(Sweeper::new(service.clone()).run(stop_rx));
+    let sweeper = tokio::spawn(Sweeper::new(service.clone()).run(stop_rx.clone()));
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let addr = listener.local_addr()?;
+    let listeners = listeners(&config, descriptors, connection_metrics, stop_rx).await?;
+    let addr = listeners[0].tcp.local_addr()?;
     let state = AppState {
         service: service.clone(),
         subscriptions: subscriptions.clone(),
@@ -139,12 +143,16 @@ pub async fn run_with_clock(
         metrics,
         validation_tokens,
     };
-    // Tests and scripts wait for this exact line on stdout; logs go to stderr.
-    println!("listening on http://{addr}");
+    // Tests and scripts wait for this exact line on stdout ("listening on " and the base URL);
+    // logs go to stderr.
+    let scheme = if listeners[0].tls.is_some() { "https" } else { "http" };
+    println!("listening on {scheme}://{addr}");
+    if let Some(metrics) = listeners.get(1) {
+        println!("metrics on http://{}/metrics", metrics.tcp.local_addr()?);
+    }
     std::io::stdout().flush()?;
-    tracing::info!(%addr, "serving");
+    tracing::info!(%addr, scheme, "serving");
 
-    let entry = axum::ServiceExt::<axum::extract::Request>::into_make_service(http::service(state));
     // On the signal, streams and sockets first get their final message and close (bounded by
     // the drain time); then the server stops accepting and waits for in-flight requests.
     let draining = streams.clone();
@@ -155,7 +163,15 @@ pub async fn run_with_clock(
             tracing::warn!(streams = left, "streams still open after the drain time; closing them");
         }
     };
-    axum::serve(listener, entry).with_graceful_shutdown(shutdown).await?;
+    let settings = net::Settings::new(
+        net::conn::Timeouts {
+            header_read: config.net.header_read_timeout,
+            idle: config.net.idle_timeout,
+            body_read: config.net.body_read_timeout,
+        },
+        config.net.shutdown_timeout,
+    );
+    net::serve(listeners, http::service(state), settings, shutdown).await;
     tracing::info!("draining finished; stopping");
     let _ = stop_tx.send(true);
     let _ = tokio::join!(sweeper, dispatcher, lifecycle, hub_task);
@@ -165,8 +181,94 @@ pub async fn run_with_clock(
     Ok(())
 }
 
+/// Connections a `--metrics-listen` address holds at once (scrapers, not clients).
+const METRICS_CONNECTIONS: usize = 16;
+
+/// Bind the API listener (first) and the metrics one (if configured), with their connection
+/// limits; load the TLS certificate and start reloading it on SIGHUP and file changes.
+async fn listeners(
+    config: &ServeConfig,
+    descriptors: net::fd::Descriptors,
+    metrics: net::metrics::ConnectionMetrics,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<Vec<net::Listener>> {
+    let c = &config.net;
+    let tcp = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let metrics_tcp = match c.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (--metrics-listen)"))?,
+        ),
+        None => None,
+    };
+    let tls = match &c.tls {
+        Some(files) => {
+            let certificates = net::tls::Certificates::load(files)?;
+            let acceptor = tokio_rustls::TlsAcceptor::from(certificates.server_config()?);
+            // Installed now: SIGHUP's default action ends the process.
+            let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .context("cannot install the SIGHUP handler")?;
+            tokio::spawn(certificates.watch(hangup, stop));
+            Some(acceptor)
+        }
+        None => None,
+    };
+    let open = net::fd::open_now();
+    let reserve = net::fd::reserve(descriptors.limit, open);
+    let cap = net::fd::connection_cap(c.max_connections, descriptors.limit, reserve);
+    tracing::info!(
+        max_connections = cap,
+        open_files_limit = descriptors.limit,
+        open_files_limit_was = descriptors.was,
+        open_files_hard_limit = descriptors.hard,
+        open_now = open,
+        reserved = reserve,
+        "connection limits"
+    );
+    if cap < c.max_connections {
+        tracing::warn!(
+            max_connections = c.max_connections,
+            allowed = cap,
+            open_files_limit = descriptors.limit,
+            "the open-files limit leaves room for fewer connections than --max-connections; \
+             raise the hard limit (e.g. LimitNOFILE= in systemd) to allow more"
+        );
+    }
+    let mut listeners = vec![net::Listener {
+        tcp,
+        info: Arc::new(ListenerInfo {
+            tls: tls.is_some(),
+            serves_metrics: metrics_tcp.is_none(),
+            metrics_only: false,
+            public_url: c.public_url.as_deref().map(Arc::from),
+        }),
+        limiter: Limiter::new(cap, metrics.clone()),
+        metrics,
+        tls,
+    }];
+    if let Some(tcp) = metrics_tcp {
+        let metrics = net::metrics::ConnectionMetrics::default();
+        listeners.push(net::Listener {
+            tcp,
+            info: Arc::new(ListenerInfo {
+                tls: false,
+                serves_metrics: true,
+                metrics_only: true,
+                public_url: None,
+            }),
+            limiter: Limiter::new(METRICS_CONNECTIONS, metrics.clone()),
+            metrics,
+            tls: None,
+        });
+    }
+    Ok(listeners)
+}
+
 /// Resolves on SIGTERM or SIGINT. The handlers are installed by this call, not when the future is
-/// first polled: `axum::serve` polls it only after "listening on" is printed, and a SIGTERM sent
+/// first polled: `net::serve` polls it only after "listening on" is printed, and a SIGTERM sent
 /// as soon as that line appears killed the process with the default action instead of draining.
 /// Call it inside the runtime, before [`run`].
 pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {

@@ -33,6 +33,12 @@ pub async fn read_at_most(headers: &HeaderMap, body: Body, limit: usize) -> Resu
         let frame = frame.map_err(|e| {
             if e.is::<LengthLimitError>() {
                 ApiError::payload_too_large(limit)
+            } else if crate::net::is_body_timeout(&*e) {
+                ApiError::new(
+                    axum::http::StatusCode::REQUEST_TIMEOUT,
+                    "RequestTimeout",
+                    "The request body was not received in time.",
+                )
             } else {
                 ApiError::bad_request("The request body could not be read.")
             }

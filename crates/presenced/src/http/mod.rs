@@ -6,6 +6,7 @@
 //! dispatches to one handler per operation. Errors of every layer become one [`error::ApiError`],
 //! rendered as Graph's JSON. Write bodies that are flat objects of plain strings are read by
 //! [`flat_json`] rather than serde.
+pub mod base_url;
 pub mod batch;
 pub mod body;
 pub mod dto;

@@ -80,11 +80,11 @@ impl ReadShape<'_> {
     /// names its properties (`presence(availability,activity)`).
     fn entity_context(&self, user: &UserId) -> Option<String> {
         // Concatenated rather than `format!`ed: this is built for every read.
-        let host = self.host?;
+        let (prefix, host) = super::base_url::for_host(self.host)?;
         let projection = self.select.map(Selection::context_suffix).unwrap_or_default();
         let parts: [&str; 8] = match self.addressing {
             Addressing::Communications => [
-                "http://",
+                &*prefix,
                 host,
                 "/",
                 self.version.as_str(),
@@ -94,7 +94,7 @@ impl ReadShape<'_> {
                 "",
             ],
             _ => [
-                "http://",
+                &*prefix,
                 host,
                 "/",
                 self.version.as_str(),
@@ -114,9 +114,10 @@ impl ReadShape<'_> {
 
     /// `getPresencesByUserId` answers a collection of presences.
     fn collection_context(&self) -> Option<String> {
-        self.host.map(|host| {
+        super::base_url::for_host(self.host).map(|(prefix, host)| {
             format!(
-                "http://{host}/{}/$metadata#Collection(microsoft.graph.presence)",
+                "{}{host}/{}/$metadata#Collection(microsoft.graph.presence)",
+                &*prefix,
                 self.version.as_str()
             )
         })

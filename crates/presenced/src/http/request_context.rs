@@ -30,8 +30,9 @@ pub fn entry(
     let started = Instant::now();
     let seen = Seen::of(&request);
     let path = seen.uri.path();
-    let fixed =
-        matches!(path, "/healthz" | "/readyz" | "/metrics" | "/openapi.json") || super::keys::parse(path).is_some();
+    let fixed = matches!(path, "/healthz" | "/readyz" | "/openapi.json")
+        || (path == "/metrics" && crate::net::serves_metrics_here())
+        || super::keys::parse(path).is_some();
     async move {
         let state = &*state;
         let (route, response) = if fixed {

@@ -183,7 +183,8 @@ pub async fn list(
         .map_err(subscription_error)?;
     let value: Vec<Value> = page.iter().map(|s| render(s, None)).collect();
     let context = format!(
-        "https://graph.microsoft.com/{}/$metadata#subscriptions",
+        "{}/{}/$metadata#subscriptions",
+        super::base_url::current(),
         version.as_str()
     );
     let mut body = json!({ "@odata.context": context, "value": value });
@@ -191,7 +192,8 @@ pub async fn list(
         let token: String =
             percent_encoding::utf8_percent_encode(&last.id, percent_encoding::NON_ALPHANUMERIC).collect();
         body["@odata.nextLink"] = Value::String(format!(
-            "https://graph.microsoft.com/{}/subscriptions?$skiptoken={token}",
+            "{}/{}/subscriptions?$skiptoken={token}",
+            super::base_url::current(),
             version.as_str()
         ));
     }
@@ -314,7 +316,8 @@ fn render(s: &Subscription, context_version: Option<ApiVersion>) -> Value {
     let dto = SubscriptionDto {
         odata_context: context_version.map(|v| {
             format!(
-                "https://graph.microsoft.com/{}/$metadata#subscriptions/$entity",
+                "{}/{}/$metadata#subscriptions/$entity",
+                super::base_url::current(),
                 v.as_str()
             )
         }),
