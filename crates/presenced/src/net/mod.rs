@@ -408,3 +408,224 @@ mod tests {
         assert_eq!(json["error"]["code"], "ServiceNotAvailable");
     }
 }
+
+/// Serving through [`serve`] in-process, with a toy handler: streams and slow handlers against
+/// the timeouts, the drain, the handle.
+#[cfg(test)]
+mod serve_tests {
+    use super::*;
+    use axum::body::{Body, Bytes};
+    use http_body::Frame;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const SHORT: Duration = Duration::from_millis(500);
+
+    /// A body fed by a channel.
+    struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+    impl http_body::Body for ChannelBody {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            self.0.poll_recv(cx).map(|chunk| chunk.map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    /// `/slow`: answers after 1.5 s. `/stream`: 5 chunks 300 ms apart. `/forever`: a chunk every
+    /// 100 ms until the connection is asked to close. `/base`: the base URL. Else `ok`.
+    #[derive(Clone)]
+    struct Toy;
+
+    impl tower_service::Service<Request> for Toy {
+        type Response = Response;
+        type Error = Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: Request) -> Self::Future {
+            Box::pin(async move {
+                let path = request.uri().path().to_owned();
+                let body = match path.as_str() {
+                    "/slow" => {
+                        tokio::time::sleep(Duration::from_millis(1500)).await;
+                        Body::from("slow")
+                    }
+                    "/stream" | "/forever" => {
+                        let handle = ConnHandle::current().expect("a handler runs on its connection");
+                        let (tx, rx) = tokio::sync::mpsc::channel(1);
+                        let (count, every) = match path.as_str() {
+                            "/stream" => (5, Duration::from_millis(300)),
+                            _ => (usize::MAX, Duration::from_millis(100)),
+                        };
+                        tokio::spawn(async move {
+                            let _long = handle.long_lived();
+                            for _ in 0..count {
+                                tokio::select! {
+                                    _ = handle.closing() => return,
+                                    _ = tokio::time::sleep(every) => {}
+                                }
+                                if tx.send(Bytes::from_static(b"tick\n")).await.is_err() {
+                                    return;
+                                }
+                            }
+                        });
+                        Body::new(ChannelBody(rx))
+                    }
+                    "/base" => Body::from(base_url::current()),
+                    _ => Body::from("ok"),
+                };
+                Ok(Response::new(body))
+            })
+        }
+    }
+
+    struct Running {
+        addr: std::net::SocketAddr,
+        metrics: ConnectionMetrics,
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        served: tokio::task::JoinHandle<()>,
+    }
+
+    async fn start(header_read: Duration, idle: Duration) -> Running {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let metrics = ConnectionMetrics::default();
+        let listener = Listener {
+            tcp,
+            info: Arc::new(ListenerInfo {
+                tls: false,
+                serves_metrics: true,
+                metrics_only: false,
+                public_url: None,
+            }),
+            limiter: Limiter::new(100, metrics.clone()),
+            metrics: metrics.clone(),
+            tls: None,
+        };
+        let timeouts = Timeouts {
+            header_read,
+            idle,
+            body_read: SHORT,
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(serve(
+            vec![listener],
+            Toy,
+            Settings::new(timeouts, Duration::from_secs(2)),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Running {
+            addr,
+            metrics,
+            stop: Some(stop),
+            served,
+        }
+    }
+
+    /// Send `request`, read until the server closes (at most 10 s); the text and how long it took.
+    async fn exchange(addr: std::net::SocketAddr, request: &str) -> (String, Duration) {
+        let started = Instant::now();
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+        (String::from_utf8_lossy(&out).into_owned(), started.elapsed())
+    }
+
+    fn get(path: &str) -> String {
+        format!("GET {path} HTTP/1.1\r\nHost: example.org:9\r\nConnection: close\r\n\r\n")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_streaming_response_and_a_slow_handler_outlive_every_timeout() {
+        let server = start(SHORT, SHORT).await;
+        let addr = server.addr;
+        let stream = tokio::spawn(async move { exchange(addr, &get("/stream")).await });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(server.metrics.long_lived.get(), 1, "the stream counts as long-lived");
+        let (slow, took) = exchange(addr, &get("/slow")).await;
+        assert!(slow.starts_with("HTTP/1.1 200") && slow.ends_with("slow"), "{slow}");
+        assert!(took >= Duration::from_millis(1500));
+        let (streamed, took) = stream.await.unwrap();
+        assert_eq!(streamed.matches("tick\n").count(), 5, "{streamed}");
+        assert!(took >= Duration::from_millis(1500), "{took:?}");
+        assert_eq!(server.metrics.long_lived.get(), 0);
+        let (base, _) = exchange(addr, &get("/base")).await;
+        assert!(base.ends_with("http://example.org:9"), "{base}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn silent_and_idle_connections_are_closed_on_time() {
+        let server = start(SHORT, Duration::from_secs(1)).await;
+        // Nothing sent: closed at the header-read timeout.
+        let (text, took) = exchange(server.addr, "").await;
+        assert!(text.is_empty(), "{text}");
+        assert!(took >= SHORT && took < SHORT * 4, "{took:?}");
+        // Half a head: the same.
+        let (_, took) = exchange(server.addr, "GET /ok HTTP/1.1\r\nHost: x\r\nX-Slow: ").await;
+        assert!(took >= SHORT && took < SHORT * 4, "{took:?}");
+        // A keep-alive request answered, then silence: closed at the idle timeout after it,
+        // although that is past the header-read timeout.
+        let (text, took) = exchange(server.addr, "GET /ok HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(text.starts_with("HTTP/1.1 200") && text.ends_with("ok"), "{text}");
+        assert!(
+            took >= Duration::from_secs(1) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+        let closed = |outcome| {
+            server
+                .metrics
+                .closed
+                .get_or_create(&crate::metrics::OutcomeLabels { outcome })
+                .get()
+        };
+        assert_eq!(closed(reason::HEADER_TIMEOUT), 2);
+        assert_eq!(closed(reason::IDLE_TIMEOUT), 1);
+        // A request every 600 ms keeps a connection open past its idle timeout of 1 s.
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        for _ in 0..3 {
+            s.write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_lets_requests_finish_and_asks_streams_to_end() {
+        let mut server = start(Duration::from_secs(10), Duration::from_secs(10)).await;
+        let addr = server.addr;
+        let forever = tokio::spawn(async move { exchange(addr, &get("/forever")).await });
+        let slow = tokio::spawn(async move { exchange(addr, &get("/slow")).await });
+        let idle = TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let started = Instant::now();
+        server.stop.take().unwrap().send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), &mut server.served)
+            .await
+            .expect("drained well within the shutdown timeout")
+            .unwrap();
+        assert!(
+            started.elapsed() >= Duration::from_millis(1000),
+            "the slow request was waited for"
+        );
+        let (text, _) = slow.await.unwrap();
+        assert!(text.ends_with("slow"), "{text}");
+        let (text, _) = forever.await.unwrap();
+        assert!(
+            text.contains("tick\n") && text.ends_with("0\r\n\r\n"),
+            "the stream ended cleanly: {text:?}"
+        );
+        drop(idle);
+        assert!(TcpStream::connect(addr).await.is_err(), "no longer listening");
+    }
+}
