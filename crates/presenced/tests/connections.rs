@@ -88,8 +88,9 @@ async fn slow_client(to: SocketAddr, stop: Arc<AtomicBool>, made: Arc<AtomicUsiz
             }
         }
         cut.fetch_add(1, Ordering::Relaxed);
-        // Reconnect soon, not at once: this is a slow-client attack, not a connect flood.
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        // Reconnect a second later, not at once: this is a slow-client attack, not a connect
+        // flood (which would test the machine's CPU more than the server's limits).
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
@@ -313,4 +314,51 @@ async fn metrics_can_be_served_on_their_own_address_only() {
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// A watch stream outlives the idle and header-read timeouts (a streaming response keeps its
+/// connection busy) and is counted as long-lived while it is open.
+#[tokio::test]
+async fn a_stream_outlives_the_connection_timeouts_and_counts_as_long_lived() {
+    let server = Server::start(&["--idle-timeout", "1s", "--header-read-timeout", "1s"]);
+    let app = server.app_token(&["Presence.ReadWrite.All"]);
+    let long_lived = || async {
+        let text = call(reqwest::Method::GET, &server.url("/metrics"), None, None)
+            .await
+            .text;
+        metric(&text, "presenced_connections_long_lived")
+    };
+    let response = client()
+        .post(server.url("/v1.0/communications/presences/$stream"))
+        .bearer_auth(&app)
+        .header("accept", "text/event-stream")
+        .json(&json!({ "ids": ["streamed"] }))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = common::sse::SseStream::new(response);
+    assert_eq!(stream.next().await.event, "snapshot");
+    assert_eq!(long_lived().await, 1.0);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let set = post(
+        &server.url("/v1.0/users/streamed/presence/setPresence"),
+        &app,
+        json!({"sessionId": "s", "availability": "Busy", "activity": "InACall", "expirationDuration": "PT1H"}),
+    )
+    .await;
+    assert_eq!(set.status, 200);
+    let event = stream.next().await;
+    assert_eq!(
+        (event.event.as_str(), &event.data["availability"]),
+        ("presence", &json!("Busy"))
+    );
+    drop(stream);
+    let started = Instant::now();
+    while long_lived().await != 0.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the closed stream is still counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -210,6 +210,8 @@ struct SseFrames {
     started: bool,
     done: bool,
     _admission: Admission,
+    /// Counts the connection as long-lived while the stream lasts (net::ConnHandle).
+    _long_lived: Option<crate::net::LongLived>,
 }
 
 impl SseFrames {
@@ -224,6 +226,7 @@ impl SseFrames {
             started: false,
             done: false,
             _admission: admission,
+            _long_lived: crate::net::ConnHandle::current().map(|c| c.long_lived()),
         }
     }
 
@@ -345,9 +348,21 @@ pub async fn websocket(state: &AppState, principal: Option<Arc<Principal>>, mut 
         Err(rejection) => return rejection.into_response(),
     };
     let state = state.clone();
+    // The upgraded socket is served on a task of its own: take the connection along, to count
+    // it as long-lived and to close it when the server evicts it (net::ConnHandle).
+    let conn = crate::net::ConnHandle::current();
     upgrade
         .max_message_size(MAX_FIRST_MESSAGE)
-        .on_upgrade(move |socket| serve_socket(socket, state, principal))
+        .on_upgrade(move |socket| async move {
+            let Some(conn) = conn else {
+                return serve_socket(socket, state, principal).await;
+            };
+            let _long_lived = conn.long_lived();
+            tokio::select! {
+                () = serve_socket(socket, state, principal) => {}
+                () = conn.closing() => {}
+            }
+        })
 }
 
 async fn serve_socket(mut socket: WebSocket, state: AppState, principal: Option<Arc<Principal>>) {
