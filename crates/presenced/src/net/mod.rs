@@ -308,7 +308,9 @@ where
                 }
             },
             now = state.asked_to_close(), if !draining => {
-                if now {
+                // No request of this connection is under way while it reads a head: close it
+                // now rather than wait for a slow client's head (hyper would).
+                if now || matches!(state.phase(), conn::Phase::Head(_)) {
                     return;
                 }
                 draining = true;
@@ -607,6 +609,12 @@ mod serve_tests {
         let forever = tokio::spawn(async move { exchange(addr, &get("/forever")).await });
         let slow = tokio::spawn(async move { exchange(addr, &get("/slow")).await });
         let idle = TcpStream::connect(addr).await.unwrap();
+        // Half a head (header timeout 10 s): closed at once, not waited for.
+        let mut slow_head = TcpStream::connect(addr).await.unwrap();
+        slow_head
+            .write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
         let started = Instant::now();
         server.stop.take().unwrap().send(()).unwrap();
@@ -626,6 +634,12 @@ mod serve_tests {
             "the stream ended cleanly: {text:?}"
         );
         drop(idle);
+        let mut rest = Vec::new();
+        assert_eq!(
+            slow_head.read_to_end(&mut rest).await.unwrap(),
+            0,
+            "closed without an answer"
+        );
         assert!(TcpStream::connect(addr).await.is_err(), "no longer listening");
     }
 }
