@@ -6,33 +6,11 @@
 //! header, or the address the client connected to when it sent none. A `Host` that is not a
 //! plain host name or address with an optional port is not echoed.
 //!
-//! The connection comes from [`ConnHandle::current`]; the request's `Host` is set by the
-//! connection layer around each call of the service ([`with_request_host`]), so handlers that
-//! are not given the headers can still ask.
-use crate::net::ConnHandle;
-use axum::http::HeaderValue;
-use std::cell::RefCell;
+//! The connection and the request's `Host` are those the connection layer makes current while
+//! the handler is polled (`net::conn`), so handlers that are not given the headers can ask.
+use crate::net::conn::read_current;
 use std::ops::Deref;
 use std::sync::Arc;
-
-thread_local! {
-    /// The `Host` of the request being polled on this thread.
-    static REQUEST_HOST: RefCell<Option<HeaderValue>> = const { RefCell::new(None) };
-}
-
-/// Run `poll` with `host` as the current request's `Host`; it is handed back afterwards (even
-/// if `poll` panics), so a request's future can carry it across polls.
-pub fn with_request_host<R>(host: &mut Option<HeaderValue>, poll: impl FnOnce() -> R) -> R {
-    struct Restore<'a>(&'a mut Option<HeaderValue>);
-    impl Drop for Restore<'_> {
-        fn drop(&mut self) {
-            REQUEST_HOST.with(|h| std::mem::swap(&mut *h.borrow_mut(), self.0));
-        }
-    }
-    REQUEST_HOST.with(|h| std::mem::swap(&mut *h.borrow_mut(), host));
-    let _restore = Restore(host);
-    poll()
-}
 
 /// The start of an absolute URL: `https://` or `http://` (then the host follows), or the whole
 /// `--public-url`.
@@ -64,22 +42,24 @@ pub fn for_host(host: Option<&str>) -> Option<(Prefix, &str)> {
 
 /// The base URL of the current request, e.g. `https://presence.example.com` (no trailing `/`).
 pub fn current() -> String {
-    let (tls, public) = connection();
-    if let Some(public) = public {
-        return public.to_string();
-    }
-    let host = REQUEST_HOST.with(|h| {
-        h.borrow()
+    read_current(|c| {
+        let Some(c) = c else {
+            return "http://localhost".to_owned();
+        };
+        let listener = &c.conn.listener;
+        if let Some(public) = &listener.public_url {
+            return public.to_string();
+        }
+        let host = c
+            .host
             .as_ref()
             .and_then(|v| v.to_str().ok())
-            .filter(|h| is_plain_host(h))
-            .map(str::to_owned)
-    });
-    let host = host.unwrap_or_else(|| match ConnHandle::current() {
-        Some(c) => c.local().to_string(),
-        None => "localhost".to_owned(),
-    });
-    format!("{}{host}", &*scheme(tls))
+            .filter(|h| is_plain_host(h));
+        match host {
+            Some(host) => format!("{}{host}", &*scheme(listener.tls)),
+            None => format!("{}{}", &*scheme(listener.tls), c.conn.local),
+        }
+    })
 }
 
 fn scheme(tls: bool) -> Prefix {
@@ -88,8 +68,8 @@ fn scheme(tls: bool) -> Prefix {
 
 /// Whether the connection is TLS, and the public URL, if any.
 fn connection() -> (bool, Option<Arc<str>>) {
-    ConnHandle::with_current(|c| match c {
-        Some(c) => (c.is_tls(), c.0.listener.public_url.clone()),
+    read_current(|c| match c {
+        Some(c) => (c.conn.listener.tls, c.conn.listener.public_url.clone()),
         None => (false, None),
     })
 }
@@ -114,9 +94,6 @@ mod tests {
         assert_eq!(format!("{}{host}", &*prefix), "http://localhost:8080");
         assert!(for_host(Some("evil.com/\"x")).is_none());
         assert!(for_host(None).is_none());
-        let mut host = Some(HeaderValue::from_static("[::1]:9"));
-        assert_eq!(with_request_host(&mut host, current), "http://[::1]:9");
-        assert!(host.is_some(), "handed back");
         assert_eq!(current(), "http://localhost");
     }
 }

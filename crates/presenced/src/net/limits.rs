@@ -10,7 +10,7 @@
 //!
 //! Why not a fixed per-address limit: behind a proxy or a corporate NAT, one address is many
 //! users, and a fixed limit would cut them off while the server has room.
-use super::conn::{ConnState, Phase};
+use super::conn::{ConnState, Expired, Timeouts};
 use super::metrics::ConnectionMetrics;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -151,6 +151,22 @@ impl Limiter {
         (admission, Some(slot))
     }
 
+    /// Look at every connection (at `now_ms` on the reaper's clock) and ask those in a head or
+    /// idle past their timeout to close; returns how many of each.
+    pub fn reap(&self, now_ms: u64, timeouts: &Timeouts) -> (usize, usize) {
+        let inner = self.lock();
+        let (mut heads, mut idle) = (0, 0);
+        for c in inner.by_addr.values().flat_map(HashMap::values) {
+            match c.reap(now_ms, timeouts) {
+                Some(Expired::HeaderTimeout) => heads += 1,
+                Some(Expired::IdleTimeout) => idle += 1,
+                None => continue,
+            }
+            c.close_now();
+        }
+        (heads, idle)
+    }
+
     /// Connections open (not counting evicted ones still closing).
     pub fn open(&self) -> usize {
         self.lock().total
@@ -219,15 +235,7 @@ impl Drop for Slot {
 /// (slow clients first), else the one idle the longest, else one serving a request, and a
 /// stream only if nothing else is left.
 fn pick_victim(conns: &HashMap<u64, Arc<ConnState>>) -> Option<u64> {
-    conns
-        .iter()
-        .min_by_key(|(_, c)| match c.phase() {
-            Phase::Head(since) => (0, Some(since)),
-            Phase::Idle(since) => (1, Some(since)),
-            Phase::Busy if !c.is_long_lived() => (2, None),
-            Phase::Busy => (3, None),
-        })
-        .map(|(id, _)| *id)
+    conns.iter().min_by_key(|(_, c)| c.eviction_rank()).map(|(id, _)| *id)
 }
 
 #[cfg(test)]
@@ -236,7 +244,6 @@ mod tests {
     use crate::net::conn::ListenerInfo;
     use crate::net::metrics::ConnectionMetrics;
     use std::net::SocketAddr;
-    use std::time::Instant;
 
     fn conn(ip: &str) -> Arc<ConnState> {
         let info = Arc::new(ListenerInfo {
@@ -246,8 +253,7 @@ mod tests {
             public_url: None,
         });
         let peer: SocketAddr = SocketAddr::new(ip.parse().unwrap(), 1000);
-        let now = Instant::now();
-        Arc::new(ConnState::new(now, now, peer, peer, info, ConnectionMetrics::default()))
+        Arc::new(ConnState::new(peer, peer, info, ConnectionMetrics::default()))
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -282,7 +288,7 @@ mod tests {
         // 2/1/1: a second connection of 10.0.0.1 would leave 1/2/1, no fairer: refused.
         assert_eq!(limiter.admit(ip("10.0.0.1"), &conn("10.0.0.1")).0, Admission::Refused);
         // Exactly two attacker connections were asked to close.
-        let asked: Vec<_> = attacker.iter().map(|c| futures_now(c.asked_to_close_now())).collect();
+        let asked: Vec<_> = attacker.iter().map(|c| closed(c)).collect();
         assert_eq!(asked.iter().filter(|a| **a).count(), 2);
         assert_eq!(limiter.open(), 4);
         drop((s1, s2));
@@ -306,17 +312,18 @@ mod tests {
         super::super::conn::tests_support::set_busy(&busy);
         super::super::conn::tests_support::set_idle(&idle);
         let _one = limiter.admit(ip("10.0.0.1"), &conn("10.0.0.1"));
-        assert!(futures_now(head.asked_to_close_now()));
-        assert!(!futures_now(idle.asked_to_close_now()));
+        assert!(closed(&head));
+        assert!(!closed(&idle));
         let _two = limiter.admit(ip("10.0.0.2"), &conn("10.0.0.2"));
-        assert!(futures_now(idle.asked_to_close_now()));
-        assert!(!futures_now(busy.asked_to_close_now()));
+        assert!(closed(&idle));
+        assert!(!closed(&busy));
     }
 
-    /// Whether a future is ready at its first poll.
-    fn futures_now<F: std::future::Future>(f: F) -> bool {
-        let mut f = std::pin::pin!(f);
-        let waker = std::task::Waker::noop();
-        f.as_mut().poll(&mut std::task::Context::from_waker(waker)).is_ready()
+    /// Whether the connection was asked to close.
+    fn closed(c: &ConnState) -> bool {
+        use std::future::Future as _;
+        let f = std::pin::pin!(c.asked_to_close());
+        f.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+            .is_ready()
     }
 }

@@ -40,7 +40,15 @@ impl std::ops::Deref for ConnectionMetrics {
 
 impl ConnectionMetrics {
     pub fn closed(&self, reason: &'static str) {
-        self.closed.get_or_create(&OutcomeLabels { outcome: reason }).inc();
+        self.closed_n(reason, 1);
+    }
+
+    pub fn closed_n(&self, reason: &'static str, n: usize) {
+        if n > 0 {
+            self.closed
+                .get_or_create(&OutcomeLabels { outcome: reason })
+                .inc_by(n as u64);
+        }
     }
 
     pub fn register(&self, registry: &mut Registry) {

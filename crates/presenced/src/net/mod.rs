@@ -4,9 +4,10 @@
 //! tokio I/O adapter) in place of `axum::serve`, which runs hyper without a timer and so
 //! bounds nothing. Here:
 //! - [`limits`]: a cap on connections with a fair share per client address (eviction at the cap).
-//! - [`conn`]: each connection's phase (head, busy, idle), the header-read and idle timeouts a
-//!   per-connection watchdog applies, the request-body deadline, and the [`ConnHandle`]
-//!   handlers use (long-lived accounting, the close signal, the scheme).
+//! - [`conn`]: each connection's phase (head, busy, idle), the header-read and idle timeouts the
+//!   limiter's reaper applies (a few looks per timeout, no timer per connection), the
+//!   request-body deadline, and the [`ConnHandle`] handlers use (long-lived accounting, the
+//!   close signal, the scheme).
 //! - [`fd`]: the soft descriptor limit raised to the hard one, and the descriptors kept back
 //!   from connections for the store and webhooks.
 //! - [`tls`]: HTTPS with rustls (aws-lc-rs), certificates reloaded on SIGHUP or file change.
@@ -28,11 +29,10 @@ pub mod tls;
 
 pub use conn::{is_body_timeout, BodyTimeout, ConnHandle, LongLived};
 
-use crate::http::base_url;
 use axum::extract::Request;
-use axum::http::{header, HeaderValue};
+use axum::http::header;
 use axum::response::Response;
-use conn::{ConnState, ListenerInfo, ResponseBody, TimedBody, Timeouts, Verdict, Watched};
+use conn::{CloseSignal, ConnState, Current, ListenerInfo, ResponseBody, TimedBody, Timeouts, Watched};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use limits::{Admission, Limiter, Slot};
@@ -61,21 +61,27 @@ pub struct Settings {
     pub timeouts: Timeouts,
     pub shutdown_timeout: Duration,
     http1: hyper::server::conn::http1::Builder,
-    epoch: Instant,
+}
+
+impl Settings {
+    /// How often the reaper looks at every connection: an eighth of the shorter timeout, within
+    /// 50 ms..1 s; a timeout ends at most this late.
+    fn reap_every(&self) -> Duration {
+        (self.timeouts.header_read.min(self.timeouts.idle) / 8).clamp(Duration::from_millis(50), Duration::from_secs(1))
+    }
 }
 
 impl Settings {
     pub fn new(timeouts: Timeouts, shutdown_timeout: Duration) -> Settings {
         let mut http1 = hyper::server::conn::http1::Builder::new();
         // hyper's own header timer would also close idle keep-alive connections at the
-        // header-read timeout (it starts when hyper waits for a head); the watchdog times the
-        // two phases apart.
+        // header-read timeout (it starts when hyper waits for a head), and it is a timer per
+        // connection; the reaper times the two phases apart.
         http1.header_read_timeout(None);
         Settings {
             timeouts,
             shutdown_timeout,
             http1,
-            epoch: Instant::now(),
         }
     }
 }
@@ -114,6 +120,7 @@ pub async fn serve<H: Handler>(
         .iter()
         .map(|l| (l.limiter.clone(), l.metrics.clone()))
         .collect();
+    let reaper = tokio::spawn(reap(limiters.clone(), settings.clone()));
     let loops: Vec<_> = listeners
         .into_iter()
         .map(|l| tokio::spawn(accept_loop(l, handler.clone(), settings.clone(), stop_rx.clone())))
@@ -154,6 +161,23 @@ pub async fn serve<H: Handler>(
         })
         .await;
     }
+    reaper.abort();
+}
+
+/// Every [`Settings::reap_every`], close the connections in a head or idle past their timeout.
+async fn reap(limiters: Vec<(Arc<Limiter>, ConnectionMetrics)>, settings: Arc<Settings>) {
+    let started = Instant::now();
+    let mut ticks = tokio::time::interval(settings.reap_every());
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let now_ms = started.elapsed().as_millis() as u64;
+        for (limiter, metrics) in &limiters {
+            let (heads, idle) = limiter.reap(now_ms, &settings.timeouts);
+            metrics.closed_n(reason::HEADER_TIMEOUT, heads);
+            metrics.closed_n(reason::IDLE_TIMEOUT, idle);
+        }
+    }
 }
 
 async fn accept_loop<H: Handler>(l: Listener, handler: H, settings: Arc<Settings>, mut stop: watch::Receiver<bool>) {
@@ -170,16 +194,8 @@ async fn accept_loop<H: Handler>(l: Listener, handler: H, settings: Arc<Settings
                 continue;
             }
         };
-        let now = Instant::now();
         let local = tcp.local_addr().unwrap_or(peer);
-        let state = Arc::new(ConnState::new(
-            settings.epoch,
-            now,
-            peer,
-            local,
-            l.info.clone(),
-            l.metrics.clone(),
-        ));
+        let state = Arc::new(ConnState::new(peer, local, l.info.clone(), l.metrics.clone()));
         let (admission, slot) = l.limiter.admit(peer.ip(), &state);
         let Some(slot) = slot else {
             l.metrics.refused.inc();
@@ -233,35 +249,25 @@ async fn connection<H: Handler>(
     settings: Arc<Settings>,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
-    let handle = ConnHandle(state.clone());
-    handle
-        .scope(async move {
-            let Some(acceptor) = tls else {
-                return drive(tcp, state, slot, handler, &settings).await;
-            };
-            // The handshake is part of the first request head, and under its deadline.
-            let deadline = match state.verdict(Instant::now(), &settings.timeouts) {
-                Verdict::Until(at) => at,
-                _ => Instant::now(),
-            };
-            let handshake = tokio::select! {
-                hs = tokio::time::timeout_at(deadline.into(), acceptor.accept(tcp)) => hs,
-                _ = state.asked_to_close() => return,
-            };
-            match handshake {
-                Ok(Ok(stream)) => drive(stream, state, slot, handler, &settings).await,
-                Ok(Err(e)) => {
-                    tracing::debug!(peer = %state.peer, error = %e, "TLS handshake failed");
-                    state.metrics.closed(reason::TLS_HANDSHAKE);
-                }
-                Err(_) => state.metrics.closed(reason::HEADER_TIMEOUT),
-            }
-        })
-        .await
+    let Some(acceptor) = tls else {
+        return drive(tcp, state, slot, handler, &settings).await;
+    };
+    // The handshake is part of the first request head: the reaper times it with the head.
+    let handshake = tokio::select! {
+        hs = acceptor.accept(tcp) => hs,
+        _ = CloseSignal { state: &state, close_only: false } => return,
+    };
+    match handshake {
+        Ok(stream) => drive(stream, state, slot, handler, &settings).await,
+        Err(e) => {
+            tracing::debug!(peer = %state.peer, error = %e, "TLS handshake failed");
+            state.metrics.closed(reason::TLS_HANDSHAKE);
+        }
+    }
 }
 
-/// Serve one connection, closing it when the watchdog finds its phase over its timeout or the
-/// server asks (eviction, shutdown).
+/// Serve one connection, closing it when the server asks (a timeout found by the reaper,
+/// eviction, shutdown).
 async fn drive<IO, H>(io: IO, state: Arc<ConnState>, slot: Slot, handler: H, settings: &Settings)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -279,13 +285,6 @@ where
     };
     let conn = settings.http1.serve_connection(io, service).with_upgrades();
     tokio::pin!(conn);
-    let timeouts = &settings.timeouts;
-    let first = match state.verdict(Instant::now(), timeouts) {
-        Verdict::Until(at) => at,
-        _ => Instant::now(),
-    };
-    let watchdog = tokio::time::sleep_until(first.into());
-    tokio::pin!(watchdog);
     let mut draining = false;
     loop {
         tokio::select! {
@@ -294,36 +293,27 @@ where
                 if let Err(e) = result {
                     tracing::debug!(peer = %state.peer, error = %e, "connection ended with an error");
                 }
-                return;
+                break;
             }
-            () = &mut watchdog => match state.verdict(Instant::now(), timeouts) {
-                Verdict::Until(at) => watchdog.as_mut().reset(at.into()),
-                Verdict::HeaderTimeout => {
-                    state.metrics.closed(reason::HEADER_TIMEOUT);
-                    return;
-                }
-                Verdict::IdleTimeout => {
-                    state.metrics.closed(reason::IDLE_TIMEOUT);
-                    return;
-                }
-            },
-            now = state.asked_to_close(), if !draining => {
+            now = CloseSignal { state: &state, close_only: draining } => {
                 // No request of this connection is under way while it reads a head: close it
                 // now rather than wait for a slow client's head (hyper would).
-                if now || matches!(state.phase(), conn::Phase::Head(_)) {
-                    return;
+                if now || state.phase() == conn::Phase::Head {
+                    break;
                 }
                 draining = true;
                 conn.as_mut().graceful_shutdown();
             }
-            () = state.asked_to_close_now(), if draining => return,
         }
     }
+    // Closed, or upgraded: an upgraded stream lives on elsewhere with its place in the cap, and
+    // no connection timeout applies to it.
+    state.detach();
 }
 
 /// hyper's service for one connection: marks the connection busy, puts the deadline on the
-/// request body, and hands the request to the handler with the request's `Host` at hand for
-/// [`base_url`].
+/// request body, and hands the request to the handler with its connection and `Host` at hand
+/// ([`ConnHandle::current`], `http::base_url`).
 struct Adapter<H> {
     handler: H,
     state: Arc<ConnState>,
@@ -341,7 +331,7 @@ impl<H: Handler> hyper::service::Service<hyper::Request<Incoming>> for Adapter<H
         if listener.metrics_only && request.uri().path() != "/metrics" {
             return AdapterFuture {
                 inner: None,
-                host: None,
+                current: None,
                 state: self.state.clone(),
             };
         }
@@ -349,12 +339,18 @@ impl<H: Handler> hyper::service::Service<hyper::Request<Incoming>> for Adapter<H
             None => request.headers().get(header::HOST).cloned(),
             Some(_) => None,
         };
+        let mut current = Some(Current {
+            conn: self.state.clone(),
+            host,
+        });
         let request =
             request.map(|body| axum::body::Body::new(TimedBody::new(body, self.body_timeout, self.state.clone())));
         let mut handler = self.handler.clone();
+        // Current while the handler is called too: it may look before its future is polled.
+        let inner = conn::with_current(&mut current, || tower_service::Service::call(&mut handler, request));
         AdapterFuture {
-            inner: Some(tower_service::Service::call(&mut handler, request)),
-            host,
+            inner: Some(inner),
+            current,
             state: self.state.clone(),
         }
     }
@@ -363,7 +359,8 @@ impl<H: Handler> hyper::service::Service<hyper::Request<Incoming>> for Adapter<H
 struct AdapterFuture<F> {
     /// `None`: a path this listener does not serve (404).
     inner: Option<F>,
-    host: Option<HeaderValue>,
+    /// Made current while the handler is polled.
+    current: Option<Current>,
     state: Arc<ConnState>,
 }
 
@@ -376,7 +373,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let response = match &mut this.inner {
-            Some(inner) => match base_url::with_request_host(&mut this.host, || Pin::new(inner).poll(cx)) {
+            Some(inner) => match conn::with_current(&mut this.current, || Pin::new(inner).poll(cx)) {
                 Poll::Ready(Ok(response)) => response,
                 Poll::Ready(Err(never)) => match never {},
                 Poll::Pending => return Poll::Pending,
@@ -394,7 +391,7 @@ where
 
 /// Whether `/metrics` is served on the current request's listener (true outside one).
 pub fn serves_metrics_here() -> bool {
-    ConnHandle::with_current(|c| c.is_none_or(ConnHandle::serves_metrics))
+    ConnHandle::with_current(|c| c.is_none_or(|c| c.listener.serves_metrics))
 }
 
 #[cfg(test)]
@@ -479,7 +476,7 @@ mod serve_tests {
                         });
                         Body::new(ChannelBody(rx))
                     }
-                    "/base" => Body::from(base_url::current()),
+                    "/base" => Body::from(crate::http::base_url::current()),
                     _ => Body::from("ok"),
                 };
                 Ok(Response::new(body))
