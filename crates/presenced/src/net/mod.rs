@@ -15,10 +15,11 @@
 //! - [`config`]: the flags and file keys of all the above.
 //!
 //! Streaming responses (SSE, and WebSocket after an upgrade) are exempt from every timeout by
-//! construction: a connection is busy from its request head until its response body is done,
-//! and no timeout applies to a busy connection; the body timeout covers only the request body.
-//! A streaming handler marks itself with [`ConnHandle::long_lived`] (counted apart, evicted
-//! last) and ends its stream when [`ConnHandle::closing`] resolves (shutdown or eviction).
+//! construction: a connection is busy from its request head until its response body is done
+//! (an upgraded one for good), and no timeout applies to a busy connection; the body timeout
+//! covers only the request body. A streaming handler takes [`ConnHandle::current`] while it is
+//! called, marks itself with [`ConnHandle::long_lived`] (counted apart, evicted last) and ends
+//! its stream when [`ConnHandle::closing`] resolves (shutdown or eviction).
 pub mod cert;
 pub mod config;
 pub mod conn;
