@@ -9,7 +9,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use presence_core::UserId;
-use presenced::notify::filter::{parse_filter, parse_resource, MAX_SUBSCRIBED_USERS};
+use presenced::subscription::filter::{parse_filter, parse_resource, MAX_SUBSCRIBED_USERS};
 
 fn dedup(ids: &[UserId]) -> Vec<UserId> {
     let mut unique: Vec<UserId> = Vec::new();
