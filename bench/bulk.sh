@@ -33,8 +33,8 @@ if awk -v l="${load%% *}" -v n="$(nproc)" 'BEGIN { exit !(l > n / 4) }'; then
     log "WARNING: load average is $load on $(nproc) CPUs: other work will distort the numbers"
 fi
 if [[ "$SKIP_BUILD" != 1 ]]; then
-    log "building (cargo build --release -p presenced --bins)"
-    cargo build --release -p presenced --bins --quiet
+    log "building (cargo build --release -p presenced -p presenced-bench --bins)"
+    cargo build --release -p presenced -p presenced-bench --bins --quiet
 fi
 
 mkdir -p bench/results

@@ -73,8 +73,8 @@ case "$FSTYPE" in
 esac
 
 if [[ "$SKIP_BUILD" != 1 ]]; then
-    log "building (cargo build --release -p presenced --bins)"
-    (cd "$ROOT" && cargo build --release -p presenced --bins --quiet)
+    log "building (cargo build --release -p presenced -p presenced-bench --bins)"
+    (cd "$ROOT" && cargo build --release -p presenced -p presenced-bench --bins --quiet)
 fi
 BIN="$ROOT/target/release"
 [[ -x "$BIN/presenced" && -x "$BIN/bench-baseline" ]] || die "binaries missing in $BIN"

@@ -27,7 +27,7 @@ for tool in valgrind curl; do
     command -v "$tool" >/dev/null || die "$tool is not installed; run: apt-get install -y $tool"
 done
 if [[ "$SKIP_BUILD" != 1 ]]; then
-    (cd "$ROOT" && cargo build --release -p presenced --bins --quiet)
+    (cd "$ROOT" && cargo build --release -p presenced -p presenced-bench --bins --quiet)
 fi
 [[ -x "$BIN/presenced" && -x "$BIN/bench-baseline" ]] || die "binaries missing in $BIN"
 

@@ -46,8 +46,8 @@ case "$FSTYPE" in
 esac
 
 if [[ "$SKIP_BUILD" != 1 ]]; then
-    log "building (cargo build --release -p presenced --bin bench-scale)"
-    (cd "$ROOT" && cargo build --release -p presenced --bin bench-scale --quiet)
+    log "building (cargo build --release -p presenced-bench --bin bench-scale)"
+    (cd "$ROOT" && cargo build --release -p presenced-bench --bin bench-scale --quiet)
 fi
 [[ -x "$BIN" ]] || die "$BIN is missing"
 

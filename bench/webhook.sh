@@ -8,7 +8,7 @@ RATE=${1:-2000}
 SECONDS_PER_ROUND=${2:-10}
 ROUNDS=${3:-3}
 
-cargo build --release -p presenced --bins --locked >&2
+cargo build --release -p presenced -p presenced-bench --bins --locked >&2
 mkdir -p bench/results
 out="bench/results/webhook-$(date -u +%Y%m%dT%H%M%SZ).jsonl"
 for round in $(seq 1 "$ROUNDS"); do

@@ -22,7 +22,7 @@
 use anyhow::{bail, Context, Result};
 
 // The server's allocator (see main.rs): memory per session depends on it.
-#[path = "../allocator.rs"]
+#[path = "../../../presenced/src/allocator.rs"]
 mod allocator;
 #[global_allocator]
 static ALLOCATOR: allocator::MiMalloc = allocator::MiMalloc;
