@@ -1,6 +1,5 @@
 //! Reading request bodies: size limit, content type, and JSON decoding into Graph-style 4xx errors.
 use super::error::ApiError;
-use super::flat_json;
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -58,22 +57,6 @@ pub async fn read_at_most(headers: &HeaderMap, body: Body, limit: usize) -> Resu
 /// the SDKs' body-less POST; others turn it into "body required".
 pub fn json<'a, T: Deserialize<'a>>(headers: &HeaderMap, bytes: &'a Bytes) -> Result<Option<T>, ApiError> {
     object(headers, bytes)?.map(decode).transpose()
-}
-
-/// A body type that can be read from a flat object of strings without serde ([`flat_json`]).
-pub trait FlatBody<'a>: Deserialize<'a> {
-    /// The body these members make; `None` leaves the body to serde.
-    fn from_members(members: &flat_json::Members<'a>) -> Option<Self>;
-}
-
-/// [`json`], taking the fast path when the body is a flat object of plain strings (what every
-/// SDK sends for the write actions) and serde otherwise, with serde's errors.
-pub fn flat_json<'a, T: FlatBody<'a>>(headers: &HeaderMap, bytes: &'a Bytes) -> Result<Option<T>, ApiError> {
-    let Some(object) = object(headers, bytes)? else {
-        return Ok(None);
-    };
-    let fast = flat_json::string_members(object).and_then(|members| T::from_members(&members));
-    fast.map_or_else(|| decode(object), Ok).map(Some)
 }
 
 /// serde's reading of a checked object, its error as Graph's 400.

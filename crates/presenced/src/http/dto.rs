@@ -2,9 +2,7 @@
 //!
 //! Request fields are all `Option` so that a missing field gets Graph's own message
 //! ("[SessionId]: The SessionId field is required.") rather than serde's.
-use super::body::FlatBody;
 use super::error::ApiError;
-use super::flat_json::Members;
 use crate::json_text;
 use presence_core::duration::parse_wire_duration;
 use presence_core::view::MessageExpiry;
@@ -166,52 +164,6 @@ pub fn duration(raw: Option<&str>) -> Result<Option<jiff::SignedDuration>, ApiEr
 
 pub fn session_id(raw: Option<&str>) -> Result<SessionId, ApiError> {
     SessionId::parse(required(raw, "SessionId")?).map_err(|e| ApiError::invalid_argument(format!("[SessionId]: {e}.")))
-}
-
-/// The fields named `names`, from a flat body's members (`flat_json`); `None`, leaving the body
-/// to serde, on a key that is not one of them or that comes twice.
-fn fields_of<'a, const N: usize>(members: &Members<'a>, names: [&str; N]) -> Option<[Option<Text<'a>>; N]> {
-    let mut fields: [Option<Text<'a>>; N] = std::array::from_fn(|_| None);
-    for (key, value) in members.iter() {
-        let slot = &mut fields[names.iter().position(|name| *name == key)?];
-        if slot.is_some() {
-            return None;
-        }
-        *slot = Some(Text(Cow::Borrowed(value)));
-    }
-    Some(fields)
-}
-
-impl<'a> FlatBody<'a> for SetPresenceBody<'a> {
-    fn from_members(members: &Members<'a>) -> Option<Self> {
-        let [session_id, availability, activity, expiration_duration] =
-            fields_of(members, ["sessionId", "availability", "activity", "expirationDuration"])?;
-        Some(Self {
-            session_id,
-            availability,
-            activity,
-            expiration_duration,
-        })
-    }
-}
-
-impl<'a> FlatBody<'a> for ClearPresenceBody<'a> {
-    fn from_members(members: &Members<'a>) -> Option<Self> {
-        let [session_id] = fields_of(members, ["sessionId"])?;
-        Some(Self { session_id })
-    }
-}
-
-impl<'a> FlatBody<'a> for SetPreferredBody<'a> {
-    fn from_members(members: &Members<'a>) -> Option<Self> {
-        let [availability, activity, expiration_duration] =
-            fields_of(members, ["availability", "activity", "expirationDuration"])?;
-        Some(Self {
-            availability,
-            activity,
-            expiration_duration,
-        })
-    }
 }
 
 impl SetPresenceBody<'_> {
@@ -437,65 +389,18 @@ pub fn write_presence_list(
 mod tests {
     use super::*;
     use presence_core::view::SequenceNumber;
-    use proptest::prelude::*;
 
-    /// A JSON object built from `members`, with the given whitespace around its tokens.
-    fn object(members: &[(String, String)], space: &str) -> String {
-        let body: Vec<String> = members
-            .iter()
-            .map(|(k, v)| format!("{space}{k}{space}:{space}{v}{space}"))
-            .collect();
-        format!("{space}{{{}}}{space}", body.join(","))
-    }
-
-    fn key() -> impl Strategy<Value = String> {
-        prop_oneof![
-            4 => prop::sample::select(vec!["sessionId", "availability", "activity", "expirationDuration"])
-                .prop_map(|k| format!("\"{k}\"")),
-            1 => prop::sample::select(vec!["\"SessionId\"", "\"other\"", "\"session\\u0049d\"", "1", "\"\""])
-                .prop_map(str::to_owned),
-        ]
-    }
-
-    fn value() -> impl Strategy<Value = String> {
-        prop_oneof![
-            6 => "[ -~&&[^\"\\\\]]{0,12}".prop_map(|v| format!("\"{v}\"")),
-            1 => prop::sample::select(vec!["null", "5", "true", "[]", "{}", "\"a\\u0062\"", "\"caf\u{e9}\"", "\"a\tb\""])
-                .prop_map(str::to_owned),
-        ]
-    }
-
-    fn members() -> impl Strategy<Value = Vec<(String, String)>> {
-        prop::collection::vec((key(), value()), 0..6)
-    }
-
-    /// Whatever the fast path accepts, serde reads the same way.
-    fn agrees<'a, T: FlatBody<'a> + std::fmt::Debug + PartialEq>(text: &'a str) -> Result<(), TestCaseError> {
-        if let Some(fast) = super::super::flat_json::string_members(text.as_bytes()).and_then(|m| T::from_members(&m)) {
-            let slow: T =
-                serde_json::from_str(text).map_err(|e| TestCaseError::fail(format!("serde rejects {text:?}: {e}")))?;
-            prop_assert_eq!(fast, slow, "{}", text);
-        }
-        Ok(())
-    }
-
-    proptest! {
-        #[test]
-        fn the_flat_body_fast_path_reads_what_serde_reads(members in members(), space in prop::sample::select(vec!["", " ", "\n\t"])) {
-            let text = object(&members, space);
-            agrees::<SetPresenceBody>(&text)?;
-            agrees::<ClearPresenceBody>(&text)?;
-            agrees::<SetPreferredBody>(&text)?;
-        }
-    }
-
+    /// What every SDK sends is read by serde without copying a string; an escaped one is decoded.
     #[test]
-    fn the_fast_path_takes_what_sdks_send() {
+    fn write_bodies_borrow_their_strings_unless_escaped() {
         let text = r#"{"sessionId":"22553876-f5ab-4529-bffb-cfe50aa89f87","availability":"Busy","activity":"InACall","expirationDuration":"PT1H"}"#;
-        let members = super::super::flat_json::string_members(text.as_bytes()).unwrap();
-        let body = SetPresenceBody::from_members(&members).expect("an SDK body takes the fast path");
-        assert_eq!(body.availability.as_deref(), Some("Busy"));
+        let body: SetPresenceBody = serde_json::from_str(text).unwrap();
+        assert!(matches!(body.session_id, Some(Text(Cow::Borrowed(_)))));
+        assert_eq!(body.activity.as_deref(), Some("InACall"));
         assert_eq!(body.expiration_duration.as_deref(), Some("PT1H"));
+        let escaped: SetPreferredBody = serde_json::from_str(r#"{"availability":"B\u0075sy"}"#).unwrap();
+        assert!(matches!(escaped.availability, Some(Text(Cow::Owned(_)))));
+        assert_eq!(escaped.availability.as_deref(), Some("Busy"));
     }
 
     fn dto(odata_context: Option<&str>, id: &str, status: Option<StatusMessageOut>, ooo: Option<&str>) -> PresenceDto {

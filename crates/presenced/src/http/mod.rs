@@ -4,14 +4,12 @@
 //! bodies), which sends the fixed routes to [`health`] and everything else to [`graph`]: that parses
 //! the path into a typed [`routes::Endpoint`], authenticates, reads the body within limits and
 //! dispatches to one handler per operation. Errors of every layer become one [`error::ApiError`],
-//! rendered as Graph's JSON. Write bodies that are flat objects of plain strings are read by
-//! [`flat_json`] rather than serde.
+//! rendered as Graph's JSON.
 pub mod base_url;
 pub mod batch;
 pub mod body;
 pub mod dto;
 pub mod error;
-pub mod flat_json;
 pub mod health;
 pub mod keys;
 pub mod openapi;

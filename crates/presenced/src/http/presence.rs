@@ -238,7 +238,7 @@ fn command(
     let range = |e: presence_core::TimingError| ApiError::invalid_argument(e.to_string());
     Ok(match action {
         PresenceAction::SetPresence => {
-            let b: SetPresenceBody = body::required(body::flat_json(headers, bytes)?)?;
+            let b: SetPresenceBody = body::required(body::json(headers, bytes)?)?;
             let session = dto::session_id(b.session_id.as_deref())?;
             let state = b.session_state()?;
             let expiration = timing
@@ -252,13 +252,13 @@ fn command(
             }
         }
         PresenceAction::ClearPresence => {
-            let b: ClearPresenceBody = body::required(body::flat_json(headers, bytes)?)?;
+            let b: ClearPresenceBody = body::required(body::json(headers, bytes)?)?;
             Command::ClearPresence {
                 session: dto::session_id(b.session_id.as_deref())?,
             }
         }
         PresenceAction::SetUserPreferredPresence => {
-            let b: SetPreferredBody = body::required(body::flat_json(headers, bytes)?)?;
+            let b: SetPreferredBody = body::required(body::json(headers, bytes)?)?;
             let state = b.preferred_state()?;
             let expiration = timing
                 .preferred_expiration(state, dto::duration(b.expiration_duration.as_deref())?)
