@@ -6,16 +6,20 @@
 //! looks like `"1.00:05:00"`. [`parse_wire_duration`] accepts all of them so every SDK works
 //! unchanged. [`parse_config_duration`] adds short forms (`5m`, `1h30m`) for humans writing
 //! configuration, and [`format_iso`] renders durations back as ISO 8601 for messages and dumps.
+//!
+//! ISO 8601 is read by jiff's Temporal parser ([`SpanParser`]); the clock and short forms, which
+//! jiff does not know (or reads more loosely), are read here.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
-use jiff::SignedDuration;
+use jiff::fmt::temporal::SpanParser;
+use jiff::{SignedDuration, Span, SpanRelativeTo};
 
 const NANOS_PER_SEC: u128 = 1_000_000_000;
 const NANOS_PER_MIN: u128 = 60 * NANOS_PER_SEC;
 const NANOS_PER_HOUR: u128 = 60 * NANOS_PER_MIN;
 const NANOS_PER_DAY: u128 = 24 * NANOS_PER_HOUR;
-const NANOS_PER_WEEK: u128 = 7 * NANOS_PER_DAY;
 const NANOS_PER_MILLI: u128 = 1_000_000;
 
 /// Nothing in presence needs longer than this; the cap keeps every later `Timestamp + duration`
@@ -55,11 +59,12 @@ pub enum DurationError {
 
 /// Parse an `expirationDuration` as real Graph clients send it. Returns a strictly non-negative duration.
 ///
-/// Accepts ISO 8601 (`PT5M`, `P1DT2H`, `PT0.5S`, `PT1,5S`, `P1W`, PHP's `P0Y0M1DT0H5M0S`),
-/// Python's `str(timedelta)` (`0:05:00`, `1 day, 0:05:00`, `0:00:00.500000`) and .NET
-/// `TimeSpan` text (`01:00:00`, `1.02:00:00`, `00:00:00.5000000`). Surrounding whitespace is
-/// ignored and ISO designators are case-insensitive. Fractional seconds beyond nanoseconds are
-/// truncated rather than rejected, since a client computing seconds as a float can emit them.
+/// Accepts ISO 8601 (`PT5M`, `P1DT2H`, `PT0.5S`, `PT1,5S`, `P1W`, PHP's `P0Y0M1DT0H5M0S`, and a
+/// fraction on the smallest unit given, as in `PT7.5M` or `PT1.5H`), Python's `str(timedelta)`
+/// (`0:05:00`, `1 day, 0:05:00`, `0:00:00.500000`) and .NET `TimeSpan` text (`01:00:00`,
+/// `1.02:00:00`, `00:00:00.5000000`). Surrounding whitespace is ignored and ISO designators are
+/// case-insensitive. Fractional digits beyond nanoseconds are truncated rather than rejected,
+/// since a client computing seconds as a float can emit them.
 pub fn parse_wire_duration(text: &str) -> Result<SignedDuration, DurationError> {
     parse(text, false)
 }
@@ -161,10 +166,7 @@ fn parse(text: &str, humane: bool) -> Result<SignedDuration, DurationError> {
     let mut c = Cursor { text: body, pos: 0 };
     let parsed = match c.peek() {
         None => return Err(malformed(format!("nothing follows the sign; {forms}"))),
-        Some(b'P' | b'p') => {
-            c.bump();
-            parse_iso(&mut c)
-        }
+        Some(b'P' | b'p') => parse_iso(body),
         Some(_) if body.contains(':') => parse_clock(&mut c),
         Some(_) if humane => parse_humane(&mut c),
         Some(_) => Err(forms.to_owned()),
@@ -189,92 +191,90 @@ fn parse(text: &str, humane: bool) -> Result<SignedDuration, DurationError> {
     Ok(SignedDuration::new(secs, subsec))
 }
 
-/// ISO 8601 after the `P`: `[nY][nM][nW][nD][T[nH][nM][n[.f]S]]`, in that order, each at most once.
-fn parse_iso(c: &mut Cursor<'_>) -> Result<Parsed, String> {
-    let mut parsed = Parsed::new();
-    let mut any = false;
+/// ISO 8601 durations (`P…`), as Temporal reads them: `[nY][nM][nW][nD][T[nH][nM][nS]]`, each at
+/// most once and in that order, a fraction (`.` or `,`) only on the last unit and only from hours
+/// down, designators in either case.
+static ISO: SpanParser = SpanParser::new();
 
-    // Y and M carry no fixed length; they only count against `calendar` when non-zero, which is
-    // what lets PHP's always-present "P0Y0M..." through.
-    const DATE_UNITS: [(u8, Option<u128>); 4] = [
-        (b'Y', None),
-        (b'M', None),
-        (b'W', Some(NANOS_PER_WEEK)),
-        (b'D', Some(NANOS_PER_DAY)),
-    ];
-    let mut next = 0;
-    while c.peek().is_some_and(|b| b.is_ascii_digit()) {
-        let number = c.number()?;
-        let designator = c.designator()?;
-        let Some(offset) = DATE_UNITS[next..].iter().position(|(d, _)| *d == designator) else {
-            return Err(match designator {
-                b'H' | b'S' => format!(
-                    "'{}' belongs after 'T', as in PT1{}",
-                    designator as char, designator as char
-                ),
-                b'T' => "a number must be followed by a designator such as D, H, M or S".to_owned(),
-                d if DATE_UNITS.iter().any(|(u, _)| *u == d) => {
-                    "date designators must appear once each, in the order Y, M, W, D".to_owned()
-                }
-                d => format!("unknown designator '{}'", d as char),
-            });
-        };
-        let (_, unit) = DATE_UNITS[next + offset];
-        next += offset + 1;
-        if number.fraction.is_some() {
-            return Err("only seconds may have a fractional part".to_owned());
+/// An ISO duration, `P` included. Years and months have no fixed length, so only their presence is
+/// recorded (zero ones, as PHP always writes them, are fine); days and weeks are 24 hours and 7
+/// days here.
+fn parse_iso(text: &str) -> Result<Parsed, String> {
+    let text = truncate_fractions(text);
+    let span = match ISO.parse_span(&*text) {
+        Ok(span) => span,
+        // jiff refuses a number too large for its span in several ways; the same text with every
+        // number made small reads, so only a size was wrong.
+        Err(_) if ISO.parse_span(shrink_numbers(&text)).is_ok() => {
+            return Ok(Parsed {
+                nanos: None,
+                calendar: false,
+            })
         }
-        match unit {
-            Some(unit) => parsed.add(number.whole, unit),
-            None => parsed.calendar |= number.whole != Some(0),
+        Err(e) => {
+            return Err(format!(
+                "{e}; hours, minutes and seconds follow a 'T', as in PT1H or PT5M"
+            ))
         }
-        any = true;
+    };
+    if span.get_years() != 0 || span.get_months() != 0 {
+        return Ok(Parsed {
+            nanos: Some(0),
+            calendar: true,
+        });
     }
+    Ok(Parsed {
+        nanos: span_nanos(span),
+        calendar: false,
+    })
+}
 
-    if c.eat_ignore_case(b'T') {
-        const TIME_UNITS: [(u8, u128); 3] = [(b'H', NANOS_PER_HOUR), (b'M', NANOS_PER_MIN), (b'S', NANOS_PER_SEC)];
-        let mut next = 0;
-        let mut any_time = false;
-        while !c.at_end() {
-            if !c.peek().is_some_and(|b| b.is_ascii_digit()) {
-                return Err(format!("expected a number but found {}", c.describe_next()));
+/// The length of a span without years or months, `None` if it does not fit.
+fn span_nanos(span: Span) -> Option<u128> {
+    let duration = span.to_duration(SpanRelativeTo::days_are_24_hours()).ok()?;
+    u128::try_from(duration.as_nanos()).ok()
+}
+
+/// `text` with every fraction cut to nine digits (nanoseconds), which is all jiff reads.
+fn truncate_fractions(text: &str) -> Cow<'_, str> {
+    let bytes = text.as_bytes();
+    let mut out = String::new();
+    let (mut copied, mut at) = (0, 0);
+    while at < bytes.len() {
+        if matches!(bytes[at], b'.' | b',') {
+            let digits = bytes[at + 1..].iter().take_while(|b| b.is_ascii_digit()).count();
+            if digits > 9 {
+                out.push_str(&text[copied..at + 10]);
+                copied = at + 1 + digits;
             }
-            let number = c.number()?;
-            let designator = c.designator()?;
-            let Some(offset) = TIME_UNITS[next..].iter().position(|(d, _)| *d == designator) else {
-                return Err(match designator {
-                    d if TIME_UNITS.iter().any(|(u, _)| *u == d) => {
-                        "time designators must appear once each, in the order H, M, S".to_owned()
-                    }
-                    b'D' | b'W' | b'Y' => format!("'{}' belongs before 'T'", designator as char),
-                    d => format!("unknown designator '{}'", d as char),
-                });
-            };
-            let (designator, unit) = TIME_UNITS[next + offset];
-            next += offset + 1;
-            parsed.add(number.whole, unit);
-            match number.fraction {
-                Some(_) if designator != b'S' => {
-                    return Err("only seconds may have a fractional part".to_owned());
-                }
-                Some(nanos) => parsed.add(Some(u128::from(nanos)), 1),
-                None => {}
-            }
-            any_time = true;
+            at += 1 + digits;
+        } else {
+            at += 1;
         }
-        if !any_time {
-            return Err("'T' must be followed by at least one of H, M or S, as in PT5M".to_owned());
-        }
-        any = true;
     }
+    if copied == 0 {
+        return Cow::Borrowed(text);
+    }
+    out.push_str(&text[copied..]);
+    Cow::Owned(out)
+}
 
-    if !c.at_end() {
-        return Err(format!("unexpected {}", c.describe_next()));
+/// `text` with every run of digits replaced by `1`.
+fn shrink_numbers(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_number = false;
+    for ch in text.chars() {
+        if ch.is_ascii_digit() {
+            if !in_number {
+                out.push('1');
+            }
+            in_number = true;
+        } else {
+            out.push(ch);
+            in_number = false;
+        }
     }
-    if !any {
-        return Err("'P' must be followed by at least one component, as in PT5M".to_owned());
-    }
-    Ok(parsed)
+    out
 }
 
 /// Python `str(timedelta)` (`[D day[s], ]H:MM:SS[.ffffff]`) and .NET `TimeSpan` text
@@ -394,12 +394,6 @@ struct Digits {
     len: usize,
 }
 
-/// An ISO number: whole part plus an optional fraction already scaled to nanoseconds.
-struct Number {
-    whole: Option<u128>,
-    fraction: Option<u32>,
-}
-
 /// A byte cursor over the input. Only ASCII bytes are ever consumed, so `pos` always sits on a
 /// char boundary and slicing `text` at it cannot panic, whatever the input.
 struct Cursor<'a> {
@@ -488,29 +482,6 @@ impl Cursor<'_> {
         Ok(nanos)
     }
 
-    fn number(&mut self) -> Result<Number, String> {
-        let whole = self.digits().map(|d| d.whole);
-        let fraction = match self.peek() {
-            Some(b'.' | b',') => Some(self.fraction()?),
-            _ => None,
-        };
-        let whole = whole.ok_or_else(|| "a number is missing its digits".to_owned())?;
-        Ok(Number { whole, fraction })
-    }
-
-    fn designator(&mut self) -> Result<u8, String> {
-        match self.peek() {
-            Some(b) if b.is_ascii_alphabetic() => {
-                self.bump();
-                Ok(b.to_ascii_uppercase())
-            }
-            _ => Err(format!(
-                "a number must be followed by a designator such as D, H, M or S, but found {}",
-                self.describe_next()
-            )),
-        }
-    }
-
     fn letters(&mut self) -> &str {
         let start = self.pos;
         while self.peek().is_some_and(|b| b.is_ascii_alphabetic()) {
@@ -585,6 +556,23 @@ mod tests {
         assert_eq!(wire("PT0.30000000000000004S"), SignedDuration::from_millis(300));
     }
 
+    /// ISO 8601 allows a fraction on the smallest unit given, not only on seconds; the Kiota SDK
+    /// sends `PT7.5M` for seven and a half minutes.
+    #[test]
+    fn iso_fraction_on_the_smallest_unit() {
+        assert_eq!(wire("PT7.5M"), hms(0, 7, 30));
+        assert_eq!(wire("PT7,5M"), hms(0, 7, 30));
+        assert_eq!(wire("PT0.5M"), hms(0, 0, 30));
+        assert_eq!(wire("PT1.5H"), hms(1, 30, 0));
+        assert_eq!(wire("PT1H7.5M"), hms(1, 7, 30));
+        assert_eq!(wire("P1DT0.25H"), hms(24, 15, 0));
+        assert_eq!(wire("pt7.5m"), hms(0, 7, 30));
+        assert_eq!(wire("PT0.001M"), SignedDuration::from_millis(60));
+        // Past nanoseconds the digits are dropped, whatever the unit.
+        assert_eq!(wire("PT0.0000000001H"), SignedDuration::ZERO);
+        assert_eq!(config("PT7.5M"), hms(0, 7, 30));
+    }
+
     #[test]
     fn iso_is_case_insensitive_and_trimmed() {
         assert_eq!(wire("pt5m"), hms(0, 5, 0));
@@ -628,8 +616,10 @@ mod tests {
             "PT5M5H",
             "PT5M5M",
             "P1D1W",
-            "PT0.5M",
+            "PT1.5H30M",
+            "PT0.5M30S",
             "P1.5D",
+            "P1.5W",
             "PT.5S",
             "PT1.S",
             "PT 5M",
