@@ -7,16 +7,15 @@
 //!
 //! Keys this server cannot use (encryption keys, other curves, `oct`, `OKP`, PS256, …) are skipped so
 //! an IdP's full JWKS can be used as is; keys of a usable type that are broken are an error, because
-//! silently dropping them would only surface later as unexplained 401s.
+//! silently dropping them would only surface later as unexplained 401s. The document and its keys
+//! are read by jsonwebtoken (`JwkSet`, `DecodingKey::from_jwk`); the rules above are ours.
 
 use std::fmt;
 use std::io::Read as _;
 use std::path::Path;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
-use jsonwebtoken::{Algorithm, DecodingKey};
-use serde_json::{Map, Value};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, KeyOperations, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey, DecodingKeyKind};
 
 use super::error::{AuthError, AuthSetupError};
 
@@ -51,22 +50,17 @@ impl fmt::Debug for JwkSetKeys {
 }
 
 impl JwkSetKeys {
-    /// Parses a JWKS JSON document. `origin` names it in error messages (a path, or "document").
+    /// Parses a JWKS JSON document (jsonwebtoken's `JwkSet`). `origin` names it in error messages
+    /// (a path, or "document").
     pub fn from_json(json: &str, origin: &str) -> Result<Self, AuthSetupError> {
         let invalid = |reason: String| AuthSetupError::InvalidJwks {
             origin: origin.to_owned(),
             reason,
         };
-        let doc: Value = serde_json::from_str(json).map_err(|e| invalid(format!("not valid JSON ({e})")))?;
-        let Some(Value::Array(entries)) = doc.get("keys") else {
-            return Err(invalid("expected an object with a \"keys\" array".to_owned()));
-        };
+        let set: JwkSet = serde_json::from_str(json).map_err(|e| invalid(format!("not a JWK set ({e})")))?;
         let mut keys: Vec<VerificationKey> = Vec::new();
-        for (index, entry) in entries.iter().enumerate() {
-            let Value::Object(jwk) = entry else {
-                return Err(invalid(format!("key #{index} is not an object")));
-            };
-            let Some(key) = parse_key(jwk).map_err(|reason| invalid(format!("key #{index}: {reason}")))? else {
+        for (index, jwk) in set.keys.iter().enumerate() {
+            let Some(key) = usable_key(jwk).map_err(|reason| invalid(format!("key #{index}: {reason}")))? else {
                 continue;
             };
             // Two usable keys under one kid would make the choice depend on file order.
@@ -138,35 +132,55 @@ pub fn load_jwks_file(path: &Path) -> Result<JwkSetKeys, AuthSetupError> {
 }
 
 /// `Ok(None)` for a key of a kind this server does not verify with; `Err` for a broken usable key.
-fn parse_key(jwk: &Map<String, Value>) -> Result<Option<VerificationKey>, String> {
-    let text = |name: &str| -> Result<Option<&str>, String> {
-        match jwk.get(name) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.as_str())),
-            Some(_) => Err(format!("\"{name}\" must be a string")),
-        }
-    };
-    let kid = text("kid")?.map(str::to_owned);
-    if text("use")?.is_some_and(|u| u != "sig") {
+fn usable_key(jwk: &Jwk) -> Result<Option<VerificationKey>, String> {
+    let common = &jwk.common;
+    if common
+        .public_key_use
+        .as_ref()
+        .is_some_and(|u| *u != PublicKeyUse::Signature)
+    {
         return Ok(None);
     }
-    if let Some(ops) = jwk.get("key_ops") {
-        let verifies = ops.as_array().is_some_and(|ops| ops.iter().any(|op| op == "verify"));
-        if !verifies {
-            return Ok(None);
-        }
+    if common
+        .key_operations
+        .as_ref()
+        .is_some_and(|ops| !ops.contains(&KeyOperations::Verify))
+    {
+        return Ok(None);
     }
-    let declared_alg = text("alg")?;
-    let label = kid
+    let declared = common.key_algorithm;
+    let label = common
+        .key_id
         .as_deref()
         .map(|k| format!("key {k:?}"))
         .unwrap_or_else(|| "key".to_owned());
-    match (text("kty")?, text("crv")?) {
-        (Some("RSA"), _) if declared_alg.is_none_or(|a| a == "RS256") => {
-            let n = b64_field(jwk, "n").map_err(|e| format!("{label}: {e}"))?;
-            let e = b64_field(jwk, "e").map_err(|e| format!("{label}: {e}"))?;
-            let n = strip_leading_zeros(&n);
-            let e = strip_leading_zeros(&e);
+    let alg = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) if declared.is_none_or(|a| a == KeyAlgorithm::RS256) => Algorithm::RS256,
+        AlgorithmParameters::EllipticCurve(p)
+            if p.curve == EllipticCurve::P256 && declared.is_none_or(|a| a == KeyAlgorithm::ES256) =>
+        {
+            Algorithm::ES256
+        }
+        // A key of a usable type that jsonwebtoken could not read as one (a missing or mistyped
+        // member) is broken, not foreign: dropping it would only surface later as 401s.
+        AlgorithmParameters::Other(other) => {
+            let member = |name: &str| other.fields.get(name).and_then(|v| v.as_str());
+            let (kty, crv) = (member("kty"), member("crv"));
+            if kty == Some("RSA") || (kty == Some("EC") && crv == Some("P-256")) {
+                return Err(format!(
+                    "{label}: kty {:?} with missing or mistyped members",
+                    kty.unwrap_or_default()
+                ));
+            }
+            return Ok(None);
+        }
+        _ => return Ok(None),
+    };
+    let jwk = unpadded(jwk);
+    let key = DecodingKey::from_jwk(&jwk).map_err(|e| format!("{label}: not base64url ({e})"))?;
+    let key = match (&jwk.algorithm, key.kind()) {
+        (AlgorithmParameters::RSA(_), DecodingKeyKind::RsaModulusExponent { n, e }) => {
+            let (n, e) = (strip_leading_zeros(n), strip_leading_zeros(e));
             let bits = bit_length(n);
             if !(RSA_MIN_BITS..=RSA_MAX_BITS).contains(&bits) {
                 return Err(format!(
@@ -176,43 +190,37 @@ fn parse_key(jwk: &Map<String, Value>) -> Result<Option<VerificationKey>, String
             if e.is_empty() {
                 return Err(format!("{label}: RSA exponent is zero"));
             }
-            let key = DecodingKey::from_rsa_raw_components(n, e);
-            Ok(Some(VerificationKey {
-                kid,
-                alg: Algorithm::RS256,
-                key,
-            }))
+            DecodingKey::from_rsa_raw_components(n, e)
         }
-        (Some("EC"), Some("P-256")) if declared_alg.is_none_or(|a| a == "ES256") => {
-            let x = b64_field(jwk, "x").map_err(|e| format!("{label}: {e}"))?;
-            let y = b64_field(jwk, "y").map_err(|e| format!("{label}: {e}"))?;
-            if x.len() != 32 || y.len() != 32 {
-                return Err(format!("{label}: P-256 coordinates must be 32 bytes each"));
-            }
-            // The uncompressed SEC1 point, which is the form jsonwebtoken's EC verifier expects.
-            let mut point = Vec::with_capacity(65);
-            point.push(0x04);
-            point.extend_from_slice(&x);
-            point.extend_from_slice(&y);
-            let key = DecodingKey::from_ec_der(&point);
-            Ok(Some(VerificationKey {
-                kid,
-                alg: Algorithm::ES256,
-                key,
-            }))
+        // 32 bytes are 43 characters of unpadded base64url.
+        (AlgorithmParameters::EllipticCurve(p), _) if p.x.len() != 43 || p.y.len() != 43 => {
+            return Err(format!("{label}: P-256 coordinates must be 32 bytes each"))
         }
-        _ => Ok(None),
-    }
+        _ => key,
+    };
+    Ok(Some(VerificationKey {
+        kid: jwk.common.key_id.clone(),
+        alg,
+        key,
+    }))
 }
 
-fn b64_field(jwk: &Map<String, Value>, name: &str) -> Result<Vec<u8>, String> {
-    let Some(Value::String(raw)) = jwk.get(name) else {
-        return Err(format!("missing \"{name}\""));
-    };
-    // RFC 7518 says unpadded base64url; some producers pad anyway, which is harmless to accept.
-    URL_SAFE_NO_PAD
-        .decode(raw.trim_end_matches('='))
-        .map_err(|_| format!("\"{name}\" is not base64url"))
+/// RFC 7518 says unpadded base64url; some producers pad anyway, which is harmless to accept.
+fn unpadded(jwk: &Jwk) -> Jwk {
+    let mut jwk = jwk.clone();
+    let trim = |s: &mut String| s.truncate(s.trim_end_matches('=').len());
+    match &mut jwk.algorithm {
+        AlgorithmParameters::RSA(p) => {
+            trim(&mut p.n);
+            trim(&mut p.e);
+        }
+        AlgorithmParameters::EllipticCurve(p) => {
+            trim(&mut p.x);
+            trim(&mut p.y);
+        }
+        _ => {}
+    }
+    jwk
 }
 
 fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
@@ -231,7 +239,9 @@ fn bit_length(be: &[u8]) -> usize {
 mod tests {
     use super::*;
     use crate::auth::test_support::{ec_key, rsa_key, second_rsa_key};
-    use serde_json::json;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    use serde_json::{json, Value};
 
     fn jwks(keys: Vec<Value>) -> Result<JwkSetKeys, AuthSetupError> {
         JwkSetKeys::from_json(&json!({ "keys": keys }).to_string(), "test")
@@ -320,7 +330,7 @@ mod tests {
         assert!(reason(jwks(vec![short])).contains("1024 bits"));
         let mut no_e = rsa_key().jwk("no-e");
         no_e.as_object_mut().unwrap().remove("e");
-        assert!(reason(jwks(vec![no_e])).contains("missing \"e\""));
+        assert!(reason(jwks(vec![no_e])).contains("kty \"RSA\" with missing or mistyped members"));
         let mut bad_x = ec_key().jwk("bad-x");
         bad_x["x"] = json!("!!!");
         assert!(reason(jwks(vec![bad_x])).contains("base64url"));
@@ -329,7 +339,10 @@ mod tests {
         assert!(reason(jwks(vec![short_y])).contains("32 bytes"));
         let mut kid_number = ec_key().jwk("x");
         kid_number["kid"] = json!(5);
-        assert!(reason(jwks(vec![kid_number])).contains("\"kid\""));
+        assert!(reason(jwks(vec![kid_number])).contains("not a JWK set"));
+        let mut ec_without_y = ec_key().jwk("no-y");
+        ec_without_y.as_object_mut().unwrap().remove("y");
+        assert!(reason(jwks(vec![ec_without_y, rsa_key().jwk("r1")])).contains("kty \"EC\" with missing"));
     }
 
     #[test]

@@ -8,7 +8,6 @@
 //! Module map:
 //! - `verifier`: `AuthConfig` and `Verifier::verify` — the one entry point for requests.
 //! - `bearer`: extracting the token from the `Authorization` header.
-//! - `jws`: the compact JWS structure and its protected header, parsed before any crypto.
 //! - `jwks`: loading a JWKS file into RS256/ES256 verification keys and selecting one by `kid`.
 //! - `claims`: validating the claims (time, audience, issuer, tenant, user) into a `Principal`.
 //! - `ids`: the identifier rule shared by `tid`, `oid` and app ids.
@@ -18,6 +17,9 @@
 //! - `mint`: issuing HS256 tokens (for the CLI and tests).
 //! - `error`: `AuthError` (401 material) and `AuthSetupError` (start-up and minting failures).
 //!
+//! The compact token, its header, JWK sets and the signatures are read and checked by
+//! jsonwebtoken; the rules (which algorithms, which key, which claims) are ours.
+//!
 //! Time is always an argument (`now_unix`): nothing in here reads a clock.
 
 mod bearer;
@@ -25,7 +27,6 @@ mod claims;
 mod error;
 mod ids;
 mod jwks;
-mod jws;
 mod mint;
 mod permissions;
 mod principal;

@@ -1,24 +1,34 @@
 //! `Verifier`: from an `Authorization` header and the current time to a `Principal`, or the reason
 //! for a 401.
 //!
-//! Order of checks: header → token shape → algorithm allow-list → key (bound to the algorithm) →
-//! signature → claims. Nothing from the payload is looked at before the signature has checked out.
+//! Order of checks: header → size → protected header (jsonwebtoken's `decode_header`) → algorithm
+//! allow-list → key (bound to the algorithm) → signature (jsonwebtoken's `decode`) → claims. Nothing
+//! from the payload is looked at before the signature has checked out.
 //!
 //! Only HS256, RS256 and ES256 are accepted, each with its own key source: HS256 only ever verifies
 //! against the configured secret, RS256/ES256 only against JWKS keys of the matching type. The token
 //! header chooses among those keys by `kid` but can never turn one kind of key into another.
+//!
+//! jsonwebtoken checks the signature only; the claims are checked by `claims`, because its
+//! `Validation` reads the system clock for `exp`/`nbf` (time is an argument here, and the token
+//! cache re-checks the window on every hit) and takes an array as `iss`.
 
 use std::fmt;
 
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value};
 
 use super::bearer::bearer_token;
 use super::claims::{principal_from_claims, validity, within_window, ClaimRules};
 use super::error::{AuthError, AuthSetupError};
 use super::jwks::JwkSetKeys;
-use super::jws;
 use super::principal::Principal;
 use super::{DEFAULT_AUDIENCE, DEFAULT_ISSUER, DEFAULT_LEEWAY_SECONDS, MIN_HS256_SECRET_BYTES};
+
+/// Bound on the token length: real access tokens are 1–3 KiB, and every later step (base64, JSON,
+/// signature) is linear in this, so an attacker cannot make one request expensive.
+const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
 /// How tokens are verified.
 #[derive(Clone)]
@@ -156,22 +166,30 @@ impl Verifier {
 
     /// The full check of one compact token: returns the principal with its `exp` and `nbf`.
     fn verify_token(&self, token: &str, rules: &ClaimRules<'_>) -> Result<(Principal, i64, Option<i64>), AuthError> {
-        let jws = jws::parse(token)?;
-        let alg = accepted_algorithm(&jws.header.alg)?;
-        let key = self.key_for(alg, jws.header.kid.as_deref())?;
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::Malformed);
+        }
+        // An `alg` jsonwebtoken has no name for (`none`, `hs256`, …) fails here, as a malformed
+        // header. RFC 7515 §4.1.11: a `crit` header lists extensions the recipient must understand,
+        // and we understand none, so such a token is refused rather than half-understood.
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+        if header.crit.is_some() {
+            return Err(AuthError::Malformed);
+        }
+        let alg = accepted_algorithm(header.alg)?;
+        let key = self.key_for(alg, header.kid.as_deref())?;
         // Defence in depth: the key sources above already guarantee this.
         if key.family() != alg.family() {
             return Err(AuthError::UnsupportedAlgorithm);
         }
-        if jws.signature_b64.is_empty() {
-            return Err(AuthError::BadSignature);
-        }
-        match jsonwebtoken::crypto::verify(jws.signature_b64, jws.signing_input.as_bytes(), key, alg) {
-            Ok(true) => {}
-            // An undecodable signature is as bad as a wrong one; the caller needs no finer detail.
-            Ok(false) | Err(_) => return Err(AuthError::BadSignature),
-        }
-        let claims = jws::decode_json_object(jws.payload_b64)?;
+        let claims = jsonwebtoken::decode::<Map<String, Value>>(token, key, &signature_only(alg))
+            .map_err(|e| match e.kind() {
+                // The payload is read only after the signature checked out.
+                ErrorKind::Json(_) | ErrorKind::Utf8(_) => AuthError::Malformed,
+                // An undecodable signature is as bad as a wrong one; the caller needs no finer detail.
+                _ => AuthError::BadSignature,
+            })?
+            .claims;
         let principal = principal_from_claims(&claims, rules)?;
         let (exp, nbf) = validity(&claims)?;
         Ok((principal, exp, nbf))
@@ -313,15 +331,24 @@ impl VerifiedTokens {
     }
 }
 
-/// The allow-list. Matching the exact header string (not a parsed enum with fallbacks) means
-/// `none`, `None`, `hs256`, HS384/HS512, PS*, EdDSA and anything unknown are all refused.
-fn accepted_algorithm(alg: &str) -> Result<Algorithm, AuthError> {
+/// The allow-list: HS384/HS512, RS384/RS512, PS*, ES384 and EdDSA are refused (jsonwebtoken's
+/// header cannot even name `none` or a misspelling).
+fn accepted_algorithm(alg: Algorithm) -> Result<Algorithm, AuthError> {
     match alg {
-        "HS256" => Ok(Algorithm::HS256),
-        "RS256" => Ok(Algorithm::RS256),
-        "ES256" => Ok(Algorithm::ES256),
+        Algorithm::HS256 | Algorithm::RS256 | Algorithm::ES256 => Ok(alg),
         _ => Err(AuthError::UnsupportedAlgorithm),
     }
+}
+
+/// jsonwebtoken's checks narrowed to the signature under `alg`: no claim is required or checked
+/// there (see the module documentation).
+fn signature_only(alg: Algorithm) -> Validation {
+    let mut validation = Validation::new(alg);
+    validation.required_spec_claims.clear();
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation
 }
 
 #[cfg(test)]
@@ -496,30 +523,28 @@ mod tests {
         assert!(verify_with(&verifier(), &hs256_token(&claims())).is_ok());
     }
 
+    /// jsonwebtoken's header has no `none` algorithm, so such a header is refused as malformed,
+    /// before any key is looked up.
     #[test]
     fn unsigned_alg_none_tokens_are_refused() {
         for alg in ["none", "None", "NONE", "nOnE"] {
             let header = b64(json!({"alg": alg, "typ": "JWT"}).to_string());
             let payload = b64(claims().to_string());
             for token in [format!("{header}.{payload}."), format!("{header}.{payload}.c2ln")] {
-                assert_eq!(
-                    verify_with(&verifier(), &token),
-                    Err(AuthError::UnsupportedAlgorithm),
-                    "{alg}"
-                );
+                assert_eq!(verify_with(&verifier(), &token), Err(AuthError::Malformed), "{alg}");
             }
         }
         // Even against a verifier with JWKS keys only.
         let v = jwks_verifier(vec![rsa_key().jwk("r1")], false);
         let token = format!("{}.{}.", b64(r#"{"alg":"none"}"#), b64(claims().to_string()));
-        assert_eq!(verify_with(&v, &token), Err(AuthError::UnsupportedAlgorithm));
+        assert_eq!(verify_with(&v, &token), Err(AuthError::Malformed));
     }
 
     #[test]
     fn other_algorithms_are_refused_even_when_correctly_signed() {
         let hs384 = hand_token(&json!({"alg": "HS384"}), &claims(), hmac(HMAC_SHA384, SECRET));
         assert_eq!(verify_with(&verifier(), &hs384), Err(AuthError::UnsupportedAlgorithm));
-        for alg in ["HS512", "RS384", "PS256", "ES384", "EdDSA", "hs256", "HS256 ", ""] {
+        for alg in ["HS512", "RS384", "RS512", "PS256", "ES384", "EdDSA"] {
             let token = hand_token(&json!({ "alg": alg }), &claims(), hmac(HMAC_SHA256, SECRET));
             assert_eq!(
                 verify_with(&verifier(), &token),
@@ -527,6 +552,18 @@ mod tests {
                 "{alg:?}"
             );
         }
+        // Names no algorithm has: the header itself is refused.
+        for alg in ["hs256", "HS256 ", "", "RSA-OAEP"] {
+            let token = hand_token(&json!({ "alg": alg }), &claims(), hmac(HMAC_SHA256, SECRET));
+            assert_eq!(verify_with(&verifier(), &token), Err(AuthError::Malformed), "{alg:?}");
+        }
+    }
+
+    #[test]
+    fn a_crit_header_is_refused_even_when_correctly_signed() {
+        let header = json!({"alg": "HS256", "typ": "JWT", "crit": ["exp"]});
+        let token = hand_token(&header, &claims(), hmac(HMAC_SHA256, SECRET));
+        assert_eq!(verify_with(&verifier(), &token), Err(AuthError::Malformed));
     }
 
     #[test]
