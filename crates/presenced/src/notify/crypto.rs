@@ -25,7 +25,9 @@
 //! Certificates are checked once, when a subscription is created ([`EncryptionCertificate::parse`]):
 //! Graph requires an RSA key of 2,048 to 4,096 bits and does not verify the issuer (self-signed
 //! certificates are the norm), so only the structure and the public key are examined — not the
-//! signature, validity dates or extensions.
+//! signature or validity dates. The certificate is parsed by rustls-webpki (already in the tree
+//! for webhook TLS), which takes X.509 v3 certificates as every current tool makes them, and
+//! refuses extensions marked critical that it does not know; the key is judged by aws-lc.
 
 use std::fmt;
 use std::sync::Arc;
@@ -33,11 +35,13 @@ use std::sync::Arc;
 use aws_lc_rs::cipher::{EncryptionContext, PaddedBlockEncryptingKey, UnboundCipherKey, AES_256};
 use aws_lc_rs::iv::FixedLength;
 use aws_lc_rs::rsa::{OaepPublicEncryptingKey, PublicEncryptingKey, OAEP_SHA1_MGF1SHA1};
+use aws_lc_rs::signature::{self, ParsedPublicKey, VerificationAlgorithm};
 use aws_lc_rs::{digest, hmac, rand};
 use base64::alphabet;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
+use rustls::pki_types::CertificateDer;
 use serde::Serialize;
 
 /// Smallest RSA modulus Graph accepts for an encryption certificate.
@@ -74,13 +78,10 @@ pub enum CertificateError {
     Base64(#[source] base64::DecodeError),
     #[error("encryptionCertificate PEM text is malformed: {0}")]
     Pem(&'static str),
-    #[error("encryptionCertificate is not a DER-encoded X.509 certificate: {element}: {problem}")]
-    Malformed {
-        element: &'static str,
-        problem: &'static str,
-    },
+    #[error("encryptionCertificate is not a DER-encoded X.509 v3 certificate ({0})")]
+    Malformed(webpki::Error),
     #[error("encryptionCertificate must contain an RSA public key (rsaEncryption); it contains {algorithm}")]
-    NotRsa { algorithm: String },
+    NotRsa { algorithm: &'static str },
     #[error(
         "encryptionCertificate has a {bits}-bit RSA key; Microsoft Graph requires {MIN_RSA_BITS} to {MAX_RSA_BITS} bits"
     )]
@@ -146,15 +147,16 @@ impl EncryptionCertificate {
     }
 
     fn from_der(der: Vec<u8>) -> Result<Self, CertificateError> {
-        let spki = subject_public_key_info(&der)?;
-        let key_bits = rsa_modulus_bits(spki.content)?;
-        if !(MIN_RSA_BITS..=MAX_RSA_BITS).contains(&key_bits) {
-            return Err(CertificateError::KeySize { bits: key_bits });
-        }
-        // Our walker only located the key; aws-lc is the authority on whether it is a usable RSA key.
-        let public =
-            PublicEncryptingKey::from_der(spki.raw).map_err(|e| CertificateError::InvalidRsaKey(e.to_string()))?;
+        let certificate = CertificateDer::from(der.as_slice());
+        let parsed = webpki::EndEntityCert::try_from(&certificate).map_err(CertificateError::Malformed)?;
+        let spki = parsed.subject_public_key_info();
+        let (public, key_bits) = rsa_public_key(spki.as_ref())?;
         let key = OaepPublicEncryptingKey::new(public)
+            .map_err(|_| CertificateError::InvalidRsaKey("not usable for RSA-OAEP encryption".to_owned()))?;
+        // What every notification will do with it, once now, so a key aws-lc parses but cannot
+        // encrypt to (an RSASSA-PSS key, say) is a 400 here rather than a failed delivery later.
+        let mut wrapped = vec![0u8; key.ciphertext_size()];
+        key.encrypt(&OAEP_SHA1_MGF1SHA1, &[0u8; SYMMETRIC_KEY_LEN], &mut wrapped, None)
             .map_err(|_| CertificateError::InvalidRsaKey("not usable for RSA-OAEP encryption".to_owned()))?;
         let thumbprint = sha1_upper_hex(&der);
         Ok(Self(Arc::new(Inner {
@@ -275,251 +277,41 @@ fn certificate_body(encoded: &str) -> Result<&str, CertificateError> {
     Ok(body)
 }
 
-// --- A minimal DER reader: just enough of X.509 to find the subject public key. ---------------------
-//
-// Strict DER (definite, minimal lengths; single-byte tags) because certificates are signed DER and
-// anything else is corrupt or hostile; every access is bounds-checked through `split_at_checked`.
-
-const TAG_INTEGER: u8 = 0x02;
-const TAG_BIT_STRING: u8 = 0x03;
-const TAG_OID: u8 = 0x06;
-const TAG_SEQUENCE: u8 = 0x30;
-/// `[0] EXPLICIT Version`.
-const TAG_VERSION: u8 = 0xa0;
-/// `[1] IMPLICIT issuerUniqueID`, `[2] IMPLICIT subjectUniqueID`, `[3] EXPLICIT extensions`.
-const TAGS_AFTER_SPKI: [u8; 3] = [0x81, 0x82, 0xa3];
-
-/// One element: `raw` is the whole encoding (tag, length, content), `content` just the value.
-#[derive(Clone, Copy)]
-struct Tlv<'a> {
-    tag: u8,
-    content: &'a [u8],
-    raw: &'a [u8],
-}
-
-struct DerReader<'a> {
-    rest: &'a [u8],
-}
-
-fn malformed(element: &'static str, problem: &'static str) -> CertificateError {
-    CertificateError::Malformed { element, problem }
-}
-
-impl<'a> DerReader<'a> {
-    fn new(input: &'a [u8]) -> Self {
-        Self { rest: input }
-    }
-
-    fn peek_tag(&self) -> Option<u8> {
-        self.rest.first().copied()
-    }
-
-    fn read_any(&mut self, element: &'static str) -> Result<Tlv<'a>, CertificateError> {
-        let truncated = || malformed(element, "truncated");
-        let (&tag, after_tag) = self.rest.split_first().ok_or_else(truncated)?;
-        if tag & 0x1f == 0x1f {
-            return Err(malformed(element, "multi-byte tags do not occur here"));
-        }
-        let (&first, after_first) = after_tag.split_first().ok_or_else(truncated)?;
-        let (len, after_len) = match first {
-            0..=0x7f => (usize::from(first), after_first),
-            0x80 => return Err(malformed(element, "indefinite length is not DER")),
-            _ => {
-                let count = usize::from(first & 0x7f);
-                // Four length bytes already allow 4 GiB, far beyond the input cap.
-                if count > 4 {
-                    return Err(malformed(element, "length field too long"));
-                }
-                let (bytes, after) = after_first.split_at_checked(count).ok_or_else(truncated)?;
-                if bytes.first() == Some(&0) {
-                    return Err(malformed(element, "non-minimal length is not DER"));
-                }
-                let len = bytes.iter().fold(0u32, |acc, &b| (acc << 8) | u32::from(b));
-                let len = usize::try_from(len).map_err(|_| truncated())?;
-                if len < 0x80 {
-                    return Err(malformed(element, "non-minimal length is not DER"));
-                }
-                (len, after)
-            }
-        };
-        let (content, after) = after_len.split_at_checked(len).ok_or_else(truncated)?;
-        let (raw, _) = self
-            .rest
-            .split_at_checked(self.rest.len() - after.len())
-            .ok_or_else(truncated)?;
-        self.rest = after;
-        Ok(Tlv { tag, content, raw })
-    }
-
-    fn read(&mut self, tag: u8, element: &'static str) -> Result<Tlv<'a>, CertificateError> {
-        let tlv = self.read_any(element)?;
-        if tlv.tag != tag {
-            return Err(malformed(element, "unexpected element type"));
-        }
-        Ok(tlv)
-    }
-
-    fn finish(&self, element: &'static str) -> Result<(), CertificateError> {
-        if self.rest.is_empty() {
-            Ok(())
-        } else {
-            Err(malformed(element, "unexpected data after the last element"))
-        }
-    }
-}
-
-/// Certificate → tbsCertificate → (skip version, serialNumber, signature, issuer, validity, subject)
-/// → subjectPublicKeyInfo (RFC 5280 §4.1).
-fn subject_public_key_info(der: &[u8]) -> Result<Tlv<'_>, CertificateError> {
-    let mut outer = DerReader::new(der);
-    let certificate = outer.read(TAG_SEQUENCE, "Certificate")?;
-    outer.finish("Certificate")?;
-
-    let mut certificate = DerReader::new(certificate.content);
-    let tbs = certificate.read(TAG_SEQUENCE, "tbsCertificate")?;
-    certificate.read(TAG_SEQUENCE, "signatureAlgorithm")?;
-    certificate.read(TAG_BIT_STRING, "signatureValue")?;
-    certificate.finish("Certificate")?;
-
-    let mut tbs = DerReader::new(tbs.content);
-    if tbs.peek_tag() == Some(TAG_VERSION) {
-        let version = tbs.read(TAG_VERSION, "version")?;
-        let mut version = DerReader::new(version.content);
-        let number = version.read(TAG_INTEGER, "version")?;
-        version.finish("version")?;
-        if !matches!(number.content, [0..=2]) {
-            return Err(malformed("version", "not v1, v2 or v3"));
-        }
-    }
-    let serial = tbs.read(TAG_INTEGER, "serialNumber")?;
-    if serial.content.is_empty() {
-        return Err(malformed("serialNumber", "empty"));
-    }
-    tbs.read(TAG_SEQUENCE, "signature")?;
-    tbs.read(TAG_SEQUENCE, "issuer")?;
-    tbs.read(TAG_SEQUENCE, "validity")?;
-    tbs.read(TAG_SEQUENCE, "subject")?;
-    let spki = tbs.read(TAG_SEQUENCE, "subjectPublicKeyInfo")?;
-    // Not needed, but walking them keeps "strict" honest: only the optional fields, in order.
-    let mut allowed = TAGS_AFTER_SPKI.as_slice();
-    while tbs.peek_tag().is_some() {
-        let tlv = tbs.read_any("tbsCertificate")?;
-        let position = allowed
-            .iter()
-            .position(|&t| t == tlv.tag)
-            .ok_or_else(|| malformed("tbsCertificate", "unexpected element after subjectPublicKeyInfo"))?;
-        allowed = allowed.get(position + 1..).unwrap_or_default();
-    }
-    Ok(spki)
-}
-
-/// The modulus size of an rsaEncryption SubjectPublicKeyInfo, or why it is not one.
-fn rsa_modulus_bits(spki_content: &[u8]) -> Result<usize, CertificateError> {
-    let mut spki = DerReader::new(spki_content);
-    let algorithm = spki.read(TAG_SEQUENCE, "subjectPublicKeyInfo.algorithm")?;
-    let key = spki.read(TAG_BIT_STRING, "subjectPublicKey")?;
-    spki.finish("subjectPublicKeyInfo")?;
-
-    // Parameters (NULL for RSA) are left for aws-lc to judge.
-    let oid = DerReader::new(algorithm.content).read(TAG_OID, "subjectPublicKeyInfo.algorithm")?;
-    if oid.content != OID_RSA_ENCRYPTION {
-        return Err(CertificateError::NotRsa {
-            algorithm: describe_key_algorithm(oid.content),
-        });
-    }
-
-    let rsa_public_key = match key.content.split_first() {
-        Some((0, rest)) => rest,
-        _ => return Err(malformed("subjectPublicKey", "not a whole number of bytes")),
-    };
-    let mut outer = DerReader::new(rsa_public_key);
-    let sequence = outer.read(TAG_SEQUENCE, "RSAPublicKey")?;
-    outer.finish("RSAPublicKey")?;
-    let mut fields = DerReader::new(sequence.content);
-    let modulus = fields.read(TAG_INTEGER, "RSAPublicKey.modulus")?;
-    fields.read(TAG_INTEGER, "RSAPublicKey.publicExponent")?;
-    fields.finish("RSAPublicKey")?;
-    positive_integer_bits(modulus.content)
-        .ok_or_else(|| malformed("RSAPublicKey.modulus", "not a positive minimally-encoded integer"))
-}
-
-/// Bit length of a DER INTEGER's value, if it is positive and minimally encoded.
-fn positive_integer_bits(content: &[u8]) -> Option<usize> {
-    let (&first, rest) = content.split_first()?;
-    let magnitude = match first {
-        0 => match rest.first() {
-            // A leading zero is only allowed (and required) to keep a high-bit-set value positive.
-            Some(&next) if next & 0x80 != 0 => rest,
-            _ => return None,
+/// The RSA public key of a SubjectPublicKeyInfo and its modulus size, or why Graph would refuse it.
+fn rsa_public_key(spki: &[u8]) -> Result<(PublicEncryptingKey, usize), CertificateError> {
+    // Parsed once without aws-lc's own size limits (2,048 to 8,192 bits for encryption), so a
+    // key outside Graph's range is reported with its size.
+    let measured = aws_lc_rs::rsa::PublicKey::from_der(spki).map_err(|e| match e.description_() {
+        "WrongAlgorithm" => CertificateError::NotRsa {
+            algorithm: describe_key(spki),
         },
-        0x80..=0xff => return None,
-        _ => content,
-    };
-    let top = magnitude.first()?;
-    let top_bits = 8 - usize::try_from(top.leading_zeros()).ok()?;
-    Some((magnitude.len() - 1) * 8 + top_bits)
+        other => CertificateError::InvalidRsaKey(other.to_owned()),
+    })?;
+    let modulus = measured.modulus();
+    let modulus = modulus.big_endian_without_leading_zero();
+    let bits = modulus.first().map_or(0, |top| {
+        (modulus.len() - 1) * 8 + 8 - usize::try_from(top.leading_zeros()).unwrap_or(8)
+    });
+    if !(MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bits) {
+        return Err(CertificateError::KeySize { bits });
+    }
+    let public = PublicEncryptingKey::from_der(spki).map_err(|e| CertificateError::InvalidRsaKey(e.to_string()))?;
+    Ok((public, bits))
 }
 
-/// 1.2.840.113549.1.1.1
-const OID_RSA_ENCRYPTION: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
-
-/// Names the key types people actually try, so the 400 tells them what to change.
-fn describe_key_algorithm(oid: &[u8]) -> String {
-    const KNOWN: &[(&[u8], &str)] = &[
-        (
-            &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01],
-            "an elliptic-curve (id-ecPublicKey) key",
-        ),
-        (
-            &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0a],
-            "an RSASSA-PSS key, which is restricted to signatures",
-        ),
-        (&[0x2b, 0x65, 0x70], "an Ed25519 key"),
-        (&[0x2b, 0x65, 0x71], "an Ed448 key"),
-        (&[0x2b, 0x65, 0x6e], "an X25519 key"),
-        (&[0x2b, 0x65, 0x6f], "an X448 key"),
-        (&[0x2a, 0x86, 0x48, 0xce, 0x38, 0x04, 0x01], "a DSA key"),
-    ];
-    match KNOWN.iter().find(|(known, _)| *known == oid) {
-        Some((_, name)) => (*name).to_owned(),
-        None => match dotted_oid(oid) {
-            Some(dotted) => format!("a key of unsupported algorithm {dotted}"),
-            None => "a key with a malformed algorithm identifier".to_owned(),
-        },
+/// Names the key types people try instead of RSA, so the 400 tells them what to change.
+fn describe_key(spki: &[u8]) -> &'static str {
+    let is = |algorithm: &'static dyn VerificationAlgorithm| ParsedPublicKey::new(algorithm, spki).is_ok();
+    if is(&signature::ECDSA_P256_SHA256_ASN1)
+        || is(&signature::ECDSA_P384_SHA384_ASN1)
+        || is(&signature::ECDSA_P521_SHA512_ASN1)
+    {
+        "an elliptic-curve key"
+    } else if is(&signature::ED25519) {
+        "an Ed25519 key"
+    } else {
+        "a key of another algorithm"
     }
-}
-
-fn dotted_oid(content: &[u8]) -> Option<String> {
-    // Bounded so a hostile OID cannot make the error message large.
-    if content.is_empty() || content.len() > 32 {
-        return None;
-    }
-    let mut arcs = Vec::new();
-    let mut value: u64 = 0;
-    for (i, &b) in content.iter().enumerate() {
-        if value > u64::MAX >> 7 {
-            return None;
-        }
-        value = (value << 7) | u64::from(b & 0x7f);
-        if b & 0x80 == 0 {
-            arcs.push(value);
-            value = 0;
-        } else if i + 1 == content.len() {
-            return None;
-        }
-    }
-    let (&first, rest) = arcs.split_first()?;
-    let (a, b) = match first {
-        0..=39 => (0, first),
-        40..=79 => (1, first - 40),
-        _ => (2, first - 80),
-    };
-    let mut out = format!("{a}.{b}");
-    for arc in rest {
-        out.push('.');
-        out.push_str(&arc.to_string());
-    }
-    Some(out)
 }
 
 #[cfg(test)]
@@ -544,7 +336,7 @@ pub(crate) mod test_cert {
     use super::EncryptedContent;
 
     /// 1.2.840.113549.1.1.11 sha256WithRSAEncryption, NULL parameters.
-    const SHA256_WITH_RSA: &[u8] = &[
+    pub(crate) const SHA256_WITH_RSA: &[u8] = &[
         0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b, 0x05, 0x00,
     ];
     /// 1.2.840.10045.4.3.2 ecdsa-with-SHA256, no parameters.
@@ -622,7 +414,7 @@ pub(crate) mod test_cert {
         (der, pkcs8)
     }
 
-    fn rsa_sign(pair: &rsa::KeyPair, message: &[u8]) -> Vec<u8> {
+    pub(crate) fn rsa_sign(pair: &rsa::KeyPair, message: &[u8]) -> Vec<u8> {
         let mut signature = vec![0; pair.public_modulus_len()];
         pair.sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), message, &mut signature)
             .unwrap();
@@ -661,6 +453,24 @@ pub(crate) mod test_cert {
     pub(crate) fn certificate_for_spki(spki: &[u8]) -> Vec<u8> {
         let signer = rsa::KeyPair::generate(KeySize::Rsa2048).unwrap();
         certificate(spki, SHA256_WITH_RSA, |tbs| rsa_sign(&signer, tbs))
+    }
+
+    /// An X.509 v1 certificate around `spki` (no version field, no extensions), signed by a
+    /// throwaway RSA key.
+    pub(crate) fn certificate_v1(spki: &[u8]) -> Vec<u8> {
+        let signer = rsa::KeyPair::generate(KeySize::Rsa2048).unwrap();
+        let subject = name("presenced test");
+        let validity = seq(&[&tlv(0x17, b"250101000000Z"), &tlv(0x17, b"350101000000Z")]);
+        let tbs = seq(&[
+            &tlv(0x02, &[0x01]),
+            SHA256_WITH_RSA,
+            &subject,
+            &validity,
+            &subject,
+            spki,
+        ]);
+        let signature = rsa_sign(&signer, &tbs);
+        seq(&[&tbs, SHA256_WITH_RSA, &tlv(0x03, &[&[0u8][..], &signature].concat())])
     }
 
     /// PEM armour, 64 columns, as OpenSSL writes it.
@@ -718,6 +528,8 @@ mod tests {
 
     use super::test_cert::{self, decrypt};
     use super::*;
+    use aws_lc_rs::encoding::AsDer as _;
+    use aws_lc_rs::signature::KeyPair as _;
 
     /// One 2048-bit certificate shared by most tests: key generation dominates test time.
     fn rsa_2048() -> &'static (Vec<u8>, Vec<u8>) {
@@ -734,20 +546,21 @@ mod tests {
     #[test]
     fn test_certificate_is_really_self_signed() {
         // Guards the fixture: a builder bug would otherwise make every other test meaningless.
-        let (der, _) = rsa_2048();
-        let mut outer = DerReader::new(der);
-        let mut certificate = DerReader::new(outer.read(TAG_SEQUENCE, "c").unwrap().content);
-        let tbs = certificate.read(TAG_SEQUENCE, "tbs").unwrap();
-        certificate.read(TAG_SEQUENCE, "alg").unwrap();
-        let signature = certificate.read(TAG_BIT_STRING, "sig").unwrap();
-        let spki = subject_public_key_info(der).unwrap();
-        let mut spki = DerReader::new(spki.content);
-        spki.read(TAG_SEQUENCE, "alg").unwrap();
-        let key = spki.read(TAG_BIT_STRING, "key").unwrap();
-        let rsa_public_key = &key.content[1..];
-        UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, rsa_public_key)
-            .verify(tbs.raw, &signature.content[1..])
+        let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let spki = pair.public_key().as_der().unwrap();
+        let mut signed = None;
+        let der = test_cert::certificate(spki.as_ref(), test_cert::SHA256_WITH_RSA, |tbs| {
+            let signature = test_cert::rsa_sign(&pair, tbs);
+            signed = Some((tbs.to_vec(), signature.clone()));
+            signature
+        });
+        let (tbs, signature) = signed.unwrap();
+        UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, pair.public_key().as_ref())
+            .verify(&tbs, &signature)
             .expect("the test certificate's signature verifies under its own key");
+        let certificate = CertificateDer::from(der.as_slice());
+        let parsed = webpki::EndEntityCert::try_from(&certificate).unwrap();
+        assert_eq!(parsed.subject_public_key_info().as_ref(), spki.as_ref());
     }
 
     #[test]
@@ -1004,38 +817,28 @@ mod tests {
         let b64 = STANDARD.encode(der);
         assert!(EncryptionCertificate::parse(&b64[..b64.len() / 2 + 1]).is_err());
         // Valid DER but not a certificate: the bare SubjectPublicKeyInfo.
-        let spki = subject_public_key_info(der).unwrap().raw.to_vec();
-        assert!(matches!(parse_der(&spki), Err(CertificateError::Malformed { .. })));
+        let certificate = CertificateDer::from(der.as_slice());
+        let spki = webpki::EndEntityCert::try_from(&certificate)
+            .unwrap()
+            .subject_public_key_info();
+        assert!(matches!(parse_der(spki.as_ref()), Err(CertificateError::Malformed(_))));
         // Trailing bytes after the certificate.
         let trailing = [der.as_slice(), &[0]].concat();
         let err = parse_der(&trailing).unwrap_err();
-        assert!(err.to_string().contains("unexpected data after"), "{err}");
+        assert!(err.to_string().contains("TrailingData"), "{err}");
     }
 
     #[test]
     fn non_der_lengths_are_rejected() {
-        // A SEQUENCE of length 3 written in long form: valid BER, not DER.
-        assert!(matches!(
-            parse_der(&[0x30, 0x81, 0x03, 0x02, 0x01, 0x00]),
-            Err(CertificateError::Malformed {
-                problem: "non-minimal length is not DER",
-                ..
-            })
-        ));
-        assert!(matches!(
-            parse_der(&[0x30, 0x80, 0x00, 0x00]),
-            Err(CertificateError::Malformed {
-                problem: "indefinite length is not DER",
-                ..
-            })
-        ));
-        assert!(matches!(
-            parse_der(&[0x30, 0x85, 0x01, 0x00, 0x00, 0x00, 0x00]),
-            Err(CertificateError::Malformed {
-                problem: "length field too long",
-                ..
-            })
-        ));
+        // A SEQUENCE of length 3 written in long form (valid BER, not DER), an indefinite length,
+        // an over-long length field.
+        for der in [
+            &[0x30, 0x81, 0x03, 0x02, 0x01, 0x00][..],
+            &[0x30, 0x80, 0x00, 0x00],
+            &[0x30, 0x85, 0x01, 0x00, 0x00, 0x00, 0x00],
+        ] {
+            assert!(matches!(parse_der(der), Err(CertificateError::Malformed(_))), "{der:?}");
+        }
     }
 
     #[test]
@@ -1047,14 +850,47 @@ mod tests {
     }
 
     #[test]
-    fn unknown_algorithms_are_named_by_oid() {
-        assert_eq!(
-            dotted_oid(&[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01]).as_deref(),
-            Some("1.2.840.10045.2.1")
+    fn other_key_types_are_named() {
+        let ed25519 = aws_lc_rs::signature::Ed25519KeyPair::generate().unwrap();
+        let spki = ed25519.public_key().as_der().unwrap();
+        let err = parse_der(&test_cert::certificate_for_spki(spki.as_ref())).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CertificateError::NotRsa {
+                    algorithm: "an Ed25519 key"
+                }
+            ),
+            "{err:?}"
         );
-        assert_eq!(dotted_oid(&[0x81]), None);
-        assert_eq!(dotted_oid(&[0xff; 33]), None);
-        assert!(describe_key_algorithm(&[0x2b, 0x06, 0x01]).contains("1.3.6.1"));
+    }
+
+    #[test]
+    fn rsassa_pss_keys_are_refused() {
+        // An RSA key restricted to PSS signatures (id-RSASSA-PSS, no parameters): aws-lc reads it
+        // as RSA, but it cannot be encrypted to.
+        let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let algorithm = test_cert::tlv(
+            0x30,
+            &[0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0a],
+        );
+        let key = test_cert::tlv(0x03, &[&[0u8][..], pair.public_key().as_ref()].concat());
+        let spki = test_cert::tlv(0x30, &[algorithm, key].concat());
+        assert!(parse_der(&test_cert::certificate_for_spki(&spki)).is_err());
+    }
+
+    #[test]
+    fn x509_v1_certificates_are_refused() {
+        // webpki reads v3 only; every current tool (OpenSSL `req -x509`, .NET, Key Vault, Python's
+        // cryptography) writes v3.
+        let (der, _) = rsa_2048();
+        let certificate = CertificateDer::from(der.as_slice());
+        let spki = webpki::EndEntityCert::try_from(&certificate)
+            .unwrap()
+            .subject_public_key_info();
+        let v1 = test_cert::certificate_v1(spki.as_ref());
+        let err = parse_der(&v1).unwrap_err();
+        assert!(err.to_string().contains("UnsupportedCertVersion"), "{err}");
     }
 
     proptest! {
