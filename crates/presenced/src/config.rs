@@ -4,7 +4,7 @@
 //! only fills what neither gave). Every duration takes `2s`/`5m` or ISO 8601 (`PT5M`).
 use crate::http::rate_limit::RateLimit;
 use crate::notify::dispatcher::DeliveryConfig;
-use crate::notify::endpoint::Cidr;
+use crate::notify::endpoint::parse_network;
 use crate::store::embedded::change_log::Retention;
 use crate::store::StoreChoice;
 use crate::stream::StreamConfig;
@@ -295,7 +295,7 @@ pub struct ServeConfig {
     pub log_format: LogFormat,
     pub log_level: String,
     pub webhook_allow_http: bool,
-    pub webhook_allow_networks: Vec<Cidr>,
+    pub webhook_allow_networks: Vec<ipnet::IpNet>,
     pub delivery: DeliveryConfig,
     pub subscriptions: SubscriptionPolicy,
     pub rate_limit: Option<RateLimit>,
@@ -375,7 +375,7 @@ impl ServeArgs {
         let webhook_allow_networks = networks_raw
             .iter()
             .map(|n| {
-                n.parse::<Cidr>().map_err(|e| ConfigError::Value {
+                parse_network(n).map_err(|e| ConfigError::Value {
                     key: "webhook-allow-network",
                     message: format!("{n:?}: {e}"),
                 })

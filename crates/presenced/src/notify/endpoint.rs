@@ -19,7 +19,8 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::str::FromStr;
+
+use ipnet::IpNet;
 
 /// Longest URL accepted. Graph documents no limit; 2048 is the conventional practical URL limit and keeps
 /// stored subscriptions small.
@@ -31,133 +32,37 @@ pub const MAX_URL_LEN: usize = 2048;
 pub struct EndpointPolicy {
     /// Accept `http://` URLs (`--webhook-allow-http`). Meant for local development and tests only.
     pub allow_http: bool,
-    /// Networks exempt from the address rules (`--webhook-allow-network`).
-    pub allowed_networks: Vec<Cidr>,
+    /// Networks exempt from the address rules (`--webhook-allow-network`, read by [`parse_network`]).
+    pub allowed_networks: Vec<IpNet>,
 }
 
-/// An IPv4 or IPv6 network in CIDR notation. The address is always the network address (host bits zero).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Cidr {
-    network: IpAddr,
-    prefix_len: u8,
-}
-
-/// Why a [`Cidr`] could not be parsed or built.
+/// Why a `--webhook-allow-network` value was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CidrError {
-    #[error("'{0}' is not an IP address (expected e.g. 10.0.0.0/8 or fd00::/8)")]
-    BadAddress(String),
-    #[error("'{0}' is not a valid prefix length (expected a number from 0 to {1})")]
-    BadPrefix(String, u8),
+pub enum NetworkError {
+    #[error("'{0}' is not a network (expected e.g. 10.0.0.0/8, fd00::/8 or a single address)")]
+    Syntax(String),
     #[error("{given} has host bits set; did you mean {suggested}?")]
-    HostBitsSet { given: String, suggested: String },
+    HostBitsSet { given: IpNet, suggested: IpNet },
 }
 
-impl Cidr {
-    /// `network/prefix_len`. Refuses host bits below the prefix rather than silently masking them: `10.1.2.3/8`
-    /// is far more likely a typo than a request for all of `10.0.0.0/8`.
-    pub fn new(network: IpAddr, prefix_len: u8) -> Result<Self, CidrError> {
-        let max = max_prefix(network);
-        if prefix_len > max {
-            return Err(CidrError::BadPrefix(prefix_len.to_string(), max));
-        }
-        let masked = mask(network, prefix_len);
-        if masked != network {
-            return Err(CidrError::HostBitsSet {
-                given: format!("{network}/{prefix_len}"),
-                suggested: format!("{masked}/{prefix_len}"),
-            });
-        }
-        Ok(Self { network, prefix_len })
+/// A `--webhook-allow-network` value: a network in CIDR notation (`127.0.0.0/8`, `fd00::/8`) or a
+/// single address (`10.1.2.3`, meaning `/32`). Host bits below the prefix are refused rather than
+/// silently masked: `10.1.2.3/8` is far more likely a typo than a request for all of `10.0.0.0/8`.
+pub fn parse_network(text: &str) -> Result<IpNet, NetworkError> {
+    let text = text.trim();
+    let network = match text.parse::<IpAddr>() {
+        Ok(ip) => IpNet::from(ip),
+        Err(_) => text
+            .parse::<IpNet>()
+            .map_err(|_| NetworkError::Syntax(text.to_owned()))?,
+    };
+    if network.trunc() != network {
+        return Err(NetworkError::HostBitsSet {
+            given: network,
+            suggested: network.trunc(),
+        });
     }
-
-    /// A network holding exactly one address.
-    pub fn host(ip: IpAddr) -> Self {
-        Self {
-            network: ip,
-            prefix_len: max_prefix(ip),
-        }
-    }
-
-    pub fn network(&self) -> IpAddr {
-        self.network
-    }
-
-    pub fn prefix_len(&self) -> u8 {
-        self.prefix_len
-    }
-
-    /// Whether `ip` lies in this network. Families never match each other: an IPv4-mapped IPv6 address is
-    /// unwrapped by [`EndpointPolicy::check_ip`] before it gets here.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.network, ip) {
-            (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => {
-                mask(ip, self.prefix_len) == self.network
-            }
-            _ => false,
-        }
-    }
-
-    /// Single-address networks (used for the metadata-address rule).
-    fn is_single_host(&self) -> bool {
-        self.prefix_len == max_prefix(self.network)
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.network, self.prefix_len)
-    }
-}
-
-impl FromStr for Cidr {
-    type Err = CidrError;
-
-    /// `"127.0.0.0/8"`, `"10.1.2.3/32"`, `"::1/128"`, `"fd00::/8"`; a bare address means a single host.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        let (addr, prefix) = match s.split_once('/') {
-            Some((addr, prefix)) => (addr, Some(prefix)),
-            None => (s, None),
-        };
-        let ip: IpAddr = addr.parse().map_err(|_| CidrError::BadAddress(addr.to_owned()))?;
-        let Some(prefix) = prefix else {
-            return Ok(Self::host(ip));
-        };
-        let max = max_prefix(ip);
-        // Digits only and no leading zeros: u8::from_str would also take "+8", and "08" is ambiguous enough
-        // (some tools read a leading zero as octal) to refuse.
-        let well_formed = !prefix.is_empty()
-            && prefix.bytes().all(|b| b.is_ascii_digit())
-            && (prefix == "0" || !prefix.starts_with('0'));
-        let prefix_len = match prefix.parse::<u8>() {
-            Ok(n) if well_formed && n <= max => n,
-            _ => return Err(CidrError::BadPrefix(prefix.to_owned(), max)),
-        };
-        Self::new(ip, prefix_len)
-    }
-}
-
-fn max_prefix(ip: IpAddr) -> u8 {
-    match ip {
-        IpAddr::V4(_) => 32,
-        IpAddr::V6(_) => 128,
-    }
-}
-
-/// `ip` with every bit below `prefix_len` cleared. `prefix_len` must be at most the family's width.
-fn mask(ip: IpAddr, prefix_len: u8) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) => {
-            // checked_shl: shifting a u32 by 32 overflows, and /0 must yield an all-zero mask.
-            let m = u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0);
-            IpAddr::V4(Ipv4Addr::from(u32::from(v4) & m))
-        }
-        IpAddr::V6(v6) => {
-            let m = u128::MAX.checked_shl(128 - u32::from(prefix_len)).unwrap_or(0);
-            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & m))
-        }
-    }
+    Ok(network)
 }
 
 /// Why an address is not an acceptable webhook target.
@@ -264,7 +169,7 @@ impl EndpointError {
                 }
                 write!(f, ", {}", class.describe())?;
                 if *class == AddressClass::CloudMetadata {
-                    let exact = Cidr::host(embedded.map_or(*ip, IpAddr::V4));
+                    let exact = IpNet::from(embedded.map_or(*ip, IpAddr::V4));
                     write!(
                         f,
                         "; webhooks must not target it (only --webhook-allow-network {exact} would allow it)"
@@ -348,9 +253,11 @@ impl EndpointPolicy {
         // The embedded IPv4 address is the real destination, so an allowance for it counts too: allowing
         // 127.0.0.0/8 also allows ::ffff:127.0.0.1.
         let candidates = [Some(ip), embedded.map(IpAddr::V4)];
+        // Families never match each other (ipnet's `contains`): an IPv4 destination embedded in
+        // an IPv6 form is one of the candidates, so an IPv4 allowance still covers it.
         let allowed = self.allowed_networks.iter().any(|net| {
-            (class != AddressClass::CloudMetadata || net.is_single_host())
-                && candidates.iter().flatten().any(|&c| net.contains(c))
+            (class != AddressClass::CloudMetadata || net.prefix_len() == net.max_prefix_len())
+                && candidates.iter().flatten().any(|c| net.contains(c))
         });
         if allowed {
             Ok(())
@@ -468,8 +375,8 @@ fn classify_v6(ip: Ipv6Addr) -> Option<(AddressClass, Option<Ipv4Addr>)> {
 mod tests {
     use super::*;
 
-    fn cidr(s: &str) -> Cidr {
-        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    fn cidr(s: &str) -> IpNet {
+        parse_network(s).unwrap_or_else(|e| panic!("{s}: {e}"))
     }
 
     fn loopback_allowed() -> EndpointPolicy {
@@ -713,57 +620,59 @@ mod tests {
         assert_eq!(cidr("::/0").to_string(), "::/0");
         assert_eq!(cidr(" 192.168.0.0/16 ").to_string(), "192.168.0.0/16");
 
-        let err = |s: &str| s.parse::<Cidr>().unwrap_err();
-        assert_eq!(err("10.0.0.0/33"), CidrError::BadPrefix("33".into(), 32));
-        assert_eq!(err("::/129"), CidrError::BadPrefix("129".into(), 128));
-        assert_eq!(err("10.0.0.0/"), CidrError::BadPrefix(String::new(), 32));
-        assert_eq!(err("10.0.0.0/+8"), CidrError::BadPrefix("+8".into(), 32));
-        assert_eq!(err("10.0.0.0/08"), CidrError::BadPrefix("08".into(), 32));
-        assert_eq!(err("10.0.0.0/x"), CidrError::BadPrefix("x".into(), 32));
-        assert_eq!(err("10.0.0.0/8/8"), CidrError::BadPrefix("8/8".into(), 32));
-        assert_eq!(err("example.com/8"), CidrError::BadAddress("example.com".into()));
-        assert_eq!(err("10.0.0/8"), CidrError::BadAddress("10.0.0".into()));
-        assert_eq!(err(""), CidrError::BadAddress(String::new()));
+        let err = |s: &str| parse_network(s).unwrap_err();
+        for bad in [
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0.0/",
+            "10.0.0.0/+8",
+            "10.0.0.0/x",
+            "10.0.0.0/8/8",
+            "example.com/8",
+            "10.0.0/8",
+            "",
+        ] {
+            assert_eq!(err(bad), NetworkError::Syntax(bad.to_owned()), "{bad:?}");
+        }
         assert_eq!(
             err("10.1.2.3/8"),
-            CidrError::HostBitsSet {
-                given: "10.1.2.3/8".into(),
-                suggested: "10.0.0.0/8".into()
+            NetworkError::HostBitsSet {
+                given: "10.1.2.3/8".parse().unwrap(),
+                suggested: "10.0.0.0/8".parse().unwrap()
             }
         );
         assert_eq!(
             err("fd00::1/8").to_string(),
             "fd00::1/8 has host bits set; did you mean fd00::/8?"
         );
-        assert!(Cidr::new("10.0.0.0".parse().unwrap(), 33).is_err());
+        assert!(err("10.0.0.0/33").to_string().contains("not a network"));
     }
 
+    /// ipnet's matching, as the policy relies on it: families never cross-match.
     #[test]
     fn cidr_matching() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let c = cidr("172.16.0.0/12");
-        assert!(c.contains("172.16.0.0".parse().unwrap()));
-        assert!(c.contains("172.31.255.255".parse().unwrap()));
-        assert!(!c.contains("172.32.0.0".parse().unwrap()));
-        assert!(!c.contains("172.15.255.255".parse().unwrap()));
-        assert!(
-            !c.contains("::ffff:172.16.0.1".parse().unwrap()),
-            "families never cross-match"
-        );
+        assert!(c.contains(&ip("172.16.0.0")));
+        assert!(c.contains(&ip("172.31.255.255")));
+        assert!(!c.contains(&ip("172.32.0.0")));
+        assert!(!c.contains(&ip("172.15.255.255")));
+        assert!(!c.contains(&ip("::ffff:172.16.0.1")), "families never cross-match");
 
         let all4 = cidr("0.0.0.0/0");
-        assert!(all4.contains("255.255.255.255".parse().unwrap()));
-        assert!(!all4.contains("::".parse().unwrap()));
+        assert!(all4.contains(&ip("255.255.255.255")));
+        assert!(!all4.contains(&ip("::")));
 
         let host = cidr("10.1.2.3");
-        assert!(host.contains("10.1.2.3".parse().unwrap()));
-        assert!(!host.contains("10.1.2.4".parse().unwrap()));
+        assert!(host.contains(&ip("10.1.2.3")));
+        assert!(!host.contains(&ip("10.1.2.4")));
 
         let v6 = cidr("fe80::/10");
-        assert!(v6.contains("fe80::1".parse().unwrap()));
-        assert!(v6.contains("febf:ffff::1".parse().unwrap()));
-        assert!(!v6.contains("fec0::1".parse().unwrap()));
+        assert!(v6.contains(&ip("fe80::1")));
+        assert!(v6.contains(&ip("febf:ffff::1")));
+        assert!(!v6.contains(&ip("fec0::1")));
         let all6 = cidr("::/0");
-        assert!(all6.contains("ffff::1".parse().unwrap()));
-        assert!(!all6.contains("1.2.3.4".parse().unwrap()));
+        assert!(all6.contains(&ip("ffff::1")));
+        assert!(!all6.contains(&ip("1.2.3.4")));
     }
 }

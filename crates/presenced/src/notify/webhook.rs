@@ -446,7 +446,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::notify::endpoint::Cidr;
+    use crate::notify::endpoint::parse_network;
 
     /// One request as the test receiver saw it.
     #[derive(Debug, Clone)]
@@ -569,7 +569,7 @@ mod tests {
     fn loopback_client() -> WebhookClient {
         WebhookClient::new(EndpointPolicy {
             allow_http: true,
-            allowed_networks: vec!["127.0.0.0/8".parse::<Cidr>().unwrap()],
+            allowed_networks: vec![parse_network("127.0.0.0/8").unwrap()],
         })
         .unwrap()
     }
@@ -805,7 +805,7 @@ mod tests {
         let (receiver, port) = start_receiver().await;
         let client = WebhookClient::new(EndpointPolicy {
             allow_http: false,
-            allowed_networks: vec!["127.0.0.0/8".parse::<Cidr>().unwrap()],
+            allowed_networks: vec![parse_network("127.0.0.0/8").unwrap()],
         })
         .unwrap();
         let err = client.validate(&url(port, "/echo")).await.unwrap_err();
