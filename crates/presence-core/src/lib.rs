@@ -6,7 +6,8 @@
 //! Module map:
 //! - [`ids`]: validated identifiers (`TenantId`, `UserId`, `SessionId`) and the `UserKey` pair.
 //! - [`state`]: the Graph availability/activity vocabulary, their folding rank, and the legal pairs per action.
-//! - [`duration`]: `expirationDuration` parsing in every form the official SDKs send, plus config durations.
+//! - [`duration`]: `expirationDuration` parsing in every form the official SDKs send (ISO 8601 through
+//!   jiff's span parser, the clock forms by hand), plus config durations.
 //! - [`zone`]: resolving Graph `dateTimeTimeZone` values (Windows or IANA zone names) to instants.
 //! - [`timing`]: the timing policy (fade, session expiration bounds, preferred-presence defaults).
 //! - [`command`]: the write commands a caller can issue, already validated.

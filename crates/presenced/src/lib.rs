@@ -3,7 +3,8 @@
 //! Module map:
 //! - [`data_dir`]: the data directory's files: private, never through a symlink, checked at start.
 //! - [`config`]: command line, environment and TOML configuration.
-//! - [`auth`]: JWT verification (HS256 secret, JWKS), minting, and the Graph permission matrix.
+//! - [`auth`]: JWT verification (HS256 secret, JWKS; parsing and signatures by jsonwebtoken), minting,
+//!   and the Graph permission matrix.
 //! - [`http`]: the Graph wire API (routing, DTOs, errors, request ids) and health endpoints.
 //! - [`service`]: the presence service (load → apply (core) → compare-and-set commit) and the
 //!   subscription service (ownership, limits, handshake, lifecycle steps).
@@ -21,6 +22,9 @@
 //! - [`clock`]: the only place allowed to read the wall clock, and the injectable [`clock::Clock`].
 //! - [`json_text`]: JSON values written by hand, byte-equal to serde_json, for the hot paths.
 //! - [`graph_time`]: date-times as Graph writes them (seven fractional digits).
+//!
+//! The binary (`main.rs`) adds the CLI and the process allocator (mimalloc, `allocator.rs`); the
+//! measuring programs are the separate `presenced-bench` crate.
 #![forbid(unsafe_code)]
 
 pub mod auth;

@@ -2,9 +2,11 @@
 //! lose a change.
 //!
 //! Module map:
-//! - [`endpoint`]: the SSRF guard: which webhook URLs and addresses are allowed.
+//! - [`endpoint`]: the SSRF guard: which webhook URLs and addresses are allowed (allowances are
+//!   `ipnet` networks).
 //! - [`webhook`]: the outbound HTTP client: validation handshake and delivery POSTs.
-//! - [`crypto`]: rich notifications, encrypted exactly as Graph documents.
+//! - [`crypto`]: rich notifications, encrypted exactly as Graph documents (certificates parsed by
+//!   rustls-webpki, keys and ciphers from aws-lc).
 //! - [`payload`]: Graph's notification JSON (change, rich, lifecycle).
 //! - [`validation_token`]: the signed `validationTokens` of rich notifications and their key.
 //! - [`dispatcher`]: follows the change log; per-endpoint bounded queues, batching, retries with
