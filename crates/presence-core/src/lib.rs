@@ -33,7 +33,7 @@ pub use ids::{IdError, SessionId, TenantId, UserId, UserKey};
 pub use origin::{ClientLink, Device, Origin};
 pub use state::{Activity, Availability, PairError, PreferredState, SessionState};
 pub use timing::{Timing, TimingError};
-pub use user::{Explanation, Fold, Outcome, Rule, UserPresence};
+pub use user::{Explanation, FadeStage, Fold, Outcome, Rule, Session, UserPresence};
 pub use view::{ChangeEvent, OutOfOfficeSettings, PresenceView, SequenceNumber, StatusMessageView};
 pub use work_location::{
     DayZone, LocationInput, LocationLayer, PlaceId, WorkLocation, WorkLocationError, WorkLocationSource,

@@ -2,6 +2,7 @@
 //!
 //! Precedence is flag > environment > file > built-in default (clap folds the first two; the file
 //! only fills what neither gave). Every duration takes `2s`/`5m` or ISO 8601 (`PT5M`).
+use crate::client_session::ClientConfig;
 use crate::http::rate_limit::RateLimit;
 use crate::notify::dispatcher::DeliveryConfig;
 use crate::notify::endpoint::parse_network;
@@ -67,6 +68,12 @@ pub struct ServeArgs {
     /// Open watch streams allowed per application per tenant. [default: 500]
     #[arg(long, env = "PRESENCED_STREAMS_MAX_PER_APP")]
     pub streams_max_per_app: Option<usize>,
+    /// A client session outlives its connection by this much, so a reconnect keeps it unchanged. [default: 30s]
+    #[arg(long, env = "PRESENCED_CLIENT_GRACE")]
+    pub client_grace: Option<String>,
+    /// Client sessions one user may hold open at once. [default: 10]
+    #[arg(long, env = "PRESENCED_CLIENT_SESSIONS_PER_USER")]
+    pub client_sessions_per_user: Option<usize>,
     /// An Available session without keep-alive fades to AvailableIdle after this, Away after twice this. [default: 5m]
     #[arg(long, env = "PRESENCED_FADE_AFTER")]
     pub fade_after: Option<String>,
@@ -201,6 +208,8 @@ pub struct FileConfig {
     pub change_log: FileChangeLog,
     #[serde(default)]
     pub streams: FileStreams,
+    #[serde(default)]
+    pub client_sessions: FileClientSessions,
     pub rate_limit: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub fade_after: Option<String>,
@@ -228,6 +237,13 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields)]
 pub struct FileStreams {
     pub max_per_app: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileClientSessions {
+    pub grace: Option<String>,
+    pub per_user: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -286,6 +302,7 @@ pub struct ServeConfig {
     pub store: StoreChoice,
     pub retention: Retention,
     pub streams: StreamConfig,
+    pub clients: ClientConfig,
     pub delegated_writes_to_others: bool,
     pub timing: Timing,
     pub jwks_file: Option<PathBuf>,
@@ -488,6 +505,25 @@ impl ServeArgs {
                 .unwrap_or(stream_defaults.max_per_app),
             ..stream_defaults
         };
+        let client_defaults = ClientConfig::default();
+        let grace = duration(
+            "client-grace",
+            self.client_grace,
+            file.client_sessions.grace,
+            jiff::SignedDuration::try_from(client_defaults.grace).unwrap_or_default(),
+        )?;
+        let clients = ClientConfig {
+            grace: std::time::Duration::try_from(grace).map_err(|_| ConfigError::Value {
+                key: "client-grace",
+                message: "must not be negative".into(),
+            })?,
+            per_user: self
+                .client_sessions_per_user
+                .or(file.client_sessions.per_user)
+                .unwrap_or(client_defaults.per_user)
+                .max(1),
+            ..client_defaults
+        };
         let rate_limit_raw = self
             .rate_limit
             .or(file.rate_limit)
@@ -512,6 +548,7 @@ impl ServeArgs {
             store,
             retention,
             streams,
+            clients,
             delegated_writes_to_others: self.allow_delegated_writes_to_others
                 || file.auth.allow_delegated_writes_to_others.unwrap_or(false),
             timing,
@@ -600,6 +637,11 @@ mod tests {
             (defaults.hs256, defaults.log_format)
         );
         assert_eq!(from_file.net, defaults.net);
+        assert_eq!(from_file.streams.max_per_app, defaults.streams.max_per_app);
+        assert_eq!(
+            (from_file.clients.grace, from_file.clients.per_user),
+            (defaults.clients.grace, defaults.clients.per_user)
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! - [`subscription`]: the subscription record, its `resource` filter and lifetime policy.
 //! - [`sweeper`]: applies fades and expiries on time from the store's deadline index.
 //! - [`stream`]: live watch streams: the hub that follows the change log, resumable watches.
+//! - [`client_session`]: which connection-bound client sessions this process's sockets hold.
 //! - [`server`]: wiring and graceful shutdown.
 //! - [`net`]: the accept loop: connection cap with a fair share per address, timeouts, TLS,
 //!   the descriptor limit.
@@ -28,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod client_session;
 pub mod clock;
 pub mod config;
 pub mod data_dir;

@@ -1,6 +1,7 @@
 //! Wiring: open the store the configuration names, build the services, start the workers (sweeper,
 //! dispatcher, lifecycle), serve HTTP(S) through `net`, shut down cleanly.
 use crate::auth::{self, AuthConfig, Verifier};
+use crate::client_session::ClientSessions;
 use crate::clock::{Clock, SystemClock};
 use crate::config::ServeConfig;
 use crate::http::{self, AppState};
@@ -12,11 +13,12 @@ use crate::notify::validation_token::ValidationTokenSigner;
 use crate::notify::webhook::WebhookClient;
 use crate::service::{PresenceService, SubscriptionService};
 use crate::store::embedded::{self, EmbeddedStore};
-use crate::store::{ChangeLog, Store, StoreChoice};
+use crate::store::{ChangeLog, PresenceState, Store, StoreChoice};
 use crate::stream::hub::Hub;
 use crate::stream::Streams;
 use crate::sweeper::Sweeper;
 use anyhow::Context;
+use presence_core::Command;
 use std::future::Future;
 use std::io::Write;
 use std::sync::Arc;
@@ -126,6 +128,11 @@ pub async fn run_with_clock(
     let streams = Arc::new(Streams::new(hub.clone(), config.streams.clone()));
     let hub_task = tokio::spawn(hub.run(store.clone(), stop_rx.clone()));
     let sweeper = tokio::spawn(Sweeper::new(service.clone()).run(stop_rx.clone()));
+    let clients = Arc::new(ClientSessions::new(
+        config.clients.clone(),
+        uuid::Uuid::new_v4().to_string(),
+    ));
+    let orphans = tokio::spawn(orphan_clients(service.clone(), clients.clone()));
 
     let listeners = listeners(&config, descriptors, connection_metrics, stop_rx).await?;
     let addr = listeners[0].tcp.local_addr()?;
@@ -139,6 +146,7 @@ pub async fn run_with_clock(
             .rate_limit
             .map(|l| Arc::new(crate::http::rate_limit::RateLimiter::new(l))),
         streams: streams.clone(),
+        clients,
         delegated_writes_to_others: config.delegated_writes_to_others,
         metrics,
         validation_tokens,
@@ -174,6 +182,7 @@ pub async fn run_with_clock(
     net::serve(listeners, http::service(state), settings, shutdown).await;
     tracing::info!("draining finished; stopping");
     let _ = stop_tx.send(true);
+    orphans.abort();
     let _ = tokio::join!(sweeper, dispatcher, lifecycle, hub_task);
     // The last handles: the services' and the request state's are gone with the server.
     drop((service, subscriptions));
@@ -271,6 +280,43 @@ async fn listeners(
 /// first polled: `net::serve` polls it only after "listening on" is printed, and a SIGTERM sent
 /// as soon as that line appears killed the process with the default action instead of draining.
 /// Call it inside the runtime, before [`run`].
+/// Give the client sessions an earlier process left connected their grace from now: clients that
+/// reconnect within it keep theirs, and the others go.
+async fn orphan_clients(service: Arc<PresenceService>, clients: Arc<ClientSessions>) {
+    use futures_util::StreamExt;
+    let keys = match service.store().users_with_connected_clients().await {
+        Ok(keys) => keys,
+        Err(e) => {
+            tracing::error!(error = %e, "could not list the client sessions of the earlier process");
+            return;
+        }
+    };
+    if keys.is_empty() {
+        return;
+    }
+    let grace = jiff::SignedDuration::try_from(clients.config.grace).unwrap_or_default();
+    let count = keys.len();
+    // Concurrent, so the store's group commit batches them.
+    let failed = futures_util::stream::iter(keys)
+        .map(|key| {
+            let command = Command::OrphanClients {
+                epoch: clients.epoch.clone(),
+                grace,
+            };
+            let service = service.clone();
+            async move { service.execute(&key, command).await.is_err() }
+        })
+        .buffer_unordered(64)
+        .filter(|failed| std::future::ready(*failed))
+        .count()
+        .await;
+    tracing::info!(
+        users = count,
+        failed,
+        "client sessions of the earlier process given their grace"
+    );
+}
+
 pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;

@@ -146,7 +146,7 @@ fn required<'a>(value: Option<&'a str>, graph_name: &str) -> Result<&'a str, Api
     value.ok_or_else(|| ApiError::invalid_argument(format!("[{graph_name}]: The {graph_name} field is required.")))
 }
 
-fn pair(availability: Option<&str>, activity: Option<&str>) -> Result<(Availability, Activity), ApiError> {
+pub fn pair(availability: Option<&str>, activity: Option<&str>) -> Result<(Availability, Activity), ApiError> {
     let availability = Availability::parse(required(availability, "Availability")?)
         .map_err(|e| ApiError::invalid_argument(e.to_string()))?;
     let activity =

@@ -8,8 +8,10 @@
 pub mod base_url;
 pub mod batch;
 pub mod body;
+pub mod client_session;
 pub mod dto;
 pub mod error;
+pub mod explain;
 pub mod health;
 pub mod keys;
 pub mod openapi;
@@ -47,6 +49,8 @@ pub struct AppState {
     pub rate_limiter: Option<Arc<rate_limit::RateLimiter>>,
     /// Watch streams: the hub, their limits and their shutdown.
     pub streams: Arc<Streams>,
+    /// The client sessions this process's sockets hold.
+    pub clients: Arc<crate::client_session::ClientSessions>,
     /// The operator's switch letting delegated `Presence.ReadWrite` tokens change other users'
     /// presence (off: they change their own only).
     pub delegated_writes_to_others: bool,
@@ -139,8 +143,12 @@ async fn dispatch(
     let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     // A browser cannot set headers on a WebSocket: a stream socket may bring its token in its
     // first message instead, and is authenticated then (`stream::websocket`).
-    if route.endpoint == Endpoint::Stream && authorization.is_none() && stream::is_upgrade(&parts) {
-        return Ok(Box::pin(stream::websocket(state, None, parts)).await);
+    if authorization.is_none() && stream::is_upgrade(&parts) {
+        match route.endpoint {
+            Endpoint::Stream => return Ok(Box::pin(stream::websocket(state, None, parts)).await),
+            Endpoint::ClientSession => return Ok(Box::pin(client_session::websocket(state, None, parts)).await),
+            _ => {}
+        }
     }
     let principal = state
         .verifier
@@ -237,6 +245,13 @@ async fn dispatch_endpoint(
             stream::sse(state, &principal, &parts, &bytes, expires).await
         }
         Endpoint::Batch => batch::handle(state, route.version, &parts.headers, body).await,
+        Endpoint::Explain(target) => explain::get(state, &principal, target).await,
+        Endpoint::ClientSession if stream::is_upgrade(&parts) => {
+            Ok(client_session::websocket(state, Some(principal), parts).await)
+        }
+        Endpoint::ClientSession => Err(ApiError::bad_request(
+            "A client session is a WebSocket: send the upgrade (see docs/client-sessions.md).",
+        )),
     }
 }
 

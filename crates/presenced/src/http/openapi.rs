@@ -10,6 +10,8 @@ use super::dto::{
     SetStatusMessageBody,
 };
 use super::error::ErrorBody;
+use super::explain::ExplanationDto;
+use super::stream::WatchRequest;
 use super::subscriptions::{CreateBody, SubscriptionDto, UpdateBody};
 use super::work_location::SetLocationBody;
 use schemars::generate::{SchemaGenerator, SchemaSettings};
@@ -118,6 +120,17 @@ fn operations() -> Vec<Operation> {
         });
     }
     for (prefix, _) in PREFIXES {
+        ops.push(Operation {
+            method: "get",
+            path: leak(format!("{prefix}/explain")),
+            route: "explain",
+            summary: "presenced extension: why the user shows what they show (every live session, the preference, the deciding rule); read permission as for the presence",
+            request: None,
+            success: (200, "The explanation", Some(schema::<ExplanationDto>)),
+            root: false,
+        });
+    }
+    for (prefix, _) in PREFIXES {
         for (action, summary, request) in ACTIONS {
             ops.push(Operation {
                 method: "post",
@@ -147,6 +160,33 @@ fn operations() -> Vec<Operation> {
             summary: "Get the presence of 1 to 650 users, in request order",
             request: Some(schema::<GetPresencesBody>),
             success: (200, "The presences", Some(presence_list)),
+            root: false,
+        },
+        Operation {
+            method: "post",
+            path: "/communications/presences/$stream",
+            route: "stream",
+            summary: "presenced extension: a watch stream (Server-Sent Events) of up to 650 users ({\"ids\":[...]}) or a tenant ({\"scope\":\"tenant\"}): a snapshot, then every change; resume with Last-Event-ID (docs/streams.md)",
+            request: Some(schema::<WatchRequest>),
+            success: (200, "text/event-stream: snapshot, presence and end events", None),
+            root: false,
+        },
+        Operation {
+            method: "get",
+            path: "/communications/presences/$stream",
+            route: "stream",
+            summary: "presenced extension: the same stream with ?ids=a,b or ?scope=tenant; with Upgrade: websocket, the first message names the users (and may carry the token) (docs/streams.md)",
+            request: None,
+            success: (200, "text/event-stream, or 101 Switching Protocols for a WebSocket", None),
+            root: false,
+        },
+        Operation {
+            method: "get",
+            path: "/me/presence/$session",
+            route: "client_session",
+            summary: "presenced extension: a connection-bound client session over WebSocket (hello, set, activity, bye; the session ends a grace after the socket) (docs/client-sessions.md)",
+            request: None,
+            success: (101, "Switching Protocols: the WebSocket", None),
             root: false,
         },
         Operation {
@@ -370,6 +410,9 @@ mod tests {
             "subscription",
             "reauthorize",
             "batch",
+            "explain",
+            "stream",
+            "client_session",
         ];
         routes.extend(PresenceAction::all().iter().map(|a| a.name()));
         for route in routes {

@@ -22,7 +22,7 @@ use presence_core::{Command, CommandError, LocationLayer, UserId, UserKey};
 pub const MAX_BULK_IDS: usize = 650;
 
 /// Resolve `/me` to the signed-in user; application tokens have none.
-fn resolve(principal: &Principal, target: Target) -> Result<UserId, ApiError> {
+pub fn resolve(principal: &Principal, target: Target) -> Result<UserId, ApiError> {
     match target {
         Target::User(id) => Ok(id),
         Target::Me => principal
@@ -46,7 +46,7 @@ fn tenant_of(principal: &Principal) -> Result<presence_core::TenantId, ApiError>
         .map_err(|e| ApiError::unauthorized(format!("The token's tenant is invalid: {e}.")))
 }
 
-fn key(principal: &Principal, user: UserId) -> Result<UserKey, ApiError> {
+pub fn user_key(principal: &Principal, user: UserId) -> Result<UserKey, ApiError> {
     Ok(UserKey::new(tenant_of(principal)?, user))
 }
 
@@ -141,7 +141,7 @@ pub async fn get(
         .map_err(denied)?;
     let view = state
         .service
-        .read(&key(principal, user.clone())?)
+        .read(&user_key(principal, user.clone())?)
         .await
         .map_err(store_error)?;
     let context = shape.entity_context(&user);
@@ -221,7 +221,7 @@ pub async fn action(
     let command = command(state, action, headers, bytes, principal.app.as_deref())?;
     state
         .service
-        .execute(&key(principal, user)?, command)
+        .execute(&user_key(principal, user)?, command)
         .await
         .map_err(service_error)?;
     Ok(StatusCode::OK.into_response())

@@ -110,6 +110,10 @@ pub enum Endpoint {
     Stream,
     /// `POST /$batch`: JSON batching.
     Batch,
+    /// `GET …/presence/explain`: every live session, the preference and the rule that decided.
+    Explain(Target),
+    /// `GET /me/presence/$session`: a connection-bound client session (WebSocket).
+    ClientSession,
 }
 
 impl Endpoint {
@@ -124,6 +128,8 @@ impl Endpoint {
             Endpoint::Reauthorize(_) => "reauthorize",
             Endpoint::Stream => "stream",
             Endpoint::Batch => "batch",
+            Endpoint::Explain(_) => "explain",
+            Endpoint::ClientSession => "client_session",
         }
     }
 
@@ -133,7 +139,7 @@ impl Endpoint {
         const LIST: &[Method] = &[Method::GET, Method::POST];
         const ONE: &[Method] = &[Method::GET, Method::PATCH, Method::DELETE];
         match self {
-            Endpoint::GetPresence(_) => GET,
+            Endpoint::GetPresence(_) | Endpoint::Explain(_) | Endpoint::ClientSession => GET,
             Endpoint::Action(..) | Endpoint::GetPresencesByUserId | Endpoint::Reauthorize(_) | Endpoint::Batch => POST,
             Endpoint::Subscriptions | Endpoint::Stream => LIST,
             Endpoint::Subscription(_) => ONE,
@@ -189,11 +195,20 @@ pub fn parse(method: &Method, path: &str) -> Result<Route, ApiError> {
     };
     let endpoint = match &rest[..count] {
         [me, presence] if is(me, "me") && is(presence, "presence") => Endpoint::GetPresence(Target::Me),
+        [me, presence, session] if is(me, "me") && is(presence, "presence") && is(session, "$session") => {
+            Endpoint::ClientSession
+        }
+        [me, presence, explain] if is(me, "me") && is(presence, "presence") && is(explain, "explain") => {
+            Endpoint::Explain(Target::Me)
+        }
         [me, presence, action] if is(me, "me") && is(presence, "presence") => {
             Endpoint::Action(Target::Me, PresenceAction::parse(action).ok_or_else(not_found)?)
         }
         [users, id, presence] if is(users, "users") && is(presence, "presence") => {
             Endpoint::GetPresence(Target::User(user_id(id)?))
+        }
+        [users, id, presence, explain] if is(users, "users") && is(presence, "presence") && is(explain, "explain") => {
+            Endpoint::Explain(Target::User(user_id(id)?))
         }
         [users, id, presence, action] if is(users, "users") && is(presence, "presence") => {
             let action = PresenceAction::parse(action).ok_or_else(not_found)?;
@@ -206,6 +221,11 @@ pub fn parse(method: &Method, path: &str) -> Result<Route, ApiError> {
         }
         [comms, presences, id] if is(comms, "communications") && is(presences, "presences") => {
             Endpoint::GetPresence(Target::User(user_id(id)?))
+        }
+        [comms, presences, id, explain]
+            if is(comms, "communications") && is(presences, "presences") && is(explain, "explain") =>
+        {
+            Endpoint::Explain(Target::User(user_id(id)?))
         }
         [comms, presences, id, action] if is(comms, "communications") && is(presences, "presences") => {
             let action = PresenceAction::parse(action).ok_or_else(not_found)?;
@@ -301,6 +321,34 @@ mod tests {
         assert_eq!(
             ok(Method::POST, "/beta/communications/getPresencesByUserId"),
             Endpoint::GetPresencesByUserId
+        );
+    }
+
+    #[test]
+    fn explain_has_every_addressing_and_the_client_session_is_me_only() {
+        let u = || Target::User(UserId::parse("u1").unwrap());
+        assert_eq!(
+            ok(Method::GET, "/v1.0/me/presence/explain"),
+            Endpoint::Explain(Target::Me)
+        );
+        assert_eq!(
+            ok(Method::GET, "/beta/users/u1/presence/Explain"),
+            Endpoint::Explain(u())
+        );
+        assert_eq!(
+            ok(Method::GET, "/v1.0/communications/presences/u1/explain"),
+            Endpoint::Explain(u())
+        );
+        assert_eq!(
+            parse(&Method::POST, "/v1.0/me/presence/explain").unwrap_err().status,
+            405
+        );
+        assert_eq!(ok(Method::GET, "/v1.0/me/presence/$session"), Endpoint::ClientSession);
+        assert_eq!(
+            parse(&Method::GET, "/v1.0/users/u1/presence/$session")
+                .unwrap_err()
+                .status,
+            404
         );
     }
 

@@ -33,10 +33,10 @@ pub const MAX_WATCHED: usize = 650;
 /// Largest first message a WebSocket may send (650 ids of 128 characters fit easily).
 const MAX_FIRST_MESSAGE: usize = 128 * 1024;
 /// How long a WebSocket may take to send its first message.
-const FIRST_MESSAGE_WITHIN: Duration = Duration::from_secs(10);
+pub(super) const FIRST_MESSAGE_WITHIN: Duration = Duration::from_secs(10);
 
 /// What a stream request names.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WatchRequest {
     pub ids: Option<Vec<String>>,
@@ -184,17 +184,17 @@ pub async fn sse(
     Ok(response)
 }
 
-type Deadline = Pin<Box<tokio::time::Sleep>>;
+pub(super) type Deadline = Pin<Box<tokio::time::Sleep>>;
 
 /// The deadline of a token that expires at `at` (none: never).
-fn expiry(at: Option<Timestamp>, now: Timestamp) -> Option<Deadline> {
+pub(super) fn expiry(at: Option<Timestamp>, now: Timestamp) -> Option<Deadline> {
     at.map(|at| {
         let left = Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO);
         Box::pin(tokio::time::sleep(left))
     })
 }
 
-async fn expired(deadline: &mut Option<Deadline>) {
+pub(super) async fn expired(deadline: &mut Option<Deadline>) {
     match deadline {
         Some(d) => d.as_mut().await,
         None => std::future::pending().await,
@@ -405,23 +405,7 @@ async fn open_socket_watch(
     if request.kind.as_deref().is_some_and(|k| k != "watch") {
         return Err(ApiError::bad_request("The first message's type must be \"watch\"."));
     }
-    let principal = match (principal, &request.token) {
-        (Some(p), None) => p,
-        (None, Some(token)) => {
-            let header = format!("Bearer {token}");
-            state
-                .verifier
-                .verify_cached(Some(&header), state.clock.unix_seconds())
-                .map_err(|e| ApiError::unauthorized(e.to_string()))?
-        }
-        (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request(
-                "Give the token once: in the Authorization header or in the first message.",
-            ))
-        }
-        (None, None) => return Err(ApiError::unauthorized("The first message carries no token.")),
-    };
-    super::admit_presence_call(state, &principal)?;
+    let principal = first_message_caller(state, principal, request.token.as_deref())?;
     let scope = scope(&principal, &request)?;
     let admission = admit(&state.streams, &principal)?;
     let watch = Watch::open(
@@ -437,6 +421,32 @@ async fn open_socket_watch(
         expires_at: super::token_expiry(&principal),
         _admission: admission,
     })
+}
+
+/// The caller of a socket: from the upgrade's `Authorization` (admitted against the rate limit
+/// with the upgrade), or from the token in its first message (browsers cannot set headers on a
+/// WebSocket; admitted here), never both.
+pub(super) fn first_message_caller(
+    state: &AppState,
+    principal: Option<Arc<Principal>>,
+    token: Option<&str>,
+) -> Result<Arc<Principal>, ApiError> {
+    match (principal, token) {
+        (Some(p), None) => Ok(p),
+        (None, Some(token)) => {
+            let header = format!("Bearer {token}");
+            let principal = state
+                .verifier
+                .verify_cached(Some(&header), state.clock.unix_seconds())
+                .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+            super::admit_presence_call(state, &principal)?;
+            Ok(principal)
+        }
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "Give the token once: in the Authorization header or in the first message.",
+        )),
+        (None, None) => Err(ApiError::unauthorized("The first message carries no token.")),
+    }
 }
 
 /// Send events until the stream ends; ping to keep it open and to notice a dead peer.

@@ -8,6 +8,7 @@ use crate::clock::Clock;
 use crate::store::{Commit, CommitError, PresenceState, Store, StoreError, Versioned};
 use presence_core::{Command, CommandError, PresenceView, Timing, UserKey};
 use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
 use tokio::sync::{Mutex, MutexGuard};
 
 /// Lock stripes: enough that unrelated users rarely share one while a commit waits for fsync,
@@ -157,6 +158,14 @@ impl<S: PresenceState> PresenceService<S> {
     /// copy, so a read never shows a session that has already faded or expired.
     pub async fn read(&self, key: &UserKey) -> Result<PresenceView, StoreError> {
         self.store.view(key, self.clock.now()).await
+    }
+
+    /// The user's whole state as of now, with transitions the sweeper has not committed yet
+    /// applied to the copy (as [`read`](Self::read) does): what `explain` shows.
+    pub async fn state_now(&self, key: &UserKey) -> Result<presence_core::UserPresence, StoreError> {
+        let mut state = Arc::unwrap_or_clone(self.store.load(key).await?.state);
+        state.advance(self.clock.now());
+        Ok(state)
     }
 
     /// [`read`](Self::read) for many users in one store call, in the order given.

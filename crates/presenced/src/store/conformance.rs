@@ -60,6 +60,7 @@ macro_rules! conformance_tests {
             load_many_and_view_many_answer_in_the_order_asked,
             concurrent_commits_to_one_user_all_land,
             acknowledged_states_survive_a_crash,
+            connected_client_sessions_are_found_after_a_crash,
             a_second_handle_sees_commits_and_conflicts_with_them,
             deadlines_follow_commits,
             deadlines_survive_a_reopen,
@@ -345,6 +346,47 @@ pub async fn acknowledged_states_survive_a_crash<H: Harness>() {
     }
     // The versions go on: a commit expecting the reloaded version lands.
     flip(h.store(), "durable-0", t0()).await;
+}
+
+/// Commit `command` to `user` (fresh load, no conflict expected in a test).
+async fn apply<S: PresenceState>(store: &S, user: &str, command: Command, at: Timestamp) {
+    let loaded = store.load(&key(user)).await.unwrap();
+    let mut next = (*loaded.state).clone();
+    let outcome = next.apply(command, at, &Timing::default()).unwrap();
+    let commit = Commit {
+        key: key(user),
+        expected_version: loaded.version,
+        state: next,
+        event: outcome.change,
+    };
+    store.commit(commit).await.unwrap();
+}
+
+pub async fn connected_client_sessions_are_found_after_a_crash<H: Harness>() {
+    let mut h = H::open(Settings::default());
+    let connect = |session: &str| Command::ConnectClient {
+        session: SessionId::parse(session).unwrap(),
+        device: presence_core::Device::parse("desktop").unwrap(),
+        epoch: "earlier-process".into(),
+        state: SessionState::new(Availability::Available, Activity::Available).unwrap(),
+    };
+    apply(h.store(), "with-client", connect("c1"), t0()).await;
+    apply(h.store(), "gone-client", connect("c2"), t0()).await;
+    let disconnect = Command::DisconnectClient {
+        session: SessionId::parse("c2").unwrap(),
+        grace: SignedDuration::from_secs(30),
+    };
+    apply(h.store(), "gone-client", disconnect, t0()).await;
+    flip(h.store(), "app-only", t0()).await;
+    h.crash();
+    assert_eq!(
+        h.store().users_with_connected_clients().await.unwrap(),
+        vec![key("with-client")]
+    );
+    assert_eq!(
+        h.second().users_with_connected_clients().await.unwrap(),
+        vec![key("with-client")]
+    );
 }
 
 pub async fn a_second_handle_sees_commits_and_conflicts_with_them<H: Harness>() {

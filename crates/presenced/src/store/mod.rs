@@ -155,6 +155,9 @@ impl PresenceState for Store {
     async fn commit_many(&self, commits: Vec<Commit>) -> Vec<Result<u64, CommitError>> {
         forward!(self, s => s.commit_many(commits).await)
     }
+    async fn users_with_connected_clients(&self) -> Result<Vec<UserKey>, StoreError> {
+        forward!(self, s => s.users_with_connected_clients().await)
+    }
     fn is_ready(&self) -> bool {
         forward!(self, s => s.is_ready())
     }

@@ -77,6 +77,10 @@ pub trait PresenceState: Send + Sync + 'static {
         }
     }
 
+    /// Every user holding a client session still marked connected: at start, the sessions of an
+    /// earlier process are given their grace (`Command::OrphanClients`). A walk over all users.
+    fn users_with_connected_clients(&self) -> impl Future<Output = Result<Vec<UserKey>, StoreError>> + Send;
+
     /// Whether the store can accept writes (for `/readyz`).
     fn is_ready(&self) -> bool;
 }

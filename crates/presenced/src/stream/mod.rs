@@ -60,18 +60,20 @@ struct Live {
 
 /// An open stream's place in the limits; gives it back when dropped.
 pub struct Admission {
-    key: (String, String),
+    /// The (tenant, application) it counts against; none for a client-session socket, which
+    /// counts only in what shutdown waits for.
+    key: Option<(String, String)>,
     streams: Arc<Streams>,
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        {
+        if let Some(key) = &self.key {
             let mut open = self.streams.open.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(n) = open.get_mut(&self.key) {
+            if let Some(n) = open.get_mut(key) {
                 *n -= 1;
                 if *n == 0 {
-                    open.remove(&self.key);
+                    open.remove(key);
                 }
             }
         }
@@ -107,9 +109,19 @@ impl Streams {
         *n += 1;
         self.live.count.fetch_add(1, Ordering::AcqRel);
         Ok(Admission {
-            key,
+            key: Some(key),
             streams: self.clone(),
         })
+    }
+
+    /// Count a long-lived socket that is not a watch stream (a client session) in what shutdown
+    /// waits for; its own limits are elsewhere.
+    pub fn track(self: &Arc<Self>) -> Admission {
+        self.live.count.fetch_add(1, Ordering::AcqRel);
+        Admission {
+            key: None,
+            streams: self.clone(),
+        }
     }
 
     /// Streams open now.

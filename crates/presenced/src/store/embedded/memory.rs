@@ -91,6 +91,16 @@ impl Memory {
         }
     }
 
+    /// `f` applied to every entry, one shard's read lock at a time.
+    pub fn for_each(&self, mut f: impl FnMut(&UserKey, &Entry)) {
+        for shard in self.shards.iter() {
+            let shard = shard.read().unwrap_or_else(|e| e.into_inner());
+            for (_, key, entry) in shard.iter() {
+                f(key, entry);
+            }
+        }
+    }
+
     /// `f` applied to every entry of `tenant`, one shard's read lock at a time (each shard is
     /// held only while it is walked, so writers wait at most one shard's walk).
     pub fn for_each_in_tenant(&self, tenant: &TenantId, mut f: impl FnMut(&UserKey, &Entry)) {

@@ -359,6 +359,21 @@ impl PresenceState for EmbeddedStore {
         }
     }
 
+    async fn users_with_connected_clients(&self) -> Result<Vec<UserKey>, StoreError> {
+        let mut keys = Vec::new();
+        self.shared.memory.for_each(|key, entry| {
+            let connected = entry
+                .state
+                .sessions()
+                .iter()
+                .any(|s| s.client().is_some_and(|l| l.connected));
+            if connected {
+                keys.push(key.clone());
+            }
+        });
+        Ok(keys)
+    }
+
     fn is_ready(&self) -> bool {
         self.shared.ready.load(Ordering::Acquire)
     }
