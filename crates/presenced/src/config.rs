@@ -99,9 +99,15 @@ pub struct ServeArgs {
     /// Accepted token audience (repeatable). [default: https://graph.microsoft.com]
     #[arg(long = "jwt-audience", env = "PRESENCED_JWT_AUDIENCES", value_delimiter = ',')]
     pub jwt_audiences: Vec<String>,
-    /// Refuse HS256 tokens signed with the data-dir secret (use with --jwks-file).
-    #[arg(long, env = "PRESENCED_DISABLE_HS256")]
+    /// Refuse HS256 tokens signed with the data-dir secret (the default once --jwks-file is given).
+    #[arg(long, env = "PRESENCED_DISABLE_HS256", conflicts_with = "enable_hs256")]
     pub disable_hs256: bool,
+    /// Accept HS256 tokens signed with the data-dir secret even with --jwks-file (on by default without one).
+    #[arg(long, env = "PRESENCED_ENABLE_HS256")]
+    pub enable_hs256: bool,
+    /// Refuse tokens valid for longer than this (exp minus iat). [default: 24h]
+    #[arg(long, env = "PRESENCED_MAX_TOKEN_LIFETIME")]
+    pub max_token_lifetime: Option<String>,
     /// Allow http:// webhook URLs (default: https only).
     #[arg(long, env = "PRESENCED_WEBHOOK_ALLOW_HTTP")]
     pub webhook_allow_http: bool,
@@ -285,6 +291,7 @@ pub struct FileAuth {
     pub issuers: Option<Vec<String>>,
     pub audiences: Option<Vec<String>>,
     pub hs256: Option<bool>,
+    pub max_token_lifetime: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -309,6 +316,7 @@ pub struct ServeConfig {
     pub issuers: Vec<String>,
     pub audiences: Vec<String>,
     pub hs256: bool,
+    pub max_token_lifetime: std::time::Duration,
     pub log_format: LogFormat,
     pub log_level: String,
     pub webhook_allow_http: bool,
@@ -524,6 +532,20 @@ impl ServeArgs {
                 .max(1),
             ..client_defaults
         };
+        let jwks_file_given = self.jwks_file.clone().or(file.auth.jwks_file.clone());
+        let max_token_lifetime = duration(
+            "max-token-lifetime",
+            self.max_token_lifetime.clone(),
+            file.auth.max_token_lifetime.clone(),
+            jiff::SignedDuration::from_hours(24),
+        )?;
+        let max_token_lifetime = std::time::Duration::try_from(max_token_lifetime)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| ConfigError::Value {
+                key: "max-token-lifetime",
+                message: "must be longer than zero".into(),
+            })?;
         let rate_limit_raw = self
             .rate_limit
             .or(file.rate_limit)
@@ -555,7 +577,14 @@ impl ServeArgs {
             jwks_file: self.jwks_file.or(file.auth.jwks_file),
             issuers: or_default(self.jwt_issuers, file.auth.issuers, crate::auth::DEFAULT_ISSUER),
             audiences: or_default(self.jwt_audiences, file.auth.audiences, crate::auth::DEFAULT_AUDIENCE),
-            hs256: !self.disable_hs256 && file.auth.hs256.unwrap_or(true),
+            // With an identity provider's keys, the data-dir secret is one more way in that an
+            // operator must ask for.
+            hs256: match (self.disable_hs256, self.enable_hs256) {
+                (true, _) => false,
+                (_, true) => true,
+                _ => file.auth.hs256.unwrap_or(jwks_file_given.is_none()),
+            },
+            max_token_lifetime,
             log_format: self.log_format.or(file.log.format).unwrap_or_default(),
             log_level: self.log_level.or(file.log.level).unwrap_or_else(|| "info".to_owned()),
             webhook_allow_http: self.webhook_allow_http || file.webhooks.allow_http.unwrap_or(false),
@@ -642,6 +671,28 @@ mod tests {
             (from_file.clients.grace, from_file.clients.per_user),
             (defaults.clients.grace, defaults.clients.per_user)
         );
+    }
+
+    #[test]
+    fn hs256_is_off_once_an_identity_provider_is_configured_unless_asked_for() {
+        let without = ServeArgs::default().resolve().unwrap();
+        assert!(without.hs256);
+        assert_eq!(without.max_token_lifetime, std::time::Duration::from_secs(86_400));
+        let with_jwks = ServeArgs {
+            jwks_file: Some("/etc/presenced/jwks.json".into()),
+            ..Default::default()
+        };
+        assert!(!with_jwks.resolve().unwrap().hs256);
+        let asked = ServeArgs {
+            jwks_file: Some("/etc/presenced/jwks.json".into()),
+            enable_hs256: true,
+            max_token_lifetime: Some("2h".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert!(asked.hs256);
+        assert_eq!(asked.max_token_lifetime, std::time::Duration::from_secs(7_200));
     }
 
     #[test]

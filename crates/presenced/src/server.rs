@@ -41,6 +41,7 @@ pub fn verifier(config: &ServeConfig) -> anyhow::Result<Verifier> {
         audiences: config.audiences.clone(),
         issuers: config.issuers.clone(),
         leeway_seconds: auth::DEFAULT_LEEWAY_SECONDS,
+        max_lifetime_seconds: config.max_token_lifetime.as_secs(),
     })?)
 }
 

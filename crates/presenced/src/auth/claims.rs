@@ -17,6 +17,9 @@ pub(crate) struct ClaimRules<'a> {
     pub issuers: &'a [String],
     pub leeway_seconds: i64,
     pub now_unix: i64,
+    /// Longest `exp` minus `iat` (or `nbf`, or now) accepted: a leaked long-lived token is
+    /// refused even before it expires.
+    pub max_lifetime_seconds: i64,
 }
 
 pub(crate) fn principal_from_claims(
@@ -74,7 +77,12 @@ pub(crate) fn within_window(exp: i64, nbf: Option<i64>, rules: &ClaimRules<'_>) 
 fn check_time_window(claims: &Map<String, Value>, rules: &ClaimRules<'_>) -> Result<(), AuthError> {
     // A token without `exp` would be valid forever once leaked; Entra ID always sets it.
     let (exp, nbf) = validity(claims)?;
-    within_window(exp, nbf, rules)
+    within_window(exp, nbf, rules)?;
+    let start = numeric_date(claims, "iat")?.or(nbf).unwrap_or(rules.now_unix);
+    if exp.saturating_sub(start) > rules.max_lifetime_seconds {
+        return Err(AuthError::LifetimeTooLong(rules.max_lifetime_seconds));
+    }
+    Ok(())
 }
 
 fn check_issuer(claims: &Map<String, Value>, issuers: &[String]) -> Result<(), AuthError> {
@@ -178,6 +186,7 @@ mod tests {
             audiences: aud,
             issuers: iss,
             leeway_seconds: 60,
+            max_lifetime_seconds: 86_400,
             now_unix: NOW,
         }
     }
@@ -261,7 +270,11 @@ mod tests {
         assert_eq!(check(with(base(), "exp", json!(NOW - 60))), Err(AuthError::Expired));
         assert_eq!(check(with(base(), "exp", json!(NOW - 86_400))), Err(AuthError::Expired));
         assert!(check(with(base(), "exp", json!(NOW as f64 + 0.5))).is_ok());
-        assert!(check(with(base(), "exp", json!(u64::MAX))).is_ok());
+        // A far `exp` saturates instead of overflowing, and is then a lifetime over the maximum.
+        assert_eq!(
+            check(with(base(), "exp", json!(u64::MAX))),
+            Err(AuthError::LifetimeTooLong(86_400))
+        );
         assert_eq!(check(with(base(), "exp", json!(i64::MIN))), Err(AuthError::Expired));
         assert!(check(with(base(), "nbf", json!(NOW + 60))).is_ok());
         assert_eq!(check(with(base(), "nbf", json!(NOW + 61))), Err(AuthError::NotYetValid));

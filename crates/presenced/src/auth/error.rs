@@ -26,6 +26,8 @@ pub enum AuthError {
     Expired,
     #[error("the token is not yet valid")]
     NotYetValid,
+    #[error("the token's lifetime is longer than this server accepts ({0} seconds)")]
+    LifetimeTooLong(i64),
     #[error("the token's audience is not accepted")]
     WrongAudience,
     #[error("the token's issuer is not accepted")]

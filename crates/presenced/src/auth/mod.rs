@@ -53,6 +53,8 @@ pub const DEFAULT_AUDIENCE: &str = "https://graph.microsoft.com";
 
 /// Clock-skew allowance for `exp` and `nbf`; one minute matches common IdP and library defaults.
 pub const DEFAULT_LEEWAY_SECONDS: u64 = 60;
+/// Longest token lifetime accepted by default: a day (Entra ID's access tokens last 60-90 minutes).
+pub const DEFAULT_MAX_LIFETIME_SECONDS: u64 = 86_400;
 
 /// HS256 secrets shorter than the HMAC-SHA256 output are brute-forceable (RFC 7518 §3.2).
 pub const MIN_HS256_SECRET_BYTES: usize = 32;

@@ -24,7 +24,9 @@ use super::claims::{principal_from_claims, validity, within_window, ClaimRules};
 use super::error::{AuthError, AuthSetupError};
 use super::jwks::JwkSetKeys;
 use super::principal::Principal;
-use super::{DEFAULT_AUDIENCE, DEFAULT_ISSUER, DEFAULT_LEEWAY_SECONDS, MIN_HS256_SECRET_BYTES};
+use super::{
+    DEFAULT_AUDIENCE, DEFAULT_ISSUER, DEFAULT_LEEWAY_SECONDS, DEFAULT_MAX_LIFETIME_SECONDS, MIN_HS256_SECRET_BYTES,
+};
 
 /// Bound on the token length: real access tokens are 1–3 KiB, and every later step (base64, JSON,
 /// signature) is linear in this, so an attacker cannot make one request expensive.
@@ -43,6 +45,8 @@ pub struct AuthConfig {
     pub issuers: Vec<String>,
     /// Clock-skew allowance for `exp` and `nbf`.
     pub leeway_seconds: u64,
+    /// Tokens valid for longer than this (`exp` − `iat`) are refused.
+    pub max_lifetime_seconds: u64,
 }
 
 impl Default for AuthConfig {
@@ -55,6 +59,7 @@ impl Default for AuthConfig {
             audiences: vec![DEFAULT_AUDIENCE.to_owned()],
             issuers: vec![DEFAULT_ISSUER.to_owned()],
             leeway_seconds: DEFAULT_LEEWAY_SECONDS,
+            max_lifetime_seconds: DEFAULT_MAX_LIFETIME_SECONDS,
         }
     }
 }
@@ -80,6 +85,7 @@ pub struct Verifier {
     audiences: Vec<String>,
     issuers: Vec<String>,
     leeway_seconds: i64,
+    max_lifetime_seconds: i64,
     // Verified tokens, so a client reusing its token (all of them do) costs a map lookup
     // instead of a signature check per request.
     cache: std::sync::Arc<VerifiedTokens>,
@@ -123,6 +129,7 @@ impl Verifier {
             audiences,
             issuers,
             leeway_seconds: i64::try_from(config.leeway_seconds).unwrap_or(i64::MAX),
+            max_lifetime_seconds: i64::try_from(config.max_lifetime_seconds).unwrap_or(i64::MAX),
             cache: std::sync::Arc::default(),
         })
     }
@@ -153,6 +160,7 @@ impl Verifier {
             issuers: &self.issuers,
             leeway_seconds: self.leeway_seconds,
             now_unix,
+            max_lifetime_seconds: self.max_lifetime_seconds,
         }
     }
 
@@ -629,6 +637,27 @@ mod tests {
         future["nbf"] = json!(NOW + 3600);
         future["exp"] = json!(NOW + 7200);
         assert_eq!(verify_with(&v, &hs256_token(&future)), Err(AuthError::NotYetValid));
+    }
+
+    #[test]
+    fn tokens_living_longer_than_the_maximum_are_refused() {
+        let v = Verifier::new(AuthConfig {
+            max_lifetime_seconds: 3600,
+            ..config()
+        })
+        .unwrap();
+        let mut c = claims();
+        c["iat"] = json!(NOW);
+        c["exp"] = json!(NOW + 3600);
+        assert!(verify_with(&v, &hs256_token(&c)).is_ok());
+        c["exp"] = json!(NOW + 3601);
+        assert_eq!(verify_with(&v, &hs256_token(&c)), Err(AuthError::LifetimeTooLong(3600)));
+        // Without iat or nbf the lifetime counts from now.
+        let mut c = claims();
+        c.as_object_mut().unwrap().remove("iat");
+        c.as_object_mut().unwrap().remove("nbf");
+        c["exp"] = json!(NOW + 7200);
+        assert_eq!(verify_with(&v, &hs256_token(&c)), Err(AuthError::LifetimeTooLong(3600)));
     }
 
     #[test]
