@@ -5,7 +5,7 @@
 use crate::client_session::ClientConfig;
 use crate::http::rate_limit::RateLimit;
 use crate::notify::dispatcher::DeliveryConfig;
-use crate::notify::endpoint::parse_network;
+use crate::notify::endpoint::parse_allowance;
 use crate::store::embedded::change_log::Retention;
 use crate::store::StoreChoice;
 use crate::stream::StreamConfig;
@@ -321,6 +321,8 @@ pub struct ServeConfig {
     pub log_level: String,
     pub webhook_allow_http: bool,
     pub webhook_allow_networks: Vec<ipnet::IpNet>,
+    /// Allowances limited to ports (`10.0.0.0/8:8443`).
+    pub webhook_allow_on_ports: Vec<(ipnet::IpNet, std::ops::RangeInclusive<u16>)>,
     pub delivery: DeliveryConfig,
     pub subscriptions: SubscriptionPolicy,
     pub rate_limit: Option<RateLimit>,
@@ -397,15 +399,18 @@ impl ServeArgs {
         } else {
             self.webhook_allow_networks
         };
-        let webhook_allow_networks = networks_raw
-            .iter()
-            .map(|n| {
-                parse_network(n).map_err(|e| ConfigError::Value {
-                    key: "webhook-allow-network",
-                    message: format!("{n:?}: {e}"),
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut webhook_allow_networks = Vec::new();
+        let mut webhook_allow_on_ports = Vec::new();
+        for n in &networks_raw {
+            let allowance = parse_allowance(n).map_err(|e| ConfigError::Value {
+                key: "webhook-allow-network",
+                message: format!("{n:?}: {e}"),
+            })?;
+            match allowance {
+                (network, None) => webhook_allow_networks.push(network),
+                (network, Some(ports)) => webhook_allow_on_ports.push((network, ports)),
+            }
+        }
         let delivery_defaults = DeliveryConfig::default();
         let delivery = DeliveryConfig {
             retry_for: duration(
@@ -589,6 +594,7 @@ impl ServeArgs {
             log_level: self.log_level.or(file.log.level).unwrap_or_else(|| "info".to_owned()),
             webhook_allow_http: self.webhook_allow_http || file.webhooks.allow_http.unwrap_or(false),
             webhook_allow_networks,
+            webhook_allow_on_ports,
             delivery,
             subscriptions,
             rate_limit,

@@ -87,6 +87,7 @@ pub async fn run_with_clock(
     let endpoints = EndpointPolicy {
         allow_http: config.webhook_allow_http,
         allowed_networks: config.webhook_allow_networks.clone(),
+        allowed_on_ports: config.webhook_allow_on_ports.clone(),
     };
     let client = WebhookClient::new(endpoints.clone()).context("building the webhook client")?;
     let (stop_tx, stop_rx) = watch::channel(false);

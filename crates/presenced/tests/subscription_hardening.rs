@@ -235,3 +235,37 @@ async fn a_failing_endpoint_costs_bounded_queues_is_suspended_and_tells_its_subs
         )
         .await;
 }
+
+#[tokio::test]
+async fn an_allowed_network_can_be_limited_to_ports() {
+    let allowed = Receiver::start().await;
+    let other = Receiver::start().await;
+    let port = |url: &str| url.rsplit(':').next().unwrap().trim_end_matches("/hook").to_owned();
+    let allowance = format!("127.0.0.0/8:{}", port(&allowed.url));
+    let server = Server::start(&[
+        "--webhook-allow-http",
+        "--webhook-allow-network",
+        &allowance,
+        "--rate-limit",
+        "off",
+    ]);
+    let alice = token(&server, ALICE, "app-1", &["Presence.Read.All"]);
+    // By name, so the address is judged by the resolver with the URL's port, not only as a literal.
+    let by_name = |url: &str| url.replace("127.0.0.1", "localhost");
+    let r = post(
+        &server.url("/v1.0/subscriptions"),
+        &alice,
+        body(&by_name(&allowed.url), None, &[BOB]),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    for refused in [by_name(&other.url), other.url.clone()] {
+        let r = post(&server.url("/v1.0/subscriptions"), &alice, body(&refused, None, &[BOB])).await;
+        assert_eq!(r.status, 400, "{refused}: {}", r.text);
+    }
+    assert_eq!(
+        other.post_count(),
+        0,
+        "nothing reached the port the allowance does not name"
+    );
+}

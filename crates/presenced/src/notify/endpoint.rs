@@ -15,10 +15,13 @@
 //! [`EndpointPolicy::allowed_networks`] (`--webhook-allow-network`), e.g. `127.0.0.0/8` for local testing.
 //! Cloud metadata addresses are stricter still: only an allowance naming exactly that address (a `/32` or
 //! `/128`) permits them, so that allowing a whole link-local or ULA range for a legitimate receiver does not
-//! also expose the instance's credentials.
+//! also expose the instance's credentials. An allowance may name ports (`10.0.0.0/8:8443`), and then
+//! admits only URLs on them: the webhook client keeps one resolver per set of allowances a port
+//! admits, so the port and the address connected to are judged together.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::ops::RangeInclusive;
 
 use ipnet::IpNet;
 
@@ -32,8 +35,11 @@ pub const MAX_URL_LEN: usize = 2048;
 pub struct EndpointPolicy {
     /// Accept `http://` URLs (`--webhook-allow-http`). Meant for local development and tests only.
     pub allow_http: bool,
-    /// Networks exempt from the address rules (`--webhook-allow-network`, read by [`parse_network`]).
+    /// Networks exempt from the address rules on any port (`--webhook-allow-network`, read by
+    /// [`parse_allowance`]).
     pub allowed_networks: Vec<IpNet>,
+    /// Networks exempt from the address rules only for URLs on these ports.
+    pub allowed_on_ports: Vec<(IpNet, RangeInclusive<u16>)>,
 }
 
 /// Why a `--webhook-allow-network` value was refused.
@@ -41,6 +47,8 @@ pub struct EndpointPolicy {
 pub enum NetworkError {
     #[error("'{0}' is not a network (expected e.g. 10.0.0.0/8, fd00::/8 or a single address)")]
     Syntax(String),
+    #[error("'{0}' is not a port or port range (expected e.g. 8443 or 8000-8999)")]
+    Ports(String),
     #[error("{given} has host bits set; did you mean {suggested}?")]
     HostBitsSet { given: IpNet, suggested: IpNet },
 }
@@ -48,6 +56,55 @@ pub enum NetworkError {
 /// A `--webhook-allow-network` value: a network in CIDR notation (`127.0.0.0/8`, `fd00::/8`) or a
 /// single address (`10.1.2.3`, meaning `/32`). Host bits below the prefix are refused rather than
 /// silently masked: `10.1.2.3/8` is far more likely a typo than a request for all of `10.0.0.0/8`.
+/// A `--webhook-allow-network` value: a network as [`parse_network`] reads it, optionally followed
+/// by `:PORT` or `:FIRST-LAST` (`10.0.0.0/8:8443`, `10.1.2.3:8000-8999`, `[fd00::1]:443`,
+/// `fd00::/8:443`). A bare IPv6 address takes its port only in brackets.
+pub fn parse_allowance(text: &str) -> Result<(IpNet, Option<RangeInclusive<u16>>), NetworkError> {
+    let text = text.trim();
+    let (network, ports) = if let Some(rest) = text.strip_prefix('[') {
+        let (address, after) = rest
+            .split_once(']')
+            .ok_or_else(|| NetworkError::Syntax(text.to_owned()))?;
+        match after {
+            "" => (address, None),
+            _ => (
+                address,
+                Some(
+                    after
+                        .strip_prefix(':')
+                        .ok_or_else(|| NetworkError::Syntax(text.to_owned()))?,
+                ),
+            ),
+        }
+    } else if let Some((address, prefix)) = text.split_once('/') {
+        match prefix.split_once(':') {
+            Some((len, ports)) => (&text[..address.len() + 1 + len.len()], Some(ports)),
+            None => (text, None),
+        }
+    } else if text.matches(':').count() == 1 {
+        let (address, ports) = text.split_once(':').unwrap_or((text, ""));
+        (address, Some(ports))
+    } else {
+        (text, None)
+    };
+    let network = parse_network(network)?;
+    let ports = ports.map(parse_ports).transpose()?;
+    Ok((network, ports))
+}
+
+fn parse_ports(text: &str) -> Result<RangeInclusive<u16>, NetworkError> {
+    let bad = || NetworkError::Ports(text.to_owned());
+    let port = |s: &str| s.trim().parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(bad);
+    let (first, last) = match text.split_once('-') {
+        Some((a, b)) => (port(a)?, port(b)?),
+        None => (port(text)?, port(text)?),
+    };
+    if first > last {
+        return Err(bad());
+    }
+    Ok(first..=last)
+}
+
 pub fn parse_network(text: &str) -> Result<IpNet, NetworkError> {
     let text = text.trim();
     let network = match text.parse::<IpAddr>() {
@@ -200,6 +257,28 @@ impl fmt::Display for ForField<'_> {
 }
 
 impl EndpointPolicy {
+    /// The policy for URLs on `port`: the port-limited allowances that admit it join the others.
+    pub fn for_port(&self, port: u16) -> EndpointPolicy {
+        let mut allowed_networks = self.allowed_networks.clone();
+        allowed_networks.extend(
+            self.allowed_on_ports
+                .iter()
+                .filter(|(_, ports)| ports.contains(&port))
+                .map(|(net, _)| *net),
+        );
+        EndpointPolicy {
+            allow_http: self.allow_http,
+            allowed_networks,
+            allowed_on_ports: Vec::new(),
+        }
+    }
+
+    /// Which port-limited allowances admit `port`: URLs whose ports give the same answer share a
+    /// webhook client (and its resolver).
+    pub fn port_class(&self, port: u16) -> Vec<bool> {
+        self.allowed_on_ports.iter().map(|(_, p)| p.contains(&port)).collect()
+    }
+
     /// Static checks on a `notificationUrl` / `lifecycleNotificationUrl` at subscription time: an absolute URL
     /// of at most [`MAX_URL_LEN`] bytes, scheme https (or http when [`allow_http`](Self::allow_http)), no
     /// userinfo, a host, no fragment; an IP-literal host must pass [`check_ip`](Self::check_ip). Hostnames are
@@ -237,7 +316,8 @@ impl EndpointPolicy {
         // IPv6 literals come back bracketed; a domain name never parses as an address.
         let literal = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
         if let Ok(ip) = literal.parse::<IpAddr>() {
-            self.check_ip(ip)?;
+            let port = url.port_or_known_default().unwrap_or(443);
+            self.for_port(port).check_ip(ip)?;
         }
         Ok(url)
     }
@@ -379,10 +459,50 @@ mod tests {
         parse_network(s).unwrap_or_else(|e| panic!("{s}: {e}"))
     }
 
+    #[test]
+    fn allowances_may_name_ports() {
+        let parse = |s: &str| parse_allowance(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+        assert_eq!(parse("10.0.0.0/8"), (cidr("10.0.0.0/8"), None));
+        assert_eq!(parse("10.0.0.0/8:8443"), (cidr("10.0.0.0/8"), Some(8443..=8443)));
+        assert_eq!(parse("10.1.2.3:8000-8999"), (cidr("10.1.2.3"), Some(8000..=8999)));
+        assert_eq!(parse("fd00::/8:443"), (cidr("fd00::/8"), Some(443..=443)));
+        assert_eq!(parse("[fd00::1]:443"), (cidr("fd00::1"), Some(443..=443)));
+        assert_eq!(parse("::1"), (cidr("::1"), None));
+        for bad in [
+            "10.0.0.0/8:",
+            "10.0.0.0/8:0",
+            "10.0.0.0/8:9-1",
+            "10.0.0.0/8:x",
+            "10.0.0.1:70000",
+        ] {
+            assert!(matches!(parse_allowance(bad), Err(NetworkError::Ports(_))), "{bad}");
+        }
+        assert!(parse_allowance("[fd00::1]443").is_err());
+
+        // Only URLs on an admitted port may reach the network.
+        let (net, ports) = parse("127.0.0.0/8:8443");
+        let policy = EndpointPolicy {
+            allow_http: true,
+            allowed_networks: vec![],
+            allowed_on_ports: vec![(net, ports.unwrap())],
+        };
+        assert!(policy.check_url("https://127.0.0.1:8443/hook").is_ok());
+        assert!(matches!(
+            policy.check_url("https://127.0.0.1:9000/hook"),
+            Err(EndpointError::ForbiddenAddress { .. })
+        ));
+        assert!(policy.check_url("https://127.0.0.1/hook").is_err());
+        assert_eq!(policy.port_class(8443), vec![true]);
+        assert_eq!(policy.port_class(443), vec![false]);
+        assert!(policy.for_port(8443).check_ip("127.0.0.1".parse().unwrap()).is_ok());
+        assert!(policy.for_port(443).check_ip("127.0.0.1".parse().unwrap()).is_err());
+    }
+
     fn loopback_allowed() -> EndpointPolicy {
         EndpointPolicy {
             allow_http: false,
             allowed_networks: vec![cidr("127.0.0.0/8")],
+            allowed_on_ports: vec![],
         }
     }
 
@@ -392,6 +512,7 @@ mod tests {
         let http = EndpointPolicy {
             allow_http: true,
             allowed_networks: vec![],
+            allowed_on_ports: vec![],
         };
         let lb = loopback_allowed();
         let long = format!("https://example.com/{}", "a".repeat(MAX_URL_LEN));
@@ -582,6 +703,7 @@ mod tests {
         let policy = EndpointPolicy {
             allow_http: false,
             allowed_networks: vec![cidr("127.0.0.0/8"), cidr("10.1.0.0/16"), cidr("fd00::/8")],
+            allowed_on_ports: vec![],
         };
         let ok = |s: &str| policy.check_ip(s.parse().unwrap()).is_ok();
         assert!(ok("127.0.0.1"));
@@ -596,12 +718,14 @@ mod tests {
         let wide = EndpointPolicy {
             allow_http: false,
             allowed_networks: vec![cidr("169.254.0.0/16")],
+            allowed_on_ports: vec![],
         };
         assert!(wide.check_ip("169.254.1.1".parse().unwrap()).is_ok());
         assert!(wide.check_ip("169.254.169.254".parse().unwrap()).is_err());
         let exact = EndpointPolicy {
             allow_http: false,
             allowed_networks: vec![cidr("169.254.169.254")],
+            allowed_on_ports: vec![],
         };
         assert!(exact.check_ip("169.254.169.254".parse().unwrap()).is_ok());
         assert!(exact.check_ip("::ffff:169.254.169.254".parse().unwrap()).is_ok());

@@ -58,8 +58,14 @@ pub struct WebhookClient {
 }
 
 struct Inner {
+    /// The client for URLs on ports no port-limited allowance admits (all of them, when there
+    /// are none).
     http: reqwest::Client,
     policy: Arc<EndpointPolicy>,
+    tls: rustls::ClientConfig,
+    /// Clients for the other ports, one per set of port-limited allowances a port admits (a few:
+    /// n ranges split the ports into at most 2n + 1 classes).
+    by_port_class: std::sync::Mutex<std::collections::HashMap<Vec<bool>, reqwest::Client>>,
 }
 
 impl fmt::Debug for WebhookClient {
@@ -173,25 +179,41 @@ impl WebhookClient {
         // reqwest is built without HTTP/2; advertising only http/1.1 keeps a server from choosing h2.
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
 
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .dns_resolver(Arc::new(GuardedResolver {
-                policy: Arc::clone(&policy),
-            }))
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .https_only(!policy.allow_http)
-            .user_agent(USER_AGENT)
-            .connect_timeout(CONNECT_TIMEOUT)
-            // Subscribers usually receive a steady trickle; keeping a few idle connections per host saves
-            // TLS handshakes without holding many sockets open.
-            .pool_max_idle_per_host(4)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| ClientBuildError(error_chain(&e)))?;
+        let http = http_client(Arc::new(policy.for_port(0)), tls.clone())?;
         Ok(Self {
-            inner: Arc::new(Inner { http, policy }),
+            inner: Arc::new(Inner {
+                http,
+                policy,
+                tls,
+                by_port_class: Default::default(),
+            }),
         })
+    }
+
+    /// The client whose resolver admits what `url`'s port may reach.
+    fn http_for(&self, url: &Url) -> reqwest::Client {
+        let policy = &self.inner.policy;
+        let port = url.port_or_known_default().unwrap_or(443);
+        let class = policy.port_class(port);
+        if !class.contains(&true) {
+            return self.inner.http.clone();
+        }
+        let mut clients = self.inner.by_port_class.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(client) = clients.get(&class) {
+            return client.clone();
+        }
+        match http_client(Arc::new(policy.for_port(port)), self.inner.tls.clone()) {
+            Ok(client) => {
+                clients.insert(class, client.clone());
+                client
+            }
+            // It was built once with the same settings; should it fail now, the base client
+            // refuses what the port-limited allowances would have admitted, and nothing more.
+            Err(e) => {
+                tracing::error!(error = %e.0, "could not build a webhook client for a port-limited allowance");
+                self.inner.http.clone()
+            }
+        }
     }
 
     pub fn policy(&self) -> &EndpointPolicy {
@@ -210,8 +232,7 @@ impl WebhookClient {
         let token = new_validation_token();
         let target = with_validation_token(url, &token);
         let mut response = self
-            .inner
-            .http
+            .http_for(url)
             .post(target)
             .header(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"))
             .body("")
@@ -251,8 +272,7 @@ impl WebhookClient {
             .check_url(url.as_str())
             .map_err(WebhookError::Refused)?;
         let mut response = self
-            .inner
-            .http
+            .http_for(url)
             .post(url.clone())
             .json(body)
             .timeout(timeout)
@@ -277,6 +297,23 @@ impl WebhookClient {
 }
 
 /// DNS resolution that only ever hands the connector addresses the policy allows.
+fn http_client(policy: Arc<EndpointPolicy>, tls: rustls::ClientConfig) -> Result<reqwest::Client, ClientBuildError> {
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .https_only(!policy.allow_http)
+        .dns_resolver(Arc::new(GuardedResolver { policy }))
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .user_agent(USER_AGENT)
+        .connect_timeout(CONNECT_TIMEOUT)
+        // Subscribers usually receive a steady trickle; keeping a few idle connections per host saves
+        // TLS handshakes without holding many sockets open.
+        .pool_max_idle_per_host(4)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| ClientBuildError(error_chain(&e)))
+}
+
 struct GuardedResolver {
     policy: Arc<EndpointPolicy>,
 }
@@ -570,6 +607,7 @@ mod tests {
         WebhookClient::new(EndpointPolicy {
             allow_http: true,
             allowed_networks: vec![parse_network("127.0.0.0/8").unwrap()],
+            allowed_on_ports: vec![],
         })
         .unwrap()
     }
@@ -747,6 +785,7 @@ mod tests {
         let client = WebhookClient::new(EndpointPolicy {
             allow_http: true,
             allowed_networks: vec![],
+            allowed_on_ports: vec![],
         })
         .unwrap();
         let body = json!({"value": []});
@@ -806,6 +845,7 @@ mod tests {
         let client = WebhookClient::new(EndpointPolicy {
             allow_http: false,
             allowed_networks: vec![parse_network("127.0.0.0/8").unwrap()],
+            allowed_on_ports: vec![],
         })
         .unwrap();
         let err = client.validate(&url(port, "/echo")).await.unwrap_err();

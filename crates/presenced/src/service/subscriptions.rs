@@ -437,6 +437,7 @@ mod tests {
         let endpoints = EndpointPolicy {
             allow_http: false,
             allowed_networks: Vec::new(),
+            allowed_on_ports: vec![],
         };
         let client = WebhookClient::new(endpoints.clone()).unwrap();
         let service = SubscriptionService::new(store.clone(), policy.clone(), endpoints, client, clock.clone());
