@@ -1226,6 +1226,101 @@ fn auth_attacks(ctx: &Ctx) -> Vec<Case> {
     for (name, req, statuses) in permission {
         cases.push(app_case("auth", name, req, statuses));
     }
+    cases.extend(ownership_and_own_writes(ctx));
+    cases
+}
+
+/// Subscriptions belong to the user and application that made them; a delegated
+/// `Presence.ReadWrite` token writes its own user's presence only (issue 14).
+fn ownership_and_own_writes(ctx: &Ctx) -> Vec<Case> {
+    let key = &ctx.secret;
+    let hs = json!({"alg": "HS256", "typ": "JWT"});
+    let subscriber = claims_of(&ctx.subscriber);
+    let colleague = jwt(
+        &hs,
+        &with_claim(&subscriber, "oid", json!("ffffffff-0000-0000-0000-00000000000f")),
+        key,
+    );
+    let other_app = jwt(
+        &hs,
+        &with_claim(
+            &with_claim(&subscriber, "appid", json!("other-app")),
+            "azp",
+            json!("other-app"),
+        ),
+        key,
+    );
+    let no_permission = jwt(&hs, &with_claim(&subscriber, "scp", json!("User.Read")), key);
+    let one = format!("/v1.0/subscriptions/{}", ctx.subscription_id);
+    let renew = json!({"expirationDateTime": "2099-01-01T00:00:00Z"});
+    let moved = json!({"notificationUrl": ctx.receiver_url});
+    let mut cases = Vec::new();
+    for (who, token) in [("a colleague", &colleague), ("another application", &other_app)] {
+        let requests = [
+            ("reads", Req::new("GET", &one).bearer(token)),
+            ("renews", Req::new("PATCH", &one).bearer(token).json(&renew)),
+            ("moves", Req::new("PATCH", &one).bearer(token).json(&moved)),
+            (
+                "reauthorizes",
+                Req::new("POST", format!("{one}/reauthorize")).bearer(token),
+            ),
+            ("deletes", Req::new("DELETE", &one).bearer(token)),
+        ];
+        for (what, req) in requests {
+            cases.push(app_case(
+                "ownership",
+                format!("{who} {what} a user's subscription"),
+                req,
+                &[404],
+            ));
+        }
+    }
+    let requests = [
+        (
+            "lists subscriptions",
+            Req::new("GET", "/v1.0/subscriptions").bearer(&no_permission),
+        ),
+        ("reads a subscription", Req::new("GET", &one).bearer(&no_permission)),
+        (
+            "deletes a subscription",
+            Req::new("DELETE", &one).bearer(&no_permission),
+        ),
+    ];
+    for (what, req) in requests {
+        cases.push(app_case(
+            "ownership",
+            format!("a token without presence permission {what}"),
+            req,
+            &[403],
+        ));
+    }
+    let others = [
+        (
+            "setPresence",
+            json!({"sessionId": "s", "availability": "Busy", "activity": "InACall", "expirationDuration": "PT1H"}),
+        ),
+        (
+            "setUserPreferredPresence",
+            json!({"availability": "DoNotDisturb", "activity": "DoNotDisturb"}),
+        ),
+        (
+            "setStatusMessage",
+            json!({"statusMessage": {"message": {"content": "gone", "contentType": "text"}}}),
+        ),
+        ("clearUserPreferredPresence", json!({})),
+    ];
+    for (action, body) in others {
+        // The writer is the victim's own token: the other user is the subscriber.
+        let req = Req::new("POST", format!("/v1.0/users/{SUBSCRIBER}/presence/{action}"))
+            .bearer(&ctx.writer)
+            .json(&body);
+        cases.push(app_case(
+            "ownership",
+            format!("delegated Presence.ReadWrite {action} of another user"),
+            req,
+            &[403],
+        ));
+    }
     cases
 }
 
