@@ -162,7 +162,8 @@ def main():
             time.sleep(1)
             deepest = max(deepest, queue_depth(base, app))
         stages.append(("20 s later", rss_mib(server.pid), disk_mib(data_dir)))
-        owed = created * a.writes // a.targets
+        # Every subscription watches every target: each write is owed to each subscription.
+        owed = created * a.writes
         print(f"subscriptions {created} (users {a.users} x {a.subs_per_user}), each watching {a.targets} users")
         print(f"writes {a.writes} in {elapsed:.1f} s; notifications owed {owed:,}; "
               f"POSTs the failing endpoint got {FAILING['posts']:,}")
@@ -171,6 +172,9 @@ def main():
         print("|---|---:|---:|")
         for name, rss, disk in stages:
             print(f"| {name} | {rss:.1f} | {disk:.1f} |")
+        (_, rss0, disk0), (_, rss1, disk1) = stages[0], stages[1]
+        print(f"per subscription: {(rss1 - rss0) * 1024 / created:.1f} KiB of memory, "
+              f"{(disk1 - disk0) * 1024 / created:.1f} KiB on disk (watching {a.targets} users)")
     finally:
         server.terminate()
         try:
