@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Interleaved A/B runs of the setPresence scenario of bench/http.sh, for comparing two builds
-# fairly on a shared machine: ABBA order, a fresh server and data dir per run.
+# Interleaved A/B runs of the setPresence (or GET) scenario of bench/http.sh, for comparing two
+# builds fairly on a shared machine: ABBA order, a fresh server and data dir per run.
 #
 # Usage: bench/ab.sh BIN_A BIN_B            (each a presenced binary; needs wrk and curl)
 #
@@ -11,6 +11,7 @@
 #   WARMUP [3]       seconds of unmeasured load per run
 #   DURATION [10]    measured seconds per run
 #   USERS [10000]    users pre-populated and written, as in bench/http.sh
+#   SCRIPT [set.lua] the wrk script: set.lua (setPresence) or get.lua (GET presence)
 #   DATA_PARENT [$TMPDIR or /tmp]  where each run's data dir is made (must be a real disk)
 #
 # Output: one line per run (label, req/s, p50 and p99 in µs, load average before) on stdout, then
@@ -25,6 +26,7 @@ THREADS=${THREADS:-2}
 WARMUP=${WARMUP:-3}
 DURATION=${DURATION:-10}
 USERS=${USERS:-10000}
+SCRIPT=${SCRIPT:-set.lua}
 DATA_PARENT=${DATA_PARENT:-${TMPDIR:-/tmp}}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -67,8 +69,8 @@ run() {
         -H "Authorization: Bearer $BENCH_TOKEN" -H 'Content-Type: application/json' \
         -d '{"sessionId":"bench","availability":"Busy","activity":"InACall","expirationDuration":"PT1H"}' \
         "$url/v1.0/users/user-[1-$USERS]/presence/setPresence"
-    wrk -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" -s "$BENCH_DIR/set.lua" "$url" >/dev/null
-    out=$(wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency -s "$BENCH_DIR/set.lua" "$url")
+    wrk -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" -s "$BENCH_DIR/$SCRIPT" "$url" >/dev/null
+    out=$(wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency -s "$BENCH_DIR/$SCRIPT" "$url")
     j=$(sed -n 's/^BENCH_RESULT //p' <<<"$out" | tail -n 1)
     [[ "$(field "$j" err_status)" == 0 ]] || { echo "$label: error responses: $j" >&2; exit 1; }
     kill "$PID"; wait "$PID" 2>/dev/null || true; PID=

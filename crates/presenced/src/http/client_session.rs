@@ -10,7 +10,7 @@ use super::dto::{pair, PresenceDto};
 use super::error::ApiError;
 use super::presence::{denied, resolve, store_error, user_key};
 use super::routes::Target;
-use super::stream::{expired, expiry, first_message_caller, Deadline, FIRST_MESSAGE_WITHIN};
+use super::stream::{expired, expiry, first_message_caller, refuse, upgrade, Deadline, FIRST_MESSAGE_WITHIN};
 use super::AppState;
 use crate::auth::{Action, Principal};
 use crate::client_session::Hold;
@@ -20,11 +20,10 @@ use crate::stream::hub::Scope;
 use crate::stream::watch::{Event, Watch};
 use crate::stream::Admission;
 use axum::body::Bytes;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::FromRequestParts;
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use jiff::SignedDuration;
 use presence_core::{Command, CommandError, Device, SessionId, SessionState, UserKey};
 use serde::Deserialize;
@@ -56,25 +55,9 @@ fn message(text: &str) -> Result<ClientMessage, ApiError> {
 
 /// Accept a client-session socket. `principal` is the caller if the upgrade carried
 /// `Authorization`; otherwise the hello must carry the token.
-pub async fn websocket(state: &AppState, principal: Option<Arc<Principal>>, mut parts: Parts) -> Response {
-    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
-        Ok(u) => u,
-        Err(rejection) => return rejection.into_response(),
-    };
+pub async fn websocket(state: &AppState, principal: Option<Arc<Principal>>, parts: Parts) -> Response {
     let state = state.clone();
-    let conn = crate::net::ConnHandle::current();
-    upgrade
-        .max_message_size(MAX_MESSAGE)
-        .on_upgrade(move |socket| async move {
-            let Some(conn) = conn else {
-                return serve(socket, state, principal).await;
-            };
-            let _long_lived = conn.long_lived();
-            tokio::select! {
-                () = serve(socket, state, principal) => {}
-                () = conn.closing() => {}
-            }
-        })
+    upgrade(parts, MAX_MESSAGE, move |socket| serve(socket, state, principal)).await
 }
 
 /// A session this socket holds, with what it needs to write for it.
@@ -91,17 +74,7 @@ struct Connected {
 async fn serve(mut socket: WebSocket, state: AppState, principal: Option<Arc<Principal>>) {
     let connected = match hello(&mut socket, &state, principal).await {
         Ok(c) => c,
-        Err(e) => {
-            let body = json!({ "type": "error", "error": { "code": e.code, "message": e.message } });
-            let _ = socket.send(Message::Text(body.to_string().into())).await;
-            let _ = socket
-                .send(Message::Close(Some(CloseFrame {
-                    code: 1008,
-                    reason: "refused".into(),
-                })))
-                .await;
-            return;
-        }
+        Err(e) => return refuse(&mut socket, e).await,
     };
     let key = connected.key.clone();
     let hold_outcome = run(&mut socket, &state, connected).await;

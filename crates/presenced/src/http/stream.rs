@@ -340,47 +340,59 @@ pub fn is_upgrade(parts: &Parts) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
-/// Accept a WebSocket stream. `principal` is the caller if the upgrade carried `Authorization`;
-/// otherwise the first message must carry the token.
-pub async fn websocket(state: &AppState, principal: Option<Arc<Principal>>, mut parts: Parts) -> Response {
+/// Upgrade to a WebSocket served by `serve` on a task of its own. The connection goes along, to
+/// count as long-lived and to be closed when the server evicts it (net::ConnHandle).
+pub(super) async fn upgrade<F, Fut>(mut parts: Parts, max_message: usize, serve: F) -> Response
+where
+    F: FnOnce(WebSocket) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
         Ok(u) => u,
         Err(rejection) => return rejection.into_response(),
     };
-    let state = state.clone();
-    // The upgraded socket is served on a task of its own: take the connection along, to count
-    // it as long-lived and to close it when the server evicts it (net::ConnHandle).
     let conn = crate::net::ConnHandle::current();
     upgrade
-        .max_message_size(MAX_FIRST_MESSAGE)
+        .max_message_size(max_message)
         .on_upgrade(move |socket| async move {
             let Some(conn) = conn else {
-                return serve_socket(socket, state, principal).await;
+                return serve(socket).await;
             };
             let _long_lived = conn.long_lived();
             tokio::select! {
-                () = serve_socket(socket, state, principal) => {}
+                () = serve(socket) => {}
                 () = conn.closing() => {}
             }
         })
 }
 
+/// Refuse a socket's opening message: the error, then a policy-violation close.
+pub(super) async fn refuse(socket: &mut WebSocket, e: ApiError) {
+    let body = json!({ "type": "error", "error": { "code": e.code, "message": e.message } });
+    let _ = socket.send(Message::Text(body.to_string().into())).await;
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code: 1008,
+            reason: "refused".into(),
+        })))
+        .await;
+}
+
+/// Accept a WebSocket stream. `principal` is the caller if the upgrade carried `Authorization`;
+/// otherwise the first message must carry the token.
+pub async fn websocket(state: &AppState, principal: Option<Arc<Principal>>, parts: Parts) -> Response {
+    let state = state.clone();
+    upgrade(parts, MAX_FIRST_MESSAGE, move |socket| {
+        serve_socket(socket, state, principal)
+    })
+    .await
+}
+
 async fn serve_socket(mut socket: WebSocket, state: AppState, principal: Option<Arc<Principal>>) {
-    let opened = match open_socket_watch(&mut socket, &state, principal).await {
-        Ok(opened) => opened,
-        Err(e) => {
-            let body = json!({ "type": "error", "error": { "code": e.code, "message": e.message } });
-            let _ = socket.send(Message::Text(body.to_string().into())).await;
-            let _ = socket
-                .send(Message::Close(Some(CloseFrame {
-                    code: 1008,
-                    reason: "refused".into(),
-                })))
-                .await;
-            return;
-        }
-    };
-    run_socket(socket, &state.streams, opened).await;
+    match open_socket_watch(&mut socket, &state, principal).await {
+        Ok(opened) => run_socket(socket, &state.streams, opened).await,
+        Err(e) => refuse(&mut socket, e).await,
+    }
 }
 
 struct OpenedWatch {
