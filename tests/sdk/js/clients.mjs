@@ -7,7 +7,7 @@ import { AllowedHostsValidator, BaseBearerTokenAuthenticationProvider } from "@m
 /**
  * `@microsoft/microsoft-graph-client` 3.x. Its own AuthenticationHandler attaches tokens to https
  * URLs only; over plain http this middleware sets the header instead (the https path with the
- * client's own auth provider belongs with a TLS-enabled server).
+ * client's own auth provider is tested in presence.test.mjs against a TLS-enabled server).
  */
 export function graphClient(baseUrl, token) {
   const bearer = {

@@ -188,3 +188,49 @@ test("a rich notification's validation token verifies against the published keys
     receiver.close();
   }
 });
+
+test("over HTTPS the graph-client's own auth provider sends the token (no custom middleware)", async () => {
+  // A throwaway CA and localhost certificate from `presenced cert`; Node trusts the CA only
+  // through NODE_EXTRA_CA_CERTS, read at start, so the client runs in a child process.
+  const certs = mkdtempSync(join(tmpdir(), "presenced-js-tls-"));
+  execFileSync(server.binary, ["cert", "--out", certs]);
+  const tls = await startServer({
+    args: ["--tls-cert", join(certs, "cert.pem"), "--tls-key", join(certs, "key.pem")],
+  });
+  try {
+    assert.match(tls.baseUrl, /^https:\/\//);
+    const user = randomUUID();
+    const token = tls.token({ user, scopes: ["Presence.ReadWrite"] });
+    const script = `
+      import { Client } from "@microsoft/microsoft-graph-client";
+      const client = Client.init({
+        authProvider: (done) => done(null, process.env.TOKEN),
+        baseUrl: process.env.BASE + "/",
+        defaultVersion: "v1.0",
+        // The client attaches its token to Graph's hosts and to the custom hosts named here.
+        customHosts: new Set([new URL(process.env.BASE).hostname]),
+      });
+      await client.api("/me/presence/setPresence").post({
+        sessionId: "${randomUUID()}", availability: "Busy", activity: "InACall", expirationDuration: "PT7.5M",
+      });
+      const read = await client.api("/me/presence").get();
+      console.log(JSON.stringify(read));
+    `;
+    const out = execFileSync(process.execPath, ["--input-type=module", "-e", script], {
+      cwd: new URL(".", import.meta.url),
+      env: {
+        ...process.env,
+        NODE_EXTRA_CA_CERTS: join(certs, "ca.pem"),
+        BASE: tls.baseUrl.replace("127.0.0.1", "localhost"),
+        TOKEN: token,
+      },
+    });
+    const read = JSON.parse(out.toString());
+    assert.equal(read.availability, "Busy");
+    assert.equal(read.id, user);
+    assert.match(read["@odata.context"], /^https:\/\/localhost:\d+\/v1\.0\/\$metadata#users/);
+  } finally {
+    await tls.stop();
+    rmSync(certs, { recursive: true, force: true });
+  }
+});

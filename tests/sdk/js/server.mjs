@@ -37,6 +37,7 @@ export async function startServer({ args = [] } = {}) {
   });
   return {
     baseUrl,
+    binary: BINARY,
     dataDir: join(dataDir, "data"),
     /** `presenced token`: delegated with `user`, else an application token. */
     token({ user, scopes = [], roles = [], app } = {}) {
