@@ -1,6 +1,6 @@
-//! The fixed routes: liveness, readiness, metrics, the API description and the validation-token
-//! keys (`keys`). No authentication, so orchestrators, scrapers and notification receivers can
-//! reach them; none holds user data.
+//! The fixed routes: liveness, readiness, metrics, the API description, the validation-token
+//! keys (`keys`) and the presence board's files (`board`). No authentication, so orchestrators,
+//! scrapers, notification receivers and browsers can reach them; none holds user data.
 use super::error::ApiError;
 use super::AppState;
 use crate::store::PresenceState;
@@ -24,9 +24,10 @@ pub async fn fixed(state: &AppState, request: Request) -> (&'static str, Respons
         "/readyz" => readyz(state),
         "/metrics" => metrics(state),
         "/openapi.json" => openapi(),
-        _ => match super::keys::parse(path) {
-            Some(key_path) => super::keys::serve(state, key_path, request.headers()),
-            None => ApiError::not_found("Resource not found.").into_response(),
+        _ => match (super::keys::parse(path), super::board::asset(path)) {
+            (Some(key_path), _) => super::keys::serve(state, key_path, request.headers()),
+            (None, Some(asset)) => super::board::serve(asset, request.headers()),
+            (None, None) => ApiError::not_found("Resource not found.").into_response(),
         },
     };
     (route, response)

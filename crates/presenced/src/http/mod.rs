@@ -1,12 +1,14 @@
 //! The HTTP edge: request context, routing, authentication, and the Graph handlers.
 //!
 //! [`EntryService`] hands every request to [`request_context::entry`] (request ids, metrics, error
-//! bodies), which sends the fixed routes to [`health`] and everything else to [`graph`]: that parses
+//! bodies), which sends the fixed routes to [`health`] (the board's files among them, [`board`])
+//! and everything else to [`graph`]: that parses
 //! the path into a typed [`routes::Endpoint`], authenticates, reads the body within limits and
 //! dispatches to one handler per operation. Errors of every layer become one [`error::ApiError`],
 //! rendered as Graph's JSON.
 pub mod base_url;
 pub mod batch;
+pub mod board;
 pub mod body;
 pub mod client_session;
 pub mod dto;

@@ -32,7 +32,8 @@ pub fn entry(
     let path = seen.uri.path();
     let fixed = matches!(path, "/healthz" | "/readyz" | "/openapi.json")
         || (path == "/metrics" && crate::net::serves_metrics_here())
-        || super::keys::parse(path).is_some();
+        || super::keys::parse(path).is_some()
+        || super::board::asset(path).is_some();
     async move {
         let state = &*state;
         let (route, response) = if fixed {

@@ -277,6 +277,7 @@ pub fn route_name(method: &Method, path: &str) -> &'static str {
         "/openapi.json" => "openapi",
         _ => match super::keys::parse(path) {
             Some(key_path) => super::keys::route_name(&key_path),
+            None if super::board::asset(path).is_some() => "board",
             None => parse(method, path).map_or(UNMATCHED, |r| r.endpoint.name()),
         },
     }
