@@ -535,3 +535,19 @@ impl UserPresence {
         })
     }
 }
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    /// Every user's state is held in memory behind an `Arc`: 96 bytes keeps the allocation in the
+    /// 112-byte size class instead of the 128-byte one (BENCHMARKS.md §5).
+    #[test]
+    fn a_users_state_stays_within_its_size_class() {
+        assert!(
+            std::mem::size_of::<UserPresence>() <= 96,
+            "{}",
+            std::mem::size_of::<UserPresence>()
+        );
+    }
+}

@@ -234,7 +234,7 @@ impl SetOutOfOfficeBody {
         })?;
         Ok(OutOfOfficeSettings {
             is_out_of_office: dto.is_out_of_office.unwrap_or(false),
-            message: dto.message,
+            message: dto.message.map(String::into_boxed_str),
         })
     }
 }
@@ -306,7 +306,7 @@ impl PresenceDto {
             activity: view.activity,
             status_message,
             out_of_office_settings: OutOfOfficeOut {
-                message: view.out_of_office.message,
+                message: view.out_of_office.message.map(String::from),
                 is_out_of_office: view.out_of_office.is_out_of_office,
             },
             sequence_number: view.sequence.to_string(),

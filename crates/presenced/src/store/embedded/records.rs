@@ -321,7 +321,7 @@ mod tests {
             }
             Step::OutOfOffice { on, text } => Command::SetOutOfOffice(OutOfOfficeSettings {
                 is_out_of_office: *on,
-                message: text.clone(),
+                message: text.clone().map(String::into_boxed_str),
             }),
             Step::Locate { manual, kind, place } => Command::SetWorkLocation {
                 layer: if *manual {
