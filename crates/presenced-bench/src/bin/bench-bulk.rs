@@ -19,11 +19,10 @@
 //! `bench-bulk [--presenced target/release/presenced] [--requests 2000] [--ids 650] [--message-every 3]`
 use anyhow::{bail, ensure, Context};
 use clap::Parser;
+use presenced_bench::{percentile, token, Server};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 const TENANT: &str = "t";
@@ -53,63 +52,6 @@ struct Args {
     /// Parent of the temporary data directory. [default: the system temp dir]
     #[arg(long)]
     data_parent: Option<PathBuf>,
-}
-
-/// The server process, killed and its data directory removed on drop.
-struct Server {
-    child: Child,
-    dir: PathBuf,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn start(bin: &Path, dir: PathBuf) -> anyhow::Result<Server> {
-    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-    let mut child = Command::new(bin)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&dir)
-        .args(["--rate-limit", "off", "--log-level", "warn"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("start {}", bin.display()))?;
-    let stdout = child.stdout.take().context("presenced stdout")?;
-    let mut server = Server {
-        child,
-        dir,
-        base: String::new(),
-    };
-    let mut lines = BufReader::new(stdout).lines();
-    let line = lines.next().context("presenced exited before listening")??;
-    server.base = line
-        .strip_prefix("listening on ")
-        .with_context(|| format!("unexpected first line from presenced: {line}"))?
-        .trim()
-        .to_owned();
-    // Keep draining stdout so the server can never block on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    Ok(server)
-}
-
-fn token(bin: &Path, dir: &Path) -> anyhow::Result<String> {
-    let out = Command::new(bin)
-        .args(["token", "--data-dir"])
-        .arg(dir)
-        .args(["--tenant", TENANT, "--ttl", "4h"])
-        .output()
-        .context("presenced token")?;
-    ensure!(
-        out.status.success(),
-        "presenced token: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
 }
 
 /// GUID-shaped user ids, lower case (as presenced normalises them).
@@ -257,15 +199,6 @@ impl Histogram {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    // Nearest rank.
-    let rank = ((sorted.len() as f64) * p).ceil().max(1.0) as usize;
-    sorted[rank.min(sorted.len()) - 1]
-}
-
 struct Stats {
     p50: f64,
     p90: f64,
@@ -328,12 +261,13 @@ async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 
     let parent = args.data_parent.clone().unwrap_or_else(std::env::temp_dir);
-    let server = start(
+    let server = Server::start(
         &args.presenced,
         parent.join(format!("bench-bulk-{}", std::process::id())),
+        &["--rate-limit", "off"],
     )?;
     let base = server.base.clone();
-    let token = token(&args.presenced, &server.dir)?;
+    let token = token(&args.presenced, &server.dir, TENANT, &[])?;
     let client = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
 
     populate(&client, &base, &token, &args).await?;
