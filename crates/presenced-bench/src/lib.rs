@@ -1,5 +1,6 @@
 //! What the measuring programs share: starting `presenced serve` on a loopback port with a fresh
-//! data directory and minting tokens with `presenced token`.
+//! data directory, minting tokens as `presenced token` does, and reading a process's memory and
+//! CPU time from `/proc`.
 use anyhow::{ensure, Context};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -75,6 +76,69 @@ pub fn token(bin: &Path, dir: &Path, tenant: &str, extra: &[&str]) -> anyhow::Re
     Ok(String::from_utf8(out.stdout)?.trim().to_owned())
 }
 
+/// Tokens signed in this process with the data directory's secret, by the function
+/// `presenced token` calls: for when thousands are needed (one process per token takes seconds).
+pub struct Minter {
+    secret: Vec<u8>,
+    tenant: String,
+}
+
+impl Minter {
+    /// The server must have started on `dir` first (it creates the secret).
+    pub fn new(dir: &Path, tenant: &str) -> anyhow::Result<Minter> {
+        Ok(Minter {
+            secret: presenced::auth::load_or_create_secret(dir)?,
+            tenant: tenant.to_owned(),
+        })
+    }
+
+    /// A delegated token for `user` with `Presence.Read.All Presence.ReadWrite` (what
+    /// `presenced token --user` gives), valid for 4 hours.
+    pub fn user(&self, user: &str, app: &str) -> anyhow::Result<String> {
+        let request = presenced::auth::MintRequest {
+            tenant: self.tenant.clone(),
+            user: Some(user.to_owned()),
+            app: Some(app.to_owned()),
+            scopes: vec!["Presence.Read.All".to_owned(), "Presence.ReadWrite".to_owned()],
+            roles: vec![],
+            ttl_seconds: 4 * 3600,
+            issuer: presenced::auth::DEFAULT_ISSUER.to_owned(),
+            audience: presenced::auth::DEFAULT_AUDIENCE.to_owned(),
+            now_unix: presenced::clock::SystemClock.unix_seconds(),
+        };
+        Ok(presenced::auth::mint_hs256(&self.secret, &request)?)
+    }
+}
+
+/// A field of `/proc/PID/status` in bytes (`VmRSS`, `VmHWM`, …).
+pub fn proc_status_bytes(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .with_context(|| format!("no {field} in {path}"))?;
+    Ok(kib * 1024)
+}
+
+/// User + system CPU seconds a process has used (`/proc/PID/stat` fields 14 and 15, in the
+/// kernel's USER_HZ = 100 ticks per second). `pid` 0 reads this process.
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let path = if pid == 0 {
+        "/proc/self/stat".to_owned()
+    } else {
+        format!("/proc/{pid}/stat")
+    };
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+    // The command name (field 2) may hold spaces; the fields after it follow its closing ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("odd stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<f64> { Ok(fields.get(i).context("short stat")?.parse::<f64>()?) };
+    // After ')': field 3 (state) is index 0, so utime (14) is 11 and stime (15) is 12.
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
+}
+
 /// The nearest-rank `p` quantile of sorted values (NaN when empty).
 pub fn percentile<T: Copy + Into<f64>>(sorted: &[T], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -82,4 +146,23 @@ pub fn percentile<T: Copy + Into<f64>>(sorted: &[T], p: f64) -> f64 {
     }
     let rank = ((sorted.len() as f64) * p).ceil().max(1.0) as usize;
     sorted[rank.min(sorted.len()) - 1].into()
+}
+
+/// The machine line every result carries: CPUs, model and load average.
+pub fn machine() -> serde_json::Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")?
+                .split_once(':')
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    serde_json::json!({
+        "nproc": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "cpu": model,
+        "loadavg": load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+    })
 }

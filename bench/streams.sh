@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Watch streams and client sessions against a release presenced on loopback (each measurement
+# starts its own server on a free port with a temporary data directory, and stops it):
+#   latency   change-to-stream latency, STREAMS SSE streams × WATCH users each over USERS users,
+#             setPresence at RATE/s for SECONDS after WARMUP (issue 16's target: p99 < 10 ms)
+#   memory    server RSS per idle stream at STEPS streams (and per idle HTTP connection)
+#   writes    setPresence with no stream vs STREAMS streams open, ROUNDS interleaved rounds
+#   sessions  server RSS per client session (WebSocket /me/presence/$session) at STEPS sessions
+#
+# Usage: bench/streams.sh [MODE…]      (default: latency memory writes sessions)
+#
+# Knobs (environment variables, defaults in brackets): STREAMS [1000], WATCH [3], USERS [1000],
+# RATE [5000], WARMUP [5], SECONDS [20], ROUNDS [3], WRITE_SECONDS [10], STEPS [1000,5000],
+# SKIP_BUILD [0] (1 reuses target/release).
+#
+# Output: markdown tables on stdout; the JSON lines also go to bench/results/streams-<UTC date>.jsonl.
+# The load generator and the server share the machine's CPUs: the results give both CPU times.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+STREAMS=${STREAMS:-1000}
+WATCH=${WATCH:-3}
+USERS=${USERS:-1000}
+RATE=${RATE:-5000}
+WARMUP=${WARMUP:-5}
+SECONDS_MEASURED=${SECONDS:-20}
+ROUNDS=${ROUNDS:-3}
+WRITE_SECONDS=${WRITE_SECONDS:-10}
+STEPS=${STEPS:-1000,5000}
+SKIP_BUILD=${SKIP_BUILD:-0}
+MODES=("$@")
+[[ ${#MODES[@]} -gt 0 ]] || MODES=(latency memory writes sessions)
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+
+# Every stream and session is a descriptor in this process and in the server.
+top=$(tr ',' '\n' <<<"$STEPS" | sort -n | tail -n 1)
+need=$(( (top > STREAMS ? top : STREAMS) + 1000 ))
+if (( $(ulimit -n) < need )); then
+    ulimit -n "$need" 2>/dev/null || { log "ulimit -n is $(ulimit -n); $need descriptors are needed"; exit 1; }
+fi
+load=$(cut -d' ' -f1-3 /proc/loadavg)
+if awk -v l="${load%% *}" -v n="$(nproc)" 'BEGIN { exit !(l > n / 4) }'; then
+    log "WARNING: load average is $load on $(nproc) CPUs: other work will distort the numbers"
+fi
+if [[ "$SKIP_BUILD" != 1 ]]; then
+    log "building (cargo build --release -p presenced -p presenced-bench --bins)"
+    cargo build --release -p presenced -p presenced-bench --bins --locked --quiet
+fi
+
+mkdir -p bench/results
+out="bench/results/streams-$(date -u +%Y%m%dT%H%M%SZ).jsonl"
+log "$(nproc) CPUs ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)), load $load, commit $(git rev-parse --short HEAD)"
+bin=target/release/bench-streams
+for mode in "${MODES[@]}"; do
+    case "$mode" in
+        latency) args=(latency --streams "$STREAMS" --watch "$WATCH" --users "$USERS" --rate "$RATE"
+                       --warmup "$WARMUP" --seconds "$SECONDS_MEASURED") ;;
+        memory) args=(memory --steps "$STEPS" --watch "$WATCH" --users "$USERS") ;;
+        writes) args=(writes --streams "$STREAMS" --watch "$WATCH" --users "$USERS" --rate "$RATE"
+                      --rounds "$ROUNDS" --seconds "$WRITE_SECONDS") ;;
+        sessions) args=(sessions --steps "$STEPS") ;;
+        *) log "unknown mode $mode"; exit 2 ;;
+    esac
+    log "$bin ${args[*]}"
+    if ! result=$("$bin" "${args[@]}" --presenced target/release/presenced); then
+        log "$mode failed (see above)"
+        [[ "$mode" == sessions ]] && continue
+        exit 1
+    fi
+    printf '%s\n\n' "$result"
+    grep '^{' <<<"$result" | sed "s/^{/{\"mode\":\"$mode\",/" >>"$out"
+done
+log "raw results in $out"
