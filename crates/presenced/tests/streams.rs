@@ -480,6 +480,25 @@ async fn a_websocket_stream_takes_its_token_in_the_first_message_and_resumes() {
 }
 
 #[tokio::test]
+async fn a_websocket_first_message_larger_than_the_read_buffer_arrives_whole() {
+    // 650 ids of 120 characters: ~80 KiB in one frame, many times the socket's 4 KiB read buffer.
+    let server = Server::start(&["--rate-limit", "off"]);
+    let app = server.app_token(&["Presence.ReadWrite.All"]);
+    let ids: Vec<String> = (0..650).map(|i| format!("{i:03}-{}", "u".repeat(116))).collect();
+    let mut ws = ws_open(&server).await;
+    ws.send(Message::Text(
+        json!({ "type": "watch", "token": app, "ids": ids }).to_string().into(),
+    ))
+    .await
+    .unwrap();
+    let snapshot = ws_next(&mut ws).await;
+    assert_eq!(snapshot["type"], "snapshot", "{snapshot}");
+    let value = snapshot["value"].as_array().unwrap();
+    assert_eq!(value.len(), 650);
+    assert_eq!(value[649]["id"], ids[649].as_str());
+}
+
+#[tokio::test]
 async fn sigterm_ends_streams_and_sockets_with_a_final_message_and_exits_cleanly() {
     let mut server = Server::start(&["--rate-limit", "off"]);
     let app = server.app_token(&["Presence.ReadWrite.All"]);

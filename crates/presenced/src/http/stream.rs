@@ -34,6 +34,11 @@ pub const MAX_WATCHED: usize = 650;
 const MAX_FIRST_MESSAGE: usize = 128 * 1024;
 /// How long a WebSocket may take to send its first message.
 pub(super) const FIRST_MESSAGE_WITHIN: Duration = Duration::from_secs(10);
+/// A WebSocket's read buffer. tungstenite's default (128 KiB) is zero-filled at the first read
+/// and stays resident for the socket's life; our clients send small messages (a larger frame
+/// still arrives whole: the buffer grows to the frame's length), so 4 KiB keeps an idle socket
+/// small. Measured: 151 KiB of server RSS per idle client session with the default (BENCHMARKS.md).
+const WEBSOCKET_READ_BUFFER: usize = 4 * 1024;
 
 /// What a stream request names.
 #[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
@@ -354,6 +359,7 @@ where
     let conn = crate::net::ConnHandle::current();
     upgrade
         .max_message_size(max_message)
+        .read_buffer_size(WEBSOCKET_READ_BUFFER)
         .on_upgrade(move |socket| async move {
             let Some(conn) = conn else {
                 return serve(socket).await;
