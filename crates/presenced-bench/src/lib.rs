@@ -2,6 +2,7 @@
 //! data directory, minting tokens as `presenced token` does, and reading a process's memory and
 //! CPU time from `/proc`.
 use anyhow::{ensure, Context};
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -137,6 +138,125 @@ pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let ticks = |i: usize| -> anyhow::Result<f64> { Ok(fields.get(i).context("short stat")?.parse::<f64>()?) };
     // After ')': field 3 (state) is index 0, so utime (14) is 11 and stime (15) is 12.
     Ok((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// A Prometheus histogram read from a `/metrics` text: cumulative counts by upper bound, sum, count.
+#[derive(Debug, Default, Clone)]
+pub struct Histogram {
+    /// Keyed by the bound's bits: positive floats order like their bit patterns.
+    pub buckets: BTreeMap<u64, (f64, u64)>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+/// `name{a="x",b="y"} value` -> (name, labels, value); `None` for comments and odd lines.
+fn sample(line: &str) -> Option<(&str, BTreeMap<&str, &str>, &str)> {
+    if line.starts_with('#') {
+        return None;
+    }
+    let (head, value) = line.rsplit_once(' ')?;
+    let (name, labels) = match head.split_once('{') {
+        Some((name, rest)) => (name, rest.strip_suffix('}')?),
+        None => (head, ""),
+    };
+    let labels = labels
+        .split(',')
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k, v.trim_matches('"')))
+        .collect();
+    Some((name, labels, value))
+}
+
+impl Histogram {
+    /// The histogram `name` (its `_bucket`, `_sum` and `_count` series), only the series with
+    /// the label `label` if one is given.
+    pub fn parse(metrics: &str, name: &str, label: Option<(&str, &str)>) -> Histogram {
+        let mut h = Histogram::default();
+        for (series, labels, value) in metrics.lines().filter_map(sample) {
+            if label.is_some_and(|(k, v)| labels.get(k) != Some(&v)) {
+                continue;
+            }
+            match series.strip_prefix(name) {
+                Some("_bucket") => {
+                    let le = match labels.get("le") {
+                        Some(&"+Inf") => f64::INFINITY,
+                        Some(le) => le.parse().unwrap_or(f64::NAN),
+                        None => continue,
+                    };
+                    h.buckets.insert(le.to_bits(), (le, value.parse().unwrap_or(0)));
+                }
+                Some("_sum") => h.sum = value.parse().unwrap_or(0.0),
+                Some("_count") => h.count = value.parse().unwrap_or(0),
+                _ => {}
+            }
+        }
+        h
+    }
+
+    /// What was observed between `before` and this reading.
+    pub fn minus(&self, before: &Histogram) -> Histogram {
+        let buckets = self
+            .buckets
+            .iter()
+            .map(|(k, (le, n))| {
+                let was = before.buckets.get(k).map_or(0, |b| b.1);
+                (*k, (*le, n.saturating_sub(was)))
+            })
+            .collect();
+        Histogram {
+            buckets,
+            sum: self.sum - before.sum,
+            count: self.count.saturating_sub(before.count),
+        }
+    }
+
+    /// The bucket holding the `p` quantile as (lower bound, upper bound].
+    pub fn quantile_bounds(&self, p: f64) -> Option<(f64, f64)> {
+        let rank = ((self.count as f64) * p).ceil().max(1.0) as u64;
+        let mut lower = 0.0;
+        for (le, cumulative) in self.buckets.values() {
+            if *cumulative >= rank {
+                return Some((lower, *le));
+            }
+            lower = *le;
+        }
+        None
+    }
+
+    /// Observations above `bound` (a bucket bound).
+    pub fn above(&self, bound: f64) -> u64 {
+        let at_or_below = self
+            .buckets
+            .values()
+            .filter(|(le, _)| *le <= bound)
+            .map(|(_, n)| *n)
+            .max()
+            .unwrap_or(0);
+        self.count.saturating_sub(at_or_below)
+    }
+}
+
+/// Per thread name (`comm`, truncated to 15 bytes by the kernel): seconds on a CPU and seconds
+/// runnable but waiting for one, summed over the process's threads of that name, from
+/// `/proc/PID/task/*/schedstat`. The waiting time is what other work on the machine costs it.
+pub fn thread_times(pid: u32) -> anyhow::Result<BTreeMap<String, (f64, f64)>> {
+    let mut out: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let path = task?.path();
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(path.join("comm")),
+            std::fs::read_to_string(path.join("schedstat")),
+        ) else {
+            continue; // the thread has exited meanwhile
+        };
+        let mut fields = stat.split_whitespace().map(|f| f.parse::<f64>().unwrap_or(0.0) / 1e9);
+        let (run, wait) = (fields.next().unwrap_or(0.0), fields.next().unwrap_or(0.0));
+        let entry = out.entry(comm.trim().to_owned()).or_default();
+        entry.0 += run;
+        entry.1 += wait;
+    }
+    Ok(out)
 }
 
 /// The nearest-rank `p` quantile of sorted values (NaN when empty).

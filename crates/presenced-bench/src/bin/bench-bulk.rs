@@ -19,9 +19,8 @@
 //! `bench-bulk [--presenced target/release/presenced] [--requests 2000] [--ids 650] [--message-every 3]`
 use anyhow::{bail, ensure, Context};
 use clap::Parser;
-use presenced_bench::{percentile, token, Server};
+use presenced_bench::{percentile, token, Histogram, Server};
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -104,99 +103,28 @@ async fn populate(client: &reqwest::Client, base: &str, token: &str, args: &Args
     Ok(())
 }
 
-/// One route's `http_request_duration_seconds` histogram: cumulative buckets by upper bound, sum, count.
-#[derive(Debug, Default, Clone)]
-struct Histogram {
-    buckets: BTreeMap<u64, (f64, u64)>,
-    sum: f64,
-    count: u64,
-}
-
-/// `name{a="x",b="y"} value` -> (name, labels, value); `None` for comments and odd lines.
-fn sample(line: &str) -> Option<(&str, BTreeMap<&str, &str>, &str)> {
-    if line.starts_with('#') {
-        return None;
-    }
-    let (head, value) = line.rsplit_once(' ')?;
-    let (name, labels) = match head.split_once('{') {
-        Some((name, rest)) => (name, rest.strip_suffix('}')?),
-        None => (head, ""),
-    };
-    let labels = labels
-        .split(',')
-        .filter(|l| !l.is_empty())
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k, v.trim_matches('"')))
-        .collect();
-    Some((name, labels, value))
-}
-
+/// One route's `http_request_duration_seconds` histogram in a `/metrics` text.
 fn histogram(metrics: &str, route: &str) -> Histogram {
-    let mut h = Histogram::default();
-    for (name, labels, value) in metrics.lines().filter_map(sample) {
-        if labels.get("route") != Some(&route) {
-            continue;
-        }
-        if name.ends_with("http_request_duration_seconds_bucket") {
-            let le = match labels.get("le") {
-                Some(&"+Inf") => f64::INFINITY,
-                Some(le) => le.parse().unwrap_or(f64::NAN),
-                None => continue,
-            };
-            // Keyed by the bound's bits: positive floats order like their bit patterns.
-            h.buckets.insert(le.to_bits(), (le, value.parse().unwrap_or(0)));
-        } else if name.ends_with("http_request_duration_seconds_sum") {
-            h.sum = value.parse().unwrap_or(0.0);
-        } else if name.ends_with("http_request_duration_seconds_count") {
-            h.count = value.parse().unwrap_or(0);
-        }
-    }
-    h
+    Histogram::parse(
+        metrics,
+        "presenced_http_request_duration_seconds",
+        Some(("route", route)),
+    )
 }
 
-impl Histogram {
-    fn minus(&self, before: &Histogram) -> Histogram {
-        let buckets = self
-            .buckets
-            .iter()
-            .map(|(k, (le, n))| {
-                let was = before.buckets.get(k).map_or(0, |b| b.1);
-                (*k, (*le, n.saturating_sub(was)))
-            })
-            .collect();
-        Histogram {
-            buckets,
-            sum: self.sum - before.sum,
-            count: self.count.saturating_sub(before.count),
-        }
-    }
-
-    /// The bucket holding the `p` quantile as (lower bound, upper bound], in seconds.
-    fn quantile_bounds(&self, p: f64) -> Option<(f64, f64)> {
-        let rank = ((self.count as f64) * p).ceil().max(1.0) as u64;
-        let mut lower = 0.0;
-        for (le, cumulative) in self.buckets.values() {
-            if *cumulative >= rank {
-                return Some((lower, *le));
-            }
-            lower = *le;
-        }
-        None
-    }
-
-    fn summary(&self, route: &str) -> Value {
-        let bounds = |p| {
-            self.quantile_bounds(p)
-                .map(|(lo, hi)| json!([lo, if hi.is_finite() { json!(hi) } else { json!("+Inf") }]))
-        };
-        json!({
-            "series": format!("server histogram {route}"),
-            "count": self.count,
-            "mean_us": if self.count > 0 { self.sum / self.count as f64 * 1e6 } else { f64::NAN },
-            "p50_bucket_s": bounds(0.50),
-            "p99_bucket_s": bounds(0.99),
-        })
-    }
+/// The server's view of one route's latency: count, mean, the buckets of p50 and p99.
+fn summary(h: &Histogram, route: &str) -> Value {
+    let bounds = |p| {
+        h.quantile_bounds(p)
+            .map(|(lo, hi)| json!([lo, if hi.is_finite() { json!(hi) } else { json!("+Inf") }]))
+    };
+    json!({
+        "series": format!("server histogram {route}"),
+        "count": h.count,
+        "mean_us": if h.count > 0 { h.sum / h.count as f64 * 1e6 } else { f64::NAN },
+        "p50_bucket_s": bounds(0.50),
+        "p99_bucket_s": bounds(0.99),
+    })
 }
 
 struct Stats {
@@ -347,8 +275,8 @@ async fn main() -> anyhow::Result<()> {
                     "max_us": s.max, "mean_us": s.mean })
         );
     }
-    println!("{}", server_bulk.summary(ROUTE));
-    println!("{}", server_health.summary(BASELINE_ROUTE));
+    println!("{}", summary(&server_bulk, ROUTE));
+    println!("{}", summary(&server_health, BASELINE_ROUTE));
     let server_p99 = server_bulk.quantile_bounds(0.99);
     let server_mean_us = server_bulk.sum / server_bulk.count as f64 * 1e6;
     let health_mean_us = server_health.sum / server_health.count as f64 * 1e6;

@@ -28,9 +28,12 @@
 use anyhow::{bail, ensure, Context, Result};
 use clap::{Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
-use presenced_bench::{cpu_seconds, machine, percentile, proc_status_bytes, token, Minter, Server};
+use presenced_bench::{
+    cpu_seconds, machine, percentile, proc_status_bytes, thread_times, token, Histogram, Minter, Server,
+};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -237,18 +240,58 @@ fn tokens(common: &Common, server: &Server) -> Result<Tokens> {
     })
 }
 
-/// `/metrics` values of unlabelled series, by name.
-async fn metric(client: &reqwest::Client, base: &str, name: &str) -> Result<f64> {
-    let text = client
+async fn scrape(client: &reqwest::Client, base: &str) -> Result<String> {
+    Ok(client
         .get(format!("{base}/metrics"))
         .send()
         .await?
         .error_for_status()?
         .text()
-        .await?;
+        .await?)
+}
+
+/// The value of an unlabelled series of `/metrics`.
+async fn metric(client: &reqwest::Client, base: &str, name: &str) -> Result<f64> {
+    let text = scrape(client, base).await?;
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .with_context(|| format!("no {name} in /metrics"))
+}
+
+/// A server histogram between two scrapes: how many, their mean, the buckets of their p50
+/// and p99, and how many took over 20 and 100 ms.
+fn histogram_summary(before: &str, after: &str, name: &str, label: Option<(&str, &str)>) -> Value {
+    let h = Histogram::parse(after, name, label).minus(&Histogram::parse(before, name, label));
+    let bucket_ms = |p| {
+        h.quantile_bounds(p).map(|(lo, hi)| {
+            if hi.is_finite() {
+                json!(hi * 1e3)
+            } else {
+                json!(format!("> {}", lo * 1e3))
+            }
+        })
+    };
+    json!({
+        "count": h.count,
+        "mean_ms": round2(h.sum / h.count.max(1) as f64 * 1e3),
+        "p50_bucket_le_ms": bucket_ms(0.5), "p99_bucket_le_ms": bucket_ms(0.99),
+        "over_20ms": h.above(0.02), "over_100ms": h.above(0.1),
+    })
+}
+
+/// Group commits (append + fsync on the store's writer thread) between two scrapes.
+fn commit_summary(before: &str, after: &str) -> Value {
+    histogram_summary(before, after, "presenced_store_commit_duration_seconds", None)
+}
+
+/// setPresence as the server timed it (from routing to the response) between two scrapes.
+fn server_write_summary(before: &str, after: &str) -> Value {
+    histogram_summary(
+        before,
+        after,
+        "presenced_http_request_duration_seconds",
+        Some(("route", "setPresence")),
+    )
 }
 
 fn rss(server: &Server) -> Result<u64> {
@@ -698,6 +741,31 @@ fn f(v: &Value, key: &str) -> f64 {
     v[key].as_f64().unwrap_or(f64::NAN)
 }
 
+/// Per thread name, [seconds on a CPU, seconds waiting for one] between two readings.
+fn thread_delta(before: &BTreeMap<String, (f64, f64)>, after: &BTreeMap<String, (f64, f64)>) -> Value {
+    let delta: serde_json::Map<String, Value> = after
+        .iter()
+        .map(|(name, (run, wait))| {
+            let (run0, wait0) = before.get(name).copied().unwrap_or_default();
+            (name.clone(), json!([round2(run - run0), round2(wait - wait0)]))
+        })
+        .collect();
+    Value::Object(delta)
+}
+
+fn describe_threads(threads: &Value) -> String {
+    threads
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(_, v)| v[0].as_f64().unwrap_or(0.0) >= 0.01)
+                .map(|(name, v)| format!("{name} {} / {}", v[0], v[1]))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
 /// CPU seconds of the server and of this process, read together.
 fn cpu_pair(server: &Server) -> Result<(f64, f64)> {
     Ok((cpu_seconds(server.pid())?, cpu_seconds(0)?))
@@ -764,19 +832,27 @@ async fn latency(args: LatencyArgs) -> Result<()> {
     );
     // The measured window starts `warmup` seconds into the load: read the CPU counters then.
     let window_start = Instant::now() + Duration::from_secs_f64(args.warmup);
-    let cpu_at_start = {
-        let server_pid = server.pid();
+    let at_start = {
+        let (server_pid, client, base) = (server.pid(), client.clone(), base.clone());
         tokio::spawn(async move {
             tokio::time::sleep_until(window_start.into()).await;
-            (cpu_seconds(server_pid), cpu_seconds(0), Instant::now())
+            let cpu = (cpu_seconds(server_pid), cpu_seconds(0), Instant::now());
+            let threads = thread_times(server_pid);
+            (cpu, threads, scrape(&client, &base).await)
         })
     };
     let load = open_loop(&writer, 0, args.rate, args.warmup + args.seconds, args.max_in_flight).await;
     let (server_cpu_end, bench_cpu_end) = cpu_pair(&server)?;
+    let threads_end = thread_times(server.pid())?;
     let window_end = Instant::now();
-    let (server_cpu_start, bench_cpu_start, cpu_from) = cpu_at_start.await?;
+    let metrics_end = scrape(&client, &base).await?;
+    let ((server_cpu_start, bench_cpu_start, cpu_from), threads_start, metrics_start) = at_start.await?;
+    let server_threads = thread_delta(&threads_start?, &threads_end);
     let (server_cpu_start, bench_cpu_start) = (server_cpu_start?, bench_cpu_start?);
     let cpu_window = window_end.duration_since(cpu_from).as_secs_f64();
+    let metrics_start = metrics_start?;
+    let commits = commit_summary(&metrics_start, &metrics_end);
+    let server_writes = server_write_summary(&metrics_start, &metrics_end);
 
     // Every acknowledged write reaches each of its user's watchers; wait (bounded) for them.
     let expected = writer_expected(&writer, &watchers);
@@ -859,6 +935,7 @@ async fn latency(args: LatencyArgs) -> Result<()> {
         "server_cpu_cores": round2((server_cpu_end - server_cpu_start) / cpu_window),
         "bench_cpu_cores": round2((bench_cpu_end - bench_cpu_start) / cpu_window),
         "server_rss_mib_before_after": [mib(rss_before as f64), mib(rss_after as f64)],
+        "server_threads_run_wait_s": server_threads,
     });
     println!("{run}");
     println!(
@@ -872,6 +949,14 @@ async fn latency(args: LatencyArgs) -> Result<()> {
     println!(
         "{}",
         json!({ "series": "write's 200 -> stream event arrived", "latency": after_ack })
+    );
+    println!(
+        "{}",
+        json!({ "series": "group commits (server histogram)", "commits": commits })
+    );
+    println!(
+        "{}",
+        json!({ "series": "setPresence (server histogram)", "latency": server_writes })
     );
     println!(
         "{}",
@@ -898,8 +983,23 @@ async fn latency(args: LatencyArgs) -> Result<()> {
     }
     println!();
     println!(
+        "Group commits in the window: {} (mean {} ms, p99 ≤ {} ms; {} over 20 ms, {} over 100 ms).",
+        commits["count"], commits["mean_ms"], commits["p99_bucket_le_ms"], commits["over_20ms"], commits["over_100ms"]
+    );
+    println!(
+        "setPresence as the server timed it: mean {} ms, p99 ≤ {} ms; {} over 20 ms, {} over 100 ms.",
+        server_writes["mean_ms"],
+        server_writes["p99_bucket_le_ms"],
+        server_writes["over_20ms"],
+        server_writes["over_100ms"]
+    );
+    println!(
         "CPU over the window: server {} cores, load generator {} cores (the two share {} CPUs).",
         run["server_cpu_cores"], run["bench_cpu_cores"], run["machine"]["nproc"]
+    );
+    println!(
+        "Server threads, seconds on a CPU / runnable but waiting for one, over the {window_s} s: {}.",
+        describe_threads(&server_threads)
     );
     Ok(())
 }
@@ -1084,6 +1184,8 @@ async fn writes(args: WritesArgs) -> Result<()> {
                 "no stream".to_owned()
             };
             for kind in ["fixed rate", "closed loop"] {
+                let metrics0 = scrape(&client, &base).await?;
+                let threads0 = thread_times(server.pid())?;
                 let (server_cpu0, bench_cpu0) = cpu_pair(&server)?;
                 let delivered0 = delivered.load(Ordering::Relaxed);
                 let load = if kind == "fixed rate" {
@@ -1093,6 +1195,10 @@ async fn writes(args: WritesArgs) -> Result<()> {
                 };
                 next += load.samples.len() as u64 + load.shed;
                 let (server_cpu1, bench_cpu1) = cpu_pair(&server)?;
+                let threads = thread_delta(&threads0, &thread_times(server.pid())?);
+                let metrics1 = scrape(&client, &base).await?;
+                let commits = commit_summary(&metrics0, &metrics1);
+                let server_writes = server_write_summary(&metrics0, &metrics1);
                 let secs = load.elapsed.as_secs_f64();
                 let ok: Vec<u64> = load.samples.iter().filter(|s| s.ok).map(|s| s.latency_ns).collect();
                 let count = ok.len();
@@ -1106,6 +1212,8 @@ async fn writes(args: WritesArgs) -> Result<()> {
                     "server_cpu_cores": round2((server_cpu1 - server_cpu0) / secs),
                     "bench_cpu_cores": round2((bench_cpu1 - bench_cpu0) / secs),
                     "events_per_s": round2((delivered.load(Ordering::Relaxed) - delivered0) as f64 / secs),
+                    "commits": commits, "server_setPresence": server_writes,
+                    "server_threads_run_wait_s": threads,
                 });
                 println!("{row}");
                 rows.push(row);
