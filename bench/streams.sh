@@ -2,7 +2,8 @@
 # Watch streams and client sessions against a release presenced on loopback (each measurement
 # starts its own server on a free port with a temporary data directory, and stops it):
 #   latency   change-to-stream latency, STREAMS SSE streams × WATCH users each over USERS users,
-#             setPresence at RATE/s for SECONDS after WARMUP (issue 16's target: p99 < 10 ms)
+#             setPresence at RATE/s for MEASURE_SECONDS after WARMUP (issue 16's target: p99 < 10 ms),
+#             LATENCY_ROUNDS times, each on a fresh server
 #   memory    server RSS per idle stream at STEPS streams (and per idle HTTP connection)
 #   writes    setPresence with no stream vs STREAMS streams open, ROUNDS interleaved rounds
 #   sessions  server RSS per client session (WebSocket /me/presence/$session) at STEPS sessions
@@ -10,8 +11,8 @@
 # Usage: bench/streams.sh [MODE…]      (default: latency memory writes sessions)
 #
 # Knobs (environment variables, defaults in brackets): STREAMS [1000], WATCH [3], USERS [1000],
-# RATE [5000], WARMUP [5], SECONDS [20], ROUNDS [3], WRITE_SECONDS [10], STEPS [1000,5000],
-# SKIP_BUILD [0] (1 reuses target/release).
+# RATE [5000], WARMUP [25], MEASURE_SECONDS [20], LATENCY_ROUNDS [3], ROUNDS [3], WRITE_SECONDS [10],
+# STEPS [1000,5000], SKIP_BUILD [0] (1 reuses target/release).
 #
 # Output: markdown tables on stdout; the JSON lines also go to bench/results/streams-<UTC date>.jsonl.
 # The load generator and the server share the machine's CPUs: the results give both CPU times.
@@ -22,8 +23,9 @@ STREAMS=${STREAMS:-1000}
 WATCH=${WATCH:-3}
 USERS=${USERS:-1000}
 RATE=${RATE:-5000}
-WARMUP=${WARMUP:-5}
-SECONDS_MEASURED=${SECONDS:-20}
+WARMUP=${WARMUP:-25}
+MEASURE_SECONDS=${MEASURE_SECONDS:-20}
+LATENCY_ROUNDS=${LATENCY_ROUNDS:-3}
 ROUNDS=${ROUNDS:-3}
 WRITE_SECONDS=${WRITE_SECONDS:-10}
 STEPS=${STEPS:-1000,5000}
@@ -52,10 +54,20 @@ mkdir -p bench/results
 out="bench/results/streams-$(date -u +%Y%m%dT%H%M%SZ).jsonl"
 log "$(nproc) CPUs ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)), load $load, commit $(git rev-parse --short HEAD)"
 bin=target/release/bench-streams
+runs=()
 for mode in "${MODES[@]}"; do
+    if [[ "$mode" == latency ]]; then
+        for _ in $(seq 1 "$LATENCY_ROUNDS"); do runs+=(latency); done
+    else
+        runs+=("$mode")
+    fi
+done
+round=0
+for mode in "${runs[@]}"; do
+    [[ "$mode" == latency ]] && round=$((round + 1))
     case "$mode" in
         latency) args=(latency --streams "$STREAMS" --watch "$WATCH" --users "$USERS" --rate "$RATE"
-                       --warmup "$WARMUP" --seconds "$SECONDS_MEASURED") ;;
+                       --warmup "$WARMUP" --seconds "$MEASURE_SECONDS") ;;
         memory) args=(memory --steps "$STEPS" --watch "$WATCH" --users "$USERS") ;;
         writes) args=(writes --streams "$STREAMS" --watch "$WATCH" --users "$USERS" --rate "$RATE"
                       --rounds "$ROUNDS" --seconds "$WRITE_SECONDS") ;;
@@ -69,6 +81,24 @@ for mode in "${MODES[@]}"; do
         exit 1
     fi
     printf '%s\n\n' "$result"
-    grep '^{' <<<"$result" | sed "s/^{/{\"mode\":\"$mode\",/" >>"$out"
+    tag="\"mode\":\"$mode\","
+    [[ "$mode" == latency ]] && tag="$tag\"latency_round\":$round,"
+    grep '^{' <<<"$result" | sed "s/^{/{$tag/" >>"$out"
 done
+if grep -q '"latency_round"' "$out"; then
+    python3 - "$out" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if '"latency_round"' in l]
+print("Latency rounds (ms; each a fresh server):\n")
+print("| round | write rate/s | events/s | sent → event p50 / p90 / p99 / max | sent → 200 p99 | 200 → event p50 / p99 | load avg |")
+print("| ---: | ---: | ---: | --- | ---: | --- | --- |")
+for n in sorted({r["latency_round"] for r in rows}):
+    mine = [r for r in rows if r["latency_round"] == n]
+    run = next(r for r in mine if "achieved_write_rate" in r)
+    by = {r.get("series"): r.get("latency") for r in mine}
+    e, w, a = by["write sent -> stream event arrived"], by["write sent -> 200 (durable)"], by["write's 200 -> stream event arrived"]
+    print(f"| {n} | {run['achieved_write_rate']:.0f} | {run['event_rate']:.0f} | {e['p50_ms']} / {e['p90_ms']} / {e['p99_ms']} / {e['max_ms']} "
+          f"| {w['p99_ms']} | {a['p50_ms']} / {a['p99_ms']} | {run['machine']['loadavg']} |")
+PY
+fi
 log "raw results in $out"

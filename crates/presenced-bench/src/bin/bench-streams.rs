@@ -11,6 +11,9 @@
 //!   user's n-th write is therefore its n-th change, and the n-th `presence` event a stream gets
 //!   for that user; latency = the event's arrival at the stream client − the instant just
 //!   before that write was sent. Writes sent in the `--seconds` after `--warmup` are measured.
+//!   Beside it: the write's own latency (sent → 200), the stream's share (200 → event), and
+//!   where the server's time went (group commits and setPresence from its histograms, and per
+//!   thread the seconds on a CPU and waiting for one).
 //! - `memory`: server RSS (`VmRSS`) with no stream, then with each of `--steps` idle streams
 //!   open (each watching `--watch` users); per stream = the growth / streams. A second server
 //!   gives the same count of idle keep-alive HTTP connections (one `GET /healthz` each), the
@@ -108,8 +111,10 @@ struct LatencyArgs {
     /// setPresence writes per second.
     #[arg(long, default_value_t = 5000)]
     rate: u64,
-    /// Seconds of writes before the measured ones.
-    #[arg(long, default_value_t = 5.0)]
+    /// Seconds of writes before the measured ones. The default fills the change log's retained
+    /// window (100,000 changes) at 5,000/s, so the measured writes meet a server in its steady
+    /// state rather than one still growing its memory.
+    #[arg(long, default_value_t = 25.0)]
     warmup: f64,
     /// Seconds of measured writes.
     #[arg(long, default_value_t = 20.0)]
