@@ -3,7 +3,8 @@
 # starts its own server on a free port with a temporary data directory, and stops it):
 #   latency   change-to-stream latency, STREAMS SSE streams × WATCH users each over USERS users,
 #             setPresence at RATE/s for MEASURE_SECONDS after WARMUP (issue 16's target: p99 < 10 ms),
-#             LATENCY_ROUNDS times, each on a fresh server
+#             LATENCY_ROUNDS times, each on a fresh server and each followed by the same writes
+#             with no stream open (the write path alone)
 #   memory    server RSS per idle stream at STEPS streams (and per idle HTTP connection)
 #   writes    setPresence with no stream vs STREAMS streams open, ROUNDS interleaved rounds
 #   sessions  server RSS per client session (WebSocket /me/presence/$session) at STEPS sessions
@@ -57,7 +58,7 @@ bin=target/release/bench-streams
 runs=()
 for mode in "${MODES[@]}"; do
     if [[ "$mode" == latency ]]; then
-        for _ in $(seq 1 "$LATENCY_ROUNDS"); do runs+=(latency); done
+        for _ in $(seq 1 "$LATENCY_ROUNDS"); do runs+=(latency baseline); done
     else
         runs+=("$mode")
     fi
@@ -68,6 +69,8 @@ for mode in "${runs[@]}"; do
     case "$mode" in
         latency) args=(latency --streams "$STREAMS" --watch "$WATCH" --users "$USERS" --rate "$RATE"
                        --warmup "$WARMUP" --seconds "$MEASURE_SECONDS") ;;
+        baseline) args=(latency --streams 0 --watch "$WATCH" --users "$USERS" --rate "$RATE"
+                        --warmup "$WARMUP" --seconds "$MEASURE_SECONDS") ;;
         memory) args=(memory --steps "$STEPS" --watch "$WATCH" --users "$USERS") ;;
         writes) args=(writes --streams "$STREAMS" --watch "$WATCH" --users "$USERS" --rate "$RATE"
                       --rounds "$ROUNDS" --seconds "$WRITE_SECONDS") ;;
@@ -82,7 +85,7 @@ for mode in "${runs[@]}"; do
     fi
     printf '%s\n\n' "$result"
     tag="\"mode\":\"$mode\","
-    [[ "$mode" == latency ]] && tag="$tag\"latency_round\":$round,"
+    [[ "$mode" == latency || "$mode" == baseline ]] && tag="$tag\"latency_round\":$round,"
     grep '^{' <<<"$result" | sed "s/^{/{$tag/" >>"$out"
 done
 if grep -q '"latency_round"' "$out"; then
@@ -90,15 +93,20 @@ if grep -q '"latency_round"' "$out"; then
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if '"latency_round"' in l]
 print("Latency rounds (ms; each a fresh server):\n")
-print("| round | write rate/s | events/s | sent → event p50 / p90 / p99 / max | sent → 200 p99 | 200 → event p50 / p99 | load avg |")
-print("| ---: | ---: | ---: | --- | ---: | --- | --- |")
+print("| round | streams | write rate/s | events/s | sent → event p50 / p90 / p99 / max | sent → 200 p50 / p99 / max | 200 → event p50 / p99 | load avg |")
+print("| ---: | ---: | ---: | ---: | --- | --- | --- | --- |")
 for n in sorted({r["latency_round"] for r in rows}):
-    mine = [r for r in rows if r["latency_round"] == n]
-    run = next(r for r in mine if "achieved_write_rate" in r)
-    by = {r.get("series"): r.get("latency") for r in mine}
-    e, w, a = by["write sent -> stream event arrived"], by["write sent -> 200 (durable)"], by["write's 200 -> stream event arrived"]
-    print(f"| {n} | {run['achieved_write_rate']:.0f} | {run['event_rate']:.0f} | {e['p50_ms']} / {e['p90_ms']} / {e['p99_ms']} / {e['max_ms']} "
-          f"| {w['p99_ms']} | {a['p50_ms']} / {a['p99_ms']} | {run['machine']['loadavg']} |")
+    for mode in ("latency", "baseline"):
+        mine = [r for r in rows if r["latency_round"] == n and r["mode"] == mode]
+        if not mine:
+            continue
+        run = next(r for r in mine if "achieved_write_rate" in r)
+        by = {r.get("series"): r.get("latency") for r in mine}
+        e, w, a = by["write sent -> stream event arrived"], by["write sent -> 200 (durable)"], by["write's 200 -> stream event arrived"]
+        ev = f"{e['p50_ms']} / {e['p90_ms']} / {e['p99_ms']} / {e['max_ms']}" if e["count"] else "–"
+        ac = f"{a['p50_ms']} / {a['p99_ms']}" if a["count"] else "–"
+        print(f"| {n} | {run['streams']} | {run['achieved_write_rate']:.0f} | {run['event_rate']:.0f} | {ev} "
+              f"| {w['p50_ms']} / {w['p99_ms']} / {w['max_ms']} | {ac} | {run['machine']['loadavg']} |")
 PY
 fi
 log "raw results in $out"
