@@ -12,7 +12,7 @@
 # Usage: bench/streams.sh [MODE…]      (default: latency memory writes sessions)
 #
 # Knobs (environment variables, defaults in brackets): STREAMS [1000], WATCH [3], USERS [1000],
-# RATE [5000], WARMUP [25], MEASURE_SECONDS [20], LATENCY_ROUNDS [3], ROUNDS [3], WRITE_SECONDS [10],
+# RATE [5000], WARMUP [25], MEASURE_SECONDS [20], LATENCY_ROUNDS [3], ROUNDS [6], WRITE_SECONDS [5],
 # STEPS [1000,5000], SKIP_BUILD [0] (1 reuses target/release).
 #
 # Output: markdown tables on stdout; the JSON lines also go to bench/results/streams-<UTC date>.jsonl.
@@ -27,8 +27,8 @@ RATE=${RATE:-5000}
 WARMUP=${WARMUP:-25}
 MEASURE_SECONDS=${MEASURE_SECONDS:-20}
 LATENCY_ROUNDS=${LATENCY_ROUNDS:-3}
-ROUNDS=${ROUNDS:-3}
-WRITE_SECONDS=${WRITE_SECONDS:-10}
+ROUNDS=${ROUNDS:-6}
+WRITE_SECONDS=${WRITE_SECONDS:-5}
 STEPS=${STEPS:-1000,5000}
 SKIP_BUILD=${SKIP_BUILD:-0}
 MODES=("$@")
