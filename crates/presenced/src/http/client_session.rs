@@ -148,18 +148,14 @@ async fn hello(
     .await
     .map_err(store_error)?;
     // The watch opens with the user's presence as it is now, the connect included.
-    let presence = match watch.next().await.map_err(store_error)? {
-        Event::Snapshot { presences, .. } => presences.into_iter().next().map(|(k, v)| presence_json(&k, v)),
-        Event::Presence { key, view, .. } => Some(presence_json(&key, view)),
-    };
-    let welcome = json!({
-        "type": "welcome",
-        "sessionId": session.as_str(),
-        "graceSeconds": state.clients.config.grace.as_secs(),
-        "presence": presence,
-    });
+    let presence = presence_json(watch.next().await.map_err(store_error)?);
+    let welcome = format!(
+        "{{\"type\":\"welcome\",\"sessionId\":{},\"graceSeconds\":{},\"presence\":{presence}}}",
+        json!(session.as_str()),
+        state.clients.config.grace.as_secs(),
+    );
     socket
-        .send(Message::Text(welcome.to_string().into()))
+        .send(Message::Text(welcome.into()))
         .await
         .map_err(|_| ApiError::bad_request("The socket closed during the hello."))?;
     Ok(Connected {
@@ -180,12 +176,20 @@ fn command_error(e: ServiceError) -> ApiError {
     }
 }
 
-/// The user's own presence, as `GET /me/presence` shows it.
-fn presence_json(key: &UserKey, view: presence_core::PresenceView) -> serde_json::Value {
+/// The JSON of the user's own presence in a watch event, as `GET /me/presence` shows it
+/// (`null` for an empty snapshot), written once straight into the message.
+fn presence_json(event: Event) -> String {
+    let (key, view) = match event {
+        Event::Snapshot { presences, .. } => match presences.into_iter().next() {
+            Some(p) => p,
+            None => return "null".to_owned(),
+        },
+        Event::Presence { key, view, .. } => (key, view),
+    };
     let mut out = Vec::with_capacity(512);
-    // Our own DTO always serialises.
+    // Our own DTO always serialises, and to UTF-8.
     let _ = PresenceDto::from_view(&key.user, view, true, None).write_json(&mut out);
-    serde_json::from_slice(&out).unwrap_or(serde_json::Value::Null)
+    String::from_utf8(out).unwrap_or_else(|_| "null".to_owned())
 }
 
 /// What the socket owes the store: the latest state set and whether activity was reported,
@@ -287,15 +291,14 @@ async fn run(socket: &mut WebSocket, state: &AppState, mut c: Connected) -> Opti
             }
             event = c.watch.next() => {
                 let presence = match event {
-                    Ok(Event::Snapshot { presences, .. }) => presences.into_iter().next().map(|(k, v)| presence_json(&k, v)),
-                    Ok(Event::Presence { key, view, .. }) => Some(presence_json(&key, view)),
+                    Ok(event) => presence_json(event),
                     Err(e) => {
                         tracing::warn!(error = %e, "a client session could not read the change log; ending its socket");
                         break Why::Unavailable;
                     }
                 };
-                let body = json!({ "type": "presence", "presence": presence });
-                if socket.send(Message::Text(body.to_string().into())).await.is_err() {
+                let body = format!("{{\"type\":\"presence\",\"presence\":{presence}}}");
+                if socket.send(Message::Text(body.into())).await.is_err() {
                     break Why::Gone;
                 }
             }
