@@ -268,17 +268,22 @@ pub fn percentile<T: Copy + Into<f64>>(sorted: &[T], p: f64) -> f64 {
     sorted[rank.min(sorted.len()) - 1].into()
 }
 
-/// The machine line every result carries: CPUs, model and load average.
-pub fn machine() -> serde_json::Value {
+/// The CPU's model name, from `/proc/cpuinfo` (empty where it says none).
+pub fn cpu_model() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
+    cpuinfo
         .lines()
         .find_map(|l| {
             l.strip_prefix("model name")?
                 .split_once(':')
                 .map(|(_, v)| v.trim().to_owned())
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// The machine line every result carries: CPUs, model and load average.
+pub fn machine() -> serde_json::Value {
+    let model = cpu_model();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     serde_json::json!({
         "nproc": std::thread::available_parallelism().map_or(0, |n| n.get()),

@@ -318,15 +318,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 fn machine() -> Value {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-    let cpuinfo = read("/proc/cpuinfo");
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")?
-                .split_once(':')
-                .map(|(_, v)| v.trim().to_owned())
-        })
-        .unwrap_or_default();
+    let model = presenced_bench::cpu_model();
     let mem_total = read("/proc/meminfo")
         .lines()
         .find_map(|l| {
