@@ -10,7 +10,7 @@ use super::dto::{pair, PresenceDto};
 use super::error::ApiError;
 use super::presence::{denied, resolve, store_error, user_key};
 use super::routes::Target;
-use super::stream::{expired, expiry, first_message_caller, refuse, upgrade, Deadline, FIRST_MESSAGE_WITHIN};
+use super::stream::{end_with, expired, expiry, first_message_caller, refuse, upgrade, Deadline, FIRST_MESSAGE_WITHIN};
 use super::AppState;
 use crate::auth::{Action, Principal};
 use crate::client_session::Hold;
@@ -20,7 +20,7 @@ use crate::stream::hub::Scope;
 use crate::stream::watch::{Event, Watch};
 use crate::stream::Admission;
 use axum::body::Bytes;
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::extract::ws::{Message, WebSocket};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -319,14 +319,7 @@ async fn run(socket: &mut WebSocket, state: &AppState, mut c: Connected) -> Opti
         let _ = write_pending(state, &mut c, &mut pending).await;
     }
     if let Some(reason) = why.reason() {
-        let body = json!({ "type": "end", "reason": reason });
-        let _ = socket.send(Message::Text(body.to_string().into())).await;
-        let _ = socket
-            .send(Message::Close(Some(CloseFrame {
-                code: 1001,
-                reason: reason.into(),
-            })))
-            .await;
+        end_with(socket, reason).await;
     }
     match why {
         Why::Replaced => None,

@@ -536,12 +536,17 @@ async fn run_socket(mut socket: WebSocket, streams: &Streams, opened: OpenedWatc
 }
 
 async fn end_socket(socket: &mut WebSocket, why: End) {
-    let body = json!({ "type": "end", "reason": why.reason() });
+    end_with(socket, why.reason()).await;
+}
+
+/// End a socket the server closes: a final `end` message saying why, then a going-away close.
+pub(super) async fn end_with(socket: &mut WebSocket, reason: &'static str) {
+    let body = json!({ "type": "end", "reason": reason });
     let _ = socket.send(Message::Text(body.to_string().into())).await;
     let _ = socket
         .send(Message::Close(Some(CloseFrame {
             code: 1001,
-            reason: why.reason().into(),
+            reason: reason.into(),
         })))
         .await;
 }
