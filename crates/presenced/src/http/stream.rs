@@ -295,7 +295,7 @@ fn event_json(event: &Event) -> (&'static str, Option<String>, Vec<u8>) {
                 presence_json(key, view, &mut out);
             }
             out.extend_from_slice(b"]}");
-            ("snapshot", resume.map(|r| r.to_text()), out)
+            ("snapshot", resume.as_ref().map(|r| r.to_text()), out)
         }
         Event::Presence { resume, key, view } => {
             presence_json(key, view, &mut out);

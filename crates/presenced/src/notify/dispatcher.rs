@@ -119,7 +119,7 @@ impl Queue {
             let oldest = self
                 .by_subscription
                 .iter()
-                .filter_map(|(id, q)| q.front().map(|c| (c.position, id)))
+                .filter_map(|(id, q)| q.front().map(|c| (c.position.order_key(), id)))
                 .min_by_key(|(p, _)| *p)
                 .map(|(_, id)| id.clone());
             let Some(id) = oldest else { break };
@@ -127,7 +127,8 @@ impl Queue {
                 break;
             };
             self.total -= 1;
-            self.in_flight.entry(id.clone()).or_insert(change.position);
+            let flying = self.in_flight.entry(id.clone()).or_default();
+            *flying = flying.earliest(&change.position);
             batch.push((id, change));
         }
         batch
@@ -140,27 +141,30 @@ impl Queue {
             None => self
                 .by_subscription
                 .iter()
-                .filter_map(|(id, q)| q.front().map(|c| (c.position, id)))
+                .filter_map(|(id, q)| q.front().map(|c| (c.position.order_key(), id)))
                 .min_by_key(|(p, _)| *p)
                 .map(|(_, id)| id.clone()),
         };
         let Some(id) = id else { return };
         if let Some(change) = self.by_subscription.get_mut(&id).and_then(VecDeque::pop_front) {
             self.total -= 1;
-            let newest = self.dropped.entry(id).or_insert(change.position);
-            *newest = (*newest).max(change.position);
+            let newest = self.dropped.entry(id).or_default();
+            *newest = newest.join(&change.position);
         }
     }
 
     /// The position through which `id` needs nothing more from this queue, given that the
     /// matcher has routed every change through `routed`.
     fn done_through(&self, id: &str, routed: Position) -> Position {
-        let queued = self.by_subscription.get(id).and_then(|q| q.front()).map(|c| c.position);
-        let flying = self.in_flight.get(id).copied();
-        match queued.into_iter().chain(flying).min() {
-            Some(p) => Position::from_sequence(p.sequence().saturating_sub(1)),
-            None => routed,
+        // The earliest change of each partition still held; a queue is in log order per partition.
+        let mut held = self.in_flight.get(id).cloned().unwrap_or_default();
+        for change in self.by_subscription.get(id).into_iter().flatten() {
+            if held.is_full() {
+                break;
+            }
+            held = held.earliest(&change.position);
         }
+        routed.before(&held)
     }
 
     /// The endpoint failed at `now`; returns whether it has just become suspended.
@@ -226,7 +230,7 @@ impl<S> Shared<S> {
     }
 
     fn routed(&self) -> Position {
-        *self.routed.lock().unwrap_or_else(|e| e.into_inner())
+        self.routed.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -281,7 +285,7 @@ where
         if let Err(e) = self.refresh(&mut position, true).await {
             tracing::warn!(error = %e, "cannot read subscriptions; will retry");
         }
-        self.set_routed(position);
+        self.set_routed(position.clone());
         let mut flush = tokio::time::interval(FLUSH_EVERY);
         let mut refresh = tokio::time::interval(REFRESH_EVERY);
         loop {
@@ -289,18 +293,17 @@ where
                 _ = store.wait_past(&position) => {
                     match store.changes_after(&position, READ_BATCH).await {
                         Ok(changes) => {
-                            if let Some(last) = changes.last() {
-                                let last = last.position;
+                            if !changes.is_empty() {
                                 self.route(&changes);
-                                position = last;
-                                self.set_routed(position);
+                                position = changes.iter().fold(position, |p, c| p.join(&c.position));
+                                self.set_routed(position.clone());
                             }
                         }
                         Err(LogError::Expired { oldest }) => {
                             tracing::warn!(%position, %oldest, "the change log moved past the dispatcher; subscribers get missed");
-                            self.lose_until(oldest);
-                            position = oldest;
-                            self.set_routed(position);
+                            self.lose_until(&oldest);
+                            position = position.join(&oldest);
+                            self.set_routed(position.clone());
                         }
                         Err(LogError::Store(e)) => {
                             tracing::warn!(error = %e, "cannot read the change log; will retry");
@@ -409,8 +412,8 @@ where
         }
         if first {
             // Start from the oldest position any subscription is owed from.
-            if let Some(oldest) = claimed.values().min() {
-                *position = (*position).min(*oldest);
+            for at in claimed.values() {
+                *position = position.meet(at);
             }
         }
         let mut added = Vec::new();
@@ -418,16 +421,16 @@ where
             match self.tracked.get_mut(id) {
                 Some(t) => t.record = record.clone(),
                 None => {
-                    let at = claimed[id];
-                    self.track(record.clone(), at);
+                    let at = claimed[id].clone();
+                    self.track(record.clone(), at.clone());
                     added.push((id.clone(), at));
                 }
             }
         }
         *self.shared.records.lock().unwrap_or_else(|e| e.into_inner()) = records;
         for (id, at) in added {
-            if at < *position {
-                self.backfill(&id, at, *position).await;
+            if !(*position <= at) {
+                self.backfill(&id, at, position.clone()).await;
             }
         }
         Ok(())
@@ -455,7 +458,7 @@ where
             record.id.clone(),
             Tracked {
                 record,
-                start: at,
+                start: at.clone(),
                 acknowledged: at,
             },
         );
@@ -491,11 +494,11 @@ where
         let Some(key) = self.tracked.get(id).map(|t| Arc::<str>::from(t.record.id.as_str())) else {
             return;
         };
-        while at < through {
+        while !(through <= at) {
             match store.changes_after(&at, READ_BATCH).await {
                 Ok(changes) if changes.is_empty() => return,
                 Ok(changes) => {
-                    for change in changes.iter().take_while(|c| c.position <= through) {
+                    for change in changes.iter().filter(|c| c.position <= through) {
                         let watched = self.tracked.get(id).is_some_and(|t| {
                             t.record.tenant == change.key.tenant && t.record.users.contains(&change.key.user)
                         });
@@ -503,11 +506,11 @@ where
                             self.queue(&key, change);
                         }
                     }
-                    at = changes.last().map_or(through, |c| c.position);
+                    at = changes.iter().fold(at, |p, c| p.join(&c.position));
                 }
                 Err(LogError::Expired { oldest }) => {
-                    self.lose(id, oldest);
-                    at = oldest;
+                    self.lose(id, oldest.clone());
+                    at = at.join(&oldest);
                 }
                 Err(LogError::Store(e)) => {
                     tracing::warn!(error = %e, subscription = id, "cannot backfill notifications; they follow after a restart");
@@ -518,15 +521,15 @@ where
     }
 
     /// The log no longer holds what subscriptions behind `oldest` are owed: they lose it.
-    fn lose_until(&mut self, oldest: Position) {
+    fn lose_until(&mut self, oldest: &Position) {
         let behind: Vec<String> = self
             .tracked
             .iter()
-            .filter(|(_, t)| t.acknowledged < oldest)
+            .filter(|(_, t)| !(*oldest <= t.acknowledged))
             .map(|(id, _)| id.clone())
             .collect();
         for id in behind {
-            self.lose(&id, oldest);
+            self.lose(&id, oldest.clone());
         }
     }
 
@@ -535,8 +538,8 @@ where
         let Some(t) = self.tracked.get(id) else { return };
         if let Some(endpoint) = self.endpoints.get(&t.record.notification_url) {
             let mut queue = endpoint.queue();
-            let newest = queue.dropped.entry(Arc::from(id)).or_insert(through);
-            *newest = (*newest).max(through);
+            let newest = queue.dropped.entry(Arc::from(id)).or_default();
+            *newest = newest.join(&through);
         }
     }
 
@@ -556,13 +559,16 @@ where
             };
             let (dropped, done) = {
                 let mut queue = endpoint.queue();
-                (queue.dropped.remove(id.as_str()), queue.done_through(id, routed))
+                (
+                    queue.dropped.remove(id.as_str()),
+                    queue.done_through(id, routed.clone()),
+                )
             };
             if let Some(through) = dropped {
                 skips.push((id.clone(), through, t.record.clone()));
-            } else if done > t.acknowledged {
+            } else if !(done <= t.acknowledged) {
+                t.acknowledged = t.acknowledged.join(&done);
                 acks.push((id.clone(), done));
-                t.acknowledged = done;
             }
         }
         for (id, through, record) in skips {
@@ -575,11 +581,11 @@ where
                 subscription_expiration: record.expiration,
                 created_at: now,
             });
-            match store.skip(&id, through, missed).await {
+            match store.skip(&id, through.clone(), missed).await {
                 Ok(()) => {
                     tracing::warn!(subscription = %id, %through, "gave up notifications; the subscriber gets missed");
                     if let Some(t) = self.tracked.get_mut(&id) {
-                        t.acknowledged = t.acknowledged.max(through);
+                        t.acknowledged = t.acknowledged.join(&through);
                     }
                 }
                 Err(e) => {
@@ -633,8 +639,8 @@ where
         for (id, change) in &batch {
             queue.in_flight.remove(id);
             if !delivered {
-                let newest = queue.dropped.entry(id.clone()).or_insert(change.position);
-                *newest = (*newest).max(change.position);
+                let newest = queue.dropped.entry(id.clone()).or_default();
+                *newest = newest.join(&change.position);
             }
         }
     }
@@ -911,22 +917,22 @@ mod tests {
             q.total += 1;
         }
         let routed = Position::from_sequence(9);
-        assert_eq!(q.done_through("a", routed), Position::from_sequence(0));
+        assert_eq!(q.done_through("a", routed.clone()), Position::from_sequence(0));
         let batch = q.take_batch(3);
         let order: Vec<u64> = batch.iter().map(|(_, c)| c.position.sequence()).collect();
         assert_eq!(order, [1, 2, 3], "oldest first, whichever subscription");
         assert_eq!(
-            q.done_through("b", routed),
+            q.done_through("b", routed.clone()),
             Position::from_sequence(1),
             "in flight holds b back"
         );
         q.in_flight.clear();
         assert_eq!(
-            q.done_through("a", routed),
+            q.done_through("a", routed.clone()),
             routed,
             "nothing queued: done through what was routed"
         );
-        assert_eq!(q.done_through("b", routed), Position::from_sequence(4));
+        assert_eq!(q.done_through("b", routed.clone()), Position::from_sequence(4));
     }
 
     #[test]

@@ -91,7 +91,7 @@ impl<L: ChangeLog> Follower<L> {
 
     /// The position of the last change handed out.
     pub fn position(&self) -> Position {
-        self.position
+        self.position.clone()
     }
 
     /// The next changes (at least one), waiting for them if need be.
@@ -99,8 +99,8 @@ impl<L: ChangeLog> Follower<L> {
         loop {
             self.log.wait_past(&self.position).await;
             let changes = self.log.changes_after(&self.position, self.batch).await?;
-            if let Some(last) = changes.last() {
-                self.position = last.position;
+            if !changes.is_empty() {
+                self.position = changes.iter().fold(self.position.clone(), |p, c| p.join(&c.position));
                 return Ok(changes);
             }
         }

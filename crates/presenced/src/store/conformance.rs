@@ -211,12 +211,28 @@ async fn all_changes<L: ChangeLog>(log: &L) -> Vec<Arc<super::Change>> {
     let mut at = Position::ZERO;
     loop {
         let page = log.changes_after(&at, 1000).await.unwrap();
-        match page.last() {
-            Some(last) => at = last.position,
-            None => return out,
+        if page.is_empty() {
+            return out;
         }
+        at = join_all(at, &page);
         out.extend(page);
     }
+}
+
+/// `at` moved past every change of `changes`.
+fn join_all(at: Position, changes: &[Arc<super::Change>]) -> Position {
+    changes.iter().fold(at, |p, c| p.join(&c.position))
+}
+
+/// Each user's changes in the order their commits landed: the order a log must keep. (Changes
+/// of different users may sit in different partitions, whose positions do not compare.)
+fn in_order_per_user(changes: &[Arc<super::Change>]) -> bool {
+    let mut last: std::collections::HashMap<&UserKey, &Position> = std::collections::HashMap::new();
+    changes.iter().all(|c| {
+        let ok = last.get(&c.key).is_none_or(|p| **p < c.position);
+        last.insert(&c.key, &c.position);
+        ok
+    })
 }
 
 // ---- presence state ----
@@ -477,10 +493,12 @@ pub async fn positions_grow_in_commit_order<H: Harness>() {
         flip(store, user, t0()).await;
     }
     let changes = store.changes_after(&start, 100).await.unwrap();
-    let users: Vec<&str> = changes.iter().map(|c| c.key.user.as_str()).collect();
-    assert_eq!(users, ["p1", "p2", "p1", "p3"]);
-    assert!(changes.windows(2).all(|w| w[0].position < w[1].position));
-    assert_eq!(store.head(), changes.last().unwrap().position);
+    let mut users: Vec<&str> = changes.iter().map(|c| c.key.user.as_str()).collect();
+    users.sort_unstable();
+    assert_eq!(users, ["p1", "p1", "p2", "p3"]);
+    assert!(in_order_per_user(&changes));
+    assert!(changes.iter().all(|c| !(c.position <= start)));
+    assert_eq!(store.head(), join_all(start, &changes));
     let p1: Vec<_> = changes.iter().filter(|c| c.key.user.as_str() == "p1").collect();
     assert!(p1[0].event.view.sequence < p1[1].event.view.sequence);
     assert_eq!(p1[1].event.view.availability, Availability::Away);
@@ -522,8 +540,9 @@ pub async fn a_follower_sees_every_later_change<H: Harness>() {
     writer.await.unwrap();
     assert_eq!(seen.len(), 100, "nothing from before, nothing twice");
     assert!(seen.iter().all(|c| c.key.user.as_str() != "before"));
-    assert!(seen.windows(2).all(|w| w[0].position < w[1].position));
-    assert_eq!(follower.position(), seen.last().unwrap().position);
+    assert!(in_order_per_user(&seen));
+    assert_eq!(follower.position(), join_all(follower.position(), &seen));
+    assert_eq!(follower.position(), h.store().head());
 }
 
 pub async fn changes_after_a_position_are_exact<H: Harness>() {
@@ -534,10 +553,27 @@ pub async fn changes_after_a_position_are_exact<H: Harness>() {
     }
     let all = all_changes(store).await;
     assert_eq!(all.len(), 30);
-    for (i, c) in all.iter().enumerate() {
-        let after = store.changes_after(&c.position, 5).await.unwrap();
-        let expected: Vec<_> = all[i + 1..].iter().take(5).map(|c| c.position).collect();
-        assert_eq!(after.iter().map(|c| c.position).collect::<Vec<_>>(), expected);
+    assert!(in_order_per_user(&all));
+    // After the cut holding the first i changes read, exactly the rest follow, each once.
+    for i in 0..all.len() {
+        let cut = join_all(Position::ZERO, &all[..=i]);
+        let first = store.changes_after(&cut, 5).await.unwrap();
+        assert_eq!(first.len(), 5.min(all.len() - i - 1));
+        let mut rest: Vec<String> = Vec::new();
+        let mut at = cut.clone();
+        loop {
+            let page = store.changes_after(&at, 5).await.unwrap();
+            if page.is_empty() {
+                break;
+            }
+            assert!(page.iter().all(|c| !(c.position <= at)), "nothing at or before the cut");
+            at = join_all(at, &page);
+            rest.extend(page.iter().map(|c| c.position.to_text()));
+        }
+        let mut expected: Vec<String> = all[i + 1..].iter().map(|c| c.position.to_text()).collect();
+        rest.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(rest, expected);
     }
     assert!(store.changes_after(&store.head(), 5).await.unwrap().is_empty());
 }
@@ -570,7 +606,7 @@ pub async fn a_snapshot_during_concurrent_commits_equals_the_state_at_its_positi
     for snapshot in snapshots {
         // Replay the log up to the snapshot's position: the views must be exactly those.
         let mut expected: Vec<_> = keys.iter().map(|_| UserPresence::default().view()).collect();
-        for c in all.iter().take_while(|c| c.position <= snapshot.position) {
+        for c in all.iter().filter(|c| c.position <= snapshot.position) {
             if let Some(i) = keys.iter().position(|k| *k == c.key) {
                 expected[i] = c.event.view.clone();
             }
@@ -655,7 +691,7 @@ pub async fn the_window_is_bounded_and_an_expired_position_says_so<H: Harness>()
         Err(LogError::Expired { oldest }) => oldest,
         other => panic!("expected Expired, got {:?}", other.map(|c| c.len())),
     };
-    let kept = all_after(h.store(), oldest).await;
+    let kept = all_after(h.store(), oldest.clone()).await;
     assert!(kept < 25_000, "the window dropped old changes ({kept} kept)");
     h.reopen();
     assert!(matches!(
@@ -669,10 +705,10 @@ async fn all_after<L: ChangeLog>(log: &L, mut at: Position) -> usize {
     let mut n = 0;
     loop {
         let page = log.changes_after(&at, 1000).await.unwrap();
-        match page.last() {
-            Some(last) => at = last.position,
-            None => return n,
+        if page.is_empty() {
+            return n;
         }
+        at = join_all(at, &page);
         n += page.len();
     }
 }
@@ -988,14 +1024,20 @@ pub async fn acknowledgements_only_move_forward_and_survive_a_reopen<H: Harness>
     }
     let head = h.store().head();
     let lease = SignedDuration::from_secs(30);
-    h.store().acknowledge("c", vec![("ack".into(), head)]).await.unwrap();
     h.store()
-        .acknowledge("c", vec![("ack".into(), Position::ZERO), ("unknown".into(), head)])
+        .acknowledge("c", vec![("ack".into(), head.clone())])
+        .await
+        .unwrap();
+    h.store()
+        .acknowledge(
+            "c",
+            vec![("ack".into(), Position::ZERO), ("unknown".into(), head.clone())],
+        )
         .await
         .unwrap();
     assert_eq!(
         h.store().claim("c", t0(), lease).await.unwrap(),
-        vec![("ack".to_string(), head)]
+        vec![("ack".to_string(), head.clone())]
     );
     h.reopen();
     assert_eq!(
@@ -1015,7 +1057,7 @@ pub async fn a_skip_and_its_missed_notice_are_one_write<H: Harness>() {
     }
     let head = h.store().head();
     h.store()
-        .skip("lossy", head, Some(notice("lossy", LifecycleEvent::Missed)))
+        .skip("lossy", head.clone(), Some(notice("lossy", LifecycleEvent::Missed)))
         .await
         .unwrap();
     h.crash();

@@ -197,13 +197,13 @@ impl Hub {
 
     /// The position through which every change has been routed.
     pub fn routed(&self) -> Position {
-        *self.inner.routed.borrow()
+        self.inner.routed.borrow().clone()
     }
 
     /// Follow the log and route every change, until `stop` turns true.
     pub async fn run<L: ChangeLog>(self, log: L, mut stop: watch::Receiver<bool>) {
         let mut position = log.head();
-        self.inner.routed.send_replace(position);
+        self.inner.routed.send_replace(position.clone());
         loop {
             tokio::select! {
                 _ = log.wait_past(&position) => {}
@@ -211,16 +211,16 @@ impl Hub {
             }
             match log.changes_after(&position, READ_BATCH).await {
                 Ok(changes) => {
-                    let Some(last) = changes.last().map(|c| c.position) else {
+                    if changes.is_empty() {
                         continue;
-                    };
+                    }
                     let mut routes = self.inner.routes();
                     for change in &changes {
                         routes.route(change, &self.inner.lagged_total);
                     }
                     drop(routes);
-                    position = last;
-                    self.inner.routed.send_replace(position);
+                    position = changes.iter().fold(position, |p, c| p.join(&c.position));
+                    self.inner.routed.send_replace(position.clone());
                 }
                 Err(LogError::Expired { oldest }) => {
                     tracing::warn!(%position, %oldest, "the stream hub fell out of the change log; every stream resynchronises");

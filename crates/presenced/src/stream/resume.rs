@@ -43,14 +43,14 @@ impl Fingerprint {
 }
 
 /// Where to resume: a position, for one watch set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResumeToken {
     pub position: Position,
     pub fingerprint: Fingerprint,
 }
 
 impl ResumeToken {
-    pub fn to_text(self) -> String {
+    pub fn to_text(&self) -> String {
         let mut out = self.position.to_text();
         out.push('~');
         for b in self.fingerprint.0 {
@@ -97,7 +97,7 @@ mod tests {
             position: Position::from_sequence(4711),
             fingerprint: Fingerprint::of(&users(&["b", "a"])),
         };
-        assert_eq!(ResumeToken::parse(&token.to_text()), Some(token));
+        assert_eq!(ResumeToken::parse(&token.to_text()), Some(token.clone()));
         assert!(token.to_text().starts_with("1.4711~"));
         assert_eq!(
             Fingerprint::of(&users(&["a", "b"])),

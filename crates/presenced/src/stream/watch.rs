@@ -110,7 +110,7 @@ impl<L: ChangeLog + Clone> Watch<L> {
 
     fn resume(&self) -> ResumeToken {
         ResumeToken {
-            position: self.last,
+            position: self.last.clone(),
             fingerprint: self.fingerprint,
         }
     }
@@ -127,7 +127,7 @@ impl<L: ChangeLog + Clone> Watch<L> {
         if change.position <= self.last {
             return;
         }
-        self.last = change.position;
+        self.last = self.last.join(&change.position);
         if self.wants(change) {
             self.pending.push_back(Event::Presence {
                 resume: self.resume(),
@@ -201,7 +201,7 @@ impl<L: ChangeLog + Clone> Watch<L> {
             }
         };
         let resume = ResumeToken {
-            position,
+            position: position.clone(),
             fingerprint: self.fingerprint,
         };
         let mut parts: Vec<Vec<(UserKey, PresenceView)>> = Vec::new();
@@ -221,7 +221,7 @@ impl<L: ChangeLog + Clone> Watch<L> {
                 Event::Snapshot {
                     reset,
                     last,
-                    resume: last.then_some(resume),
+                    resume: last.then(|| resume.clone()),
                     presences,
                 }
             })

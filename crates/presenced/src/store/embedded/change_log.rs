@@ -64,7 +64,7 @@ impl LogWindow {
     }
 
     pub fn head(&self) -> Position {
-        *self.head.borrow()
+        self.head.borrow().clone()
     }
 
     pub fn appended(&self) -> Position {
@@ -87,7 +87,7 @@ impl LogWindow {
 
     /// Add a durable batch's changes (positions contiguous after the last one). Writer only.
     pub fn append(&self, changes: Vec<Arc<Change>>) {
-        let Some(last) = changes.last().map(|c| c.position) else {
+        let Some(last) = changes.last().map(|c| c.position.clone()) else {
             return;
         };
         self.write().extend(changes);
@@ -130,6 +130,13 @@ impl LogWindow {
     pub fn after(&self, position: &Position, limit: usize) -> Result<Vec<Arc<Change>>, LogError> {
         let head = self.head().sequence();
         let entries = self.read();
+        if !position.is_sequence() {
+            // Another backend's position (a token carried over from it): resynchronise.
+            let oldest = entries.front().map_or(head, |c| c.position.sequence() - 1);
+            return Err(LogError::Expired {
+                oldest: Position::from_sequence(oldest),
+            });
+        }
         self.range(&entries, position.sequence(), head, limit)
     }
 

@@ -426,7 +426,7 @@ impl ChangeLog for EmbeddedStore {
         let catch_up = self
             .shared
             .log
-            .appended_between(published, appended)
+            .appended_between(published, appended.clone())
             .map_err(|e| StoreError::Unavailable(format!("snapshot: {e}")))?;
         if !catch_up.is_empty() {
             let index: HashMap<&UserKey, usize> = keys.iter().enumerate().map(|(i, k)| (k, i)).collect();
@@ -455,7 +455,7 @@ impl ChangeLog for EmbeddedStore {
         let catch_up = self
             .shared
             .log
-            .appended_between(published, appended)
+            .appended_between(published, appended.clone())
             .map_err(|e| StoreError::Unavailable(format!("snapshot: {e}")))?;
         for change in catch_up.iter().filter(|c| c.key.tenant == *tenant) {
             match index.get(&change.key) {
