@@ -429,7 +429,7 @@ where
         }
         *self.shared.records.lock().unwrap_or_else(|e| e.into_inner()) = records;
         for (id, at) in added {
-            if !(*position <= at) {
+            if !at.includes(position) {
                 self.backfill(&id, at, position.clone()).await;
             }
         }
@@ -494,7 +494,7 @@ where
         let Some(key) = self.tracked.get(id).map(|t| Arc::<str>::from(t.record.id.as_str())) else {
             return;
         };
-        while !(through <= at) {
+        while !at.includes(&through) {
             match store.changes_after(&at, READ_BATCH).await {
                 Ok(changes) if changes.is_empty() => return,
                 Ok(changes) => {
@@ -525,7 +525,7 @@ where
         let behind: Vec<String> = self
             .tracked
             .iter()
-            .filter(|(_, t)| !(*oldest <= t.acknowledged))
+            .filter(|(_, t)| !t.acknowledged.includes(oldest))
             .map(|(id, _)| id.clone())
             .collect();
         for id in behind {
@@ -566,7 +566,7 @@ where
             };
             if let Some(through) = dropped {
                 skips.push((id.clone(), through, t.record.clone()));
-            } else if !(done <= t.acknowledged) {
+            } else if !t.acknowledged.includes(&done) {
                 t.acknowledged = t.acknowledged.join(&done);
                 acks.push((id.clone(), done));
             }

@@ -93,6 +93,11 @@ impl Position {
         }
     }
 
+    /// Whether every change `other` holds, this one holds too (`other <= self`).
+    pub fn includes(&self, other: &Position) -> bool {
+        other <= self
+    }
+
     /// The position holding every change either holds.
     pub fn join(&self, other: &Position) -> Position {
         self.combine(other, u64::max)
@@ -347,7 +352,7 @@ mod tests {
         assert_eq!(a.meet(&b), Position::from_partitions(&[1, 1]));
         assert!(Position::ZERO <= a && a <= a.join(&b));
         let change = Position::of_change(1, 2, 2);
-        assert!(change <= b && !(change <= a));
+        assert!(change <= b && !a.includes(&change));
         assert_eq!(b.before(&change), Position::from_partitions(&[1, 1]));
         assert_eq!(Position::ZERO.join(&change), change);
         let seq = Position::from_sequence(9);
