@@ -52,9 +52,21 @@ pub struct ServeArgs {
     /// Directory holding the database and the token-signing secret. [default: ./presenced-data]
     #[arg(long, env = "PRESENCED_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// The store backend: `embedded` (memory, a write-ahead log and redb in the data directory). [default: embedded]
+    /// The store backend: `embedded` (memory, a write-ahead log and redb in the data directory), or
+    /// Redis/Valkey shared by several nodes: `redis://host:port`, `rediss://…` (TLS), or
+    /// `redis+cluster://host:port,host:port` (a Cluster's seeds). [default: embedded]
     #[arg(long, env = "PRESENCED_STORE")]
     pub store: Option<String>,
+    /// Redis: the keyspace's partition count, fixed when the keyspace is created (every node must agree). [default: 16]
+    #[arg(long, env = "PRESENCED_REDIS_PARTITIONS")]
+    pub redis_partitions: Option<usize>,
+    /// Redis: every key starts with this, so deployments can share one Redis. [default: presenced]
+    #[arg(long, env = "PRESENCED_REDIS_PREFIX")]
+    pub redis_prefix: Option<String>,
+    /// Redis: accept masters without `appendonly yes` and `appendfsync always`. An acknowledged
+    /// write may then be lost if a master fails (up to a second's writes with `everysec`).
+    #[arg(long, env = "PRESENCED_REDIS_RELAXED_DURABILITY")]
+    pub redis_relaxed_durability: bool,
     /// The change log keeps at most this many changes (webhook subscribers further behind get `missed`). [default: 100000]
     #[arg(long, env = "PRESENCED_CHANGE_LOG_RETAIN")]
     pub change_log_retain: Option<usize>,
@@ -211,6 +223,8 @@ pub struct FileConfig {
     pub listen: Option<String>,
     pub store: Option<String>,
     #[serde(default)]
+    pub redis: FileRedis,
+    #[serde(default)]
     pub change_log: FileChangeLog,
     #[serde(default)]
     pub streams: FileStreams,
@@ -243,6 +257,22 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields)]
 pub struct FileStreams {
     pub max_per_app: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRedis {
+    pub partitions: Option<usize>,
+    pub prefix: Option<String>,
+    pub relaxed_durability: Option<bool>,
+}
+
+/// The Redis backend's settings (used when `store` names Redis).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    pub partitions: usize,
+    pub prefix: String,
+    pub relaxed_durability: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -310,6 +340,7 @@ pub struct ServeConfig {
     pub retention: Retention,
     pub streams: StreamConfig,
     pub clients: ClientConfig,
+    pub redis: RedisSettings,
     pub delegated_writes_to_others: bool,
     pub timing: Timing,
     pub jwks_file: Option<PathBuf>,
@@ -576,6 +607,14 @@ impl ServeArgs {
             retention,
             streams,
             clients,
+            redis: RedisSettings {
+                partitions: self.redis_partitions.or(file.redis.partitions).unwrap_or(16),
+                prefix: self
+                    .redis_prefix
+                    .or(file.redis.prefix)
+                    .unwrap_or_else(|| "presenced".to_owned()),
+                relaxed_durability: self.redis_relaxed_durability || file.redis.relaxed_durability.unwrap_or(false),
+            },
             delegated_writes_to_others: self.allow_delegated_writes_to_others
                 || file.auth.allow_delegated_writes_to_others.unwrap_or(false),
             timing,

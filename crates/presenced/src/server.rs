@@ -64,6 +64,17 @@ async fn open_store(config: &ServeConfig, clock: &Clock) -> anyhow::Result<Store
             );
             Ok(Store::Embedded(store))
         }
+        StoreChoice::Redis(ref target) => {
+            let mut options = crate::store::redis::Options::new(target.clone(), clock.clone());
+            options.partitions = config.redis.partitions;
+            options.prefix = config.redis.prefix.clone();
+            options.relaxed = config.redis.relaxed_durability;
+            options.retain = config.retention.count;
+            options.retain_for = config.retention.age;
+            let store = crate::store::redis::RedisStore::open(options).await?;
+            tracing::info!(nodes = ?target.urls, cluster = target.cluster, "store opened on Redis");
+            Ok(Store::Redis(store))
+        }
     }
 }
 

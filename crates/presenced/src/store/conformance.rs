@@ -53,7 +53,41 @@ pub trait Harness: Sized {
 #[macro_export]
 macro_rules! conformance_tests {
     ($harness:ty) => {
-        $crate::conformance_tests!(@each $harness;
+        $crate::conformance_behaviours!(conformance_tests, @each $harness);
+    };
+    (@each $harness:ty; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $crate::store::conformance::$name::<$harness>().await;
+            }
+        )*
+    };
+}
+
+/// Every behaviour in one test, one after another: for a harness whose server is costly to start
+/// (a Redis Cluster), where one process per behaviour would start one per behaviour.
+#[macro_export]
+macro_rules! conformance_sequence {
+    ($test:ident, $harness:ty) => {
+        $crate::conformance_behaviours!(conformance_sequence, @run $test, $harness);
+    };
+    (@run $test:ident, $harness:ty; $($name:ident),* $(,)?) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $test() {
+            $(
+                eprintln!("{}: {}", stringify!($test), stringify!($name));
+                $crate::store::conformance::$name::<$harness>().await;
+            )*
+        }
+    };
+}
+
+/// The behaviours, handed to `$callback`.
+#[macro_export]
+macro_rules! conformance_behaviours {
+    ($callback:ident, $($args:tt)*) => {
+        $crate::$callback!($($args)*;
             unknown_user_reads_version_zero,
             commit_is_compare_and_set_and_a_conflict_returns_the_current_state,
             commit_many_checks_each_commit,
@@ -84,15 +118,7 @@ macro_rules! conformance_tests {
             a_skip_and_its_missed_notice_are_one_write,
             claims_are_exclusive_until_the_lease_lapses,
             lifecycle_notices_are_claimed_and_finished,
-        );
-    };
-    (@each $harness:ty; $($name:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                $crate::store::conformance::$name::<$harness>().await;
-            }
-        )*
+                );
     };
 }
 
@@ -1212,4 +1238,76 @@ mod embedded {
     }
 
     crate::conformance_tests!(Embedded);
+}
+
+/// The Redis backend on a standalone server and on a three-master Cluster with replicas, each
+/// started by the test. Every behaviour gets its own key prefix, so a fresh keyspace.
+mod redis {
+    use super::{Harness, Settings};
+    use crate::store::redis::connection::Target;
+    use crate::store::redis::test_servers::{start_node, Cluster, Node};
+    use crate::store::redis::{Options, RedisStore};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::OnceLock;
+    use std::time::Duration;
+
+    static STANDALONE: OnceLock<Node> = OnceLock::new();
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    static NEXT_PREFIX: AtomicUsize = AtomicUsize::new(0);
+
+    pub struct OnRedis<const CLUSTER_MODE: bool> {
+        options: Options,
+        store: Option<RedisStore>,
+    }
+
+    fn block<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+    }
+
+    impl<const CLUSTER_MODE: bool> OnRedis<CLUSTER_MODE> {
+        fn open_store(&self) -> RedisStore {
+            block(RedisStore::open(self.options.clone())).expect("the Redis store opens")
+        }
+    }
+
+    impl<const CLUSTER_MODE: bool> Harness for OnRedis<CLUSTER_MODE> {
+        type Store = RedisStore;
+
+        fn open(settings: Settings) -> Self {
+            let url = if CLUSTER_MODE {
+                CLUSTER.get_or_init(Cluster::start).url()
+            } else {
+                STANDALONE.get_or_init(|| start_node(false)).url()
+            };
+            let mut options = Options::new(Target::parse(&url).unwrap(), settings.clock);
+            options.prefix = format!("t{}", NEXT_PREFIX.fetch_add(1, Ordering::Relaxed));
+            options.retain = settings.retain;
+            options.retain_for = settings.retain_for;
+            options.poll = Duration::from_millis(5);
+            let mut h = OnRedis { options, store: None };
+            h.store = Some(h.open_store());
+            h
+        }
+
+        fn store(&self) -> &RedisStore {
+            self.store.as_ref().expect("open")
+        }
+
+        fn reopen(&mut self) {
+            self.store = None;
+            self.store = Some(self.open_store());
+        }
+
+        fn crash(&mut self) {
+            // Nothing is held back from Redis: a dropped handle is a crashed node.
+            self.reopen();
+        }
+
+        fn second(&self) -> RedisStore {
+            self.open_store()
+        }
+    }
+
+    crate::conformance_sequence!(conformance_on_standalone_redis, OnRedis<false>);
+    crate::conformance_sequence!(conformance_on_a_redis_cluster, OnRedis<true>);
 }

@@ -11,6 +11,7 @@
 //!   notices owed, claimed and acknowledged by whoever sends them.
 //! - [`position`]: the opaque, ordered place of a change in the log.
 //! - [`embedded`]: the default backend (memory, a write-ahead log with group commit, redb).
+//! - [`redis`]: several nodes sharing one Redis or Valkey, standalone or Cluster.
 //! - [`conformance`] (tests): one test per behaviour, generated for every backend.
 //!
 //! No contract assumes one process or a global order: a commit is a compare-and-set that returns
@@ -22,6 +23,7 @@ pub mod deliveries;
 pub mod embedded;
 pub mod position;
 pub mod presence_state;
+pub mod redis;
 pub mod subscriptions;
 
 #[cfg(test)]
@@ -35,6 +37,7 @@ pub use presence_state::{Commit, CommitError, PresenceState, Versioned};
 pub use subscriptions::{CreateError, Limit, Limits, Owner, Stored, SubscriptionWrite, Subscriptions, WriteError};
 
 use crate::subscription::Subscription;
+use self::redis::RedisStore;
 use embedded::EmbeddedStore;
 use jiff::Timestamp;
 use presence_core::{PresenceView, TenantId, UserKey};
@@ -65,12 +68,14 @@ impl<T> Backend for T where
 #[derive(Clone)]
 pub enum Store {
     Embedded(EmbeddedStore),
+    Redis(RedisStore),
 }
 
 macro_rules! forward {
     ($self:ident, $s:ident => $body:expr) => {
         match $self {
             Store::Embedded($s) => $body,
+            Store::Redis($s) => $body,
         }
     };
 }
@@ -97,6 +102,8 @@ impl Store {
                 log_retained: s.log_retained(),
                 lifecycle_queued: s.lifecycle_queued(),
             },
+            // Counting would walk the shared keyspace; these gauges stay at zero on Redis.
+            Store::Redis(_) => Counts::default(),
         }
     }
 
@@ -110,6 +117,7 @@ impl Store {
     pub fn close(self) {
         match self {
             Store::Embedded(s) => s.close(),
+            Store::Redis(_) => {}
         }
     }
 }
@@ -119,6 +127,8 @@ impl Store {
 pub enum StoreChoice {
     /// The default: memory, a write-ahead log with group commit and redb, in the data directory.
     Embedded,
+    /// Redis or Valkey: `redis://`, `rediss://`, or `redis+cluster://host:port,host:port`.
+    Redis(self::redis::connection::Target),
 }
 
 impl std::str::FromStr for StoreChoice {
@@ -126,8 +136,10 @@ impl std::str::FromStr for StoreChoice {
     fn from_str(raw: &str) -> Result<Self, Self::Err> {
         match raw.trim() {
             "embedded" => Ok(StoreChoice::Embedded),
+            other if other.starts_with("redis") => self::redis::connection::Target::parse(other).map(StoreChoice::Redis),
             other => Err(format!(
-                "{other:?} is not a store this build knows; the choices are: embedded"
+                "{other:?} is not a store this build knows; the choices are: embedded, redis://…, \
+                 rediss://…, redis+cluster://host:port,host:port"
             )),
         }
     }
@@ -149,7 +161,8 @@ impl PresenceState for Store {
     fn commit(&self, commit: Commit) -> impl Future<Output = Result<u64, CommitError>> + Send {
         // Not an `async fn`: the embedded commit's future is part of every write's and kept small.
         match self {
-            Store::Embedded(s) => s.commit(commit),
+            Store::Embedded(s) => futures_util::future::Either::Left(s.commit(commit)),
+            Store::Redis(s) => futures_util::future::Either::Right(s.commit(commit)),
         }
     }
     async fn commit_many(&self, commits: Vec<Commit>) -> Vec<Result<u64, CommitError>> {

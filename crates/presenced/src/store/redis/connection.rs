@@ -1,0 +1,267 @@
+//! One handle on Redis whether standalone or Cluster, with a timeout on every connect and
+//! command, and the start-up checks: durability settings and the function library.
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+use std::time::Duration;
+
+/// The function library every master must hold (`FUNCTION LOAD REPLACE` at start).
+pub const LIBRARY: &str = include_str!("functions.lua");
+
+/// Where Redis is: one URL (`redis://`, `rediss://`) or a Cluster's seed list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub urls: Vec<String>,
+    pub cluster: bool,
+}
+
+impl Target {
+    /// `redis://host:port[/db]`, `rediss://…`, or `redis+cluster://host:port,host:port,…` (also
+    /// `rediss+cluster://`) for a Cluster's seeds.
+    pub fn parse(raw: &str) -> Result<Target, String> {
+        let raw = raw.trim();
+        for (scheme, inner) in [("redis+cluster://", "redis://"), ("rediss+cluster://", "rediss://")] {
+            if let Some(rest) = raw.strip_prefix(scheme) {
+                let (auth, hosts) = match rest.rsplit_once('@') {
+                    Some((auth, hosts)) => (format!("{auth}@"), hosts),
+                    None => (String::new(), rest),
+                };
+                let urls: Vec<String> = hosts
+                    .trim_end_matches('/')
+                    .split(',')
+                    .filter(|h| !h.is_empty())
+                    .map(|h| format!("{inner}{auth}{h}"))
+                    .collect();
+                if urls.is_empty() {
+                    return Err(format!("{raw:?} names no Cluster node"));
+                }
+                return Ok(Target { urls, cluster: true });
+            }
+        }
+        if raw.starts_with("redis://") || raw.starts_with("rediss://") {
+            return Ok(Target {
+                urls: vec![raw.to_owned()],
+                cluster: false,
+            });
+        }
+        Err(format!(
+            "{raw:?} is not a Redis address (redis://, rediss://, redis+cluster://host:port,host:port)"
+        ))
+    }
+}
+
+/// A connection that reconnects by itself; cheap to clone (requests share it, pipelined).
+#[derive(Clone)]
+pub enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// Timeouts for connecting and for each command.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub command: Duration,
+}
+
+impl Conn {
+    pub async fn open(target: &Target, timeouts: Timeouts) -> redis::RedisResult<Conn> {
+        if target.cluster {
+            let client = ClusterClientBuilder::new(target.urls.clone())
+                .connection_timeout(timeouts.connect)
+                .response_timeout(timeouts.command)
+                .retries(2)
+                .build()?;
+            let conn = tokio::time::timeout(timeouts.connect * 3, client.get_async_connection())
+                .await
+                .map_err(|_| timeout_error("connecting to the Cluster"))??;
+            Ok(Conn::Cluster(conn))
+        } else {
+            let client = redis::Client::open(target.urls[0].as_str())?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeouts.connect))
+                .set_response_timeout(Some(timeouts.command))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_secs(2));
+            let conn = tokio::time::timeout(timeouts.connect * 3, client.get_connection_manager_with_config(config))
+                .await
+                .map_err(|_| timeout_error("connecting to Redis"))??;
+            Ok(Conn::Single(conn))
+        }
+    }
+
+    /// Run one command.
+    pub async fn run<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> redis::RedisResult<T> {
+        let mut conn = self.clone();
+        cmd.query_async(&mut conn).await
+    }
+
+    /// Every master's address (one for standalone).
+    pub async fn masters(&self, target: &Target) -> redis::RedisResult<Vec<String>> {
+        match self {
+            Conn::Single(_) => Ok(target.urls.clone()),
+            Conn::Cluster(_) => {
+                let shards: Value = self.run(&redis::cmd("CLUSTER").arg("SHARDS")).await?;
+                Ok(masters_of(&shards, &target.urls[0]))
+            }
+        }
+    }
+}
+
+fn timeout_error(what: &str) -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("timed out {what}"),
+    ))
+}
+
+/// Master addresses from a `CLUSTER SHARDS` reply, as URLs of the seed's scheme and credentials.
+fn masters_of(shards: &Value, seed: &str) -> Vec<String> {
+    let (scheme, rest) = seed.split_once("://").unwrap_or(("redis", seed));
+    let auth = rest.rsplit_once('@').map(|(a, _)| format!("{a}@")).unwrap_or_default();
+    let mut out = Vec::new();
+    let Value::Array(shards) = shards else { return out };
+    for shard in shards {
+        let Some(nodes) = field(shard, "nodes") else { continue };
+        let Value::Array(nodes) = nodes else { continue };
+        for node in nodes {
+            let text = |name: &str| field(node, name).and_then(value_text);
+            let port = field(node, "port").and_then(|v| match v {
+                Value::Int(p) => Some(p.to_string()),
+                other => value_text(other),
+            });
+            if text("role").as_deref() == Some("master") && text("health").as_deref() != Some("fail") {
+                if let (Some(ip), Some(port)) = (text("ip"), port) {
+                    out.push(format!("{scheme}://{auth}{ip}:{port}"));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A field of a RESP2 flat key/value array or a RESP3 map.
+fn field<'a>(value: &'a Value, name: &str) -> Option<&'a Value> {
+    match value {
+        Value::Array(items) => items
+            .chunks(2)
+            .find(|kv| value_text(&kv[0]).as_deref() == Some(name))
+            .and_then(|kv| kv.get(1)),
+        Value::Map(pairs) => pairs
+            .iter()
+            .find(|(k, _)| value_text(k).as_deref() == Some(name))
+            .map(|(_, v)| v),
+        _ => None,
+    }
+}
+
+pub fn value_text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        Value::Okay => Some("OK".into()),
+        _ => None,
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// What a master's persistence settings promise for an acknowledged write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Durability {
+    /// `appendonly yes` and `appendfsync always`: fsynced before the reply.
+    Fsynced,
+    /// Anything weaker, with the settings read.
+    Weaker(String),
+}
+
+/// Read one master's persistence settings (`CONFIG GET`).
+pub async fn durability_of(url: &str, timeouts: Timeouts) -> redis::RedisResult<Durability> {
+    let client = redis::Client::open(url)?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeouts.connect))
+        .set_response_timeout(Some(timeouts.command));
+    let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
+    let get = |name: &'static str| {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("GET").arg(name);
+        cmd
+    };
+    let appendonly: std::collections::HashMap<String, String> = get("appendonly").query_async(&mut conn).await?;
+    let fsync: std::collections::HashMap<String, String> = get("appendfsync").query_async(&mut conn).await?;
+    let (a, f) = (
+        appendonly.get("appendonly").cloned().unwrap_or_default(),
+        fsync.get("appendfsync").cloned().unwrap_or_default(),
+    );
+    Ok(if a == "yes" && f == "always" {
+        Durability::Fsynced
+    } else {
+        Durability::Weaker(format!("appendonly {a}, appendfsync {f}"))
+    })
+}
+
+/// Load the function library onto one master (a replica gets it by replication).
+pub async fn load_library(url: &str, timeouts: Timeouts) -> redis::RedisResult<()> {
+    let client = redis::Client::open(url)?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeouts.connect))
+        .set_response_timeout(Some(timeouts.command));
+    let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
+    let _: Value = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg(LIBRARY)
+        .query_async(&mut conn)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse() {
+        assert_eq!(
+            Target::parse("redis://127.0.0.1:6379").unwrap(),
+            Target {
+                urls: vec!["redis://127.0.0.1:6379".into()],
+                cluster: false
+            }
+        );
+        let t = Target::parse("rediss+cluster://user:pw@a:1,b:2").unwrap();
+        assert!(t.cluster);
+        assert_eq!(t.urls, ["rediss://user:pw@a:1", "rediss://user:pw@b:2"]);
+        for bad in ["", "http://x", "redis+cluster://", "embedded"] {
+            assert!(Target::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,353 @@
+#!lua name=presenced_v1
+
+-- The Redis backend's functions (store::redis). Each write is one call, so it is one round trip
+-- and atomic; every key one call touches shares one hash tag (a partition's `{p<n>}`, or the
+-- subscriptions' `{s}`), as Cluster requires. Keys a function reads that are not declared are
+-- built from a declared key of the same tag, so they live in the same slot.
+
+-- A commit: compare-and-set the user's version, write the state, keep the partition's deadline
+-- index, connected-client set and tenant set, append the change to the partition's stream and
+-- publish it on the partition's shard channel. A conflict returns the state stored now.
+-- KEYS: user, due, log, seq, clients, tenant, lease
+-- ARGV: expected, state, deadline_ms|'', event|'', now_ms, maxlen, member, connected(1|0),
+--       cutoff_ms, keep_at_least, channel, node, epoch
+local function commit(keys, args)
+  if args[12] ~= '' then
+    local held = redis.call('GET', keys[7])
+    if held ~= args[12] .. ':' .. args[13] then
+      return redis.error_reply('FENCED this node no longer holds its lease')
+    end
+  end
+  local stored = redis.call('HMGET', keys[1], 'v', 's')
+  local version = tonumber(stored[1] or '0')
+  if version ~= tonumber(args[1]) then
+    return {0, version, stored[2] or false}
+  end
+  version = version + 1
+  redis.call('HSET', keys[1], 'v', version, 's', args[2])
+  if args[3] == '' then
+    redis.call('ZREM', keys[2], args[7])
+  else
+    redis.call('ZADD', keys[2], args[3], args[7])
+  end
+  if args[8] == '1' then
+    redis.call('SADD', keys[5], args[7])
+  else
+    redis.call('SREM', keys[5], args[7])
+  end
+  redis.call('SADD', keys[6], args[7])
+  local seq = 0
+  if args[4] ~= '' then
+    seq = redis.call('INCR', keys[4])
+    redis.call('XADD', keys[3], 'MAXLEN', '~', args[6], '0-' .. seq, 'e', args[4], 't', args[5])
+    -- Age-based retention, a few entries per commit: amortised, never a long stall.
+    local cutoff = tonumber(args[9])
+    local keep = tonumber(args[10])
+    for _ = 1, 8 do
+      local first = redis.call('XRANGE', keys[3], '-', '+', 'COUNT', 1)[1]
+      if not first or tonumber(first[2][4]) >= cutoff or redis.call('XLEN', keys[3]) <= keep then
+        break
+      end
+      redis.call('XDEL', keys[3], first[1])
+    end
+    redis.call('SPUBLISH', args[11], seq)
+  end
+  return {1, version, seq}
+end
+
+-- Changes of one partition after sequence ARGV[1], at most ARGV[2].
+-- KEYS: log, seq. Returns {1, head, id, event, id, event, ...} or {0, oldest} when the window
+-- no longer holds every change after it.
+local function read_log(keys, args)
+  local after = tonumber(args[1])
+  local head = tonumber(redis.call('GET', keys[2]) or '0')
+  if after >= head then
+    return {1, head}
+  end
+  local first = redis.call('XRANGE', keys[1], '-', '+', 'COUNT', 1)[1]
+  local first_seq = head + 1
+  if first then
+    first_seq = tonumber(string.match(first[1], '^0%-(%d+)$'))
+  end
+  if after + 1 < first_seq then
+    return {0, first_seq - 1}
+  end
+  local out = {1, head}
+  local entries = redis.call('XRANGE', keys[1], '(0-' .. after, '+', 'COUNT', args[2])
+  for _, entry in ipairs(entries) do
+    out[#out + 1] = string.match(entry[1], '^0%-(%d+)$')
+    out[#out + 1] = entry[2][2]
+  end
+  return out
+end
+
+-- Users' versions and states, in the order of KEYS. Returns {v, s, v, s, ...}.
+local function load(keys, args)
+  local out = {}
+  for _, key in ipairs(keys) do
+    local stored = redis.call('HMGET', key, 'v', 's')
+    out[#out + 1] = stored[1] or '0'
+    out[#out + 1] = stored[2] or ''
+  end
+  return out
+end
+
+-- The partition's sequence and the states of KEYS[2..], as of that sequence.
+local function snapshot(keys, args)
+  local out = {redis.call('GET', keys[1]) or '0'}
+  for i = 2, #keys do
+    out[#out + 1] = redis.call('HGET', keys[i], 's') or ''
+  end
+  return out
+end
+
+-- The partition's sequence and every user of one tenant with their states.
+-- KEYS: seq, tenant. ARGV: the user keys' prefix (a user key is prefix .. member).
+local function snapshot_tenant(keys, args)
+  local out = {redis.call('GET', keys[1]) or '0'}
+  for _, member in ipairs(redis.call('SMEMBERS', keys[2])) do
+    local state = redis.call('HGET', args[1] .. member, 's')
+    if state then
+      out[#out + 1] = member
+      out[#out + 1] = state
+    end
+  end
+  return out
+end
+
+-- ---- subscriptions: every key under the tag `{s}` ----
+-- KEYS[1] is the tag's prefix (ending in ':'); the names below hang off it.
+
+local function sk(keys, name)
+  return keys[1] .. name
+end
+
+local function join_positions(old, new)
+  if not old then
+    return new
+  end
+  local a, b, out = {}, {}, {}
+  for n in string.gmatch(old, '[^,]+') do a[#a + 1] = tonumber(n) end
+  for n in string.gmatch(new, '[^,]+') do b[#b + 1] = tonumber(n) end
+  for i = 1, math.max(#a, #b) do
+    out[i] = string.format('%d', math.max(a[i] or 0, b[i] or 0))
+  end
+  return table.concat(out, ',')
+end
+
+local function queue_notice(keys, notice)
+  if notice == '' then
+    return
+  end
+  local id = redis.call('INCR', sk(keys, 'nseq'))
+  redis.call('HSET', sk(keys, 'ntc'), id, notice)
+  redis.call('ZADD', sk(keys, 'nord'), id, id)
+end
+
+local function set_lifecycle(keys, id, at)
+  if at == '' then
+    redis.call('ZREM', sk(keys, 'life'), id)
+  else
+    redis.call('ZADD', sk(keys, 'life'), at, id)
+  end
+end
+
+-- ARGV: id, record, lifecycle_ms|'', owner, application, per_owner, per_app, per_watched,
+--       position, watched... Returns {1, version} or {0, kind, bound, which}.
+local function sub_create(keys, args)
+  local counts = sk(keys, 'cnt')
+  local owner_n = tonumber(redis.call('HGET', counts, 'o:' .. args[4]) or '0')
+  if owner_n >= tonumber(args[6]) then
+    return {0, 'owner', args[6], ''}
+  end
+  local app_n = tonumber(redis.call('HGET', counts, 'a:' .. args[5]) or '0')
+  if app_n >= tonumber(args[7]) then
+    return {0, 'application', args[7], ''}
+  end
+  for i = 10, #args do
+    local n = tonumber(redis.call('HGET', counts, 'w:' .. args[i]) or '0')
+    if n >= tonumber(args[8]) then
+      return {0, 'watched', args[8], args[i]}
+    end
+  end
+  if redis.call('HEXISTS', sk(keys, 'rec'), args[1]) == 1 then
+    return redis.error_reply('EXISTS a subscription with this id exists')
+  end
+  redis.call('HINCRBY', counts, 'o:' .. args[4], 1)
+  redis.call('HINCRBY', counts, 'a:' .. args[5], 1)
+  for i = 10, #args do
+    redis.call('HINCRBY', counts, 'w:' .. args[i], 1)
+  end
+  redis.call('HSET', sk(keys, 'rec'), args[1], args[2])
+  redis.call('HSET', sk(keys, 'ver'), args[1], 1)
+  redis.call('ZADD', sk(keys, 'own:' .. args[4]), 0, args[1])
+  redis.call('HSET', sk(keys, 'pos'), args[1], args[9])
+  set_lifecycle(keys, args[1], args[3])
+  return {1, 1}
+end
+
+-- ARGV: id, expected, record, lifecycle_ms|'', notice|''. Returns {1, version} or
+-- {0, version|0, record|false}.
+local function sub_replace(keys, args)
+  local version = tonumber(redis.call('HGET', sk(keys, 'ver'), args[1]) or '0')
+  if version == 0 or version ~= tonumber(args[2]) then
+    return {0, version, redis.call('HGET', sk(keys, 'rec'), args[1]) or false}
+  end
+  version = version + 1
+  redis.call('HSET', sk(keys, 'rec'), args[1], args[3])
+  redis.call('HSET', sk(keys, 'ver'), args[1], version)
+  set_lifecycle(keys, args[1], args[4])
+  queue_notice(keys, args[5])
+  return {1, version}
+end
+
+-- ARGV: id, expected, notice|'', owner, application, watched...
+local function sub_remove(keys, args)
+  local version = tonumber(redis.call('HGET', sk(keys, 'ver'), args[1]) or '0')
+  if version == 0 or version ~= tonumber(args[2]) then
+    return {0, version, redis.call('HGET', sk(keys, 'rec'), args[1]) or false}
+  end
+  local counts = sk(keys, 'cnt')
+  redis.call('HINCRBY', counts, 'o:' .. args[4], -1)
+  redis.call('HINCRBY', counts, 'a:' .. args[5], -1)
+  for i = 6, #args do
+    redis.call('HINCRBY', counts, 'w:' .. args[i], -1)
+  end
+  for _, name in ipairs({'rec', 'ver', 'pos', 'claim'}) do
+    redis.call('HDEL', sk(keys, name), args[1])
+  end
+  redis.call('ZREM', sk(keys, 'own:' .. args[4]), args[1])
+  redis.call('ZREM', sk(keys, 'life'), args[1])
+  queue_notice(keys, args[3])
+  return {1, 0}
+end
+
+-- Records with versions: ARGV are ids. Returns {id, version, record, ...} for those that exist.
+local function sub_get(keys, args)
+  local out = {}
+  for _, id in ipairs(args) do
+    local record = redis.call('HGET', sk(keys, 'rec'), id)
+    if record then
+      out[#out + 1] = id
+      out[#out + 1] = redis.call('HGET', sk(keys, 'ver'), id)
+      out[#out + 1] = record
+    end
+  end
+  return out
+end
+
+local function sub_all(keys, args)
+  return sub_get(keys, redis.call('HKEYS', sk(keys, 'rec')))
+end
+
+-- ARGV: owner, after|'', limit
+local function sub_page(keys, args)
+  local from = '-'
+  if args[2] ~= '' then
+    from = '(' .. args[2]
+  end
+  local ids = redis.call('ZRANGE', sk(keys, 'own:' .. args[1]), from, '+', 'BYLEX', 'LIMIT', 0, args[3])
+  return sub_get(keys, ids)
+end
+
+-- ARGV: now_ms, limit
+local function sub_due(keys, args)
+  local ids = redis.call('ZRANGE', sk(keys, 'life'), '-inf', args[1], 'BYSCORE', 'LIMIT', 0, args[2])
+  return sub_get(keys, ids)
+end
+
+-- Lease every subscription no other consumer holds. ARGV: consumer, now_ms, until_ms.
+-- Returns {id, position, ...}.
+local function claim(keys, args)
+  local out = {}
+  local now = tonumber(args[2])
+  local positions = redis.call('HGETALL', sk(keys, 'pos'))
+  for i = 1, #positions, 2 do
+    local id = positions[i]
+    local lease = redis.call('HGET', sk(keys, 'claim'), id)
+    local free = true
+    if lease then
+      local holder, untl = string.match(lease, '^(.*)|(%d+)$')
+      free = holder == args[1] or tonumber(untl) <= now
+    end
+    if free then
+      redis.call('HSET', sk(keys, 'claim'), id, args[1] .. '|' .. args[3])
+      out[#out + 1] = id
+      out[#out + 1] = positions[i + 1]
+    end
+  end
+  return out
+end
+
+-- ARGV: id, position, id, position, ... Positions only move forward; unknown ids are ignored.
+local function acknowledge(keys, args)
+  for i = 1, #args, 2 do
+    local old = redis.call('HGET', sk(keys, 'pos'), args[i])
+    if old then
+      redis.call('HSET', sk(keys, 'pos'), args[i], join_positions(old, args[i + 1]))
+    end
+  end
+  return 1
+end
+
+-- ARGV: id, position, notice|''
+local function skip(keys, args)
+  local old = redis.call('HGET', sk(keys, 'pos'), args[1])
+  if old then
+    redis.call('HSET', sk(keys, 'pos'), args[1], join_positions(old, args[2]))
+  end
+  queue_notice(keys, args[3])
+  return 1
+end
+
+-- ARGV: consumer, now_ms, until_ms, limit. Returns {id, notice, ...}, oldest first.
+local function claim_notices(keys, args)
+  local out = {}
+  local now = tonumber(args[2])
+  local limit = tonumber(args[4])
+  for _, id in ipairs(redis.call('ZRANGE', sk(keys, 'nord'), 0, -1)) do
+    if #out >= 2 * limit then
+      break
+    end
+    local lease = redis.call('HGET', sk(keys, 'nclaim'), id)
+    local free = true
+    if lease then
+      local holder, untl = string.match(lease, '^(.*)|(%d+)$')
+      free = holder == args[1] or tonumber(untl) <= now
+    end
+    if free then
+      redis.call('HSET', sk(keys, 'nclaim'), id, args[1] .. '|' .. args[3])
+      out[#out + 1] = id
+      out[#out + 1] = redis.call('HGET', sk(keys, 'ntc'), id)
+    end
+  end
+  return out
+end
+
+-- ARGV: notice ids
+local function finish_notices(keys, args)
+  for _, id in ipairs(args) do
+    redis.call('HDEL', sk(keys, 'ntc'), id)
+    redis.call('HDEL', sk(keys, 'nclaim'), id)
+    redis.call('ZREM', sk(keys, 'nord'), id)
+  end
+  return 1
+end
+
+redis.register_function('pd_commit', commit)
+redis.register_function{function_name = 'pd_read_log', callback = read_log, flags = {'no-writes'}}
+redis.register_function{function_name = 'pd_load', callback = load, flags = {'no-writes'}}
+redis.register_function{function_name = 'pd_snapshot', callback = snapshot, flags = {'no-writes'}}
+redis.register_function{function_name = 'pd_snapshot_tenant', callback = snapshot_tenant, flags = {'no-writes'}}
+redis.register_function('pd_sub_create', sub_create)
+redis.register_function('pd_sub_replace', sub_replace)
+redis.register_function('pd_sub_remove', sub_remove)
+redis.register_function{function_name = 'pd_sub_get', callback = sub_get, flags = {'no-writes'}}
+redis.register_function{function_name = 'pd_sub_all', callback = sub_all, flags = {'no-writes'}}
+redis.register_function{function_name = 'pd_sub_page', callback = sub_page, flags = {'no-writes'}}
+redis.register_function{function_name = 'pd_sub_due', callback = sub_due, flags = {'no-writes'}}
+redis.register_function('pd_claim', claim)
+redis.register_function('pd_acknowledge', acknowledge)
+redis.register_function('pd_skip', skip)
+redis.register_function('pd_claim_notices', claim_notices)
+redis.register_function('pd_finish_notices', finish_notices)

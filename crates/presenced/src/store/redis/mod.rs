@@ -1,0 +1,956 @@
+//! The Redis/Valkey backend (`--store redis://…`): every node of a deployment shares its state
+//! through one Redis, standalone or Cluster.
+//!
+//! Module map:
+//! - [`keys`]: partitions and key names (a partition's keys share one hash tag).
+//! - [`connection`]: standalone or Cluster behind one handle, timeouts, the start-up checks.
+//! - `test_servers` (tests): Redis servers and Clusters started on free loopback ports.
+//! - `functions.lua`: the function library; each write is one `FCALL`, one round trip.
+//! - this file: the ports.
+//!
+//! The change log is one stream per partition, so a [`Position`] is a cut: one sequence per
+//! partition. A node learns of other nodes' changes by reading the partitions' sequences every
+//! `poll` (its own commits move its head at once). A `200` means what the masters' persistence
+//! makes it mean: at start every master must have `appendonly yes` and `appendfsync always`
+//! unless the store is opened relaxed.
+pub mod connection;
+pub mod keys;
+#[cfg(test)]
+pub mod test_servers;
+
+use crate::clock::Clock;
+use crate::metrics::StoreMetrics;
+use crate::store::{
+    Change, ChangeLog, Commit, CommitError, CreateError, Deadlines, Deliveries, Limit, Limits, LifecycleNotice,
+    LogError, NewLifecycle, Owner, Position, PresenceState, Snapshot, StoreError, Stored, SubscriptionWrite,
+    Subscriptions, TenantSnapshot, Versioned, WriteError,
+};
+use crate::subscription::Subscription;
+use connection::{Conn, Durability, Target, Timeouts};
+use futures_util::future::join_all;
+use jiff::{SignedDuration, Timestamp};
+use keys::Keys;
+use presence_core::{ChangeEvent, TenantId, UserId, UserKey, UserPresence};
+use redis::Value;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+
+/// Fewest changes the window keeps, across all partitions (as the embedded backend).
+const MIN_RETAINED: usize = 10_000;
+
+/// How a Redis store is opened.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub target: Target,
+    /// The keyspace's partition count; a keyspace created with another count is refused.
+    pub partitions: usize,
+    /// Every key starts with this (several deployments may share one Redis).
+    pub prefix: String,
+    pub retain: usize,
+    pub retain_for: SignedDuration,
+    pub clock: Clock,
+    pub timeouts: Timeouts,
+    /// Accept masters that do not fsync every write (a `200` may then be lost with a master).
+    pub relaxed: bool,
+    /// How often other nodes' changes are looked for.
+    pub poll: Duration,
+}
+
+impl Options {
+    pub fn new(target: Target, clock: Clock) -> Options {
+        Options {
+            target,
+            partitions: 16,
+            prefix: "presenced".into(),
+            retain: 100_000,
+            retain_for: SignedDuration::from_hours(4),
+            clock,
+            timeouts: Timeouts {
+                connect: Duration::from_secs(2),
+                command: Duration::from_secs(2),
+            },
+            relaxed: false,
+            poll: Duration::from_millis(20),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot reach Redis: {0}")]
+    Unreachable(String),
+    #[error("{0}")]
+    Refused(String),
+}
+
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: Conn,
+    keys: Keys,
+    options: Options,
+    head: watch::Sender<Position>,
+    ready: AtomicBool,
+    deadline_moved: Notify,
+    subscriptions_changed: Notify,
+    lifecycle_added: Notify,
+    metrics: StoreMetrics,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("redis: {e}"))
+}
+
+/// A timestamp as a sorted-set score: microseconds since the epoch (exact in an f64 for
+/// centuries).
+fn score(t: Timestamp) -> i64 {
+    t.as_microsecond()
+}
+
+fn from_score(s: f64) -> Option<Timestamp> {
+    Timestamp::from_microsecond(s as i64).ok()
+}
+
+fn bytes(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+fn int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        other => std::str::from_utf8(bytes(other)?).ok()?.parse().ok(),
+    }
+}
+
+fn items(v: Value) -> Result<Vec<Value>, StoreError> {
+    match v {
+        Value::Array(items) | Value::Set(items) => Ok(items),
+        Value::Nil => Ok(Vec::new()),
+        other => Err(unavailable(format!("unexpected reply {other:?}"))),
+    }
+}
+
+fn state_of(raw: Option<&[u8]>) -> Result<UserPresence, StoreError> {
+    match raw {
+        None | Some(b"") => Ok(UserPresence::default()),
+        Some(b) => serde_json::from_slice(b).map_err(|e| unavailable(format!("a stored state does not parse: {e}"))),
+    }
+}
+
+fn fcall(name: &str, keys: &[String]) -> redis::Cmd {
+    let mut cmd = redis::cmd("FCALL");
+    cmd.arg(name).arg(keys.len()).arg(keys);
+    cmd
+}
+
+fn fcall_ro(name: &str, keys: &[String]) -> redis::Cmd {
+    let mut cmd = redis::cmd("FCALL_RO");
+    cmd.arg(name).arg(keys.len()).arg(keys);
+    cmd
+}
+
+impl RedisStore {
+    /// Connect, check every master's durability, load the functions, check the partition count.
+    pub async fn open(options: Options) -> Result<RedisStore, OpenError> {
+        let keys = Keys::new(&options.prefix, options.partitions).map_err(OpenError::Refused)?;
+        let conn = Conn::open(&options.target, options.timeouts)
+            .await
+            .map_err(|e| OpenError::Unreachable(e.to_string()))?;
+        let masters = conn
+            .masters(&options.target)
+            .await
+            .map_err(|e| OpenError::Unreachable(e.to_string()))?;
+        for master in &masters {
+            let durability = connection::durability_of(master, options.timeouts)
+                .await
+                .map_err(|e| OpenError::Unreachable(format!("{master}: {e}")))?;
+            if let Durability::Weaker(settings) = durability {
+                if !options.relaxed {
+                    return Err(OpenError::Refused(format!(
+                        "{master} has {settings}: an acknowledged write could be lost with it. Set \
+                         `appendonly yes` and `appendfsync always` on every master, or start with \
+                         --redis-relaxed-durability to accept that risk"
+                    )));
+                }
+                tracing::warn!(%master, %settings, "relaxed durability: a 200 may be lost if this master fails");
+            }
+            connection::load_library(master, options.timeouts)
+                .await
+                .map_err(|e| OpenError::Unreachable(format!("loading the functions onto {master}: {e}")))?;
+        }
+        let recorded: Option<usize> = conn
+            .run(
+                redis::cmd("SET")
+                    .arg(keys.meta())
+                    .arg(options.partitions)
+                    .arg("NX")
+                    .arg("GET"),
+            )
+            .await
+            .map_err(|e| OpenError::Unreachable(e.to_string()))?;
+        if let Some(p) = recorded.filter(|p| *p != options.partitions) {
+            return Err(OpenError::Refused(format!(
+                "this keyspace was created with {p} partitions and this node asks for {}: every node \
+                 of a keyspace must use the same --redis-partitions",
+                options.partitions
+            )));
+        }
+        let store = RedisStore {
+            inner: Arc::new(Inner {
+                conn,
+                keys,
+                head: watch::Sender::new(Position::ZERO),
+                ready: AtomicBool::new(false),
+                deadline_moved: Notify::new(),
+                subscriptions_changed: Notify::new(),
+                lifecycle_added: Notify::new(),
+                metrics: StoreMetrics::default(),
+                options,
+            }),
+        };
+        let head = store.read_heads().await.map_err(|e| OpenError::Unreachable(e.to_string()))?;
+        store.advance_head(&head);
+        store.inner.ready.store(true, Ordering::Release);
+        tokio::spawn(poll_heads(Arc::downgrade(&store.inner)));
+        Ok(store)
+    }
+
+    pub fn metrics(&self) -> &StoreMetrics {
+        &self.inner.metrics
+    }
+
+    fn conn(&self) -> &Conn {
+        &self.inner.conn
+    }
+
+    fn p_count(&self) -> usize {
+        self.inner.keys.partitions()
+    }
+
+    fn advance_head(&self, to: &Position) {
+        self.inner.head.send_if_modified(|head| {
+            let next = head.join(to);
+            let moved = next != *head;
+            *head = next;
+            moved
+        });
+    }
+
+    /// Every partition's sequence, read now.
+    async fn read_heads(&self) -> Result<Position, StoreError> {
+        read_heads(&self.inner).await
+    }
+
+    /// Per-partition window sizes: the count kept, and the floor the age trimming respects.
+    fn window(&self) -> (usize, usize) {
+        let p = self.p_count();
+        let retain = self.inner.options.retain.max(MIN_RETAINED);
+        (retain.div_ceil(p), MIN_RETAINED.div_ceil(p))
+    }
+
+    async fn commit_one(&self, commit: Commit) -> Result<u64, CommitError> {
+        let keys = &self.inner.keys;
+        let p = keys.partition_of(&commit.key);
+        let member = Keys::member(&commit.key);
+        let now = self.inner.options.clock.now();
+        let (maxlen, keep) = self.window();
+        let connected = commit
+            .state
+            .sessions()
+            .iter()
+            .any(|s| s.client().is_some_and(|l| l.connected));
+        let deadline = commit.state.next_deadline();
+        let mut cmd = fcall(
+            "pd_commit",
+            &[
+                keys.user(&commit.key),
+                keys.due(p),
+                keys.log(p),
+                keys.seq(p),
+                keys.clients(p),
+                keys.tenant(p, &commit.key.tenant),
+                keys.lease(p, ""),
+            ],
+        );
+        cmd.arg(commit.expected_version)
+            .arg(crate::store::embedded::records::state(&commit.state))
+            .arg(deadline.map(|d| score(d).to_string()).unwrap_or_default())
+            .arg(
+                commit
+                    .event
+                    .as_ref()
+                    .map(|e| crate::store::embedded::records::event(&commit.key, e))
+                    .unwrap_or_default(),
+            )
+            .arg(now.as_millisecond())
+            .arg(maxlen)
+            .arg(&member)
+            .arg(if connected { "1" } else { "0" })
+            .arg((now - self.inner.options.retain_for).as_millisecond())
+            .arg(keep)
+            .arg(keys.channel(p))
+            .arg("")
+            .arg("");
+        let started = std::time::Instant::now();
+        let reply: Value = self.conn().run(&cmd).await.map_err(unavailable)?;
+        self.inner.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+        self.inner.metrics.commits.inc();
+        let reply = items(reply)?;
+        let status = reply.first().and_then(int);
+        let version = reply.get(1).and_then(int).unwrap_or(0) as u64;
+        match status {
+            Some(1) => {
+                let seq = reply.get(2).and_then(int).unwrap_or(0) as u64;
+                if seq > 0 {
+                    self.advance_head(&Position::of_change(p, self.p_count(), seq));
+                }
+                if deadline.is_some() {
+                    self.inner.deadline_moved.notify_waiters();
+                }
+                Ok(version)
+            }
+            Some(0) => {
+                let state = state_of(reply.get(2).and_then(bytes))?;
+                Err(CommitError::Conflict(Versioned {
+                    version,
+                    state: Arc::new(state),
+                }))
+            }
+            _ => Err(CommitError::Store(unavailable("unexpected commit reply"))),
+        }
+    }
+
+    /// The keys asked, grouped by partition, with their places in the request.
+    fn by_partition<'a>(&self, keys: &'a [UserKey]) -> HashMap<usize, Vec<(usize, &'a UserKey)>> {
+        let mut groups: HashMap<usize, Vec<(usize, &UserKey)>> = HashMap::new();
+        for (i, k) in keys.iter().enumerate() {
+            groups.entry(self.inner.keys.partition_of(k)).or_default().push((i, k));
+        }
+        groups
+    }
+
+    /// One partition's changes after `after`, at most `limit`: Ok(changes) or Err(oldest).
+    async fn read_partition(&self, p: usize, after: u64, limit: usize) -> Result<Result<Vec<Arc<Change>>, u64>, StoreError> {
+        let keys = &self.inner.keys;
+        let mut cmd = fcall_ro("pd_read_log", &[keys.log(p), keys.seq(p)]);
+        cmd.arg(after).arg(limit);
+        let reply = items(self.conn().run(&cmd).await.map_err(unavailable)?)?;
+        match reply.first().and_then(int) {
+            Some(0) => Ok(Err(reply.get(1).and_then(int).unwrap_or(0) as u64)),
+            Some(1) => {
+                let mut out = Vec::new();
+                for pair in reply[2..].chunks(2) {
+                    let seq = pair.first().and_then(int).unwrap_or(0) as u64;
+                    let raw = pair.get(1).and_then(bytes).unwrap_or_default();
+                    let (key, event): (UserKey, ChangeEvent) = serde_json::from_slice(raw)
+                        .map_err(|e| unavailable(format!("a logged change does not parse: {e}")))?;
+                    out.push(Arc::new(Change {
+                        position: Position::of_change(p, self.p_count(), seq),
+                        key,
+                        event,
+                    }));
+                }
+                Ok(Ok(out))
+            }
+            _ => Err(unavailable("unexpected log reply")),
+        }
+    }
+
+    fn subscription_key(&self) -> Vec<String> {
+        vec![self.inner.keys.subscriptions()]
+    }
+
+    async fn sub_records(&self, cmd: redis::Cmd) -> Result<Vec<Stored>, StoreError> {
+        let reply = items(self.conn().run(&cmd).await.map_err(unavailable)?)?;
+        let mut out = Vec::new();
+        for triple in reply.chunks(3) {
+            let version = triple.get(1).and_then(int).unwrap_or(0) as u64;
+            let raw = triple.get(2).and_then(bytes).unwrap_or_default();
+            let subscription: Subscription =
+                serde_json::from_slice(raw).map_err(|e| unavailable(format!("a subscription does not parse: {e}")))?;
+            out.push(Stored {
+                version,
+                subscription: Arc::new(subscription),
+            });
+        }
+        Ok(out)
+    }
+
+    fn position_text(&self, position: &Position) -> Option<String> {
+        let parts = position.partitions(self.p_count())?;
+        Some(parts.iter().map(u64::to_string).collect::<Vec<_>>().join(","))
+    }
+
+    fn position_from_text(&self, text: &[u8]) -> Position {
+        let parts: Vec<u64> = std::str::from_utf8(text)
+            .unwrap_or_default()
+            .split(',')
+            .map(|n| n.parse().unwrap_or(0))
+            .collect();
+        let mut full = vec![0; self.p_count()];
+        for (slot, n) in full.iter_mut().zip(parts) {
+            *slot = n;
+        }
+        Position::from_partitions(&full)
+    }
+}
+
+async fn read_heads(inner: &Inner) -> Result<Position, StoreError> {
+    let reads = (0..inner.keys.partitions()).map(|p| {
+        let cmd = redis::cmd("GET").arg(inner.keys.seq(p)).clone();
+        let conn = inner.conn.clone();
+        async move { conn.run::<Option<u64>>(&cmd).await }
+    });
+    let mut parts = Vec::with_capacity(inner.keys.partitions());
+    for r in join_all(reads).await {
+        parts.push(r.map_err(unavailable)?.unwrap_or(0));
+    }
+    Ok(Position::from_partitions(&parts))
+}
+
+/// Moves the head as other nodes commit, and keeps readiness current; ends with the store.
+async fn poll_heads(inner: Weak<Inner>) {
+    loop {
+        let Some(strong) = inner.upgrade() else { return };
+        let pause = strong.options.poll;
+        match read_heads(&strong).await {
+            Ok(head) => {
+                strong.ready.store(true, Ordering::Release);
+                strong.head.send_if_modified(|h| {
+                    let next = h.join(&head);
+                    let moved = next != *h;
+                    *h = next;
+                    moved
+                });
+            }
+            Err(e) => {
+                if strong.ready.swap(false, Ordering::AcqRel) {
+                    tracing::warn!(error = %e, "Redis is unreachable; answering 503 until it returns");
+                }
+            }
+        }
+        drop(strong);
+        tokio::time::sleep(pause).await;
+    }
+}
+
+impl PresenceState for RedisStore {
+    async fn load(&self, key: &UserKey) -> Result<Versioned, StoreError> {
+        Ok(self.load_many(std::slice::from_ref(key)).await?.remove(0))
+    }
+
+    async fn load_many(&self, keys: &[UserKey]) -> Result<Vec<Versioned>, StoreError> {
+        let mut out = vec![Versioned::default(); keys.len()];
+        let groups = self.by_partition(keys);
+        let reads = groups.into_values().map(|group| {
+            let names: Vec<String> = group.iter().map(|(_, k)| self.inner.keys.user(k)).collect();
+            let cmd = fcall_ro("pd_load", &names);
+            async move { (group, self.conn().run::<Value>(&cmd).await) }
+        });
+        for (group, reply) in join_all(reads).await {
+            let reply = items(reply.map_err(unavailable)?)?;
+            for ((i, _), pair) in group.iter().zip(reply.chunks(2)) {
+                let version = pair.first().and_then(int).unwrap_or(0) as u64;
+                if version > 0 {
+                    out[*i] = Versioned {
+                        version,
+                        state: Arc::new(state_of(pair.get(1).and_then(bytes))?),
+                    };
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<u64, CommitError> {
+        self.commit_one(commit).await
+    }
+
+    async fn commit_many(&self, commits: Vec<Commit>) -> Vec<Result<u64, CommitError>> {
+        // In order within a partition (two commits of one user must land in order), partitions
+        // at once.
+        let n = commits.len();
+        let mut groups: HashMap<usize, Vec<(usize, Commit)>> = HashMap::new();
+        for (i, c) in commits.into_iter().enumerate() {
+            groups.entry(self.inner.keys.partition_of(&c.key)).or_default().push((i, c));
+        }
+        let runs = groups.into_values().map(|group| async move {
+            let mut out = Vec::with_capacity(group.len());
+            for (i, c) in group {
+                out.push((i, self.commit_one(c).await));
+            }
+            out
+        });
+        let mut outcomes: Vec<Option<Result<u64, CommitError>>> = (0..n).map(|_| None).collect();
+        for (i, r) in join_all(runs).await.into_iter().flatten() {
+            outcomes[i] = Some(r);
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(CommitError::Store(unavailable("lost outcome")))))
+            .collect()
+    }
+
+    async fn users_with_connected_clients(&self) -> Result<Vec<UserKey>, StoreError> {
+        let reads = (0..self.p_count()).map(|p| {
+            let cmd = redis::cmd("SMEMBERS").arg(self.inner.keys.clients(p)).clone();
+            async move { self.conn().run::<Vec<Vec<u8>>>(&cmd).await }
+        });
+        let mut out = Vec::new();
+        for r in join_all(reads).await {
+            out.extend(r.map_err(unavailable)?.iter().filter_map(|m| Keys::parse_member(m)));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Acquire)
+    }
+}
+
+impl Deadlines for RedisStore {
+    async fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<UserKey>, StoreError> {
+        let reads = (0..self.p_count()).map(|p| {
+            let cmd = redis::cmd("ZRANGE")
+                .arg(self.inner.keys.due(p))
+                .arg("-inf")
+                .arg(score(now))
+                .arg("BYSCORE")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit)
+                .arg("WITHSCORES")
+                .clone();
+            async move { self.conn().run::<Vec<(Vec<u8>, f64)>>(&cmd).await }
+        });
+        let mut due: Vec<(f64, UserKey)> = Vec::new();
+        for r in join_all(reads).await {
+            for (member, at) in r.map_err(unavailable)? {
+                if let Some(k) = Keys::parse_member(&member) {
+                    due.push((at, k));
+                }
+            }
+        }
+        due.sort_by(|a, b| a.0.total_cmp(&b.0));
+        Ok(due.into_iter().take(limit).map(|(_, k)| k).collect())
+    }
+
+    async fn next_deadline(&self) -> Option<Timestamp> {
+        // Other nodes' commits do not wake this one: answer no later than a second from now, so
+        // a deadline another node set (and a node that died) is swept within about a second.
+        let soon = self.inner.options.clock.now() + SignedDuration::from_secs(1);
+        let reads = (0..self.p_count()).map(|p| {
+            let cmd = redis::cmd("ZRANGE")
+                .arg(self.inner.keys.due(p))
+                .arg(0)
+                .arg(0)
+                .arg("WITHSCORES")
+                .clone();
+            async move { self.conn().run::<Vec<(Vec<u8>, f64)>>(&cmd).await }
+        });
+        let mut earliest = soon;
+        for r in join_all(reads).await {
+            match r {
+                Ok(first) => {
+                    if let Some(at) = first.first().and_then(|(_, s)| from_score(*s)) {
+                        earliest = earliest.min(at);
+                    }
+                }
+                Err(_) => return Some(soon),
+            }
+        }
+        Some(earliest)
+    }
+
+    async fn deadline_moved(&self) {
+        self.inner.deadline_moved.notified().await
+    }
+}
+
+impl ChangeLog for RedisStore {
+    fn head(&self) -> Position {
+        self.inner.head.borrow().clone()
+    }
+
+    async fn wait_past(&self, position: &Position) {
+        let mut rx = self.inner.head.subscribe();
+        let _ = rx.wait_for(|head| !position.includes(head)).await;
+    }
+
+    async fn changes_after(&self, position: &Position, limit: usize) -> Result<Vec<Arc<Change>>, LogError> {
+        let Some(after) = position.partitions(self.p_count()) else {
+            // A position of another form (a token carried over from another backend).
+            return Err(LogError::Expired { oldest: self.head() });
+        };
+        let head = self.head().partitions(self.p_count()).unwrap_or_else(|| vec![0; self.p_count()]);
+        let limit = limit.clamp(1, 1000);
+        let reads = (0..self.p_count())
+            .filter(|p| head[*p] > after[*p])
+            .map(|p| {
+                let from = after[p];
+                async move { (p, self.read_partition(p, from, limit).await) }
+            });
+        let mut per_partition: Vec<std::collections::VecDeque<Arc<Change>>> = Vec::new();
+        let mut expired: Option<Vec<u64>> = None;
+        for (p, r) in join_all(reads).await {
+            match r.map_err(LogError::Store)? {
+                Ok(changes) => per_partition.push(changes.into()),
+                Err(oldest) => expired.get_or_insert_with(|| after.clone())[p] = oldest,
+            }
+        }
+        if let Some(oldest) = expired {
+            return Err(LogError::Expired {
+                oldest: Position::from_partitions(&oldest),
+            });
+        }
+        // Merge by commit time, keeping each partition's order.
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let next = per_partition
+                .iter()
+                .enumerate()
+                .filter_map(|(i, q)| q.front().map(|c| (c.event.at, i)))
+                .min();
+            let Some((_, i)) = next else { break };
+            out.extend(per_partition[i].pop_front());
+        }
+        Ok(out)
+    }
+
+    async fn snapshot(&self, keys: &[UserKey]) -> Result<Snapshot, StoreError> {
+        let mut parts = self.head().partitions(self.p_count()).unwrap_or_else(|| vec![0; self.p_count()]);
+        let mut views = vec![UserPresence::default().view(); keys.len()];
+        let groups = self.by_partition(keys);
+        let reads = groups.into_iter().map(|(p, group)| {
+            let mut names = vec![self.inner.keys.seq(p)];
+            names.extend(group.iter().map(|(_, k)| self.inner.keys.user(k)));
+            let cmd = fcall_ro("pd_snapshot", &names);
+            async move { (p, group, self.conn().run::<Value>(&cmd).await) }
+        });
+        for (p, group, reply) in join_all(reads).await {
+            let reply = items(reply.map_err(unavailable)?)?;
+            parts[p] = reply.first().and_then(int).unwrap_or(0) as u64;
+            for ((i, _), raw) in group.iter().zip(&reply[1..]) {
+                views[*i] = state_of(bytes(raw))?.view();
+            }
+        }
+        Ok(Snapshot {
+            position: Position::from_partitions(&parts),
+            views,
+        })
+    }
+
+    async fn snapshot_tenant(&self, tenant: &TenantId) -> Result<TenantSnapshot, StoreError> {
+        let reads = (0..self.p_count()).map(|p| {
+            let keys = &self.inner.keys;
+            let mut cmd = fcall_ro("pd_snapshot_tenant", &[keys.seq(p), keys.tenant(p, tenant)]);
+            cmd.arg(keys.users(p));
+            async move { (p, self.conn().run::<Value>(&cmd).await) }
+        });
+        let mut parts = vec![0; self.p_count()];
+        let mut presences = Vec::new();
+        for (p, reply) in join_all(reads).await {
+            let reply = items(reply.map_err(unavailable)?)?;
+            parts[p] = reply.first().and_then(int).unwrap_or(0) as u64;
+            for pair in reply[1..].chunks(2) {
+                let Some(key) = pair.first().and_then(bytes).and_then(Keys::parse_member) else {
+                    continue;
+                };
+                presences.push((key, state_of(pair.get(1).and_then(bytes))?.view()));
+            }
+        }
+        Ok(TenantSnapshot {
+            position: Position::from_partitions(&parts),
+            presences,
+        })
+    }
+}
+
+/// The names the subscription functions count by.
+fn owner_field(owner: &Owner) -> String {
+    format!(
+        "{}\u{0}{}\u{0}{}",
+        owner.tenant.as_str(),
+        owner.application_id,
+        owner.user.as_deref().unwrap_or("")
+    )
+}
+
+fn application_field(tenant: &TenantId, application_id: &str) -> String {
+    format!("{}\u{0}{application_id}", tenant.as_str())
+}
+
+fn watched_fields(s: &Subscription) -> Vec<String> {
+    let mut users: Vec<&UserId> = s.users.iter().collect();
+    users.sort();
+    users.dedup();
+    users
+        .into_iter()
+        .map(|u| format!("{}\u{0}{}", s.tenant.as_str(), u.as_str()))
+        .collect()
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("store records serialise to JSON")
+}
+
+impl Subscriptions for RedisStore {
+    async fn subscription(&self, id: &str) -> Result<Option<Stored>, StoreError> {
+        let mut cmd = fcall_ro("pd_sub_get", &self.subscription_key());
+        cmd.arg(id);
+        Ok(self.sub_records(cmd).await?.pop())
+    }
+
+    async fn create(&self, subscription: Subscription, limits: Limits) -> Result<Stored, CreateError> {
+        let head = self.read_heads().await?;
+        let owner = Owner::of(&subscription);
+        let watched = watched_fields(&subscription);
+        let mut cmd = fcall("pd_sub_create", &self.subscription_key());
+        cmd.arg(&subscription.id)
+            .arg(json(&subscription))
+            .arg(subscription.lifecycle_at.map(|t| score(t).to_string()).unwrap_or_default())
+            .arg(owner_field(&owner))
+            .arg(application_field(&subscription.tenant, &subscription.application_id))
+            .arg(limits.per_owner)
+            .arg(limits.per_application)
+            .arg(limits.per_watched_user)
+            .arg(self.position_text(&head).unwrap_or_default())
+            .arg(&watched);
+        let reply = items(self.conn().run(&cmd).await.map_err(unavailable)?)?;
+        match reply.first().and_then(int) {
+            Some(1) => {
+                self.inner.subscriptions_changed.notify_waiters();
+                Ok(Stored {
+                    version: 1,
+                    subscription: Arc::new(subscription),
+                })
+            }
+            Some(0) => {
+                let kind = reply.get(1).and_then(bytes).unwrap_or_default();
+                let bound = reply.get(2).and_then(int).unwrap_or(0) as usize;
+                let limit = match kind {
+                    b"owner" => Limit::Owner(bound),
+                    b"application" => Limit::Application(bound),
+                    _ => {
+                        let which = reply.get(3).and_then(bytes).unwrap_or_default();
+                        let user = std::str::from_utf8(which)
+                            .ok()
+                            .and_then(|w| w.split_once('\u{0}'))
+                            .and_then(|(_, u)| UserId::parse(u).ok())
+                            .ok_or_else(|| unavailable("unexpected limit reply"))?;
+                        Limit::WatchedUser(user, bound)
+                    }
+                };
+                Err(CreateError::LimitReached(limit))
+            }
+            _ => Err(CreateError::Store(unavailable("unexpected create reply"))),
+        }
+    }
+
+    async fn write(&self, write: SubscriptionWrite) -> Result<Option<Stored>, WriteError> {
+        let (cmd, replaced) = match write {
+            SubscriptionWrite::Replace {
+                subscription,
+                expected_version,
+                lifecycle,
+            } => {
+                let mut cmd = fcall("pd_sub_replace", &self.subscription_key());
+                cmd.arg(&subscription.id)
+                    .arg(expected_version)
+                    .arg(json(&*subscription))
+                    .arg(subscription.lifecycle_at.map(|t| score(t).to_string()).unwrap_or_default())
+                    .arg(lifecycle.as_ref().map(json).unwrap_or_default());
+                (cmd, Some(*subscription))
+            }
+            SubscriptionWrite::Remove {
+                id,
+                expected_version,
+                lifecycle,
+            } => {
+                let Some(current) = self.subscription(&id).await? else {
+                    return Err(WriteError::Conflict(None));
+                };
+                if current.version != expected_version {
+                    return Err(WriteError::Conflict(Some(current)));
+                }
+                let s = &current.subscription;
+                let mut cmd = fcall("pd_sub_remove", &self.subscription_key());
+                cmd.arg(&id)
+                    .arg(expected_version)
+                    .arg(lifecycle.as_ref().map(json).unwrap_or_default())
+                    .arg(owner_field(&Owner::of(s)))
+                    .arg(application_field(&s.tenant, &s.application_id))
+                    .arg(watched_fields(s));
+                (cmd, None)
+            }
+        };
+        let reply = items(self.conn().run(&cmd).await.map_err(unavailable)?)?;
+        match reply.first().and_then(int) {
+            Some(1) => {
+                self.inner.subscriptions_changed.notify_waiters();
+                self.inner.lifecycle_added.notify_waiters();
+                let version = reply.get(1).and_then(int).unwrap_or(0) as u64;
+                Ok(replaced.map(|s| Stored {
+                    version,
+                    subscription: Arc::new(s),
+                }))
+            }
+            Some(0) => {
+                let version = reply.get(1).and_then(int).unwrap_or(0) as u64;
+                let current = match reply.get(2).and_then(bytes) {
+                    Some(raw) if version > 0 => Some(Stored {
+                        version,
+                        subscription: Arc::new(
+                            serde_json::from_slice(raw)
+                                .map_err(|e| unavailable(format!("a subscription does not parse: {e}")))?,
+                        ),
+                    }),
+                    _ => None,
+                };
+                Err(WriteError::Conflict(current))
+            }
+            _ => Err(WriteError::Store(unavailable("unexpected write reply"))),
+        }
+    }
+
+    async fn page(&self, owner: &Owner, after: Option<&str>, limit: usize) -> Result<Vec<Stored>, StoreError> {
+        let mut cmd = fcall_ro("pd_sub_page", &self.subscription_key());
+        cmd.arg(owner_field(owner)).arg(after.unwrap_or("")).arg(limit);
+        self.sub_records(cmd).await
+    }
+
+    async fn count(&self, owner: &Owner) -> Result<(usize, usize), StoreError> {
+        let cmd = redis::cmd("HMGET")
+            .arg(format!("{}cnt", self.inner.keys.subscriptions()))
+            .arg(format!("o:{}", owner_field(owner)))
+            .arg(format!("a:{}", application_field(&owner.tenant, &owner.application_id)))
+            .clone();
+        let (o, a): (Option<usize>, Option<usize>) = self.conn().run(&cmd).await.map_err(unavailable)?;
+        Ok((o.unwrap_or(0), a.unwrap_or(0)))
+    }
+
+    async fn all(&self) -> Result<Vec<Stored>, StoreError> {
+        self.sub_records(fcall_ro("pd_sub_all", &self.subscription_key())).await
+    }
+
+    async fn lifecycle_due(&self, now: Timestamp, limit: usize) -> Result<Vec<Stored>, StoreError> {
+        let mut cmd = fcall_ro("pd_sub_due", &self.subscription_key());
+        cmd.arg(score(now)).arg(limit);
+        self.sub_records(cmd).await
+    }
+
+    async fn next_lifecycle_deadline(&self) -> Option<Timestamp> {
+        let cmd = redis::cmd("ZRANGE")
+            .arg(format!("{}life", self.inner.keys.subscriptions()))
+            .arg(0)
+            .arg(0)
+            .arg("WITHSCORES")
+            .clone();
+        let first: Vec<(Vec<u8>, f64)> = self.conn().run(&cmd).await.ok()?;
+        first.first().and_then(|(_, s)| from_score(*s))
+    }
+
+    async fn subscriptions_changed(&self) {
+        self.inner.subscriptions_changed.notified().await
+    }
+}
+
+impl Deliveries for RedisStore {
+    async fn claim(
+        &self,
+        consumer: &str,
+        now: Timestamp,
+        lease: SignedDuration,
+    ) -> Result<Vec<(String, Position)>, StoreError> {
+        let mut cmd = fcall("pd_claim", &self.subscription_key());
+        cmd.arg(consumer)
+            .arg(now.as_millisecond())
+            .arg((now + lease).as_millisecond());
+        let reply = items(self.conn().run(&cmd).await.map_err(unavailable)?)?;
+        let mut out: Vec<(String, Position)> = reply
+            .chunks(2)
+            .filter_map(|pair| {
+                let id = String::from_utf8(pair.first().and_then(bytes)?.to_vec()).ok()?;
+                Some((id, self.position_from_text(pair.get(1).and_then(bytes).unwrap_or_default())))
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    async fn acknowledge(&self, _consumer: &str, progress: Vec<(String, Position)>) -> Result<(), StoreError> {
+        let mut cmd = fcall("pd_acknowledge", &self.subscription_key());
+        let mut any = false;
+        for (id, position) in &progress {
+            if let Some(text) = self.position_text(position) {
+                cmd.arg(id).arg(text);
+                any = true;
+            }
+        }
+        if any {
+            self.conn().run::<Value>(&cmd).await.map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn skip(&self, subscription_id: &str, to: Position, missed: Option<NewLifecycle>) -> Result<(), StoreError> {
+        let mut cmd = fcall("pd_skip", &self.subscription_key());
+        cmd.arg(subscription_id)
+            .arg(self.position_text(&to).unwrap_or_default())
+            .arg(missed.as_ref().map(json).unwrap_or_default());
+        self.conn().run::<Value>(&cmd).await.map_err(unavailable)?;
+        if missed.is_some() {
+            self.inner.lifecycle_added.notify_waiters();
+        }
+        Ok(())
+    }
+
+    async fn claim_lifecycle(
+        &self,
+        consumer: &str,
+        now: Timestamp,
+        lease: SignedDuration,
+        limit: usize,
+    ) -> Result<Vec<LifecycleNotice>, StoreError> {
+        let mut cmd = fcall("pd_claim_notices", &self.subscription_key());
+        cmd.arg(consumer)
+            .arg(now.as_millisecond())
+            .arg((now + lease).as_millisecond())
+            .arg(limit);
+        let reply = items(self.conn().run(&cmd).await.map_err(unavailable)?)?;
+        let mut out = Vec::new();
+        for pair in reply.chunks(2) {
+            let Some(id) = pair.first().and_then(int) else { continue };
+            let raw = pair.get(1).and_then(bytes).unwrap_or_default();
+            let notice: NewLifecycle =
+                serde_json::from_slice(raw).map_err(|e| unavailable(format!("a lifecycle notice does not parse: {e}")))?;
+            out.push(LifecycleNotice { id: id as u64, notice });
+        }
+        Ok(out)
+    }
+
+    async fn finish_lifecycle(&self, ids: Vec<u64>) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = fcall("pd_finish_notices", &self.subscription_key());
+        cmd.arg(ids);
+        self.conn().run::<Value>(&cmd).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn lifecycle_added(&self) {
+        self.inner.lifecycle_added.notified().await
+    }
+}
