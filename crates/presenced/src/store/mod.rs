@@ -36,8 +36,8 @@ pub use position::Position;
 pub use presence_state::{Commit, CommitError, PresenceState, Versioned};
 pub use subscriptions::{CreateError, Limit, Limits, Owner, Stored, SubscriptionWrite, Subscriptions, WriteError};
 
-use crate::subscription::Subscription;
 use self::redis::RedisStore;
+use crate::subscription::Subscription;
 use embedded::EmbeddedStore;
 use jiff::Timestamp;
 use presence_core::{PresenceView, TenantId, UserKey};
@@ -136,7 +136,9 @@ impl std::str::FromStr for StoreChoice {
     fn from_str(raw: &str) -> Result<Self, Self::Err> {
         match raw.trim() {
             "embedded" => Ok(StoreChoice::Embedded),
-            other if other.starts_with("redis") => self::redis::connection::Target::parse(other).map(StoreChoice::Redis),
+            other if other.starts_with("redis") => {
+                self::redis::connection::Target::parse(other).map(StoreChoice::Redis)
+            }
             other => Err(format!(
                 "{other:?} is not a store this build knows; the choices are: embedded, redis://…, \
                  rediss://…, redis+cluster://host:port,host:port"

@@ -102,8 +102,8 @@ impl Conn {
         match self {
             Conn::Single(_) => Ok(target.urls.clone()),
             Conn::Cluster(_) => {
-                let shards: Value = self.run(&redis::cmd("CLUSTER").arg("SHARDS")).await?;
-                Ok(masters_of(&shards, &target.urls[0]))
+                let nodes: String = self.run(redis::cmd("CLUSTER").arg("NODES")).await?;
+                Ok(masters_of(&nodes, &target.urls[0]))
             }
         }
     }
@@ -116,44 +116,26 @@ fn timeout_error(what: &str) -> redis::RedisError {
     ))
 }
 
-/// Master addresses from a `CLUSTER SHARDS` reply, as URLs of the seed's scheme and credentials.
-fn masters_of(shards: &Value, seed: &str) -> Vec<String> {
+/// Master addresses from a `CLUSTER NODES` reply (`<id> <ip:port@bus> <flags> …` per line), as
+/// URLs of the seed's scheme and credentials.
+fn masters_of(nodes: &str, seed: &str) -> Vec<String> {
     let (scheme, rest) = seed.split_once("://").unwrap_or(("redis", seed));
     let auth = rest.rsplit_once('@').map(|(a, _)| format!("{a}@")).unwrap_or_default();
-    let mut out = Vec::new();
-    let Value::Array(shards) = shards else { return out };
-    for shard in shards {
-        let Some(nodes) = field(shard, "nodes") else { continue };
-        let Value::Array(nodes) = nodes else { continue };
-        for node in nodes {
-            let text = |name: &str| field(node, name).and_then(value_text);
-            let port = field(node, "port").and_then(|v| match v {
-                Value::Int(p) => Some(p.to_string()),
-                other => value_text(other),
-            });
-            if text("role").as_deref() == Some("master") && text("health").as_deref() != Some("fail") {
-                if let (Some(ip), Some(port)) = (text("ip"), port) {
-                    out.push(format!("{scheme}://{auth}{ip}:{port}"));
-                }
-            }
-        }
-    }
-    out
-}
-
-/// A field of a RESP2 flat key/value array or a RESP3 map.
-fn field<'a>(value: &'a Value, name: &str) -> Option<&'a Value> {
-    match value {
-        Value::Array(items) => items
-            .chunks(2)
-            .find(|kv| value_text(&kv[0]).as_deref() == Some(name))
-            .and_then(|kv| kv.get(1)),
-        Value::Map(pairs) => pairs
-            .iter()
-            .find(|(k, _)| value_text(k).as_deref() == Some(name))
-            .map(|(_, v)| v),
-        _ => None,
-    }
+    nodes
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let address = fields.nth(1)?;
+            let flags = fields.next()?;
+            let is_master = flags.split(',').any(|f| f == "master");
+            let failed = flags.split(',').any(|f| f == "fail" || f == "fail?" || f == "noaddr");
+            // A master owns slots (listed after the link state); one without is being made a
+            // replica, or is empty.
+            let owns_slots = fields.nth(5).is_some();
+            let host_port = address.split('@').next()?;
+            (is_master && !failed && owns_slots).then(|| format!("{scheme}://{auth}{host_port}"))
+        })
+        .collect()
 }
 
 pub fn value_text(value: &Value) -> Option<String> {
@@ -263,5 +245,17 @@ mod tests {
         for bad in ["", "http://x", "redis+cluster://", "embedded"] {
             assert!(Target::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn masters_are_read_from_cluster_nodes() {
+        let nodes = "a1 127.0.0.1:7001@17001 myself,master - 0 0 1 connected 0-5460\n\
+                     b2 127.0.0.1:7002@17002 slave a1 0 0 1 connected\n\
+                     c3 127.0.0.1:7003@17003 master,fail - 0 0 2 connected 5461-10922\n\
+                     d4 127.0.0.1:7004@17004 master - 0 0 5 connected\n";
+        assert_eq!(
+            masters_of(nodes, "rediss://u:p@seed:1"),
+            ["rediss://u:p@127.0.0.1:7001"]
+        );
     }
 }

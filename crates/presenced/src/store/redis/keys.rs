@@ -19,7 +19,10 @@ impl Keys {
             return Err(format!("{prefix:?} is not a usable key prefix (non-empty, no braces)"));
         }
         if partitions == 0 || partitions > crate::store::position::MAX_PARTITIONS {
-            return Err(format!("{partitions} partitions: choose 1 to {}", crate::store::position::MAX_PARTITIONS));
+            return Err(format!(
+                "{partitions} partitions: choose 1 to {}",
+                crate::store::position::MAX_PARTITIONS
+            ));
         }
         Ok(Keys {
             prefix: prefix.to_owned(),

@@ -21,7 +21,7 @@ pub mod test_servers;
 use crate::clock::Clock;
 use crate::metrics::StoreMetrics;
 use crate::store::{
-    Change, ChangeLog, Commit, CommitError, CreateError, Deadlines, Deliveries, Limit, Limits, LifecycleNotice,
+    Change, ChangeLog, Commit, CommitError, CreateError, Deadlines, Deliveries, LifecycleNotice, Limit, Limits,
     LogError, NewLifecycle, Owner, Position, PresenceState, Snapshot, StoreError, Stored, SubscriptionWrite,
     Subscriptions, TenantSnapshot, Versioned, WriteError,
 };
@@ -218,7 +218,10 @@ impl RedisStore {
                 options,
             }),
         };
-        let head = store.read_heads().await.map_err(|e| OpenError::Unreachable(e.to_string()))?;
+        let head = store
+            .read_heads()
+            .await
+            .map_err(|e| OpenError::Unreachable(e.to_string()))?;
         store.advance_head(&head);
         store.inner.ready.store(true, Ordering::Release);
         tokio::spawn(poll_heads(Arc::downgrade(&store.inner)));
@@ -303,7 +306,10 @@ impl RedisStore {
             .arg("");
         let started = std::time::Instant::now();
         let reply: Value = self.conn().run(&cmd).await.map_err(unavailable)?;
-        self.inner.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+        self.inner
+            .metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
         self.inner.metrics.commits.inc();
         let reply = items(reply)?;
         let status = reply.first().and_then(int);
@@ -340,7 +346,12 @@ impl RedisStore {
     }
 
     /// One partition's changes after `after`, at most `limit`: Ok(changes) or Err(oldest).
-    async fn read_partition(&self, p: usize, after: u64, limit: usize) -> Result<Result<Vec<Arc<Change>>, u64>, StoreError> {
+    async fn read_partition(
+        &self,
+        p: usize,
+        after: u64,
+        limit: usize,
+    ) -> Result<Result<Vec<Arc<Change>>, u64>, StoreError> {
         let keys = &self.inner.keys;
         let mut cmd = fcall_ro("pd_read_log", &[keys.log(p), keys.seq(p)]);
         cmd.arg(after).arg(limit);
@@ -482,7 +493,10 @@ impl PresenceState for RedisStore {
         let n = commits.len();
         let mut groups: HashMap<usize, Vec<(usize, Commit)>> = HashMap::new();
         for (i, c) in commits.into_iter().enumerate() {
-            groups.entry(self.inner.keys.partition_of(&c.key)).or_default().push((i, c));
+            groups
+                .entry(self.inner.keys.partition_of(&c.key))
+                .or_default()
+                .push((i, c));
         }
         let runs = groups.into_values().map(|group| async move {
             let mut out = Vec::with_capacity(group.len());
@@ -593,14 +607,15 @@ impl ChangeLog for RedisStore {
             // A position of another form (a token carried over from another backend).
             return Err(LogError::Expired { oldest: self.head() });
         };
-        let head = self.head().partitions(self.p_count()).unwrap_or_else(|| vec![0; self.p_count()]);
+        let head = self
+            .head()
+            .partitions(self.p_count())
+            .unwrap_or_else(|| vec![0; self.p_count()]);
         let limit = limit.clamp(1, 1000);
-        let reads = (0..self.p_count())
-            .filter(|p| head[*p] > after[*p])
-            .map(|p| {
-                let from = after[p];
-                async move { (p, self.read_partition(p, from, limit).await) }
-            });
+        let reads = (0..self.p_count()).filter(|p| head[*p] > after[*p]).map(|p| {
+            let from = after[p];
+            async move { (p, self.read_partition(p, from, limit).await) }
+        });
         let mut per_partition: Vec<std::collections::VecDeque<Arc<Change>>> = Vec::new();
         let mut expired: Option<Vec<u64>> = None;
         for (p, r) in join_all(reads).await {
@@ -629,7 +644,10 @@ impl ChangeLog for RedisStore {
     }
 
     async fn snapshot(&self, keys: &[UserKey]) -> Result<Snapshot, StoreError> {
-        let mut parts = self.head().partitions(self.p_count()).unwrap_or_else(|| vec![0; self.p_count()]);
+        let mut parts = self
+            .head()
+            .partitions(self.p_count())
+            .unwrap_or_else(|| vec![0; self.p_count()]);
         let mut views = vec![UserPresence::default().view(); keys.len()];
         let groups = self.by_partition(keys);
         let reads = groups.into_iter().map(|(p, group)| {
@@ -719,7 +737,12 @@ impl Subscriptions for RedisStore {
         let mut cmd = fcall("pd_sub_create", &self.subscription_key());
         cmd.arg(&subscription.id)
             .arg(json(&subscription))
-            .arg(subscription.lifecycle_at.map(|t| score(t).to_string()).unwrap_or_default())
+            .arg(
+                subscription
+                    .lifecycle_at
+                    .map(|t| score(t).to_string())
+                    .unwrap_or_default(),
+            )
             .arg(owner_field(&owner))
             .arg(application_field(&subscription.tenant, &subscription.application_id))
             .arg(limits.per_owner)
@@ -769,7 +792,12 @@ impl Subscriptions for RedisStore {
                 cmd.arg(&subscription.id)
                     .arg(expected_version)
                     .arg(json(&*subscription))
-                    .arg(subscription.lifecycle_at.map(|t| score(t).to_string()).unwrap_or_default())
+                    .arg(
+                        subscription
+                            .lifecycle_at
+                            .map(|t| score(t).to_string())
+                            .unwrap_or_default(),
+                    )
                     .arg(lifecycle.as_ref().map(json).unwrap_or_default());
                 (cmd, Some(*subscription))
             }
@@ -882,7 +910,10 @@ impl Deliveries for RedisStore {
             .chunks(2)
             .filter_map(|pair| {
                 let id = String::from_utf8(pair.first().and_then(bytes)?.to_vec()).ok()?;
-                Some((id, self.position_from_text(pair.get(1).and_then(bytes).unwrap_or_default())))
+                Some((
+                    id,
+                    self.position_from_text(pair.get(1).and_then(bytes).unwrap_or_default()),
+                ))
             })
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -933,8 +964,8 @@ impl Deliveries for RedisStore {
         for pair in reply.chunks(2) {
             let Some(id) = pair.first().and_then(int) else { continue };
             let raw = pair.get(1).and_then(bytes).unwrap_or_default();
-            let notice: NewLifecycle =
-                serde_json::from_slice(raw).map_err(|e| unavailable(format!("a lifecycle notice does not parse: {e}")))?;
+            let notice: NewLifecycle = serde_json::from_slice(raw)
+                .map_err(|e| unavailable(format!("a lifecycle notice does not parse: {e}")))?;
             out.push(LifecycleNotice { id: id as u64, notice });
         }
         Ok(out)

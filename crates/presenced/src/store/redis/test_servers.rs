@@ -52,7 +52,16 @@ fn spawn(port: u16, dir: &std::path::Path, extra: &[&str]) -> std::io::Result<Ch
     let mut cmd = Command::new("redis-server");
     cmd.arg("--port")
         .arg(port.to_string())
-        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+        ])
         .arg("--dir")
         .arg(dir)
         .args(extra)
@@ -89,11 +98,7 @@ pub fn start_node(cluster: bool) -> Node {
             panic!("redis-server cannot be started: is it installed (apt-get install redis-server)?");
         };
         if wait_listening(port, &mut child) {
-            return Node {
-                port,
-                child,
-                _dir: dir,
-            };
+            return Node { port, child, _dir: dir };
         }
         let _ = child.kill();
         let _ = child.wait();
@@ -126,7 +131,11 @@ impl Cluster {
             .args(["--cluster-replicas", "1", "--cluster-yes"])
             .output()
             .expect("redis-cli runs (apt-get install redis-tools)");
-        assert!(out.status.success(), "cluster create: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         let cluster = Cluster { nodes };
         cluster.wait_ok();
         cluster
@@ -138,7 +147,10 @@ impl Cluster {
         while Instant::now() < deadline {
             let ok = self.nodes.iter().all(|n| {
                 let info = cli(n.port, &["cluster", "info"]);
-                info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:6")
+                let nodes = cli(n.port, &["cluster", "nodes"]);
+                info.contains("cluster_state:ok")
+                    && info.contains("cluster_known_nodes:6")
+                    && nodes.matches("slave").count() == 3
             });
             if ok {
                 return;
