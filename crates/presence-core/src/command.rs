@@ -48,10 +48,11 @@ pub enum Command {
         session: SessionId,
         grace: SignedDuration,
     },
-    /// At start: every client session of another process (`epoch`) is disconnected, with the
-    /// grace from now, so clients that reconnect keep theirs and ghosts go.
+    /// Every connected client session of a process not in `live` (one that stopped, or a node
+    /// whose lease lapsed) is disconnected, with the grace from now, so clients that reconnect
+    /// keep theirs and ghosts go.
     OrphanClients {
-        epoch: String,
+        live: Vec<String>,
         grace: SignedDuration,
     },
     ClearPresence {

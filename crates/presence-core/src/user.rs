@@ -407,9 +407,11 @@ impl UserPresence {
                 }
                 s.expires_at = now + *grace;
             }
-            Command::OrphanClients { epoch, grace } => {
+            Command::OrphanClients { live, grace } => {
                 for s in &mut self.sessions {
-                    let orphan = s.client().is_some_and(|l| l.connected && l.epoch != *epoch);
+                    let orphan = s
+                        .client()
+                        .is_some_and(|l| l.connected && !live.iter().any(|e| *e == *l.epoch));
                     if let (true, Some(link)) = (orphan, s.client_mut()) {
                         link.connected = false;
                         s.expires_at = now + *grace;

@@ -71,7 +71,7 @@ fn client_command(op: &Op, kind: u8) -> Command {
             grace: SignedDuration::from_secs(30),
         },
         _ => Command::OrphanClients {
-            epoch: "e1".into(),
+            live: vec!["e1".into()],
             grace: SignedDuration::from_secs(30),
         },
     }

@@ -105,6 +105,10 @@ pub struct ServeArgs {
     /// JWKS file with RS256/ES256 keys of an external identity provider.
     #[arg(long, env = "PRESENCED_JWKS_FILE")]
     pub jwks_file: Option<PathBuf>,
+    /// The HS256 secret from this file (base64 of 32+ bytes, mode 0600) instead of the data
+    /// directory's: several nodes read one secret. [default: <data-dir>/secret]
+    #[arg(long, env = "PRESENCED_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
     /// Accepted token issuer (repeatable). [default: presenced]
     #[arg(long = "jwt-issuer", env = "PRESENCED_JWT_ISSUERS", value_delimiter = ',')]
     pub jwt_issuers: Vec<String>,
@@ -183,8 +187,11 @@ pub struct ServeArgs {
 #[derive(Debug, Args)]
 pub struct TokenArgs {
     /// The server's data directory (the secret is created there if missing).
-    #[arg(long, env = "PRESENCED_DATA_DIR")]
-    pub data_dir: PathBuf,
+    #[arg(long, env = "PRESENCED_DATA_DIR", required_unless_present = "jwt_secret_file")]
+    pub data_dir: Option<PathBuf>,
+    /// Sign with the secret in this file (the servers' `--jwt-secret-file`) instead.
+    #[arg(long, env = "PRESENCED_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
     #[arg(long)]
     pub tenant: String,
     /// Signed-in user (`oid`): makes a delegated token.
@@ -344,6 +351,7 @@ pub struct ServeConfig {
     pub delegated_writes_to_others: bool,
     pub timing: Timing,
     pub jwks_file: Option<PathBuf>,
+    pub jwt_secret_file: Option<PathBuf>,
     pub issuers: Vec<String>,
     pub audiences: Vec<String>,
     pub hs256: bool,
@@ -619,6 +627,7 @@ impl ServeArgs {
                 || file.auth.allow_delegated_writes_to_others.unwrap_or(false),
             timing,
             jwks_file: self.jwks_file.or(file.auth.jwks_file),
+            jwt_secret_file: self.jwt_secret_file,
             issuers: or_default(self.jwt_issuers, file.auth.issuers, crate::auth::DEFAULT_ISSUER),
             audiences: or_default(self.jwt_audiences, file.auth.audiences, crate::auth::DEFAULT_AUDIENCE),
             // With an identity provider's keys, the data-dir secret is one more way in that an

@@ -91,7 +91,11 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
         (true, true, None) => (vec![], vec!["Presence.ReadWrite.All".to_owned()]),
         _ => (args.scopes, args.roles),
     };
-    let secret = auth::load_or_create_secret(&args.data_dir)?;
+    let secret = match (&args.jwt_secret_file, &args.data_dir) {
+        (Some(path), _) => auth::load_secret_file(path)?,
+        (None, Some(dir)) => auth::load_or_create_secret(dir)?,
+        (None, None) => anyhow::bail!("give --data-dir or --jwt-secret-file"),
+    };
     let request = MintRequest {
         tenant: args.tenant,
         user: args.user,

@@ -13,7 +13,7 @@ use crate::notify::validation_token::ValidationTokenSigner;
 use crate::notify::webhook::WebhookClient;
 use crate::service::{PresenceService, SubscriptionService};
 use crate::store::embedded::{self, EmbeddedStore};
-use crate::store::{ChangeLog, PresenceState, Store, StoreChoice};
+use crate::store::{ChangeLog, Membership, PresenceState, Store, StoreChoice};
 use crate::stream::hub::Hub;
 use crate::stream::Streams;
 use crate::sweeper::Sweeper;
@@ -27,7 +27,10 @@ use tokio::sync::watch;
 /// Build the verifier from configuration; the HS256 secret lives (and is created) in the data dir.
 pub fn verifier(config: &ServeConfig) -> anyhow::Result<Verifier> {
     let hs256_secret = if config.hs256 {
-        Some(auth::load_or_create_secret(&config.data_dir).context("loading the token-signing secret")?)
+        Some(match &config.jwt_secret_file {
+            Some(path) => auth::load_secret_file(path).context("loading --jwt-secret-file")?,
+            None => auth::load_or_create_secret(&config.data_dir).context("loading the token-signing secret")?,
+        })
     } else {
         None
     };
@@ -46,7 +49,7 @@ pub fn verifier(config: &ServeConfig) -> anyhow::Result<Verifier> {
 }
 
 /// Open the backend the configuration names.
-async fn open_store(config: &ServeConfig, clock: &Clock) -> anyhow::Result<Store> {
+async fn open_store(config: &ServeConfig, clock: &Clock, epoch: &str) -> anyhow::Result<Store> {
     match config.store {
         StoreChoice::Embedded => {
             let dir = config.data_dir.clone();
@@ -71,6 +74,7 @@ async fn open_store(config: &ServeConfig, clock: &Clock) -> anyhow::Result<Store
             options.relaxed = config.redis.relaxed_durability;
             options.retain = config.retention.count;
             options.retain_for = config.retention.age;
+            options.node = Some(epoch.to_owned());
             let store = crate::store::redis::RedisStore::open(options).await?;
             tracing::info!(nodes = ?target.urls, cluster = target.cluster, "store opened on Redis");
             Ok(Store::Redis(store))
@@ -93,7 +97,9 @@ pub async fn run_with_clock(
     let verifier = verifier(&config)?;
     // Before the store opens its files, so they count against the raised limit.
     let descriptors = net::fd::apply(config.net.open_files);
-    let store = open_store(&config, &clock).await?;
+    // This process's epoch: its client sessions carry it, and on a shared store its lease.
+    let epoch = uuid::Uuid::new_v4().to_string();
+    let store = open_store(&config, &clock, &epoch).await?;
 
     let endpoints = EndpointPolicy {
         allow_http: config.webhook_allow_http,
@@ -141,10 +147,7 @@ pub async fn run_with_clock(
     let streams = Arc::new(Streams::new(hub.clone(), config.streams.clone()));
     let hub_task = tokio::spawn(hub.run(store.clone(), stop_rx.clone()));
     let sweeper = tokio::spawn(Sweeper::new(service.clone()).run(stop_rx.clone()));
-    let clients = Arc::new(ClientSessions::new(
-        config.clients.clone(),
-        uuid::Uuid::new_v4().to_string(),
-    ));
+    let clients = Arc::new(ClientSessions::new(config.clients.clone(), epoch));
     let orphans = tokio::spawn(orphan_clients(service.clone(), clients.clone()));
 
     let listeners = listeners(&config, descriptors, connection_metrics, stop_rx).await?;
@@ -177,8 +180,16 @@ pub async fn run_with_clock(
     // On the signal, streams and sockets first get their final message and close (bounded by
     // the drain time); then the server stops accepting and waits for in-flight requests.
     let draining = streams.clone();
+    let fenced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (fenced_flag, fencing_store) = (fenced.clone(), store.clone());
     let shutdown = async move {
-        shutdown.await;
+        tokio::select! {
+            _ = shutdown => {}
+            _ = fencing_store.fenced() => {
+                tracing::error!("this node was declared dead (its lease lapsed) and may not write; stopping");
+                fenced_flag.store(true, std::sync::atomic::Ordering::Release);
+            }
+        }
         let left = draining.shut_down().await;
         if left > 0 {
             tracing::warn!(streams = left, "streams still open after the drain time; closing them");
@@ -200,6 +211,9 @@ pub async fn run_with_clock(
     // The last handles: the services' and the request state's are gone with the server.
     drop((service, subscriptions));
     tokio::task::spawn_blocking(move || store.close()).await?;
+    if fenced.load(std::sync::atomic::Ordering::Acquire) {
+        anyhow::bail!("stopped: this node's lease lapsed and another node took over its client sessions");
+    }
     Ok(())
 }
 
@@ -293,27 +307,65 @@ async fn listeners(
 /// first polled: `net::serve` polls it only after "listening on" is printed, and a SIGTERM sent
 /// as soon as that line appears killed the process with the default action instead of draining.
 /// Call it inside the runtime, before [`run`].
-/// Give the client sessions an earlier process left connected their grace from now: clients that
-/// reconnect within it keep theirs, and the others go.
+/// How often a node on a shared store looks for nodes that died.
+const NODE_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Give the client sessions of processes that are gone their grace from now: at start those an
+/// earlier process left connected, and on a shared store, whenever a node's lease lapses, that
+/// node's. Clients that reconnect within the grace keep their session; the others go.
 async fn orphan_clients(service: Arc<PresenceService>, clients: Arc<ClientSessions>) {
-    use futures_util::StreamExt;
-    let keys = match service.store().users_with_connected_clients().await {
-        Ok(keys) => keys,
-        Err(e) => {
-            tracing::error!(error = %e, "could not list the client sessions of the earlier process");
+    let mut known_live: Option<Vec<String>> = None;
+    loop {
+        let live = match service.store().live_epochs().await {
+            Ok(live) => live,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read which nodes are alive; will retry");
+                tokio::time::sleep(NODE_CHECK_EVERY).await;
+                continue;
+            }
+        };
+        let shared = live.is_some();
+        let mut live = live.unwrap_or_default();
+        if !live.contains(&clients.epoch) {
+            live.push(clients.epoch.clone());
+        }
+        let someone_died = known_live
+            .as_ref()
+            .is_none_or(|before| before.iter().any(|e| !live.contains(e)));
+        if someone_died {
+            match orphan_pass(&service, &clients, &live).await {
+                Ok(()) => known_live = Some(live),
+                Err(e) => tracing::warn!(error = %e, "could not give orphaned client sessions their grace; will retry"),
+            }
+        } else {
+            known_live = Some(live);
+        }
+        if !shared && known_live.is_some() {
             return;
         }
-    };
+        tokio::time::sleep(NODE_CHECK_EVERY).await;
+    }
+}
+
+/// One pass over the users holding a connected client session: those of a process not in `live`
+/// are disconnected with the grace from now.
+async fn orphan_pass(
+    service: &Arc<PresenceService>,
+    clients: &ClientSessions,
+    live: &[String],
+) -> Result<(), crate::store::StoreError> {
+    use futures_util::StreamExt;
+    let keys = service.store().users_with_connected_clients().await?;
     if keys.is_empty() {
-        return;
+        return Ok(());
     }
     let grace = jiff::SignedDuration::try_from(clients.config.grace).unwrap_or_default();
     let count = keys.len();
-    // Concurrent, so the store's group commit batches them.
+    // Concurrent, so the store batches them.
     let failed = futures_util::stream::iter(keys)
         .map(|key| {
             let command = Command::OrphanClients {
-                epoch: clients.epoch.clone(),
+                live: live.to_vec(),
                 grace,
             };
             let service = service.clone();
@@ -326,8 +378,9 @@ async fn orphan_clients(service: Arc<PresenceService>, clients: Arc<ClientSessio
     tracing::info!(
         users = count,
         failed,
-        "client sessions of the earlier process given their grace"
+        "client sessions of stopped processes given their grace"
     );
+    Ok(())
 }
 
 pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {

@@ -42,7 +42,7 @@ pub use jwks::{load_jwks_file, JwkSetKeys};
 pub use mint::{mint_hs256, MintRequest};
 pub use permissions::{Action, Denied};
 pub use principal::Principal;
-pub use secret::load_or_create_secret;
+pub use secret::{load_or_create_secret, load_secret_file};
 pub use verifier::{AuthConfig, Verifier};
 
 /// Issuer of the tokens this server mints, and the issuer accepted when none is configured.

@@ -46,6 +46,15 @@ pub fn load_or_create_secret(data_dir: &Path) -> Result<Vec<u8>, AuthSetupError>
     parse(&raw, &path)
 }
 
+/// The secret in `path`, which must exist (`--jwt-secret-file`: one file every node of a
+/// deployment reads, so a token minted for one is good at all).
+pub fn load_secret_file(path: &Path) -> Result<Vec<u8>, AuthSetupError> {
+    let raw = data_dir::read_private(path, MAX_SECRET_FILE_BYTES)
+        .map_err(|e| setup_error(e, path))?
+        .ok_or_else(|| corrupt(path, "no such file"))?;
+    parse(&raw, path)
+}
+
 /// The secret a file holds: base64 of at least 32 bytes, surrounding white space allowed.
 fn parse(raw: &[u8], path: &Path) -> Result<Vec<u8>, AuthSetupError> {
     let text = std::str::from_utf8(raw)

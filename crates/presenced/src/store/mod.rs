@@ -10,6 +10,7 @@
 //! - [`deliveries`]: how far each subscription's notifications went out, and the lifecycle
 //!   notices owed, claimed and acknowledged by whoever sends them.
 //! - [`position`]: the opaque, ordered place of a change in the log.
+//! - [`membership`]: which nodes are alive (leases), and whether this one is fenced.
 //! - [`embedded`]: the default backend (memory, a write-ahead log with group commit, redb).
 //! - [`redis`]: several nodes sharing one Redis or Valkey, standalone or Cluster.
 //! - [`conformance`] (tests): one test per behaviour, generated for every backend.
@@ -21,6 +22,7 @@ pub mod change_log;
 pub mod deadlines;
 pub mod deliveries;
 pub mod embedded;
+pub mod membership;
 pub mod position;
 pub mod presence_state;
 pub mod redis;
@@ -32,6 +34,7 @@ pub(crate) mod conformance;
 pub use change_log::{Change, ChangeLog, LogError, Snapshot, TenantSnapshot};
 pub use deadlines::Deadlines;
 pub use deliveries::{Deliveries, LifecycleEvent, LifecycleNotice, NewLifecycle};
+pub use membership::Membership;
 pub use position::Position;
 pub use presence_state::{Commit, CommitError, PresenceState, Versioned};
 pub use subscriptions::{CreateError, Limit, Limits, Owner, Stored, SubscriptionWrite, Subscriptions, WriteError};
@@ -54,12 +57,12 @@ pub enum StoreError {
 
 /// Every port, for code that wires a whole server (the services take only what they use).
 pub trait Backend:
-    PresenceState + Deadlines + ChangeLog + Subscriptions + Deliveries + Clone + Send + Sync + 'static
+    PresenceState + Deadlines + ChangeLog + Subscriptions + Deliveries + Membership + Clone + Send + Sync + 'static
 {
 }
 
 impl<T> Backend for T where
-    T: PresenceState + Deadlines + ChangeLog + Subscriptions + Deliveries + Clone + Send + Sync + 'static
+    T: PresenceState + Deadlines + ChangeLog + Subscriptions + Deliveries + Membership + Clone + Send + Sync + 'static
 {
 }
 
@@ -235,6 +238,15 @@ impl Subscriptions for Store {
     }
     async fn subscriptions_changed(&self) {
         forward!(self, s => s.subscriptions_changed().await)
+    }
+}
+
+impl Membership for Store {
+    async fn live_epochs(&self) -> Result<Option<Vec<String>>, StoreError> {
+        forward!(self, s => s.live_epochs().await)
+    }
+    async fn fenced(&self) {
+        forward!(self, s => s.fenced().await)
     }
 }
 

@@ -578,6 +578,16 @@ impl Deliveries for EmbeddedStore {
     }
 }
 
+impl crate::store::Membership for EmbeddedStore {
+    async fn live_epochs(&self) -> Result<Option<Vec<String>>, StoreError> {
+        Ok(None)
+    }
+
+    async fn fenced(&self) {
+        std::future::pending().await
+    }
+}
+
 /// A store in a fresh temporary directory, reading `clock`: for tests. The directory goes when
 /// the returned guard is dropped.
 #[cfg(test)]

@@ -8,15 +8,12 @@
 -- A commit: compare-and-set the user's version, write the state, keep the partition's deadline
 -- index, connected-client set and tenant set, append the change to the partition's stream and
 -- publish it on the partition's shard channel. A conflict returns the state stored now.
--- KEYS: user, due, log, seq, clients, tenant, lease
--- ARGV: expected, state, deadline_ms|'', event|'', now_ms, maxlen, member, connected(1|0),
---       cutoff_ms, keep_at_least, channel, node, epoch
+-- KEYS: user, due, log, seq, clients, tenant, this node's lease in the partition
+-- ARGV: expected, state, deadline_us|'', event|'', now_ms, maxlen, member, connected(1|0),
+--       cutoff_ms, keep_at_least, channel, epoch|'' (no fencing)
 local function commit(keys, args)
-  if args[12] ~= '' then
-    local held = redis.call('GET', keys[7])
-    if held ~= args[12] .. ':' .. args[13] then
-      return redis.error_reply('FENCED this node no longer holds its lease')
-    end
+  if args[12] ~= '' and redis.call('EXISTS', keys[7]) == 0 then
+    return redis.error_reply('FENCED this node no longer holds its lease')
   end
   local stored = redis.call('HMGET', keys[1], 'v', 's')
   local version = tonumber(stored[1] or '0')
@@ -53,6 +50,27 @@ local function commit(keys, args)
     redis.call('SPUBLISH', args[11], seq)
   end
   return {1, version, seq}
+end
+
+-- ---- node leases, judged by Redis's clock ----
+
+local function redis_now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Renew a node's lease in the node set. KEYS: nodes. ARGV: epoch, ttl_ms. Entries dead for an
+-- hour are forgotten.
+local function node_lease(keys, args)
+  local now = redis_now_ms()
+  redis.call('ZADD', keys[1], now + tonumber(args[2]), args[1])
+  redis.call('ZREMRANGEBYSCORE', keys[1], '-inf', now - 3600000)
+  return now
+end
+
+-- The epochs whose lease is live. KEYS: nodes.
+local function live_nodes(keys, args)
+  return redis.call('ZRANGE', keys[1], '(' .. redis_now_ms(), '+inf', 'BYSCORE')
 end
 
 -- Changes of one partition after sequence ARGV[1], at most ARGV[2].
@@ -335,6 +353,8 @@ local function finish_notices(keys, args)
 end
 
 redis.register_function('pd_commit', commit)
+redis.register_function('pd_node_lease', node_lease)
+redis.register_function{function_name = 'pd_live_nodes', callback = live_nodes, flags = {'no-writes'}}
 redis.register_function{function_name = 'pd_read_log', callback = read_log, flags = {'no-writes'}}
 redis.register_function{function_name = 'pd_load', callback = load, flags = {'no-writes'}}
 redis.register_function{function_name = 'pd_snapshot', callback = snapshot, flags = {'no-writes'}}

@@ -95,8 +95,14 @@ impl Keys {
         format!("{}t:{}", self.tag(p), tenant.as_str())
     }
 
-    pub fn lease(&self, p: usize, node: &str) -> String {
-        format!("{}lease:{node}", self.tag(p))
+    /// A node's lease as each partition sees it: a commit checks it in the same call.
+    pub fn lease(&self, p: usize, epoch: &str) -> String {
+        format!("{}lease:{epoch}", self.tag(p))
+    }
+
+    /// The node set: every node's epoch with the time its lease runs out.
+    pub fn nodes(&self) -> String {
+        format!("{}:nodes", self.prefix)
     }
 
     /// The partition's shard channel: each change's sequence is published on it.

@@ -57,6 +57,10 @@ pub struct Options {
     pub relaxed: bool,
     /// How often other nodes' changes are looked for.
     pub poll: Duration,
+    /// This node's epoch, when it holds a lease (a server does; tools and tests may not).
+    pub node: Option<String>,
+    /// How long a lease lasts unrenewed: a node silent this long is declared dead.
+    pub lease: Duration,
 }
 
 impl Options {
@@ -74,6 +78,8 @@ impl Options {
             },
             relaxed: false,
             poll: Duration::from_millis(20),
+            node: None,
+            lease: Duration::from_secs(10),
         }
     }
 }
@@ -101,6 +107,7 @@ struct Inner {
     subscriptions_changed: Notify,
     lifecycle_added: Notify,
     metrics: StoreMetrics,
+    fenced: watch::Sender<bool>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -215,9 +222,16 @@ impl RedisStore {
                 subscriptions_changed: Notify::new(),
                 lifecycle_added: Notify::new(),
                 metrics: StoreMetrics::default(),
+                fenced: watch::Sender::new(false),
                 options,
             }),
         };
+        if let Some(epoch) = store.inner.options.node.clone() {
+            renew_lease(&store.inner, &epoch, true)
+                .await
+                .map_err(|e| OpenError::Unreachable(format!("taking the node lease: {e}")))?;
+            tokio::spawn(keep_lease(Arc::downgrade(&store.inner), epoch));
+        }
         let head = store
             .read_heads()
             .await
@@ -282,7 +296,7 @@ impl RedisStore {
                 keys.seq(p),
                 keys.clients(p),
                 keys.tenant(p, &commit.key.tenant),
-                keys.lease(p, ""),
+                keys.lease(p, self.inner.options.node.as_deref().unwrap_or("")),
             ],
         );
         cmd.arg(commit.expected_version)
@@ -302,10 +316,14 @@ impl RedisStore {
             .arg((now - self.inner.options.retain_for).as_millisecond())
             .arg(keep)
             .arg(keys.channel(p))
-            .arg("")
-            .arg("");
+            .arg(self.inner.options.node.as_deref().unwrap_or(""));
         let started = std::time::Instant::now();
-        let reply: Value = self.conn().run(&cmd).await.map_err(unavailable)?;
+        let reply: Value = self.conn().run(&cmd).await.map_err(|e| {
+            if e.to_string().contains("FENCED") {
+                self.inner.fenced.send_replace(true);
+            }
+            unavailable(e)
+        })?;
         self.inner
             .metrics
             .commit_seconds
@@ -429,6 +447,48 @@ async fn read_heads(inner: &Inner) -> Result<Position, StoreError> {
     Ok(Position::from_partitions(&parts))
 }
 
+/// Take (`first`) or renew this node's lease: each partition's copy first, then the node set, so
+/// a node the set shows dead can no longer commit anywhere. Returns false if a copy had lapsed.
+async fn renew_lease(inner: &Inner, epoch: &str, first: bool) -> Result<bool, StoreError> {
+    let ttl = inner.options.lease.as_millis() as u64;
+    let sets = (0..inner.keys.partitions()).map(|p| {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(inner.keys.lease(p, epoch)).arg(1).arg("PX").arg(ttl);
+        if !first {
+            cmd.arg("XX");
+        }
+        let conn = inner.conn.clone();
+        async move { conn.run::<Option<String>>(&cmd).await }
+    });
+    let mut held = true;
+    for r in join_all(sets).await {
+        held &= r.map_err(unavailable)?.is_some();
+    }
+    let mut cmd = fcall("pd_node_lease", &[inner.keys.nodes()]);
+    cmd.arg(epoch).arg(ttl);
+    inner.conn.run::<Value>(&cmd).await.map_err(unavailable)?;
+    Ok(held)
+}
+
+/// Renews the lease a third of its length apart; a lapse found fences the node for good.
+async fn keep_lease(inner: Weak<Inner>, epoch: String) {
+    loop {
+        let Some(strong) = inner.upgrade() else { return };
+        let pause = strong.options.lease / 3;
+        match renew_lease(&strong, &epoch, false).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::error!(%epoch, "this node's lease lapsed: it was declared dead and may no longer write");
+                strong.fenced.send_replace(true);
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot renew the node lease; retrying"),
+        }
+        drop(strong);
+        tokio::time::sleep(pause).await;
+    }
+}
+
 /// Moves the head as other nodes commit, and keeps readiness current; ends with the store.
 async fn poll_heads(inner: Weak<Inner>) {
     loop {
@@ -530,6 +590,18 @@ impl PresenceState for RedisStore {
 
     fn is_ready(&self) -> bool {
         self.inner.ready.load(Ordering::Acquire)
+    }
+}
+
+impl crate::store::Membership for RedisStore {
+    async fn live_epochs(&self) -> Result<Option<Vec<String>>, StoreError> {
+        let cmd = fcall_ro("pd_live_nodes", &[self.inner.keys.nodes()]);
+        Ok(Some(self.conn().run(&cmd).await.map_err(unavailable)?))
+    }
+
+    async fn fenced(&self) {
+        let mut rx = self.inner.fenced.subscribe();
+        let _ = rx.wait_for(|f| *f).await;
     }
 }
 
