@@ -67,6 +67,10 @@ pub struct ServeArgs {
     /// write may then be lost if a master fails (up to a second's writes with `everysec`).
     #[arg(long, env = "PRESENCED_REDIS_RELAXED_DURABILITY")]
     pub redis_relaxed_durability: bool,
+    /// Redis: how long a node's lease lasts unrenewed (judged by Redis's clock). A node silent this
+    /// long is declared dead: its client sessions get their grace, and it may no longer write. [default: 10s]
+    #[arg(long, env = "PRESENCED_REDIS_NODE_LEASE")]
+    pub redis_node_lease: Option<String>,
     /// The change log keeps at most this many changes (webhook subscribers further behind get `missed`). [default: 100000]
     #[arg(long, env = "PRESENCED_CHANGE_LOG_RETAIN")]
     pub change_log_retain: Option<usize>,
@@ -272,6 +276,7 @@ pub struct FileRedis {
     pub partitions: Option<usize>,
     pub prefix: Option<String>,
     pub relaxed_durability: Option<bool>,
+    pub node_lease: Option<String>,
 }
 
 /// The Redis backend's settings (used when `store` names Redis).
@@ -280,6 +285,7 @@ pub struct RedisSettings {
     pub partitions: usize,
     pub prefix: String,
     pub relaxed_durability: bool,
+    pub node_lease: std::time::Duration,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -557,6 +563,19 @@ impl ServeArgs {
                 .unwrap_or(stream_defaults.max_per_app),
             ..stream_defaults
         };
+        let node_lease = duration(
+            "redis-node-lease",
+            self.redis_node_lease,
+            file.redis.node_lease,
+            jiff::SignedDuration::from_secs(10),
+        )?;
+        let node_lease = std::time::Duration::try_from(node_lease)
+            .ok()
+            .filter(|d| *d >= std::time::Duration::from_millis(300))
+            .ok_or_else(|| ConfigError::Value {
+                key: "redis-node-lease",
+                message: "must be at least 300ms".into(),
+            })?;
         let client_defaults = ClientConfig::default();
         let grace = duration(
             "client-grace",
@@ -622,6 +641,7 @@ impl ServeArgs {
                     .or(file.redis.prefix)
                     .unwrap_or_else(|| "presenced".to_owned()),
                 relaxed_durability: self.redis_relaxed_durability || file.redis.relaxed_durability.unwrap_or(false),
+                node_lease,
             },
             delegated_writes_to_others: self.allow_delegated_writes_to_others
                 || file.auth.allow_delegated_writes_to_others.unwrap_or(false),

@@ -72,6 +72,14 @@ impl Server {
         wait_timeout(&mut self.child, Duration::from_secs(20)).expect("server did not exit after SIGTERM")
     }
 
+    /// The exit status if the server stops by itself within a few seconds, else after SIGTERM.
+    pub fn terminate_or_exit(&mut self) -> ExitStatus {
+        if let Some(status) = wait_timeout(&mut self.child, Duration::from_secs(5)) {
+            return status;
+        }
+        self.terminate()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }

@@ -12,6 +12,7 @@ pub struct Node {
     pub port: u16,
     child: Child,
     _dir: tempfile::TempDir,
+    extra: Vec<&'static str>,
 }
 
 impl Drop for Node {
@@ -34,6 +35,17 @@ impl Node {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Start it again on the same port and directory (its append-only file), as after a crash.
+    pub fn restart(&mut self) {
+        self.kill();
+        let mut child = spawn(self.port, self._dir.path(), &self.extra).expect("redis-server restarts");
+        assert!(
+            wait_listening(self.port, &mut child),
+            "redis-server came back on its port"
+        );
+        self.child = child;
     }
 }
 
@@ -89,7 +101,7 @@ pub fn start_node(cluster: bool) -> Node {
     for _ in 0..20 {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let port = free_port(cluster);
-        let extra: &[&str] = if cluster {
+        let extra: &[&'static str] = if cluster {
             &["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]
         } else {
             &[]
@@ -98,7 +110,12 @@ pub fn start_node(cluster: bool) -> Node {
             panic!("redis-server cannot be started: is it installed (apt-get install redis-server)?");
         };
         if wait_listening(port, &mut child) {
-            return Node { port, child, _dir: dir };
+            return Node {
+                port,
+                child,
+                _dir: dir,
+                extra: extra.to_vec(),
+            };
         }
         let _ = child.kill();
         let _ = child.wait();

@@ -1,0 +1,376 @@
+//! Several `presenced` nodes on one Redis, end to end with the real binary: each test starts its
+//! own Redis (a three-master Cluster with replicas, or a standalone server) on free loopback
+//! ports, and two nodes that share an HS256 secret file.
+mod common;
+
+#[path = "../src/store/redis/test_servers.rs"]
+mod test_servers;
+
+use common::receiver::Receiver;
+use common::sse::SseStream;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use test_servers::{start_node, Cluster};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+const STREAM: &str = "/v1.0/communications/presences/$stream";
+const U1: &str = "aaaaaaaa-0000-0000-0000-000000000001";
+const U2: &str = "aaaaaaaa-0000-0000-0000-000000000002";
+const U3: &str = "aaaaaaaa-0000-0000-0000-000000000003";
+
+/// A secret file both nodes read, and the temporary directory holding it.
+fn shared_secret() -> (tempfile::TempDir, PathBuf) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwt-secret");
+    let mut bytes = [0u8; 32];
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(37).wrapping_add(std::process::id() as u8);
+    }
+    use base64::Engine;
+    let text = base64::engine::general_purpose::STANDARD.encode(bytes);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .unwrap();
+    std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
+    (dir, path)
+}
+
+/// A token signed with the shared secret.
+fn token(secret: &Path, user: Option<&str>, scopes: &[&str], roles: &[&str]) -> String {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["token", "--jwt-secret-file"])
+        .arg(secret)
+        .args(["--tenant", TENANT, "--app", "test-app"]);
+    if let Some(u) = user {
+        cmd.args(["--user", u]);
+    }
+    for s in scopes {
+        cmd.args(["--scope", s]);
+    }
+    for r in roles {
+        cmd.args(["--role", r]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn node(store: &str, secret: &Path, extra: &[&str]) -> Server {
+    let mut args = vec![
+        "--store",
+        store,
+        "--jwt-secret-file",
+        secret.to_str().unwrap(),
+        "--rate-limit",
+        "off",
+        "--webhook-allow-http",
+        "--webhook-allow-network",
+        "127.0.0.0/8",
+    ];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+async fn set(server: &Server, app: &str, user: &str, availability: &str, activity: &str) -> Reply {
+    let body =
+        json!({ "sessionId": "s", "availability": availability, "activity": activity, "expirationDuration": "PT1H" });
+    post(
+        &server.url(&format!("/v1.0/users/{user}/presence/setPresence")),
+        app,
+        body,
+    )
+    .await
+}
+
+async fn availability(server: &Server, app: &str, user: &str) -> String {
+    let r = get(&server.url(&format!("/v1.0/users/{user}/presence")), app).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.json()["availability"].as_str().unwrap().to_owned()
+}
+
+/// Poll `user`'s availability on `server` until it is `want` (or `within` passes).
+async fn wait_availability(server: &Server, app: &str, user: &str, want: &str, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if availability(server, app, user).await == want {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+async fn open_stream(server: &Server, token: &str, users: &[&str], resume: Option<&str>) -> SseStream {
+    let mut request = client()
+        .post(server.url(STREAM))
+        .bearer_auth(token)
+        .header("accept", "text/event-stream")
+        .json(&json!({ "ids": users }));
+    if let Some(r) = resume {
+        request = request.header("last-event-id", r);
+    }
+    SseStream::new(request.send().await.unwrap())
+}
+
+/// The next presence event: (user, availability, resume token).
+async fn next_presence(stream: &mut SseStream) -> (String, String, String) {
+    loop {
+        let e = stream.next().await;
+        if e.event == "presence" {
+            return (
+                e.data["id"].as_str().unwrap().to_owned(),
+                e.data["availability"].as_str().unwrap().to_owned(),
+                e.id.unwrap(),
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_a_cluster_share_presence_streams_and_subscriptions() {
+    let cluster = Cluster::start();
+    let (_dir, secret) = shared_secret();
+    let a = node(&cluster.url(), &secret, &[]);
+    let b = node(&cluster.url(), &secret, &[]);
+    let app = token(&secret, None, &[], &["Presence.ReadWrite.All"]);
+
+    // A write through A is read through B.
+    assert_eq!(set(&a, &app, U1, "Busy", "InACall").await.status, 200);
+    assert_eq!(availability(&b, &app, U1).await, "Busy");
+
+    // 650 ids in one bulk read through B, the written one among them.
+    let mut ids: Vec<String> = (0..649).map(|i| format!("bulk-{i}")).collect();
+    ids.push(U1.to_owned());
+    let r = post(
+        &b.url("/v1.0/communications/getPresencesByUserId"),
+        &app,
+        json!({ "ids": ids }),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let values = r.json()["value"].as_array().unwrap().clone();
+    assert_eq!(values.len(), 650);
+    assert!(values.iter().any(|v| v["id"] == U1 && v["availability"] == "Busy"));
+
+    // A stream on B sees changes made through A...
+    let mut on_b = open_stream(&b, &app, &[U1, U2], None).await;
+    let snapshot = on_b.next().await;
+    assert_eq!(snapshot.event, "snapshot", "{snapshot:?}");
+    assert_eq!(set(&a, &app, U2, "Away", "Away").await.status, 200);
+    let (user, av, resume) = next_presence(&mut on_b).await;
+    assert_eq!((user.as_str(), av.as_str()), (U2, "Away"));
+    assert!(resume.starts_with("2."), "a partitioned position: {resume}");
+    drop(on_b);
+    // ...and its resume token works on A: exactly what was missed, then what follows.
+    assert_eq!(set(&b, &app, U1, "Available", "Available").await.status, 200);
+    let mut on_a = open_stream(&a, &app, &[U1, U2], Some(&resume)).await;
+    let (user, av, _) = next_presence(&mut on_a).await;
+    assert_eq!(
+        (user.as_str(), av.as_str()),
+        (U1, "Available"),
+        "the missed change first"
+    );
+    assert_eq!(set(&b, &app, U2, "Busy", "InACall").await.status, 200);
+    let (user, av, _) = next_presence(&mut on_a).await;
+    assert_eq!((user.as_str(), av.as_str()), (U2, "Busy"));
+
+    // A subscription created on A gets changes made on B, once each.
+    let receiver = Receiver::start().await;
+    let subscriber = token(
+        &secret,
+        Some("cccccccc-0000-0000-0000-00000000000c"),
+        &["Presence.Read.All"],
+        &[],
+    );
+    #[allow(clippy::disallowed_methods)]
+    let expiry = (jiff::Timestamp::now() + jiff::SignedDuration::from_mins(50)).to_string();
+    let r = post(
+        &a.url("/v1.0/subscriptions"),
+        &subscriber,
+        json!({
+            "changeType": "updated",
+            "notificationUrl": receiver.url,
+            "resource": format!("/communications/presences?$filter=id in ('{U3}')"),
+            "expirationDateTime": expiry,
+            "clientState": "s",
+        }),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    for (av, ac) in [("Busy", "InACall"), ("Away", "Away"), ("Available", "Available")] {
+        assert_eq!(set(&b, &app, U3, av, ac).await.status, 200);
+    }
+    let items = receiver
+        .wait_for("three notifications", Duration::from_secs(15), |i| i.len() >= 3)
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let items_after = receiver.items();
+    assert_eq!(items.len(), 3);
+    assert_eq!(items_after.len(), 3, "once each, whichever node sends: {items_after:?}");
+    assert!(items_after.iter().all(|i| i["resourceData"]["id"] == U3));
+}
+
+/// A client-session socket on `server` for `user`, said hello as Available.
+async fn client_session(server: &Server, token: &str) -> impl Sized {
+    let url = server.url("/v1.0/me/presence/$session").replacen("http://", "ws://", 1);
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let hello = json!({ "type": "hello", "device": "desktop", "availability": "Available", "activity": "Available" });
+    ws.send(Message::Text(hello.to_string().into())).await.unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap() {
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                assert_eq!(v["type"], "welcome", "{v}");
+                break;
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("no welcome: {other:?}"),
+        }
+    }
+    ws
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_client_sessions_end_after_the_grace_and_its_fades_still_happen() {
+    let cluster = Cluster::start();
+    let (_dir, secret) = shared_secret();
+    let timing = [
+        "--redis-node-lease",
+        "2s",
+        "--client-grace",
+        "4s",
+        "--fade-after",
+        "1s",
+        "--session-expiration-min",
+        "1s",
+    ];
+    let mut a = node(&cluster.url(), &secret, &timing);
+    let b = node(&cluster.url(), &secret, &timing);
+    let app = token(&secret, None, &[], &["Presence.ReadWrite.All"]);
+    let user = token(&secret, Some(U1), &["Presence.ReadWrite"], &[]);
+
+    let _socket = client_session(&a, &user).await;
+    assert_ne!(availability(&b, &app, U1).await, "Offline");
+    // A session set through A that fades: it expires 1 s from now.
+    let body =
+        json!({ "sessionId": "fading", "availability": "Busy", "activity": "InACall", "expirationDuration": "PT1S" });
+    let r = post(&a.url(&format!("/v1.0/users/{U2}/presence/setPresence")), &app, body).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    a.kill();
+    let killed = Instant::now();
+
+    // The fade A set is applied by B.
+    assert!(
+        wait_availability(&b, &app, U2, "Offline", Duration::from_secs(8)).await,
+        "B applies the expiry A had set"
+    );
+    // The client session outlives A by the lease and the grace, not less...
+    while killed.elapsed() < Duration::from_millis(3500) {
+        assert_ne!(
+            availability(&b, &app, U1).await,
+            "Offline",
+            "gone {:?} after the kill, before its grace",
+            killed.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // ...and then it goes.
+    assert!(
+        wait_availability(&b, &app, U1, "Offline", Duration::from_secs(15)).await,
+        "the dead node's client session ends after the grace"
+    );
+    assert!(killed.elapsed() >= Duration::from_secs(4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_paused_past_its_lease_cannot_write() {
+    let cluster = Cluster::start();
+    let (_dir, secret) = shared_secret();
+    let mut a = node(&cluster.url(), &secret, &["--redis-node-lease", "1s"]);
+    let b = node(&cluster.url(), &secret, &["--redis-node-lease", "1s"]);
+    let app = token(&secret, None, &[], &["Presence.ReadWrite.All"]);
+    assert_eq!(set(&a, &app, U1, "Busy", "InACall").await.status, 200);
+
+    let pid = a.pid().to_string();
+    Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    Command::new("kill").args(["-CONT", &pid]).status().unwrap();
+    // Whatever A answers now (503 while it stops, or no answer), the write does not land.
+    let r = client()
+        .post(a.url(&format!("/v1.0/users/{U1}/presence/setPresence")))
+        .bearer_auth(&app)
+        .json(&json!({ "sessionId": "s", "availability": "Away", "activity": "Away", "expirationDuration": "PT1H" }))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    if let Ok(r) = r {
+        assert_ne!(r.status().as_u16(), 200, "a fenced node acknowledged a write");
+    }
+    assert_eq!(
+        availability(&b, &app, U1).await,
+        "Busy",
+        "B sees no write from the fenced node"
+    );
+    let status = a.terminate_or_exit();
+    assert!(!status.success(), "the fenced node stops with an error");
+    assert!(a.stderr().contains("lease"), "{}", a.stderr());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_and_restarted_gives_503_then_service_resumes() {
+    let mut redis = start_node(false);
+    let (_dir, secret) = shared_secret();
+    let a = node(&redis.url(), &secret, &[]);
+    let app = token(&secret, None, &[], &["Presence.ReadWrite.All"]);
+    assert_eq!(set(&a, &app, U1, "Busy", "InACall").await.status, 200);
+
+    redis.kill();
+    let r = set(&a, &app, U2, "Away", "Away").await;
+    r.assert_error(503, "ServiceNotAvailable");
+    let ready = client().get(a.url("/readyz")).send().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut not_ready = ready.status().as_u16() == 503;
+    while !not_ready && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        not_ready = client().get(a.url("/readyz")).send().await.unwrap().status().as_u16() == 503;
+    }
+    assert!(not_ready, "/readyz says not ready while Redis is down");
+    let raw = client()
+        .post(a.url(&format!("/v1.0/users/{U2}/presence/setPresence")))
+        .bearer_auth(&app)
+        .json(&json!({ "sessionId": "s", "availability": "Away", "activity": "Away", "expirationDuration": "PT1H" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status().as_u16(), 503);
+    assert!(raw.headers().get("retry-after").is_some(), "503 carries Retry-After");
+
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if set(&a, &app, U2, "Away", "Away").await.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "service did not resume after Redis returned");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        availability(&a, &app, U1).await,
+        "Busy",
+        "the write acknowledged before the outage is kept"
+    );
+    assert_eq!(availability(&a, &app, U2).await, "Away");
+}
