@@ -67,6 +67,10 @@ pub struct ServeArgs {
     /// write may then be lost if a master fails (up to a second's writes with `everysec`).
     #[arg(long, env = "PRESENCED_REDIS_RELAXED_DURABILITY")]
     pub redis_relaxed_durability: bool,
+    /// Redis: replicas that must confirm each write (`WAIT`) before its `200`; closes most of the
+    /// failover window at the cost of a replication round trip per write. [default: 0]
+    #[arg(long, env = "PRESENCED_REDIS_WAIT_REPLICAS")]
+    pub redis_wait_replicas: Option<usize>,
     /// Redis: how long a node's lease lasts unrenewed (judged by Redis's clock). A node silent this
     /// long is declared dead: its client sessions get their grace, and it may no longer write. [default: 10s]
     #[arg(long, env = "PRESENCED_REDIS_NODE_LEASE")]
@@ -277,6 +281,7 @@ pub struct FileRedis {
     pub prefix: Option<String>,
     pub relaxed_durability: Option<bool>,
     pub node_lease: Option<String>,
+    pub wait_replicas: Option<usize>,
 }
 
 /// The Redis backend's settings (used when `store` names Redis).
@@ -286,6 +291,7 @@ pub struct RedisSettings {
     pub prefix: String,
     pub relaxed_durability: bool,
     pub node_lease: std::time::Duration,
+    pub wait_replicas: usize,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -642,6 +648,7 @@ impl ServeArgs {
                     .unwrap_or_else(|| "presenced".to_owned()),
                 relaxed_durability: self.redis_relaxed_durability || file.redis.relaxed_durability.unwrap_or(false),
                 node_lease,
+                wait_replicas: self.redis_wait_replicas.or(file.redis.wait_replicas).unwrap_or(0),
             },
             delegated_writes_to_others: self.allow_delegated_writes_to_others
                 || file.auth.allow_delegated_writes_to_others.unwrap_or(false),

@@ -76,6 +76,7 @@ async fn open_store(config: &ServeConfig, clock: &Clock, epoch: &str) -> anyhow:
             options.retain_for = config.retention.age;
             options.node = Some(epoch.to_owned());
             options.lease = config.redis.node_lease;
+            options.wait_replicas = config.redis.wait_replicas;
             let store = crate::store::redis::RedisStore::open(options).await?;
             tracing::info!(nodes = ?target.urls, cluster = target.cluster, "store opened on Redis");
             Ok(Store::Redis(store))

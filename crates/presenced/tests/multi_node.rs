@@ -374,3 +374,110 @@ async fn redis_stopped_and_restarted_gives_503_then_service_resumes() {
     );
     assert_eq!(availability(&a, &app, U2).await, "Away");
 }
+
+/// Writers flip users through a node; a master is killed under that load and, once its replica
+/// took over, every user is read back; then the old master returns as a replica and every user
+/// is written again. Returns how many users' last acknowledged write the failover lost.
+async fn failover_under_load(extra: &[&str]) -> usize {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let mut cluster = Cluster::start();
+    let (_dir, secret) = shared_secret();
+    let a = Arc::new(node(&cluster.url(), &secret, extra));
+    let app = token(&secret, None, &[], &["Presence.ReadWrite.All"]);
+    let users: Vec<String> = (0..24).map(|i| format!("failover-{i}")).collect();
+    let acked: Arc<Mutex<std::collections::HashMap<String, String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = users
+        .chunks(6)
+        .map(|chunk| {
+            let (a, app, acked, stop) = (a.clone(), app.clone(), acked.clone(), stop.clone());
+            let chunk = chunk.to_vec();
+            tokio::spawn(async move {
+                let mut i = 0usize;
+                while !stop.load(Ordering::Acquire) {
+                    let user = &chunk[i % chunk.len()];
+                    let (av, ac) = if (i / chunk.len()) % 2 == 0 {
+                        ("Busy", "InACall")
+                    } else {
+                        ("Away", "Away")
+                    };
+                    if set(&a, &app, user, av, ac).await.status == 200 {
+                        acked.lock().unwrap().insert(user.clone(), av.to_owned());
+                    }
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let master = cluster.a_master();
+    cluster.nodes[master].kill();
+    stop.store(true, Ordering::Release);
+    for w in writers {
+        w.await.unwrap();
+    }
+    // Service resumes for every user once the replica took over.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut lost = 0;
+    for user in &users {
+        let want = acked.lock().unwrap().get(user).cloned();
+        let got = loop {
+            let r = get(&a.url(&format!("/v1.0/users/{user}/presence")), &app).await;
+            if r.status == 200 {
+                break r.json()["availability"].as_str().unwrap().to_owned();
+            }
+            if Instant::now() > deadline {
+                let alive = cluster
+                    .nodes
+                    .iter()
+                    .find(|n| n.port != cluster.nodes[master].port)
+                    .unwrap();
+                let nodes = Command::new("redis-cli")
+                    .args(["-p", &alive.port.to_string(), "cluster", "nodes"])
+                    .output()
+                    .unwrap();
+                panic!(
+                    "reads did not resume after the failover: {} {}\ncluster: {}\nnode log: {}",
+                    r.status,
+                    r.text,
+                    String::from_utf8_lossy(&nodes.stdout),
+                    a.stderr()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        if want.is_some_and(|w| w != got) {
+            lost += 1;
+        }
+    }
+    // The old master comes back as the new one's replica (what an operator does; with WAIT the
+    // promoted master has no replica to confirm writes until then).
+    cluster.nodes[master].restart();
+    for user in &users {
+        loop {
+            if set(&a, &app, user, "Available", "Available").await.status == 200 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "writes did not resume after the failover");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    eprintln!(
+        "failover with {extra:?}: {lost} of {} users lost their last acknowledged write",
+        users.len()
+    );
+    lost
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_failover_is_survived() {
+    // Replication is asynchronous: what the old master acknowledged in its last moments may be
+    // lost (counted and printed, not asserted); service resumes either way.
+    failover_under_load(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_wait_for_a_replica_a_master_failover_loses_no_acknowledged_write() {
+    assert_eq!(failover_under_load(&["--redis-wait-replicas", "1"]).await, 0);
+}

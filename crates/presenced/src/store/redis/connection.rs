@@ -97,6 +97,23 @@ impl Conn {
         cmd.query_async(&mut conn).await
     }
 
+    /// `WAIT replicas timeout` on the master holding `key`'s slot (the connection that sent its
+    /// writes); returns how many replicas confirmed.
+    pub async fn wait_replicas(&self, key: &str, replicas: usize, timeout: Duration) -> redis::RedisResult<i64> {
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(replicas).arg(timeout.as_millis() as u64);
+        match self {
+            Conn::Single(_) => self.run(&cmd).await,
+            Conn::Cluster(c) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                let route = Route::new(slot_of(key), SlotAddr::Master);
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                let value = c.clone().route_command(cmd, routing).await?;
+                redis::from_redis_value(value).map_err(Into::into)
+            }
+        }
+    }
+
     /// Every master's address (one for standalone).
     pub async fn masters(&self, target: &Target) -> redis::RedisResult<Vec<String>> {
         match self {
@@ -107,6 +124,19 @@ impl Conn {
             }
         }
     }
+}
+
+/// A key's Cluster slot: CRC-16 (XMODEM) of its hash tag, or of the whole key without one.
+pub fn slot_of(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let hashed = match key.find('{') {
+        Some(open) => match key[open + 1..].find('}') {
+            Some(len) if len > 0 => &bytes[open + 1..open + 1 + len],
+            _ => bytes,
+        },
+        None => bytes,
+    };
+    crc16::State::<crc16::XMODEM>::calculate(hashed) % 16384
 }
 
 fn timeout_error(what: &str) -> redis::RedisError {
@@ -245,6 +275,15 @@ mod tests {
         for bad in ["", "http://x", "redis+cluster://", "embedded"] {
             assert!(Target::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn slots_follow_the_hash_tag() {
+        // Values from the Cluster specification's examples.
+        assert_eq!(slot_of("foo"), 12182);
+        assert_eq!(slot_of("{user1000}.following"), slot_of("user1000"));
+        assert_eq!(slot_of("{}x"), slot_of("{}x"));
+        assert_eq!(slot_of("a:{p3}:log"), slot_of("p3"));
     }
 
     #[test]

@@ -61,6 +61,8 @@ pub struct Options {
     pub node: Option<String>,
     /// How long a lease lasts unrenewed: a node silent this long is declared dead.
     pub lease: Duration,
+    /// Replicas that must confirm a write (`WAIT`) before it is acknowledged; 0 for none.
+    pub wait_replicas: usize,
 }
 
 impl Options {
@@ -80,6 +82,7 @@ impl Options {
             poll: Duration::from_millis(20),
             node: None,
             lease: Duration::from_secs(10),
+            wait_replicas: 0,
         }
     }
 }
@@ -334,6 +337,7 @@ impl RedisStore {
         let version = reply.get(1).and_then(int).unwrap_or(0) as u64;
         match status {
             Some(1) => {
+                self.wait_for_replicas(&keys.seq(p)).await?;
                 let seq = reply.get(2).and_then(int).unwrap_or(0) as u64;
                 if seq > 0 {
                     self.advance_head(&Position::of_change(p, self.p_count(), seq));
@@ -352,6 +356,27 @@ impl RedisStore {
             }
             _ => Err(CommitError::Store(unavailable("unexpected commit reply"))),
         }
+    }
+
+    /// With `wait_replicas`, hold the acknowledgement until that many replicas have the write
+    /// (`key` names its slot). A write they do not confirm in time is answered as not acknowledged:
+    /// it is on the master, and a retry of the same change is harmless.
+    async fn wait_for_replicas(&self, key: &str) -> Result<(), StoreError> {
+        let wanted = self.inner.options.wait_replicas;
+        if wanted == 0 {
+            return Ok(());
+        }
+        let got = self
+            .conn()
+            .wait_replicas(key, wanted, self.inner.options.timeouts.command / 2)
+            .await
+            .map_err(unavailable)?;
+        if (got.max(0) as usize) < wanted {
+            return Err(unavailable(format!(
+                "{got} of {wanted} replicas confirmed the write in time"
+            )));
+        }
+        Ok(())
     }
 
     /// The keys asked, grouped by partition, with their places in the request.

@@ -102,7 +102,15 @@ pub fn start_node(cluster: bool) -> Node {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let port = free_port(cluster);
         let extra: &[&'static str] = if cluster {
-            &["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]
+            // A replica's first sync waits no 5 s for others to join (a failover test needs it synced).
+            &[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-node-timeout",
+                "2000",
+                "--repl-diskless-sync-delay",
+                "0",
+            ]
         } else {
             &[]
         };
@@ -158,16 +166,19 @@ impl Cluster {
         cluster
     }
 
-    /// Until every node says the cluster is ok and knows all six nodes.
+    /// Until every node says the cluster is ok and knows all six nodes, and every replica is in
+    /// sync with its master.
     pub fn wait_ok(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             let ok = self.nodes.iter().all(|n| {
                 let info = cli(n.port, &["cluster", "info"]);
                 let nodes = cli(n.port, &["cluster", "nodes"]);
+                let role = cli(n.port, &["info", "replication"]);
                 info.contains("cluster_state:ok")
                     && info.contains("cluster_known_nodes:6")
                     && nodes.matches("slave").count() == 3
+                    && (role.contains("role:master") || role.contains("master_link_status:up"))
             });
             if ok {
                 return;
@@ -175,6 +186,14 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("the cluster did not become ok");
+    }
+
+    /// The index of a node that is a master now.
+    pub fn a_master(&self) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| cli(n.port, &["role"]).starts_with("master"))
+            .expect("a master")
     }
 
     /// `redis+cluster://` over every node.
