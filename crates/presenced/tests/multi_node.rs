@@ -397,7 +397,7 @@ async fn failover_under_load(extra: &[&str]) -> usize {
                 let mut i = 0usize;
                 while !stop.load(Ordering::Acquire) {
                     let user = &chunk[i % chunk.len()];
-                    let (av, ac) = if (i / chunk.len()) % 2 == 0 {
+                    let (av, ac) = if (i / chunk.len()).is_multiple_of(2) {
                         ("Busy", "InACall")
                     } else {
                         ("Away", "Away")
