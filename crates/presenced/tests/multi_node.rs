@@ -147,6 +147,20 @@ async fn two_nodes_on_a_cluster_share_presence_streams_and_subscriptions() {
     assert_eq!(set(&a, &app, U1, "Busy", "InACall").await.status, 200);
     assert_eq!(availability(&b, &app, U1).await, "Busy");
 
+    // A node writes from its last known copy of a user; a copy another node made stale costs a
+    // conflict or a fresh read, never a lost, skipped or refused write. A knows U3 without
+    // session "x"...
+    let none = json!({ "sessionId": "x" });
+    let clear = |n: &Server| n.url(&format!("/v1.0/users/{U3}/presence/clearPresence"));
+    assert_eq!(post(&clear(&a), &app, none.clone()).await.status, 404);
+    // ...B sets it...
+    let busy = json!({ "sessionId": "x", "availability": "Busy", "activity": "InACall", "expirationDuration": "PT1H" });
+    let r = post(&b.url(&format!("/v1.0/users/{U3}/presence/setPresence")), &app, busy).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    // ...and A's clear, a no-op by A's copy, still clears it.
+    assert_eq!(post(&clear(&a), &app, none).await.status, 200);
+    assert_eq!(availability(&b, &app, U3).await, "Offline", "A's clear was applied");
+
     // 650 ids in one bulk read through B, the written one among them.
     let mut ids: Vec<String> = (0..649).map(|i| format!("bulk-{i}")).collect();
     ids.push(U1.to_owned());

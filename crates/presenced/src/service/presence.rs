@@ -69,10 +69,16 @@ impl<S: PresenceState> PresenceService<S> {
     /// Apply a write. Returns once the new state (and its change event) is durable.
     pub async fn execute(&self, key: &UserKey, command: Command) -> Result<(), ServiceError> {
         let _guard = self.lock(key).await;
-        let mut loaded = self.store.load(key).await?;
+        let (mut loaded, mut fresh) = self.store.load_to_write(key).await?;
         for _ in 0..MAX_CONFLICT_RETRIES {
             // One copy of the state, made by the core; the loaded one stays shared with readers.
-            let (state, outcome) = loaded.state.applied(&command, self.clock.now(), &self.timing)?;
+            let applied = loaded.state.applied(&command, self.clock.now(), &self.timing);
+            // Nothing to do, or refused, by a remembered copy: judge by the stored state.
+            if !fresh && applied.as_ref().ok().is_none_or(|(s, _)| *s == *loaded.state) {
+                (loaded, fresh) = (self.store.load(key).await?, true);
+                continue;
+            }
+            let (state, outcome) = applied?;
             if state == *loaded.state {
                 return Ok(());
             }
@@ -83,7 +89,7 @@ impl<S: PresenceState> PresenceService<S> {
                 event: outcome.change,
             };
             match self.store.commit(commit).await {
-                Err(CommitError::Conflict(current)) => loaded = current,
+                Err(CommitError::Conflict(current)) => (loaded, fresh) = (current, true),
                 Err(CommitError::Store(e)) => return Err(e.into()),
                 Ok(_) => return Ok(()),
             }

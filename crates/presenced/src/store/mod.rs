@@ -157,6 +157,9 @@ impl PresenceState for Store {
     async fn load_many(&self, keys: &[UserKey]) -> Result<Vec<Versioned>, StoreError> {
         forward!(self, s => s.load_many(keys).await)
     }
+    async fn load_to_write(&self, key: &UserKey) -> Result<(Versioned, bool), StoreError> {
+        forward!(self, s => s.load_to_write(key).await)
+    }
     async fn view(&self, key: &UserKey, now: Timestamp) -> Result<PresenceView, StoreError> {
         forward!(self, s => s.view(key, now).await)
     }

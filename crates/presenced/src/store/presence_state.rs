@@ -35,6 +35,13 @@ pub enum CommitError {
 pub trait PresenceState: Send + Sync + 'static {
     fn load(&self, key: &UserKey) -> impl Future<Output = Result<Versioned, StoreError>> + Send;
 
+    /// The user's state to compute a write from, and whether it was read just now (`true`) or
+    /// is this node's last known copy (`false`), which a commit's compare-and-set checks: a
+    /// backend a round trip away saves the read when the copy is current. The default loads.
+    fn load_to_write(&self, key: &UserKey) -> impl Future<Output = Result<(Versioned, bool), StoreError>> + Send {
+        async move { Ok((self.load(key).await?, true)) }
+    }
+
     /// Many users at once, in the order asked (bulk reads: up to 650 ids in one call).
     fn load_many(&self, keys: &[UserKey]) -> impl Future<Output = Result<Vec<Versioned>, StoreError>> + Send;
 

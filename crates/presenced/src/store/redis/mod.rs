@@ -111,6 +111,30 @@ struct Inner {
     lifecycle_added: Notify,
     metrics: StoreMetrics,
     fenced: watch::Sender<bool>,
+    /// The last state this node read or wrote per user, for `load_to_write`: a write whose copy
+    /// is current is one round trip. Bounded; a stale copy costs a conflict and the state it
+    /// returns, never a wrong write.
+    recent: std::sync::Mutex<HashMap<UserKey, Versioned>>,
+}
+
+/// Users whose last known state a node keeps for writes.
+const RECENT_CAPACITY: usize = 65_536;
+
+impl Inner {
+    fn remember(&self, key: &UserKey, versioned: Versioned) {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() >= RECENT_CAPACITY && !recent.contains_key(key) {
+            // Any entry: the cache only saves reads, and a miss costs one.
+            if let Some(victim) = recent.keys().next().cloned() {
+                recent.remove(&victim);
+            }
+        }
+        recent.insert(key.clone(), versioned);
+    }
+
+    fn recalled(&self, key: &UserKey) -> Option<Versioned> {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
+    }
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -226,6 +250,7 @@ impl RedisStore {
                 lifecycle_added: Notify::new(),
                 metrics: StoreMetrics::default(),
                 fenced: watch::Sender::new(false),
+                recent: std::sync::Mutex::new(HashMap::new()),
                 options,
             }),
         };
@@ -337,6 +362,13 @@ impl RedisStore {
         let version = reply.get(1).and_then(int).unwrap_or(0) as u64;
         match status {
             Some(1) => {
+                self.inner.remember(
+                    &commit.key,
+                    Versioned {
+                        version,
+                        state: Arc::new(commit.state),
+                    },
+                );
                 self.wait_for_replicas(&keys.seq(p)).await?;
                 let seq = reply.get(2).and_then(int).unwrap_or(0) as u64;
                 if seq > 0 {
@@ -348,11 +380,12 @@ impl RedisStore {
                 Ok(version)
             }
             Some(0) => {
-                let state = state_of(reply.get(2).and_then(bytes))?;
-                Err(CommitError::Conflict(Versioned {
+                let current = Versioned {
                     version,
-                    state: Arc::new(state),
-                }))
+                    state: Arc::new(state_of(reply.get(2).and_then(bytes))?),
+                };
+                self.inner.remember(&commit.key, current.clone());
+                Err(CommitError::Conflict(current))
             }
             _ => Err(CommitError::Store(unavailable("unexpected commit reply"))),
         }
@@ -542,7 +575,16 @@ async fn poll_heads(inner: Weak<Inner>) {
 
 impl PresenceState for RedisStore {
     async fn load(&self, key: &UserKey) -> Result<Versioned, StoreError> {
-        Ok(self.load_many(std::slice::from_ref(key)).await?.remove(0))
+        let loaded = self.load_many(std::slice::from_ref(key)).await?.remove(0);
+        self.inner.remember(key, loaded.clone());
+        Ok(loaded)
+    }
+
+    async fn load_to_write(&self, key: &UserKey) -> Result<(Versioned, bool), StoreError> {
+        match self.inner.recalled(key) {
+            Some(known) => Ok((known, false)),
+            None => Ok((self.load(key).await?, true)),
+        }
     }
 
     async fn load_many(&self, keys: &[UserKey]) -> Result<Vec<Versioned>, StoreError> {
