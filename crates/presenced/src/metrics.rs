@@ -60,6 +60,8 @@ fn latency_histogram() -> Histogram {
 pub struct StoreMetrics {
     /// Duration of one group commit (write + fsync).
     pub commit_seconds: Histogram,
+    /// Requests sent to the store's server (Redis); none for the embedded store.
+    pub round_trips: Counter,
     /// Requests per group commit.
     pub batch_size: Histogram,
     pub commits: Counter,
@@ -69,6 +71,7 @@ impl Default for StoreMetrics {
     fn default() -> Self {
         Self {
             commit_seconds: latency_histogram(),
+            round_trips: Counter::default(),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             commits: Counter::default(),
         }
@@ -152,6 +155,11 @@ impl Metrics {
             state.lifecycle_queued.clone(),
         );
         registry.register("store_commits", "Durable group commits", store.commits.clone());
+        registry.register(
+            "store_round_trips",
+            "Requests sent to the store's server (Redis; none for the embedded store)",
+            store.round_trips.clone(),
+        );
         registry.register(
             "store_commit_duration_seconds",
             "Group commit duration (write and fsync)",

@@ -115,6 +115,9 @@ struct Inner {
     /// is current is one round trip. Bounded; a stale copy costs a conflict and the state it
     /// returns, never a wrong write.
     recent: std::sync::Mutex<HashMap<UserKey, Versioned>>,
+    /// The earliest deadline the sweeper was last told of (µs): only a commit with an earlier one
+    /// wakes it, so commits do not each make it re-read every partition's index.
+    earliest_told: std::sync::atomic::AtomicI64,
 }
 
 /// Users whose last known state a node keeps for writes.
@@ -130,6 +133,12 @@ impl Inner {
             }
         }
         recent.insert(key.clone(), versioned);
+    }
+
+    /// One command, one round trip, counted.
+    async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+        self.metrics.round_trips.inc();
+        self.conn.run(cmd).await
     }
 
     fn recalled(&self, key: &UserKey) -> Option<Versioned> {
@@ -251,6 +260,7 @@ impl RedisStore {
                 metrics: StoreMetrics::default(),
                 fenced: watch::Sender::new(false),
                 recent: std::sync::Mutex::new(HashMap::new()),
+                earliest_told: std::sync::atomic::AtomicI64::new(i64::MIN),
                 options,
             }),
         };
@@ -346,7 +356,7 @@ impl RedisStore {
             .arg(keys.channel(p))
             .arg(self.inner.options.node.as_deref().unwrap_or(""));
         let started = std::time::Instant::now();
-        let reply: Value = self.conn().run(&cmd).await.map_err(|e| {
+        let reply: Value = self.inner.run(&cmd).await.map_err(|e| {
             if e.to_string().contains("FENCED") {
                 self.inner.fenced.send_replace(true);
             }
@@ -374,8 +384,10 @@ impl RedisStore {
                 if seq > 0 {
                     self.advance_head(&Position::of_change(p, self.p_count(), seq));
                 }
-                if deadline.is_some() {
-                    self.inner.deadline_moved.notify_waiters();
+                if let Some(at) = deadline.map(score) {
+                    if at < self.inner.earliest_told.fetch_min(at, Ordering::AcqRel) {
+                        self.inner.deadline_moved.notify_waiters();
+                    }
                 }
                 Ok(version)
             }
@@ -399,6 +411,7 @@ impl RedisStore {
         if wanted == 0 {
             return Ok(());
         }
+        self.inner.metrics.round_trips.inc();
         let got = self
             .conn()
             .wait_replicas(key, wanted, self.inner.options.timeouts.command / 2)
@@ -431,7 +444,7 @@ impl RedisStore {
         let keys = &self.inner.keys;
         let mut cmd = fcall_ro("pd_read_log", &[keys.log(p), keys.seq(p)]);
         cmd.arg(after).arg(limit);
-        let reply = items(self.conn().run(&cmd).await.map_err(unavailable)?)?;
+        let reply = items(self.inner.run(&cmd).await.map_err(unavailable)?)?;
         match reply.first().and_then(int) {
             Some(0) => Ok(Err(reply.get(1).and_then(int).unwrap_or(0) as u64)),
             Some(1) => {
@@ -458,7 +471,7 @@ impl RedisStore {
     }
 
     async fn sub_records(&self, cmd: redis::Cmd) -> Result<Vec<Stored>, StoreError> {
-        let reply = items(self.conn().run(&cmd).await.map_err(unavailable)?)?;
+        let reply = items(self.inner.run(&cmd).await.map_err(unavailable)?)?;
         let mut out = Vec::new();
         for triple in reply.chunks(3) {
             let version = triple.get(1).and_then(int).unwrap_or(0) as u64;
@@ -495,8 +508,7 @@ impl RedisStore {
 async fn read_heads(inner: &Inner) -> Result<Position, StoreError> {
     let reads = (0..inner.keys.partitions()).map(|p| {
         let cmd = redis::cmd("GET").arg(inner.keys.seq(p)).clone();
-        let conn = inner.conn.clone();
-        async move { conn.run::<Option<u64>>(&cmd).await }
+        async move { inner.run::<Option<u64>>(&cmd).await }
     });
     let mut parts = Vec::with_capacity(inner.keys.partitions());
     for r in join_all(reads).await {
@@ -515,8 +527,7 @@ async fn renew_lease(inner: &Inner, epoch: &str, first: bool) -> Result<bool, St
         if !first {
             cmd.arg("XX");
         }
-        let conn = inner.conn.clone();
-        async move { conn.run::<Option<String>>(&cmd).await }
+        async move { inner.run::<Option<String>>(&cmd).await }
     });
     let mut held = true;
     for r in join_all(sets).await {
@@ -524,7 +535,7 @@ async fn renew_lease(inner: &Inner, epoch: &str, first: bool) -> Result<bool, St
     }
     let mut cmd = fcall("pd_node_lease", &[inner.keys.nodes()]);
     cmd.arg(epoch).arg(ttl);
-    inner.conn.run::<Value>(&cmd).await.map_err(unavailable)?;
+    inner.run::<Value>(&cmd).await.map_err(unavailable)?;
     Ok(held)
 }
 
@@ -593,7 +604,7 @@ impl PresenceState for RedisStore {
         let reads = groups.into_values().map(|group| {
             let names: Vec<String> = group.iter().map(|(_, k)| self.inner.keys.user(k)).collect();
             let cmd = fcall_ro("pd_load", &names);
-            async move { (group, self.conn().run::<Value>(&cmd).await) }
+            async move { (group, self.inner.run::<Value>(&cmd).await) }
         });
         for (group, reply) in join_all(reads).await {
             let reply = items(reply.map_err(unavailable)?)?;
@@ -645,7 +656,7 @@ impl PresenceState for RedisStore {
     async fn users_with_connected_clients(&self) -> Result<Vec<UserKey>, StoreError> {
         let reads = (0..self.p_count()).map(|p| {
             let cmd = redis::cmd("SMEMBERS").arg(self.inner.keys.clients(p)).clone();
-            async move { self.conn().run::<Vec<Vec<u8>>>(&cmd).await }
+            async move { self.inner.run::<Vec<Vec<u8>>>(&cmd).await }
         });
         let mut out = Vec::new();
         for r in join_all(reads).await {
@@ -663,7 +674,7 @@ impl PresenceState for RedisStore {
 impl crate::store::Membership for RedisStore {
     async fn live_epochs(&self) -> Result<Option<Vec<String>>, StoreError> {
         let cmd = fcall_ro("pd_live_nodes", &[self.inner.keys.nodes()]);
-        Ok(Some(self.conn().run(&cmd).await.map_err(unavailable)?))
+        Ok(Some(self.inner.run(&cmd).await.map_err(unavailable)?))
     }
 
     async fn fenced(&self) {
@@ -685,7 +696,7 @@ impl Deadlines for RedisStore {
                 .arg(limit)
                 .arg("WITHSCORES")
                 .clone();
-            async move { self.conn().run::<Vec<(Vec<u8>, f64)>>(&cmd).await }
+            async move { self.inner.run::<Vec<(Vec<u8>, f64)>>(&cmd).await }
         });
         let mut due: Vec<(f64, UserKey)> = Vec::new();
         for r in join_all(reads).await {
@@ -710,7 +721,7 @@ impl Deadlines for RedisStore {
                 .arg(0)
                 .arg("WITHSCORES")
                 .clone();
-            async move { self.conn().run::<Vec<(Vec<u8>, f64)>>(&cmd).await }
+            async move { self.inner.run::<Vec<(Vec<u8>, f64)>>(&cmd).await }
         });
         let mut earliest = soon;
         for r in join_all(reads).await {
@@ -723,6 +734,7 @@ impl Deadlines for RedisStore {
                 Err(_) => return Some(soon),
             }
         }
+        self.inner.earliest_told.store(score(earliest), Ordering::Release);
         Some(earliest)
     }
 
@@ -793,7 +805,7 @@ impl ChangeLog for RedisStore {
             let mut names = vec![self.inner.keys.seq(p)];
             names.extend(group.iter().map(|(_, k)| self.inner.keys.user(k)));
             let cmd = fcall_ro("pd_snapshot", &names);
-            async move { (p, group, self.conn().run::<Value>(&cmd).await) }
+            async move { (p, group, self.inner.run::<Value>(&cmd).await) }
         });
         for (p, group, reply) in join_all(reads).await {
             let reply = items(reply.map_err(unavailable)?)?;
@@ -813,7 +825,7 @@ impl ChangeLog for RedisStore {
             let keys = &self.inner.keys;
             let mut cmd = fcall_ro("pd_snapshot_tenant", &[keys.seq(p), keys.tenant(p, tenant)]);
             cmd.arg(keys.users(p));
-            async move { (p, self.conn().run::<Value>(&cmd).await) }
+            async move { (p, self.inner.run::<Value>(&cmd).await) }
         });
         let mut parts = vec![0; self.p_count()];
         let mut presences = Vec::new();
@@ -889,7 +901,7 @@ impl Subscriptions for RedisStore {
             .arg(limits.per_watched_user)
             .arg(self.position_text(&head).unwrap_or_default())
             .arg(&watched);
-        let reply = items(self.conn().run(&cmd).await.map_err(unavailable)?)?;
+        let reply = items(self.inner.run(&cmd).await.map_err(unavailable)?)?;
         match reply.first().and_then(int) {
             Some(1) => {
                 self.inner.subscriptions_changed.notify_waiters();
@@ -962,7 +974,7 @@ impl Subscriptions for RedisStore {
                 (cmd, None)
             }
         };
-        let reply = items(self.conn().run(&cmd).await.map_err(unavailable)?)?;
+        let reply = items(self.inner.run(&cmd).await.map_err(unavailable)?)?;
         match reply.first().and_then(int) {
             Some(1) => {
                 self.inner.subscriptions_changed.notify_waiters();
@@ -1003,7 +1015,7 @@ impl Subscriptions for RedisStore {
             .arg(format!("o:{}", owner_field(owner)))
             .arg(format!("a:{}", application_field(&owner.tenant, &owner.application_id)))
             .clone();
-        let (o, a): (Option<usize>, Option<usize>) = self.conn().run(&cmd).await.map_err(unavailable)?;
+        let (o, a): (Option<usize>, Option<usize>) = self.inner.run(&cmd).await.map_err(unavailable)?;
         Ok((o.unwrap_or(0), a.unwrap_or(0)))
     }
 
@@ -1024,7 +1036,7 @@ impl Subscriptions for RedisStore {
             .arg(0)
             .arg("WITHSCORES")
             .clone();
-        let first: Vec<(Vec<u8>, f64)> = self.conn().run(&cmd).await.ok()?;
+        let first: Vec<(Vec<u8>, f64)> = self.inner.run(&cmd).await.ok()?;
         first.first().and_then(|(_, s)| from_score(*s))
     }
 
@@ -1044,7 +1056,7 @@ impl Deliveries for RedisStore {
         cmd.arg(consumer)
             .arg(now.as_millisecond())
             .arg((now + lease).as_millisecond());
-        let reply = items(self.conn().run(&cmd).await.map_err(unavailable)?)?;
+        let reply = items(self.inner.run(&cmd).await.map_err(unavailable)?)?;
         let mut out: Vec<(String, Position)> = reply
             .chunks(2)
             .filter_map(|pair| {
@@ -1069,7 +1081,7 @@ impl Deliveries for RedisStore {
             }
         }
         if any {
-            self.conn().run::<Value>(&cmd).await.map_err(unavailable)?;
+            self.inner.run::<Value>(&cmd).await.map_err(unavailable)?;
         }
         Ok(())
     }
@@ -1079,7 +1091,7 @@ impl Deliveries for RedisStore {
         cmd.arg(subscription_id)
             .arg(self.position_text(&to).unwrap_or_default())
             .arg(missed.as_ref().map(json).unwrap_or_default());
-        self.conn().run::<Value>(&cmd).await.map_err(unavailable)?;
+        self.inner.run::<Value>(&cmd).await.map_err(unavailable)?;
         if missed.is_some() {
             self.inner.lifecycle_added.notify_waiters();
         }
@@ -1098,7 +1110,7 @@ impl Deliveries for RedisStore {
             .arg(now.as_millisecond())
             .arg((now + lease).as_millisecond())
             .arg(limit);
-        let reply = items(self.conn().run(&cmd).await.map_err(unavailable)?)?;
+        let reply = items(self.inner.run(&cmd).await.map_err(unavailable)?)?;
         let mut out = Vec::new();
         for pair in reply.chunks(2) {
             let Some(id) = pair.first().and_then(int) else { continue };
@@ -1116,7 +1128,7 @@ impl Deliveries for RedisStore {
         }
         let mut cmd = fcall("pd_finish_notices", &self.subscription_key());
         cmd.arg(ids);
-        self.conn().run::<Value>(&cmd).await.map_err(unavailable)?;
+        self.inner.run::<Value>(&cmd).await.map_err(unavailable)?;
         Ok(())
     }
 
