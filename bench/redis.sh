@@ -82,12 +82,12 @@ SECRET="$WORK/secret"
 python3 -c 'import base64,os; print(base64.b64encode(os.urandom(32)).decode())' >"$SECRET"
 chmod 600 "$SECRET"
 
-# node STORE: a presenced node; prints its base URL and its metrics URL.
+# node STORE [ARGS...]: a presenced node; prints its base URL and its metrics URL.
 node() {
     local data="$WORK/data-$RANDOM$RANDOM" out="$WORK/out-$RANDOM$RANDOM" url= metrics=
     mkdir -p "$data"
     "$BIN" serve --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --data-dir "$data" \
-        --jwt-secret-file "$SECRET" --rate-limit off --log-level warn --store "$1" >"$out" 2>"$out.err" &
+        --jwt-secret-file "$SECRET" --rate-limit off --log-level warn --store "$@" >"$out" 2>"$out.err" &
     PIDS+=($!)
     for _ in $(seq 100); do
         url=$(sed -n 's/^listening on \(http:\/\/[^ ]*\)$/\1/p' "$out")
@@ -179,6 +179,9 @@ for backend in embedded redis cluster; do
         MEMORY_LINE="Redis memory per user (standalone, $USERS users, one session each, after the log's window filled): $(( (used_after - used_before) / USERS )) B of used_memory; one user's record: $(redis-cli -p "${MASTERS[0]}" memory usage "$key") B (MEMORY USAGE)"
     fi
     if [[ $backend == cluster ]]; then
+        # The cost of holding each 200 until a replica has the write (WAIT 1).
+        read -r URL_W METRICS < <(node "$STORE" --redis-wait-replicas 1)
+        series "cluster, --redis-wait-replicas 1" "setPresence" "$URL_W" set.lua "$CONNS"
         read -r URL_B _ < <(node "$STORE")
         one=$(wrk_run "$URL" set.lua "$CONNS")
         wrk -t1 -c$((CONNS / 2)) -d"${WARMUP}s" -s "$BENCH_DIR/set.lua" "$URL_B" >/dev/null &

@@ -72,7 +72,8 @@ pub struct ServeArgs {
     #[arg(long, env = "PRESENCED_REDIS_WAIT_REPLICAS")]
     pub redis_wait_replicas: Option<usize>,
     /// Redis: how long a node's lease lasts unrenewed (judged by Redis's clock). A node silent this
-    /// long is declared dead: its client sessions get their grace, and it may no longer write. [default: 10s]
+    /// long is declared dead: its client sessions get their grace, and it may no longer write.
+    /// Keep it above the Cluster's failover time (cluster-node-timeout and an election). [default: 30s]
     #[arg(long, env = "PRESENCED_REDIS_NODE_LEASE")]
     pub redis_node_lease: Option<String>,
     /// The change log keeps at most this many changes (webhook subscribers further behind get `missed`). [default: 100000]
@@ -573,7 +574,7 @@ impl ServeArgs {
             "redis-node-lease",
             self.redis_node_lease,
             file.redis.node_lease,
-            jiff::SignedDuration::from_secs(10),
+            jiff::SignedDuration::from_secs(30),
         )?;
         let node_lease = std::time::Duration::try_from(node_lease)
             .ok()

@@ -59,13 +59,22 @@ local function redis_now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Renew a node's lease in the node set. KEYS: nodes. ARGV: epoch, ttl_ms. Entries dead for an
--- hour are forgotten.
+-- Take ('take') or renew ('renew') a node's lease in the node set: the one place a node is
+-- alive or dead. A renewal of a lapsed (or forgotten) lease fails: the node was declared dead.
+-- KEYS: nodes. ARGV: epoch, ttl_ms, take|renew. Returns the lease's end (ms), or 0 if lapsed.
+-- Entries dead for an hour are forgotten.
 local function node_lease(keys, args)
   local now = redis_now_ms()
-  redis.call('ZADD', keys[1], now + tonumber(args[2]), args[1])
+  if args[3] == 'renew' then
+    local ends = redis.call('ZSCORE', keys[1], args[1])
+    if not ends or tonumber(ends) <= now then
+      return 0
+    end
+  end
+  local ends = now + tonumber(args[2])
+  redis.call('ZADD', keys[1], ends, args[1])
   redis.call('ZREMRANGEBYSCORE', keys[1], '-inf', now - 3600000)
-  return now
+  return ends
 end
 
 -- The epochs whose lease is live. KEYS: nodes.

@@ -81,7 +81,7 @@ impl Options {
             relaxed: false,
             poll: Duration::from_millis(20),
             node: None,
-            lease: Duration::from_secs(10),
+            lease: Duration::from_secs(30),
             wait_replicas: 0,
         }
     }
@@ -356,12 +356,9 @@ impl RedisStore {
             .arg(keys.channel(p))
             .arg(self.inner.options.node.as_deref().unwrap_or(""));
         let started = std::time::Instant::now();
-        let reply: Value = self.inner.run(&cmd).await.map_err(|e| {
-            if e.to_string().contains("FENCED") {
-                self.inner.fenced.send_replace(true);
-            }
-            unavailable(e)
-        })?;
+        // A refusal for a lapsed lease copy is answered 503; the lease keeper decides whether the
+        // node was declared dead (or the copy went with a master that failed over).
+        let reply: Value = self.inner.run(&cmd).await.map_err(unavailable)?;
         self.inner
             .metrics
             .commit_seconds
@@ -517,26 +514,31 @@ async fn read_heads(inner: &Inner) -> Result<Position, StoreError> {
     Ok(Position::from_partitions(&parts))
 }
 
-/// Take (`first`) or renew this node's lease: each partition's copy first, then the node set, so
-/// a node the set shows dead can no longer commit anywhere. Returns false if a copy had lapsed.
+/// Take (`first`) or renew this node's lease. The node set decides: a renewal after the lease
+/// there lapsed fails (returns false), and the node is fenced. Then each partition's copy is set
+/// to end at the same instant, so no copy outlives the lease the survivors judge by; a copy lost
+/// with a master that failed over is simply set again.
 async fn renew_lease(inner: &Inner, epoch: &str, first: bool) -> Result<bool, StoreError> {
     let ttl = inner.options.lease.as_millis() as u64;
+    let mut cmd = fcall("pd_node_lease", &[inner.keys.nodes()]);
+    cmd.arg(epoch).arg(ttl).arg(if first { "take" } else { "renew" });
+    let ends: i64 = inner.run(&cmd).await.map_err(unavailable)?;
+    if ends == 0 {
+        return Ok(false);
+    }
     let sets = (0..inner.keys.partitions()).map(|p| {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(inner.keys.lease(p, epoch)).arg(1).arg("PX").arg(ttl);
-        if !first {
-            cmd.arg("XX");
-        }
+        let cmd = redis::cmd("SET")
+            .arg(inner.keys.lease(p, epoch))
+            .arg(1)
+            .arg("PXAT")
+            .arg(ends)
+            .clone();
         async move { inner.run::<Option<String>>(&cmd).await }
     });
-    let mut held = true;
     for r in join_all(sets).await {
-        held &= r.map_err(unavailable)?.is_some();
+        r.map_err(unavailable)?;
     }
-    let mut cmd = fcall("pd_node_lease", &[inner.keys.nodes()]);
-    cmd.arg(epoch).arg(ttl);
-    inner.run::<Value>(&cmd).await.map_err(unavailable)?;
-    Ok(held)
+    Ok(true)
 }
 
 /// Renews the lease a third of its length apart; a lapse found fences the node for good.
@@ -1134,5 +1136,60 @@ impl Deliveries for RedisStore {
 
     async fn lifecycle_added(&self) {
         self.inner.lifecycle_added.notified().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use test_servers::{start_node, start_node_with};
+
+    fn options(url: &str, prefix: &str) -> Options {
+        let mut o = Options::new(Target::parse(url).unwrap(), Clock::system());
+        o.prefix = prefix.into();
+        o
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_master_that_does_not_fsync_every_write_is_refused_unless_relaxed() {
+        let node = start_node_with(false, &["--appendfsync", "everysec"]);
+        match RedisStore::open(options(&node.url(), "weak")).await {
+            Err(OpenError::Refused(why)) => assert!(why.contains("appendfsync everysec"), "{why}"),
+            Err(e) => panic!("refused for another reason: {e}"),
+            Ok(_) => panic!("a master with appendfsync everysec was accepted"),
+        }
+        let mut relaxed = options(&node.url(), "weak");
+        relaxed.relaxed = true;
+        assert!(RedisStore::open(relaxed).await.is_ok());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_with_another_partition_count_is_refused() {
+        let node = start_node(false);
+        RedisStore::open(options(&node.url(), "parts")).await.unwrap();
+        let mut other = options(&node.url(), "parts");
+        other.partitions = 8;
+        match RedisStore::open(other).await {
+            Err(OpenError::Refused(why)) => assert!(why.contains("16 partitions"), "{why}"),
+            Err(e) => panic!("refused for another reason: {e}"),
+            Ok(_) => panic!("a node with 8 partitions opened a keyspace made with 16"),
+        }
+        // Another prefix is another keyspace, with its own count.
+        let mut fresh = options(&node.url(), "parts-8");
+        fresh.partitions = 8;
+        assert!(RedisStore::open(fresh).await.is_ok());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unreachable_redis_is_an_error_not_a_hang() {
+        let node = start_node(false);
+        let url = node.url();
+        drop(node);
+        let mut o = options(&url, "gone");
+        o.timeouts = Timeouts {
+            connect: Duration::from_millis(300),
+            command: Duration::from_millis(300),
+        };
+        assert!(matches!(RedisStore::open(o).await, Err(OpenError::Unreachable(_))));
     }
 }

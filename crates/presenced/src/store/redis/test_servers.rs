@@ -98,10 +98,15 @@ fn wait_listening(port: u16, child: &mut Child) -> bool {
 
 /// Start one node (standalone, or a Cluster member), retrying on another port if it cannot bind.
 pub fn start_node(cluster: bool) -> Node {
+    start_node_with(cluster, &[])
+}
+
+/// [`start_node`] with more `redis-server` arguments (later ones win over the defaults).
+pub fn start_node_with(cluster: bool, more: &[&'static str]) -> Node {
     for _ in 0..20 {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let port = free_port(cluster);
-        let extra: &[&'static str] = if cluster {
+        let base: &[&'static str] = if cluster {
             // A replica's first sync waits no 5 s for others to join (a failover test needs it synced).
             &[
                 "--cluster-enabled",
@@ -114,7 +119,8 @@ pub fn start_node(cluster: bool) -> Node {
         } else {
             &[]
         };
-        let Ok(mut child) = spawn(port, dir.path(), extra) else {
+        let extra: Vec<&'static str> = base.iter().chain(more).copied().collect();
+        let Ok(mut child) = spawn(port, dir.path(), &extra) else {
             panic!("redis-server cannot be started: is it installed (apt-get install redis-server)?");
         };
         if wait_listening(port, &mut child) {
@@ -122,7 +128,7 @@ pub fn start_node(cluster: bool) -> Node {
                 port,
                 child,
                 _dir: dir,
-                extra: extra.to_vec(),
+                extra,
             };
         }
         let _ = child.kill();
