@@ -739,6 +739,7 @@ mod tests {
             (&from_file.store, from_file.retention),
             (&defaults.store, defaults.retention)
         );
+        assert_eq!(from_file.redis, defaults.redis);
         assert_eq!(
             (from_file.issuers, from_file.audiences),
             (defaults.issuers, defaults.audiences)
