@@ -46,22 +46,7 @@ fn shared_secret() -> (tempfile::TempDir, PathBuf) {
 
 /// A token signed with the shared secret.
 fn token(secret: &Path, user: Option<&str>, scopes: &[&str], roles: &[&str]) -> String {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["token", "--jwt-secret-file"])
-        .arg(secret)
-        .args(["--tenant", TENANT, "--app", "test-app"]);
-    if let Some(u) = user {
-        cmd.args(["--user", u]);
-    }
-    for s in scopes {
-        cmd.args(["--scope", s]);
-    }
-    for r in roles {
-        cmd.args(["--role", r]);
-    }
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    mint(("--jwt-secret-file", secret), TENANT, user, scopes, roles)
 }
 
 fn node(store: &str, secret: &Path, extra: &[&str]) -> Server {

@@ -95,26 +95,7 @@ impl Server {
     }
 
     pub fn token_for(&self, tenant: &str, user: Option<&str>, scopes: &[&str], roles: &[&str]) -> String {
-        let mut cmd = Command::new(BIN);
-        cmd.args(["token", "--data-dir"])
-            .arg(&self.data_dir)
-            .args(["--tenant", tenant, "--app", "test-app"]);
-        if let Some(u) = user {
-            cmd.args(["--user", u]);
-        }
-        for s in scopes {
-            cmd.args(["--scope", s]);
-        }
-        for r in roles {
-            cmd.args(["--role", r]);
-        }
-        let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "token failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        mint(("--data-dir", &self.data_dir), tenant, user, scopes, roles)
     }
 
     /// An application token for `tenant` that expires `ttl` from now (e.g. "3s").
@@ -184,6 +165,31 @@ fn spawn(data_dir: &Path, extra_args: &[String], stderr_log: &Path) -> Result<(C
 }
 
 /// Start a server expected to fail; returns (exit status, stderr).
+/// A token from `presenced token` for application `test-app`, signed with the secret `source`
+/// names: `("--data-dir", dir)` or `("--jwt-secret-file", file)`.
+pub fn mint(source: (&str, &Path), tenant: &str, user: Option<&str>, scopes: &[&str], roles: &[&str]) -> String {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["token", source.0])
+        .arg(source.1)
+        .args(["--tenant", tenant, "--app", "test-app"]);
+    if let Some(u) = user {
+        cmd.args(["--user", u]);
+    }
+    for s in scopes {
+        cmd.args(["--scope", s]);
+    }
+    for r in roles {
+        cmd.args(["--role", r]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "token failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
 pub fn start_expecting_failure(data_dir: &Path) -> (ExitStatus, String) {
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])

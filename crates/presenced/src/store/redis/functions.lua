@@ -283,6 +283,17 @@ local function sub_due(keys, args)
   return sub_get(keys, ids)
 end
 
+-- Whether `consumer` may take `id` in the lease hash `hash` at `now`: nobody holds it, the
+-- consumer itself does, or the holder's lease ran out.
+local function lease_free(hash, id, consumer, now)
+  local lease = redis.call('HGET', hash, id)
+  if not lease then
+    return true
+  end
+  local holder, ends = string.match(lease, '^(.*)|(%d+)$')
+  return holder == consumer or tonumber(ends) <= now
+end
+
 -- Lease every subscription no other consumer holds. ARGV: consumer, now_ms, until_ms.
 -- Returns {id, position, ...}.
 local function claim(keys, args)
@@ -291,13 +302,7 @@ local function claim(keys, args)
   local positions = redis.call('HGETALL', sk(keys, 'pos'))
   for i = 1, #positions, 2 do
     local id = positions[i]
-    local lease = redis.call('HGET', sk(keys, 'claim'), id)
-    local free = true
-    if lease then
-      local holder, untl = string.match(lease, '^(.*)|(%d+)$')
-      free = holder == args[1] or tonumber(untl) <= now
-    end
-    if free then
+    if lease_free(sk(keys, 'claim'), id, args[1], now) then
       redis.call('HSET', sk(keys, 'claim'), id, args[1] .. '|' .. args[3])
       out[#out + 1] = id
       out[#out + 1] = positions[i + 1]
@@ -336,13 +341,7 @@ local function claim_notices(keys, args)
     if #out >= 2 * limit then
       break
     end
-    local lease = redis.call('HGET', sk(keys, 'nclaim'), id)
-    local free = true
-    if lease then
-      local holder, untl = string.match(lease, '^(.*)|(%d+)$')
-      free = holder == args[1] or tonumber(untl) <= now
-    end
-    if free then
+    if lease_free(sk(keys, 'nclaim'), id, args[1], now) then
       redis.call('HSET', sk(keys, 'nclaim'), id, args[1] .. '|' .. args[3])
       out[#out + 1] = id
       out[#out + 1] = redis.call('HGET', sk(keys, 'ntc'), id)
