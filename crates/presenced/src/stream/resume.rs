@@ -1,7 +1,7 @@
 //! Resume tokens: where a stream was, and for which watch set.
 //!
 //! Form: `<position>~<fingerprint>`, e.g. `1.4711~5f2c0a9e81d4b377`: the change-log position in
-//! its own versioned text form, and 16 hex digits of SHA-256 over the canonical watch set (the
+//! its own versioned text form (`2.…` on a partitioned log), and 16 hex digits of SHA-256 over the canonical watch set (the
 //! tenant and the sorted user ids, or the tenant alone for a tenant-wide stream). A token given
 //! with another watch set, or one this server cannot read, resumes nothing: the stream starts
 //! over with a snapshot marked as a reset, never with wrong data. The fingerprint is not a
