@@ -101,7 +101,8 @@ pub struct RedisStore {
 }
 
 struct Inner {
-    conn: Conn,
+    /// Replaced when Redis has answered nothing for a while (see `poll_heads`).
+    conn: std::sync::RwLock<Conn>,
     keys: Keys,
     options: Options,
     head: watch::Sender<Position>,
@@ -135,10 +136,14 @@ impl Inner {
         recent.insert(key.clone(), versioned);
     }
 
+    fn conn(&self) -> Conn {
+        self.conn.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// One command, one round trip, counted.
     async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
         self.metrics.round_trips.inc();
-        self.conn.run(cmd).await
+        self.conn().run(cmd).await
     }
 
     fn recalled(&self, key: &UserKey) -> Option<Versioned> {
@@ -250,7 +255,7 @@ impl RedisStore {
         }
         let store = RedisStore {
             inner: Arc::new(Inner {
-                conn,
+                conn: std::sync::RwLock::new(conn),
                 keys,
                 head: watch::Sender::new(Position::ZERO),
                 ready: AtomicBool::new(false),
@@ -284,8 +289,8 @@ impl RedisStore {
         &self.inner.metrics
     }
 
-    fn conn(&self) -> &Conn {
-        &self.inner.conn
+    fn conn(&self) -> Conn {
+        self.inner.conn()
     }
 
     fn p_count(&self) -> usize {
@@ -561,12 +566,18 @@ async fn keep_lease(inner: Weak<Inner>, epoch: String) {
 }
 
 /// Moves the head as other nodes commit, and keeps readiness current; ends with the store.
+/// After this long with no answer from Redis, the connection is opened anew: a Cluster client
+/// left holding a slot map from before a failover can stay stuck on the dead master.
+const REOPEN_AFTER: Duration = Duration::from_secs(3);
+
 async fn poll_heads(inner: Weak<Inner>) {
+    let mut failing_since: Option<std::time::Instant> = None;
     loop {
         let Some(strong) = inner.upgrade() else { return };
         let pause = strong.options.poll;
         match read_heads(&strong).await {
             Ok(head) => {
+                failing_since = None;
                 strong.ready.store(true, Ordering::Release);
                 strong.head.send_if_modified(|h| {
                     let next = h.join(&head);
@@ -578,6 +589,17 @@ async fn poll_heads(inner: Weak<Inner>) {
             Err(e) => {
                 if strong.ready.swap(false, Ordering::AcqRel) {
                     tracing::warn!(error = %e, "Redis is unreachable; answering 503 until it returns");
+                }
+                let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= REOPEN_AFTER {
+                    failing_since = Some(std::time::Instant::now());
+                    match Conn::open(&strong.options.target, strong.options.timeouts).await {
+                        Ok(conn) => {
+                            tracing::warn!("opened a new connection to Redis after {REOPEN_AFTER:?} without an answer");
+                            *strong.conn.write().unwrap_or_else(|e| e.into_inner()) = conn;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot reconnect to Redis yet"),
+                    }
                 }
             }
         }
