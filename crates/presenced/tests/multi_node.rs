@@ -95,7 +95,7 @@ async fn wait_availability(server: &Server, app: &str, user: &str, want: &str, w
 }
 
 async fn open_stream(server: &Server, token: &str, users: &[&str], resume: Option<&str>) -> SseStream {
-    let mut request = client()
+    let mut request = stream_client()
         .post(server.url(STREAM))
         .bearer_auth(token)
         .header("accept", "text/event-stream")

@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::Message;
 const STREAM: &str = "/v1.0/communications/presences/$stream";
 
 async fn open(server: &Server, token: &str, body: Value, resume: Option<&str>) -> SseStream {
-    let mut request = client()
+    let mut request = stream_client()
         .post(server.url(STREAM))
         .bearer_auth(token)
         .header("accept", "text/event-stream")

@@ -216,6 +216,18 @@ pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> 
     None
 }
 
+/// A client for long-lived streams: each read must come within 30 s, but the whole stream may
+/// last longer (`client()`'s 30 s covers a whole response, and a stream test on a loaded machine
+/// ran past it).
+pub fn stream_client() -> Client {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    Client::builder()
+        .connect_timeout(Duration::from_secs(30))
+        .read_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
 pub fn client() -> Client {
     // reqwest's rustls backend (enabled for the server's webhooks) needs a process-wide provider.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
