@@ -65,6 +65,8 @@ pub struct StoreMetrics {
     /// Requests per group commit.
     pub batch_size: Histogram,
     pub commits: Counter,
+    /// Partitions whose timers this node sweeps on time (Redis backend; 0 for the embedded one).
+    pub partitions_led: Gauge,
 }
 
 impl Default for StoreMetrics {
@@ -74,6 +76,7 @@ impl Default for StoreMetrics {
             round_trips: Counter::default(),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             commits: Counter::default(),
+            partitions_led: Gauge::default(),
         }
     }
 }
@@ -159,6 +162,11 @@ impl Metrics {
             "store_round_trips",
             "Requests sent to the store's server (Redis; none for the embedded store)",
             store.round_trips.clone(),
+        );
+        registry.register(
+            "store_partitions_led",
+            "Partitions whose fades and expiries this node applies on time (Redis backend)",
+            store.partitions_led.clone(),
         );
         registry.register(
             "store_commit_duration_seconds",

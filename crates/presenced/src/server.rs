@@ -114,6 +114,12 @@ pub async fn run_with_clock(
     let connection_metrics = net::metrics::ConnectionMetrics::default();
     let mut metrics = crate::metrics::Metrics::new(store.metrics(), &delivery_metrics);
     connection_metrics.register(metrics.registry_mut());
+    let swept = prometheus_client::metrics::counter::Counter::default();
+    metrics.registry_mut().register(
+        "sweeper_transitions",
+        "Users whose fade or expiry this node applied",
+        swept.clone(),
+    );
     let metrics = Arc::new(metrics);
     let service = Arc::new(PresenceService::new(
         store.clone(),
@@ -148,7 +154,7 @@ pub async fn run_with_clock(
     let hub = Hub::new(config.streams.queue, store.head());
     let streams = Arc::new(Streams::new(hub.clone(), config.streams.clone()));
     let hub_task = tokio::spawn(hub.run(store.clone(), stop_rx.clone()));
-    let sweeper = tokio::spawn(Sweeper::new(service.clone()).run(stop_rx.clone()));
+    let sweeper = tokio::spawn(Sweeper::new(service.clone()).counting(swept).run(stop_rx.clone()));
     let clients = Arc::new(ClientSessions::new(config.clients.clone(), epoch));
     let orphans = tokio::spawn(orphan_clients(service.clone(), clients.clone()));
 

@@ -6,6 +6,7 @@
 use crate::service::PresenceService;
 use crate::store::{Deadlines, PresenceState};
 use jiff::Timestamp;
+use prometheus_client::metrics::counter::Counter;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -23,11 +24,22 @@ const ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 pub struct Sweeper<S> {
     service: Arc<PresenceService<S>>,
+    /// Users whose fade or expiry this sweeper committed.
+    applied: Counter,
 }
 
 impl<S: PresenceState + Deadlines> Sweeper<S> {
     pub fn new(service: Arc<PresenceService<S>>) -> Self {
-        Self { service }
+        Self {
+            service,
+            applied: Counter::default(),
+        }
+    }
+
+    /// Count the users this sweeper moves on in `applied` (a metric).
+    pub fn counting(mut self, applied: Counter) -> Self {
+        self.applied = applied;
+        self
     }
 
     /// Apply all transitions due at `now`, up to one batch. Returns (due keys seen, keys committed).
@@ -50,7 +62,10 @@ impl<S: PresenceState + Deadlines> Sweeper<S> {
         }
         while let Some(result) = tasks.join_next().await {
             match result {
-                Ok(Ok(n)) => committed += n,
+                Ok(Ok(n)) => {
+                    committed += n;
+                    self.applied.inc_by(n as u64);
+                }
                 Ok(Err(e)) => tracing::warn!(error = %e, "sweeper could not apply transitions; will retry"),
                 Err(e) => tracing::warn!(error = %e, "sweeper task failed; will retry"),
             }

@@ -54,14 +54,6 @@ async fn exchange(to: SocketAddr, request: &[u8]) -> Result<(u16, String), Strin
         .unwrap_or_else(|_| Err(format!("no answer within {ANSWER_WITHIN:?}")))
 }
 
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// One attacking connection, kept up until `stop`: a request head trickled a byte a second,
 /// reconnecting whenever the server closes it. Counts connections made and closed by the server.
 async fn slow_client(to: SocketAddr, stop: Arc<AtomicBool>, made: Arc<AtomicUsize>, cut: Arc<AtomicUsize>) {

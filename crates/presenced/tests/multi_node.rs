@@ -294,6 +294,57 @@ async fn a_killed_nodes_client_sessions_end_after_the_grace_and_its_fades_still_
     assert!(killed.elapsed() >= Duration::from_secs(4));
 }
 
+async fn metric_of(server: &Server, name: &str) -> f64 {
+    let r = call(reqwest::Method::GET, &server.url("/metrics"), None, None).await;
+    metric(&r.text, name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_partitions_timers_have_one_leader_and_every_expiry_is_applied_once() {
+    let redis = start_node(false);
+    let (_dir, secret) = shared_secret();
+    let timing = ["--redis-node-lease", "2s", "--session-expiration-min", "1s"];
+    let a = node(&redis.url(), &secret, &timing);
+    let b = node(&redis.url(), &secret, &timing);
+    let app = token(&secret, None, &[], &["Presence.ReadWrite.All"]);
+    const LED: &str = "presenced_store_partitions_led";
+    const SWEPT: &str = "presenced_sweeper_transitions_total";
+
+    // Once each node has seen the other's lease, the 16 partitions are split between them.
+    let settled = Instant::now() + Duration::from_secs(15);
+    while metric_of(&a, LED).await + metric_of(&b, LED).await != 16.0 {
+        assert!(Instant::now() < settled, "the partitions' leaders never settled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // 32 users (spread over the partitions) with a session set through A expiring in 1 s.
+    let users: Vec<String> = (0..32).map(|i| format!("bbbbbbbb-0000-0000-0000-{i:012}")).collect();
+    for user in &users {
+        let body =
+            json!({ "sessionId": "s", "availability": "Busy", "activity": "InACall", "expirationDuration": "PT1S" });
+        let r = post(&a.url(&format!("/v1.0/users/{user}/presence/setPresence")), &app, body).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    // Nobody reads them meanwhile (a read applies what is due, too): the sweepers do it all.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let swept = loop {
+        let swept = (metric_of(&a, SWEPT).await, metric_of(&b, SWEPT).await);
+        if swept.0 + swept.1 >= 32.0 || Instant::now() > deadline {
+            break swept;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // A second node trying the same expiry loses the compare-and-set: still one commit each.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let again = (metric_of(&a, SWEPT).await, metric_of(&b, SWEPT).await);
+    assert_eq!(again, swept, "an expiry was applied twice");
+    assert_eq!(swept.0 + swept.1, 32.0, "every expiry applied once: {swept:?}");
+    // B applied those of the partitions it leads, though it never saw their writes.
+    assert!(swept.0 > 0.0 && swept.1 > 0.0, "the work was not shared: {swept:?}");
+    for user in &users {
+        assert_eq!(availability(&b, &app, user).await, "Offline");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_paused_past_its_lease_cannot_write() {
     let cluster = Cluster::start();

@@ -1283,7 +1283,8 @@ mod redis {
             options.prefix = format!("t{}", NEXT_PREFIX.fetch_add(1, Ordering::Relaxed));
             options.retain = settings.retain;
             options.retain_for = settings.retain_for;
-            options.poll = Duration::from_millis(5);
+            // Other handles' commits reach this one by the live path alone.
+            options.poll = Duration::from_secs(3600);
             let mut h = OnRedis { options, store: None };
             h.store = Some(h.open_store());
             h

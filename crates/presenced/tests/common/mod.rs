@@ -296,6 +296,15 @@ pub async fn post(url: &str, token: &str, body: Value) -> Reply {
 }
 
 /// GET a user's presence and return (availability, activity).
+/// One sample's value from a Prometheus exposition (0 if absent).
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
 pub async fn presence_of(server: &Server, token: &str, user: &str) -> (String, String) {
     let r = get(&server.url(&format!("/v1.0/users/{user}/presence")), token).await;
     assert_eq!(r.status, 200, "{}", r.text);

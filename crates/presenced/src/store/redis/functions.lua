@@ -7,10 +7,11 @@
 
 -- A commit: compare-and-set the user's version, write the state, keep the partition's deadline
 -- index, connected-client set and tenant set, append the change to the partition's stream and
--- publish it on the partition's shard channel. A conflict returns the state stored now.
+-- announce it on the partition's channel (`<seq> <deadline_us>`: other nodes move their head and
+-- wake their sweeper). A conflict returns the state stored now.
 -- KEYS: user, due, log, seq, clients, tenant, this node's lease in the partition
 -- ARGV: expected, state, deadline_us|'', event|'', now_ms, maxlen, member, connected(1|0),
---       cutoff_ms, keep_at_least, channel, epoch|'' (no fencing)
+--       cutoff_ms, keep_at_least, channel, epoch|'' (no fencing), 'shard'|'plain' (channel kind)
 local function commit(keys, args)
   if args[12] ~= '' and redis.call('EXISTS', keys[7]) == 0 then
     return redis.error_reply('FENCED this node no longer holds its lease')
@@ -47,7 +48,9 @@ local function commit(keys, args)
       end
       redis.call('XDEL', keys[3], first[1])
     end
-    redis.call('SPUBLISH', args[11], seq)
+  end
+  if seq > 0 or args[3] ~= '' then
+    redis.call(args[13] == 'plain' and 'PUBLISH' or 'SPUBLISH', args[11], seq .. ' ' .. args[3])
   end
   return {1, version, seq}
 end

@@ -4,17 +4,24 @@
 //! Module map:
 //! - [`keys`]: partitions and key names (a partition's keys share one hash tag).
 //! - [`connection`]: standalone or Cluster behind one handle, timeouts, the start-up checks.
+//! - [`live`]: the partitions' channels, on which every commit is announced to every node.
+//! - [`leaders`]: which node leads each partition's timers (rendezvous hashing over live leases).
 //! - `test_servers` (tests): Redis servers and Clusters started on free loopback ports.
 //! - `functions.lua`: the function library; each write is one `FCALL`, one round trip.
 //! - this file: the ports.
 //!
 //! The change log is one stream per partition, so a [`Position`] is a cut: one sequence per
-//! partition. A node learns of other nodes' changes by reading the partitions' sequences every
-//! `poll` (its own commits move its head at once). A `200` means what the masters' persistence
+//! partition. A node learns of other nodes' changes from their announcements (its own commits
+//! move its head at once); it also reads the partitions' sequences every `poll`, to fill what
+//! Pub/Sub dropped. Each partition's deadlines are swept first by the node that leads it; every
+//! other node sweeps what is overdue there by more than `takeover`, so a fade is late by at most
+//! that when its leader died. A `200` means what the masters' persistence
 //! makes it mean: at start every master must have `appendonly yes` and `appendfsync always`
 //! unless the store is opened relaxed.
 pub mod connection;
 pub mod keys;
+pub mod leaders;
+pub mod live;
 #[cfg(test)]
 pub mod test_servers;
 
@@ -55,8 +62,11 @@ pub struct Options {
     pub timeouts: Timeouts,
     /// Accept masters that do not fsync every write (a `200` may then be lost with a master).
     pub relaxed: bool,
-    /// How often other nodes' changes are looked for.
+    /// How often the partitions' sequences are read, to catch what the live path dropped.
     pub poll: Duration,
+    /// How overdue a deadline in a partition another node leads must be before this node
+    /// applies it (that leader may have died).
+    pub takeover: Duration,
     /// This node's epoch, when it holds a lease (a server does; tools and tests may not).
     pub node: Option<String>,
     /// How long a lease lasts unrenewed: a node silent this long is declared dead.
@@ -79,7 +89,8 @@ impl Options {
                 command: Duration::from_secs(2),
             },
             relaxed: false,
-            poll: Duration::from_millis(20),
+            poll: Duration::from_millis(500),
+            takeover: Duration::from_secs(1),
             node: None,
             lease: Duration::from_secs(30),
             wait_replicas: 0,
@@ -119,6 +130,10 @@ struct Inner {
     /// The earliest deadline the sweeper was last told of (µs): only a commit with an earlier one
     /// wakes it, so commits do not each make it re-read every partition's index.
     earliest_told: std::sync::atomic::AtomicI64,
+    /// The partitions whose deadlines this node sweeps on time (all of them without a lease).
+    leads: std::sync::RwLock<Arc<[bool]>>,
+    /// The subscription to the partitions' channels; replaced with the connection.
+    live: std::sync::Mutex<Option<live::Subscriber>>,
 }
 
 /// Users whose last known state a node keeps for writes.
@@ -144,6 +159,52 @@ impl Inner {
     async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
         self.metrics.round_trips.inc();
         self.conn().run(cmd).await
+    }
+
+    fn leads(&self, p: usize) -> bool {
+        self.leads
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(p)
+            .copied()
+            .unwrap_or(true)
+    }
+
+    /// When this node's sweeper should act on a deadline `at` (µs) in partition `p`.
+    fn acts_at(&self, p: usize, at: i64) -> i64 {
+        if self.leads(p) {
+            at
+        } else {
+            at.saturating_add(self.options.takeover.as_micros() as i64)
+        }
+    }
+
+    /// A commit (this node's or another's) left a deadline: wake the sweeper only if that is
+    /// earlier than what it was last told.
+    fn deadline_set(&self, p: usize, at: i64) {
+        let at = self.acts_at(p, at);
+        if at < self.earliest_told.fetch_min(at, Ordering::AcqRel) {
+            self.deadline_moved.notify_waiters();
+        }
+    }
+
+    fn advance_head(&self, to: &Position) {
+        self.head.send_if_modified(|head| {
+            let next = head.join(to);
+            let moved = next != *head;
+            *head = next;
+            moved
+        });
+    }
+
+    /// Another node's commit, heard on the live path.
+    fn heard(&self, a: live::Announcement) {
+        if a.seq > 0 {
+            self.advance_head(&Position::of_change(a.partition, self.keys.partitions(), a.seq));
+        }
+        if let Some(at) = a.deadline_us {
+            self.deadline_set(a.partition, at);
+        }
     }
 
     fn recalled(&self, key: &UserKey) -> Option<Versioned> {
@@ -253,6 +314,7 @@ impl RedisStore {
                 options.partitions
             )));
         }
+        let partitions = options.partitions;
         let store = RedisStore {
             inner: Arc::new(Inner {
                 conn: std::sync::RwLock::new(conn),
@@ -266,6 +328,8 @@ impl RedisStore {
                 fenced: watch::Sender::new(false),
                 recent: std::sync::Mutex::new(HashMap::new()),
                 earliest_told: std::sync::atomic::AtomicI64::new(i64::MIN),
+                leads: std::sync::RwLock::new(vec![true; partitions].into()),
+                live: std::sync::Mutex::new(None),
                 options,
             }),
         };
@@ -273,8 +337,12 @@ impl RedisStore {
             renew_lease(&store.inner, &epoch, true)
                 .await
                 .map_err(|e| OpenError::Unreachable(format!("taking the node lease: {e}")))?;
+            choose_leaders(&store.inner, &epoch).await;
             tokio::spawn(keep_lease(Arc::downgrade(&store.inner), epoch));
         }
+        listen(&store.inner)
+            .await
+            .map_err(|e| OpenError::Unreachable(format!("subscribing to the partitions' channels: {e}")))?;
         let head = store
             .read_heads()
             .await
@@ -298,12 +366,7 @@ impl RedisStore {
     }
 
     fn advance_head(&self, to: &Position) {
-        self.inner.head.send_if_modified(|head| {
-            let next = head.join(to);
-            let moved = next != *head;
-            *head = next;
-            moved
-        });
+        self.inner.advance_head(to)
     }
 
     /// Every partition's sequence, read now.
@@ -359,7 +422,12 @@ impl RedisStore {
             .arg((now - self.inner.options.retain_for).as_millisecond())
             .arg(keep)
             .arg(keys.channel(p))
-            .arg(self.inner.options.node.as_deref().unwrap_or(""));
+            .arg(self.inner.options.node.as_deref().unwrap_or(""))
+            .arg(if self.inner.options.target.cluster {
+                "shard"
+            } else {
+                "plain"
+            });
         let started = std::time::Instant::now();
         // A refusal for a lapsed lease copy is answered 503; the lease keeper decides whether the
         // node was declared dead (or the copy went with a master that failed over).
@@ -387,9 +455,7 @@ impl RedisStore {
                     self.advance_head(&Position::of_change(p, self.p_count(), seq));
                 }
                 if let Some(at) = deadline.map(score) {
-                    if at < self.inner.earliest_told.fetch_min(at, Ordering::AcqRel) {
-                        self.inner.deadline_moved.notify_waiters();
-                    }
+                    self.inner.deadline_set(p, at);
                 }
                 Ok(version)
             }
@@ -546,13 +612,50 @@ async fn renew_lease(inner: &Inner, epoch: &str, first: bool) -> Result<bool, St
     Ok(true)
 }
 
+/// Subscribe to every partition's channel (again, after the connection was replaced).
+async fn listen(inner: &Arc<Inner>) -> redis::RedisResult<()> {
+    let channels: Vec<String> = (0..inner.keys.partitions()).map(|p| inner.keys.channel(p)).collect();
+    let weak = Arc::downgrade(inner);
+    let subscriber = live::subscribe(&inner.options.target, inner.options.timeouts, &channels, move |a| {
+        if let Some(inner) = weak.upgrade() {
+            inner.heard(a);
+        }
+    })
+    .await?;
+    *inner.live.lock().unwrap_or_else(|e| e.into_inner()) = Some(subscriber);
+    Ok(())
+}
+
+/// Recompute which partitions this node leads from the live leases; on an error the last
+/// choice stands (the other nodes' takeover covers a partition nobody leads).
+async fn choose_leaders(inner: &Inner, epoch: &str) {
+    let cmd = fcall_ro("pd_live_nodes", &[inner.keys.nodes()]);
+    match inner.run::<Vec<String>>(&cmd).await {
+        Ok(live) => {
+            let leads: Arc<[bool]> = leaders::led_by(epoch, &live, inner.keys.partitions()).into();
+            inner
+                .metrics
+                .partitions_led
+                .set(leads.iter().filter(|l| **l).count() as i64);
+            let changed = *inner.leads.read().unwrap_or_else(|e| e.into_inner()) != leads;
+            *inner.leads.write().unwrap_or_else(|e| e.into_inner()) = leads;
+            if changed {
+                // Partitions gained are swept on time from now.
+                inner.earliest_told.store(i64::MIN, Ordering::Release);
+                inner.deadline_moved.notify_waiters();
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the live nodes; partition leaders unchanged"),
+    }
+}
+
 /// Renews the lease a third of its length apart; a lapse found fences the node for good.
 async fn keep_lease(inner: Weak<Inner>, epoch: String) {
     loop {
         let Some(strong) = inner.upgrade() else { return };
         let pause = strong.options.lease / 3;
         match renew_lease(&strong, &epoch, false).await {
-            Ok(true) => {}
+            Ok(true) => choose_leaders(&strong, &epoch).await,
             Ok(false) => {
                 tracing::error!(%epoch, "this node's lease lapsed: it was declared dead and may no longer write");
                 strong.fenced.send_replace(true);
@@ -597,6 +700,9 @@ async fn poll_heads(inner: Weak<Inner>) {
                         Ok(conn) => {
                             tracing::warn!("opened a new connection to Redis after {REOPEN_AFTER:?} without an answer");
                             *strong.conn.write().unwrap_or_else(|e| e.into_inner()) = conn;
+                            if let Err(e) = listen(&strong).await {
+                                tracing::warn!(error = %e, "cannot subscribe to the partitions' channels yet");
+                            }
                         }
                         Err(e) => tracing::warn!(error = %e, "cannot reconnect to Redis yet"),
                     }
@@ -709,11 +815,13 @@ impl crate::store::Membership for RedisStore {
 
 impl Deadlines for RedisStore {
     async fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<UserKey>, StoreError> {
+        let takeover = score(now) - self.inner.options.takeover.as_micros() as i64;
         let reads = (0..self.p_count()).map(|p| {
+            let until = if self.inner.leads(p) { score(now) } else { takeover };
             let cmd = redis::cmd("ZRANGE")
                 .arg(self.inner.keys.due(p))
                 .arg("-inf")
-                .arg(score(now))
+                .arg(until)
                 .arg("BYSCORE")
                 .arg("LIMIT")
                 .arg(0)
@@ -735,8 +843,7 @@ impl Deadlines for RedisStore {
     }
 
     async fn next_deadline(&self) -> Option<Timestamp> {
-        // Other nodes' commits do not wake this one: answer no later than a second from now, so
-        // a deadline another node set (and a node that died) is swept within about a second.
+        // A deadline whose announcement was dropped is found within a second.
         let soon = self.inner.options.clock.now() + SignedDuration::from_secs(1);
         let reads = (0..self.p_count()).map(|p| {
             let cmd = redis::cmd("ZRANGE")
@@ -745,14 +852,17 @@ impl Deadlines for RedisStore {
                 .arg(0)
                 .arg("WITHSCORES")
                 .clone();
-            async move { self.inner.run::<Vec<(Vec<u8>, f64)>>(&cmd).await }
+            async move { (p, self.inner.run::<Vec<(Vec<u8>, f64)>>(&cmd).await) }
         });
         let mut earliest = soon;
-        for r in join_all(reads).await {
+        for (p, r) in join_all(reads).await {
             match r {
                 Ok(first) => {
-                    if let Some(at) = first.first().and_then(|(_, s)| from_score(*s)) {
-                        earliest = earliest.min(at);
+                    if let Some((_, at)) = first.first() {
+                        let acts_at = self.inner.acts_at(p, *at as i64);
+                        if let Some(at) = from_score(acts_at as f64) {
+                            earliest = earliest.min(at);
+                        }
                     }
                 }
                 Err(_) => return Some(soon),
@@ -1200,6 +1310,52 @@ mod tests {
         let mut fresh = options(&node.url(), "parts-8");
         fresh.partitions = 8;
         assert!(RedisStore::open(fresh).await.is_ok());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn another_nodes_commit_is_heard_at_once_not_at_the_next_poll() {
+        use presence_core::{Activity, Availability, Command, SessionId, SessionState, Timing};
+        let node = start_node(false);
+        let a = RedisStore::open(options(&node.url(), "live")).await.unwrap();
+        let mut quiet = options(&node.url(), "live");
+        quiet.poll = Duration::from_secs(3600);
+        let b = RedisStore::open(quiet).await.unwrap();
+        // A session set an hour ago: its deadlines are overdue.
+        let mut state = UserPresence::default();
+        let command = Command::SetPresence {
+            session: SessionId::parse("app").unwrap(),
+            state: SessionState::new(Availability::Busy, Activity::InACall).unwrap(),
+            expiration: SignedDuration::from_mins(10),
+            application: None,
+        };
+        let an_hour_ago = Clock::system().now() - SignedDuration::from_hours(1);
+        let event = state.apply(command, an_hour_ago, &Timing::default()).unwrap().change;
+        let key = UserKey::new(TenantId::parse("tenant").unwrap(), UserId::parse("user").unwrap());
+
+        // B's sweeper has been told of nothing sooner than a second from now, and waits.
+        b.next_deadline().await;
+        let mut woken = Box::pin(b.deadline_moved());
+        tokio::select! {
+            biased;
+            _ = &mut woken => panic!("woken before anything was committed"),
+            _ = std::future::ready(()) => {}
+        }
+        let before = b.head();
+        a.commit(Commit {
+            key,
+            expected_version: 0,
+            state,
+            event,
+        })
+        .await
+        .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), b.wait_past(&before))
+            .await
+            .expect("B's head moved on A's announcement");
+        assert_eq!(b.changes_after(&before, 10).await.unwrap().len(), 1);
+        tokio::time::timeout(Duration::from_secs(10), woken)
+            .await
+            .expect("B's sweeper woken for the overdue deadline A committed");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,153 @@
+//! The live path: every commit is announced on its partition's channel (a shard channel,
+//! `SPUBLISH`, on a Cluster; a plain one on a standalone server, whose client cannot yet
+//! `SSUBSCRIBE`). A node subscribed to all partitions moves its head and wakes its sweeper as
+//! soon as another node commits. Pub/Sub is at most once (a reconnect or a failover drops what
+//! was published meanwhile), so the head poll stays, slower, to fill such gaps.
+use super::connection::{Target, Timeouts};
+use redis::aio::ConnectionManagerConfig;
+use redis::cluster::ClusterClientBuilder;
+use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
+use std::collections::HashMap;
+
+/// What one commit announces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announcement {
+    pub partition: usize,
+    /// The change's sequence in its partition; 0 when the commit recorded no change.
+    pub seq: u64,
+    /// The user's next deadline (µs since the epoch), if the commit left one.
+    pub deadline_us: Option<i64>,
+}
+
+/// The payload a commit publishes: `<seq> <deadline_us>` (the deadline may be empty).
+pub fn parse(info: &PushInfo, partitions: &HashMap<Vec<u8>, usize>) -> Option<Announcement> {
+    if !matches!(info.kind, PushKind::Message | PushKind::SMessage) {
+        return None;
+    }
+    let [Value::BulkString(channel), Value::BulkString(payload)] = info.data.as_slice() else {
+        return None;
+    };
+    let partition = *partitions.get(channel)?;
+    let text = std::str::from_utf8(payload).ok()?;
+    let (seq, deadline) = text.split_once(' ').unwrap_or((text, ""));
+    Some(Announcement {
+        partition,
+        seq: seq.parse().ok()?,
+        deadline_us: deadline.parse().ok(),
+    })
+}
+
+/// A subscription to every partition's channel, on a connection of its own; it resubscribes by
+/// itself after a reconnect, and ends when dropped.
+pub struct Subscriber {
+    _connection: Box<dyn std::any::Any + Send>,
+}
+
+/// Subscribe to `channels` (partition n's channel at index n); `on` is called on the
+/// connection's reader for each announcement, so it must not block.
+pub async fn subscribe(
+    target: &Target,
+    timeouts: Timeouts,
+    channels: &[String],
+    on: impl Fn(Announcement) + Send + Sync + 'static,
+) -> redis::RedisResult<Subscriber> {
+    let partitions: HashMap<Vec<u8>, usize> = channels
+        .iter()
+        .enumerate()
+        .map(|(p, c)| (c.as_bytes().to_vec(), p))
+        .collect();
+    let sender = move |info: PushInfo| -> Result<(), std::convert::Infallible> {
+        if let Some(a) = parse(&info, &partitions) {
+            on(a);
+        }
+        Ok(())
+    };
+    let connecting = async {
+        if target.cluster {
+            let client = ClusterClientBuilder::new(target.urls.clone())
+                .use_protocol(ProtocolVersion::RESP3)
+                .push_sender(sender)
+                .connection_timeout(timeouts.connect)
+                .response_timeout(timeouts.command)
+                .build()?;
+            let mut conn = client.get_async_connection().await?;
+            // One channel a call: each lives in its own partition's slot.
+            for channel in channels {
+                conn.ssubscribe(channel).await?;
+            }
+            Ok(Subscriber {
+                _connection: Box::new(conn),
+            })
+        } else {
+            let info = target.urls[0].as_str().into_connection_info()?;
+            let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+            let client = redis::Client::open(info.set_redis_settings(settings))?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeouts.connect))
+                .set_response_timeout(Some(timeouts.command))
+                .set_push_sender(sender)
+                .set_automatic_resubscription();
+            let mut conn = client.get_connection_manager_with_config(config).await?;
+            conn.subscribe(channels).await?;
+            Ok(Subscriber {
+                _connection: Box::new(conn),
+            })
+        }
+    };
+    tokio::time::timeout(timeouts.connect * 3, connecting)
+        .await
+        .map_err(|_| {
+            redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "timed out subscribing to the partitions' channels",
+            ))
+        })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(kind: PushKind, channel: &str, payload: &str) -> PushInfo {
+        PushInfo {
+            kind,
+            data: vec![
+                Value::BulkString(channel.as_bytes().to_vec()),
+                Value::BulkString(payload.as_bytes().to_vec()),
+            ],
+        }
+    }
+
+    #[test]
+    fn announcements_parse_and_strangers_are_ignored() {
+        let partitions = HashMap::from([(b"pd:{p0}:changes".to_vec(), 0), (b"pd:{p1}:changes".to_vec(), 1)]);
+        assert_eq!(
+            parse(
+                &message(PushKind::SMessage, "pd:{p1}:changes", "42 1700000000000000"),
+                &partitions
+            ),
+            Some(Announcement {
+                partition: 1,
+                seq: 42,
+                deadline_us: Some(1_700_000_000_000_000)
+            })
+        );
+        assert_eq!(
+            parse(&message(PushKind::Message, "pd:{p0}:changes", "7 "), &partitions),
+            Some(Announcement {
+                partition: 0,
+                seq: 7,
+                deadline_us: None
+            })
+        );
+        assert_eq!(parse(&message(PushKind::Message, "other", "7 "), &partitions), None);
+        assert_eq!(
+            parse(&message(PushKind::Message, "pd:{p0}:changes", "x"), &partitions),
+            None
+        );
+        assert_eq!(
+            parse(&message(PushKind::Subscribe, "pd:{p0}:changes", "1"), &partitions),
+            None
+        );
+    }
+}
