@@ -346,6 +346,68 @@ async fn each_partitions_timers_have_one_leader_and_every_expiry_is_applied_once
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_work_is_shared_between_nodes_and_each_change_is_notified_once() {
+    let redis = start_node(false);
+    let (_dir, secret) = shared_secret();
+    let a = node(&redis.url(), &secret, &["--redis-node-lease", "2s"]);
+    let b = node(&redis.url(), &secret, &["--redis-node-lease", "2s"]);
+    let app = token(&secret, None, &[], &["Presence.ReadWrite.All"]);
+    let subscriber = token(
+        &secret,
+        Some("cccccccc-0000-0000-0000-00000000000c"),
+        &["Presence.Read.All"],
+        &[],
+    );
+    // Once each node has seen the other's lease.
+    let settled = Instant::now() + Duration::from_secs(15);
+    while metric_of(&a, "presenced_store_partitions_led").await + metric_of(&b, "presenced_store_partitions_led").await
+        != 16.0
+    {
+        assert!(Instant::now() < settled, "the nodes never saw each other");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // 24 subscriptions, all created through A, one user each.
+    let receiver = Receiver::start().await;
+    #[allow(clippy::disallowed_methods)]
+    let expiry = (jiff::Timestamp::now() + jiff::SignedDuration::from_mins(50)).to_string();
+    let users: Vec<String> = (0..24).map(|i| format!("dddddddd-0000-0000-0000-{i:012}")).collect();
+    for user in &users {
+        let r = post(
+            &a.url("/v1.0/subscriptions"),
+            &subscriber,
+            json!({
+                "changeType": "updated",
+                "notificationUrl": receiver.url,
+                "resource": format!("/communications/presences?$filter=id in ('{user}')"),
+                "expirationDateTime": expiry,
+                "clientState": "s",
+            }),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    // One change per user, half through each node.
+    for (i, user) in users.iter().enumerate() {
+        let through = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(set(through, &app, user, "Busy", "InACall").await.status, 200);
+    }
+    receiver
+        .wait_for("24 notifications", Duration::from_secs(30), |i| i.len() >= 24)
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let items = receiver.items();
+    let mut notified: Vec<&str> = items.iter().filter_map(|i| i["resourceData"]["id"].as_str()).collect();
+    notified.sort_unstable();
+    let mut expected: Vec<&str> = users.iter().map(String::as_str).collect();
+    expected.sort_unstable();
+    assert_eq!(notified, expected, "each change notified once");
+    // Each node sent the notifications of the subscriptions it leads.
+    let delivered = r#"presenced_notification_deliveries_total{outcome="delivered"}"#;
+    let sent = (metric_of(&a, delivered).await, metric_of(&b, delivered).await);
+    assert!(sent.0 > 0.0 && sent.1 > 0.0, "one node sent everything: {sent:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_paused_past_its_lease_cannot_write() {
     let cluster = Cluster::start();
     let (_dir, secret) = shared_secret();

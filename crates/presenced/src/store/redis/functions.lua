@@ -297,16 +297,59 @@ local function lease_free(hash, id, consumer, now)
   return holder == consumer or tonumber(ends) <= now
 end
 
--- Lease every subscription no other consumer holds. ARGV: consumer, now_ms, until_ms.
--- Returns {id, position, ...}.
+-- Which of the live nodes leads a subscription's deliveries: rendezvous hashing, the highest
+-- SHA-1 of (epoch, id). Nodes joining or leaving move only the subscriptions they lead or led.
+local function leader_of(id, epochs)
+  local best, best_weight = nil, nil
+  for _, epoch in ipairs(epochs) do
+    local weight = redis.sha1hex(epoch .. '/' .. id)
+    if not best_weight or weight > best_weight then
+      best, best_weight = epoch, weight
+    end
+  end
+  return best
+end
+
+-- Lease the subscriptions this node leads (all of them when it names no node) that no other
+-- consumer holds, and renew the consumer's own while the node leads them. One it no longer leads
+-- is not renewed: the consumer stops sending it at its next refresh, well before the lease runs
+-- out and the new leader takes it from the acknowledged position, so per-user order holds. One
+-- left free for `takeover_ms` (its leader is not claiming: dead, or the nodes disagree for a
+-- moment on who is live) is taken by any node.
+-- ARGV: consumer, now_ms, until_ms, takeover_ms, epoch|'', live epochs... Returns {id, position, ...}.
 local function claim(keys, args)
   local out = {}
   local now = tonumber(args[2])
+  local takeover = tonumber(args[4])
+  local epochs = {}
+  for i = 6, #args do
+    epochs[#epochs + 1] = args[i]
+  end
+  local claims = sk(keys, 'claim')
   local positions = redis.call('HGETALL', sk(keys, 'pos'))
   for i = 1, #positions, 2 do
     local id = positions[i]
-    if lease_free(sk(keys, 'claim'), id, args[1], now) then
-      redis.call('HSET', sk(keys, 'claim'), id, args[1] .. '|' .. args[3])
+    local leads = args[5] == '' or #epochs == 0 or leader_of(id, epochs) == args[5]
+    local lease = redis.call('HGET', claims, id)
+    local holder, ends = '', 0
+    if lease then
+      local h, e = string.match(lease, '^(.*)|(%d+)$')
+      holder, ends = h or '', tonumber(e or '0')
+    end
+    local take
+    if holder == args[1] then
+      take = leads
+    elseif holder ~= '' and ends > now then
+      take = false
+    else
+      -- Free: never claimed (an empty holder records since when), or lapsed at `ends`.
+      take = leads or (lease ~= false and ends + takeover <= now)
+      if not take and not lease then
+        redis.call('HSET', claims, id, '|' .. now)
+      end
+    end
+    if take then
+      redis.call('HSET', claims, id, args[1] .. '|' .. args[3])
       out[#out + 1] = id
       out[#out + 1] = positions[i + 1]
     end

@@ -110,6 +110,11 @@ impl Keys {
         format!("{}changes", self.tag(p))
     }
 
+    /// Announces subscription writes, so every node's dispatcher looks for work at once.
+    pub fn subscriptions_channel(&self) -> String {
+        format!("{}changed", self.subscriptions())
+    }
+
     /// The subscriptions' tag prefix: every subscription key is this and a name.
     pub fn subscriptions(&self) -> String {
         format!("{}:{{s}}:", self.prefix)

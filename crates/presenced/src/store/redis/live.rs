@@ -1,7 +1,8 @@
 //! The live path: every commit is announced on its partition's channel (a shard channel,
 //! `SPUBLISH`, on a Cluster; a plain one on a standalone server, whose client cannot yet
 //! `SSUBSCRIBE`). A node subscribed to all partitions moves its head and wakes its sweeper as
-//! soon as another node commits. Pub/Sub is at most once (a reconnect or a failover drops what
+//! soon as another node commits. Subscription writes are announced on the subscriptions' channel,
+//! so every node's dispatcher looks at once for work it now leads. Pub/Sub is at most once (a reconnect or a failover drops what
 //! was published meanwhile), so the head poll stays, slower, to fill such gaps.
 use super::connection::{Target, Timeouts};
 use redis::aio::ConnectionManagerConfig;
@@ -19,22 +20,40 @@ pub struct Announcement {
     pub deadline_us: Option<i64>,
 }
 
-/// The payload a commit publishes: `<seq> <deadline_us>` (the deadline may be empty).
-pub fn parse(info: &PushInfo, partitions: &HashMap<Vec<u8>, usize>) -> Option<Announcement> {
+/// What a node hears on the channels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heard {
+    Commit(Announcement),
+    /// A subscription was created, changed or removed.
+    Subscriptions,
+}
+
+/// The channels a node listens on.
+pub struct Channels {
+    /// Partition n's channel at index n.
+    pub partitions: Vec<String>,
+    pub subscriptions: String,
+}
+
+/// A commit's payload is `<seq> <deadline_us>` (the deadline may be empty).
+pub fn parse(info: &PushInfo, partitions: &HashMap<Vec<u8>, usize>, subscriptions: &[u8]) -> Option<Heard> {
     if !matches!(info.kind, PushKind::Message | PushKind::SMessage) {
         return None;
     }
     let [Value::BulkString(channel), Value::BulkString(payload)] = info.data.as_slice() else {
         return None;
     };
+    if channel == subscriptions {
+        return Some(Heard::Subscriptions);
+    }
     let partition = *partitions.get(channel)?;
     let text = std::str::from_utf8(payload).ok()?;
     let (seq, deadline) = text.split_once(' ').unwrap_or((text, ""));
-    Some(Announcement {
+    Some(Heard::Commit(Announcement {
         partition,
         seq: seq.parse().ok()?,
         deadline_us: deadline.parse().ok(),
-    })
+    }))
 }
 
 /// A subscription to every partition's channel, on a connection of its own; it resubscribes by
@@ -43,25 +62,28 @@ pub struct Subscriber {
     _connection: Box<dyn std::any::Any + Send>,
 }
 
-/// Subscribe to `channels` (partition n's channel at index n); `on` is called on the
-/// connection's reader for each announcement, so it must not block.
+/// Subscribe to `channels`; `on` is called on the connection's reader for each message, so it
+/// must not block.
 pub async fn subscribe(
     target: &Target,
     timeouts: Timeouts,
-    channels: &[String],
-    on: impl Fn(Announcement) + Send + Sync + 'static,
+    channels: &Channels,
+    on: impl Fn(Heard) + Send + Sync + 'static,
 ) -> redis::RedisResult<Subscriber> {
     let partitions: HashMap<Vec<u8>, usize> = channels
+        .partitions
         .iter()
         .enumerate()
         .map(|(p, c)| (c.as_bytes().to_vec(), p))
         .collect();
+    let subscriptions = channels.subscriptions.as_bytes().to_vec();
     let sender = move |info: PushInfo| -> Result<(), std::convert::Infallible> {
-        if let Some(a) = parse(&info, &partitions) {
-            on(a);
+        if let Some(heard) = parse(&info, &partitions, &subscriptions) {
+            on(heard);
         }
         Ok(())
     };
+    let all: Vec<&String> = channels.partitions.iter().chain([&channels.subscriptions]).collect();
     let connecting = async {
         if target.cluster {
             let client = ClusterClientBuilder::new(target.urls.clone())
@@ -71,8 +93,8 @@ pub async fn subscribe(
                 .response_timeout(timeouts.command)
                 .build()?;
             let mut conn = client.get_async_connection().await?;
-            // One channel a call: each lives in its own partition's slot.
-            for channel in channels {
+            // One channel a call: each lives in its own slot.
+            for channel in all {
                 conn.ssubscribe(channel).await?;
             }
             Ok(Subscriber {
@@ -88,7 +110,7 @@ pub async fn subscribe(
                 .set_push_sender(sender)
                 .set_automatic_resubscription();
             let mut conn = client.get_connection_manager_with_config(config).await?;
-            conn.subscribe(channels).await?;
+            conn.subscribe(all).await?;
             Ok(Subscriber {
                 _connection: Box::new(conn),
             })
@@ -121,33 +143,30 @@ mod tests {
     #[test]
     fn announcements_parse_and_strangers_are_ignored() {
         let partitions = HashMap::from([(b"pd:{p0}:changes".to_vec(), 0), (b"pd:{p1}:changes".to_vec(), 1)]);
+        let subs = b"pd:{s}:changed";
+        let heard = |kind, channel, payload| parse(&message(kind, channel, payload), &partitions, subs);
         assert_eq!(
-            parse(
-                &message(PushKind::SMessage, "pd:{p1}:changes", "42 1700000000000000"),
-                &partitions
-            ),
-            Some(Announcement {
+            heard(PushKind::SMessage, "pd:{p1}:changes", "42 1700000000000000"),
+            Some(Heard::Commit(Announcement {
                 partition: 1,
                 seq: 42,
                 deadline_us: Some(1_700_000_000_000_000)
-            })
+            }))
         );
         assert_eq!(
-            parse(&message(PushKind::Message, "pd:{p0}:changes", "7 "), &partitions),
-            Some(Announcement {
+            heard(PushKind::Message, "pd:{p0}:changes", "7 "),
+            Some(Heard::Commit(Announcement {
                 partition: 0,
                 seq: 7,
                 deadline_us: None
-            })
-        );
-        assert_eq!(parse(&message(PushKind::Message, "other", "7 "), &partitions), None);
-        assert_eq!(
-            parse(&message(PushKind::Message, "pd:{p0}:changes", "x"), &partitions),
-            None
+            }))
         );
         assert_eq!(
-            parse(&message(PushKind::Subscribe, "pd:{p0}:changes", "1"), &partitions),
-            None
+            heard(PushKind::SMessage, "pd:{s}:changed", "1"),
+            Some(Heard::Subscriptions)
         );
+        assert_eq!(heard(PushKind::Message, "other", "7 "), None);
+        assert_eq!(heard(PushKind::Message, "pd:{p0}:changes", "x"), None);
+        assert_eq!(heard(PushKind::Subscribe, "pd:{p0}:changes", "1"), None);
     }
 }

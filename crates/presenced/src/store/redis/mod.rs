@@ -134,7 +134,13 @@ struct Inner {
     leads: std::sync::RwLock<Arc<[bool]>>,
     /// The subscription to the partitions' channels; replaced with the connection.
     live: std::sync::Mutex<Option<live::Subscriber>>,
+    /// The live nodes' epochs, as last read: they share the subscriptions' deliveries.
+    live_nodes: std::sync::RwLock<Arc<[String]>>,
 }
+
+/// A subscription left unclaimed this long (its leading node is not claiming it) is taken by any
+/// node: longer than a dispatcher's refresh, so the leader normally takes it first.
+const CLAIM_TAKEOVER: Duration = Duration::from_secs(15);
 
 /// Users whose last known state a node keeps for writes.
 const RECENT_CAPACITY: usize = 65_536;
@@ -197,13 +203,36 @@ impl Inner {
         });
     }
 
-    /// Another node's commit, heard on the live path.
-    fn heard(&self, a: live::Announcement) {
-        if a.seq > 0 {
-            self.advance_head(&Position::of_change(a.partition, self.keys.partitions(), a.seq));
+    /// What another node announced on the live path.
+    fn heard(&self, heard: live::Heard) {
+        match heard {
+            live::Heard::Commit(a) => {
+                if a.seq > 0 {
+                    self.advance_head(&Position::of_change(a.partition, self.keys.partitions(), a.seq));
+                }
+                if let Some(at) = a.deadline_us {
+                    self.deadline_set(a.partition, at);
+                }
+            }
+            live::Heard::Subscriptions => self.subscriptions_changed.notify_waiters(),
         }
-        if let Some(at) = a.deadline_us {
-            self.deadline_set(a.partition, at);
+    }
+
+    /// A subscription was written through this node: tell its dispatcher, and the other nodes'.
+    async fn subscriptions_written(&self) {
+        self.subscriptions_changed.notify_waiters();
+        let publish = if self.options.target.cluster {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
+        let cmd = redis::cmd(publish)
+            .arg(self.keys.subscriptions_channel())
+            .arg(1)
+            .clone();
+        // Best effort: the other nodes' dispatchers also look every few seconds.
+        if let Err(e) = self.run::<i64>(&cmd).await {
+            tracing::debug!(error = %e, "cannot announce a subscription change");
         }
     }
 
@@ -330,6 +359,7 @@ impl RedisStore {
                 earliest_told: std::sync::atomic::AtomicI64::new(i64::MIN),
                 leads: std::sync::RwLock::new(vec![true; partitions].into()),
                 live: std::sync::Mutex::new(None),
+                live_nodes: std::sync::RwLock::new(Arc::new([])),
                 options,
             }),
         };
@@ -614,11 +644,14 @@ async fn renew_lease(inner: &Inner, epoch: &str, first: bool) -> Result<bool, St
 
 /// Subscribe to every partition's channel (again, after the connection was replaced).
 async fn listen(inner: &Arc<Inner>) -> redis::RedisResult<()> {
-    let channels: Vec<String> = (0..inner.keys.partitions()).map(|p| inner.keys.channel(p)).collect();
+    let channels = live::Channels {
+        partitions: (0..inner.keys.partitions()).map(|p| inner.keys.channel(p)).collect(),
+        subscriptions: inner.keys.subscriptions_channel(),
+    };
     let weak = Arc::downgrade(inner);
-    let subscriber = live::subscribe(&inner.options.target, inner.options.timeouts, &channels, move |a| {
+    let subscriber = live::subscribe(&inner.options.target, inner.options.timeouts, &channels, move |heard| {
         if let Some(inner) = weak.upgrade() {
-            inner.heard(a);
+            inner.heard(heard);
         }
     })
     .await?;
@@ -633,6 +666,7 @@ async fn choose_leaders(inner: &Inner, epoch: &str) {
     match inner.run::<Vec<String>>(&cmd).await {
         Ok(live) => {
             let leads: Arc<[bool]> = leaders::led_by(epoch, &live, inner.keys.partitions()).into();
+            *inner.live_nodes.write().unwrap_or_else(|e| e.into_inner()) = live.into();
             inner
                 .metrics
                 .partitions_led
@@ -1038,7 +1072,7 @@ impl Subscriptions for RedisStore {
         let reply = items(self.inner.run(&cmd).await.map_err(unavailable)?)?;
         match reply.first().and_then(int) {
             Some(1) => {
-                self.inner.subscriptions_changed.notify_waiters();
+                self.inner.subscriptions_written().await;
                 Ok(Stored {
                     version: 1,
                     subscription: Arc::new(subscription),
@@ -1111,7 +1145,7 @@ impl Subscriptions for RedisStore {
         let reply = items(self.inner.run(&cmd).await.map_err(unavailable)?)?;
         match reply.first().and_then(int) {
             Some(1) => {
-                self.inner.subscriptions_changed.notify_waiters();
+                self.inner.subscriptions_written().await;
                 self.inner.lifecycle_added.notify_waiters();
                 let version = reply.get(1).and_then(int).unwrap_or(0) as u64;
                 Ok(replaced.map(|s| Stored {
@@ -1187,9 +1221,13 @@ impl Deliveries for RedisStore {
         lease: SignedDuration,
     ) -> Result<Vec<(String, Position)>, StoreError> {
         let mut cmd = fcall("pd_claim", &self.subscription_key());
+        let live = self.inner.live_nodes.read().unwrap_or_else(|e| e.into_inner()).clone();
         cmd.arg(consumer)
             .arg(now.as_millisecond())
-            .arg((now + lease).as_millisecond());
+            .arg((now + lease).as_millisecond())
+            .arg(CLAIM_TAKEOVER.as_millis() as u64)
+            .arg(self.inner.options.node.as_deref().unwrap_or(""))
+            .arg(&*live);
         let reply = items(self.inner.run(&cmd).await.map_err(unavailable)?)?;
         let mut out: Vec<(String, Position)> = reply
             .chunks(2)
