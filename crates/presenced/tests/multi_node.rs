@@ -405,6 +405,10 @@ async fn webhook_work_is_shared_between_nodes_and_each_change_is_notified_once()
     let delivered = r#"presenced_notification_deliveries_total{outcome="delivered"}"#;
     let sent = (metric_of(&a, delivered).await, metric_of(&b, delivered).await);
     assert!(sent.0 > 0.0 && sent.1 > 0.0, "one node sent everything: {sent:?}");
+    // Both nodes' gauges count the shared keyspace.
+    assert_eq!(metric_of(&b, "presenced_subscriptions").await, 24.0);
+    assert_eq!(metric_of(&b, "presenced_users").await, 24.0);
+    assert_eq!(metric_of(&a, "presenced_sessions").await, 24.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,7 +22,7 @@ pub async fn fixed(state: &AppState, request: Request) -> (&'static str, Respons
     let response = match path {
         "/healthz" => healthz(),
         "/readyz" => readyz(state),
-        "/metrics" => metrics(state),
+        "/metrics" => metrics(state).await,
         "/openapi.json" => openapi(),
         _ => match (super::keys::parse(path), super::board::asset(path)) {
             (Some(key_path), _) => super::keys::serve(state, key_path, request.headers()),
@@ -52,9 +52,9 @@ fn readyz(state: &AppState) -> Response {
 }
 
 /// Prometheus text exposition: counts and latencies only, no ids as labels.
-fn metrics(state: &AppState) -> Response {
+async fn metrics(state: &AppState) -> Response {
     let gauges = &state.metrics.state;
-    let counts = state.store.counts();
+    let counts = state.store.counts().await;
     gauges.users.set(counts.users as i64);
     gauges.sessions.set(counts.sessions);
     gauges.deadlines_pending.set(counts.deadlines as i64);

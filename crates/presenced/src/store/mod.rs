@@ -95,7 +95,7 @@ pub struct Counts {
 }
 
 impl Store {
-    pub fn counts(&self) -> Counts {
+    pub async fn counts(&self) -> Counts {
         match self {
             Store::Embedded(s) => Counts {
                 users: s.user_count(),
@@ -105,8 +105,7 @@ impl Store {
                 log_retained: s.log_retained(),
                 lifecycle_queued: s.lifecycle_queued(),
             },
-            // Counting would walk the shared keyspace; these gauges stay at zero on Redis.
-            Store::Redis(_) => Counts::default(),
+            Store::Redis(s) => s.counts().await,
         }
     }
 

@@ -9,20 +9,27 @@
 -- index, connected-client set and tenant set, append the change to the partition's stream and
 -- announce it on the partition's channel (`<seq> <deadline_us>`: other nodes move their head and
 -- wake their sweeper). A conflict returns the state stored now.
--- KEYS: user, due, log, seq, clients, tenant, this node's lease in the partition
+-- It also keeps the partition's user and session counts (for /metrics).
+-- KEYS: user, due, log, seq, clients, tenant, this node's lease in the partition, counts
 -- ARGV: expected, state, deadline_us|'', event|'', now_ms, maxlen, member, connected(1|0),
---       cutoff_ms, keep_at_least, channel, epoch|'' (no fencing), 'shard'|'plain' (channel kind)
+--       cutoff_ms, keep_at_least, channel, epoch|'' (no fencing), 'shard'|'plain' (channel kind),
+--       sessions (how many the new state holds)
 local function commit(keys, args)
   if args[12] ~= '' and redis.call('EXISTS', keys[7]) == 0 then
     return redis.error_reply('FENCED this node no longer holds its lease')
   end
-  local stored = redis.call('HMGET', keys[1], 'v', 's')
+  local stored = redis.call('HMGET', keys[1], 'v', 's', 'n')
   local version = tonumber(stored[1] or '0')
   if version ~= tonumber(args[1]) then
     return {0, version, stored[2] or false}
   end
+  if version == 0 then
+    redis.call('HINCRBY', keys[8], 'users', 1)
+  end
+  local sessions = tonumber(args[14])
+  redis.call('HINCRBY', keys[8], 'sessions', sessions - tonumber(stored[3] or '0'))
   version = version + 1
-  redis.call('HSET', keys[1], 'v', version, 's', args[2])
+  redis.call('HSET', keys[1], 'v', version, 's', args[2], 'n', sessions)
   if args[3] == '' then
     redis.call('ZREM', keys[2], args[7])
   else

@@ -87,6 +87,11 @@ impl Keys {
         format!("{}seq", self.tag(p))
     }
 
+    /// The partition's user and session counts (a hash), for `/metrics`.
+    pub fn counts(&self, p: usize) -> String {
+        format!("{}counts", self.tag(p))
+    }
+
     pub fn clients(&self, p: usize) -> String {
         format!("{}clients", self.tag(p))
     }

@@ -136,6 +136,8 @@ struct Inner {
     live: std::sync::Mutex<Option<live::Subscriber>>,
     /// The live nodes' epochs, as last read: they share the subscriptions' deliveries.
     live_nodes: std::sync::RwLock<Arc<[String]>>,
+    /// The counts `/metrics` showed last, kept for when Redis cannot be reached.
+    last_counts: std::sync::Mutex<crate::store::Counts>,
 }
 
 /// A subscription left unclaimed this long (its leading node is not claiming it) is taken by any
@@ -360,6 +362,7 @@ impl RedisStore {
                 leads: std::sync::RwLock::new(vec![true; partitions].into()),
                 live: std::sync::Mutex::new(None),
                 live_nodes: std::sync::RwLock::new(Arc::new([])),
+                last_counts: std::sync::Mutex::new(crate::store::Counts::default()),
                 options,
             }),
         };
@@ -385,6 +388,61 @@ impl RedisStore {
 
     pub fn metrics(&self) -> &StoreMetrics {
         &self.inner.metrics
+    }
+
+    /// What the keyspace holds, for `/metrics`: a few counters per partition and two of the
+    /// subscriptions', read in one burst. Unreachable Redis gives the last counts read.
+    pub async fn counts(&self) -> crate::store::Counts {
+        let keys = &self.inner.keys;
+        let per_partition = (0..self.p_count()).map(|p| {
+            let pipe = redis::pipe()
+                .cmd("HMGET")
+                .arg(keys.counts(p))
+                .arg("users")
+                .arg("sessions")
+                .cmd("ZCARD")
+                .arg(keys.due(p))
+                .cmd("XLEN")
+                .arg(keys.log(p))
+                .clone();
+            async move {
+                self.inner.metrics.round_trips.inc();
+                pipe.query_async::<((Option<i64>, Option<i64>), i64, i64)>(&mut self.conn())
+                    .await
+            }
+        });
+        let subscriptions = async {
+            let s = keys.subscriptions();
+            let pipe = redis::pipe()
+                .cmd("HLEN")
+                .arg(format!("{s}rec"))
+                .cmd("ZCARD")
+                .arg(format!("{s}nord"))
+                .clone();
+            self.inner.metrics.round_trips.inc();
+            pipe.query_async::<(i64, i64)>(&mut self.conn()).await
+        };
+        let (partitions, subscriptions) = tokio::join!(join_all(per_partition), subscriptions);
+        let mut counts = crate::store::Counts::default();
+        let read = (|| {
+            for r in partitions {
+                let ((users, sessions), deadlines, log) = r?;
+                counts.users += users.unwrap_or(0).max(0) as usize;
+                counts.sessions += sessions.unwrap_or(0);
+                counts.deadlines += deadlines as usize;
+                counts.log_retained += log as usize;
+            }
+            let (subs, notices) = subscriptions?;
+            counts.subscriptions = subs as usize;
+            counts.lifecycle_queued = notices as usize;
+            Ok::<_, redis::RedisError>(())
+        })();
+        let mut last = self.inner.last_counts.lock().unwrap_or_else(|e| e.into_inner());
+        match read {
+            Ok(()) => *last = counts,
+            Err(e) => tracing::debug!(error = %e, "cannot count the keyspace; showing the last counts"),
+        }
+        *last
     }
 
     fn conn(&self) -> Conn {
@@ -433,6 +491,7 @@ impl RedisStore {
                 keys.clients(p),
                 keys.tenant(p, &commit.key.tenant),
                 keys.lease(p, self.inner.options.node.as_deref().unwrap_or("")),
+                keys.counts(p),
             ],
         );
         cmd.arg(commit.expected_version)
@@ -457,7 +516,8 @@ impl RedisStore {
                 "shard"
             } else {
                 "plain"
-            });
+            })
+            .arg(commit.state.sessions().len());
         let started = std::time::Instant::now();
         // A refusal for a lapsed lease copy is answered 503; the lease keeper decides whether the
         // node was declared dead (or the copy went with a master that failed over).
@@ -1351,7 +1411,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn another_nodes_commit_is_heard_at_once_not_at_the_next_poll() {
+    async fn another_nodes_commit_is_heard_at_once_and_both_count_it() {
         use presence_core::{Activity, Availability, Command, SessionId, SessionState, Timing};
         let node = start_node(false);
         let a = RedisStore::open(options(&node.url(), "live")).await.unwrap();
@@ -1394,6 +1454,28 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), woken)
             .await
             .expect("B's sweeper woken for the overdue deadline A committed");
+
+        // Both see what the keyspace holds, for /metrics.
+        let counts = b.counts().await;
+        assert_eq!(
+            (counts.users, counts.sessions, counts.deadlines, counts.log_retained),
+            (1, 1, 1, 1),
+            "{counts:?}"
+        );
+        let key = UserKey::new(TenantId::parse("tenant").unwrap(), UserId::parse("user").unwrap());
+        let cleared = Commit {
+            key,
+            expected_version: 1,
+            state: UserPresence::default(),
+            event: None,
+        };
+        a.commit(cleared).await.unwrap();
+        let counts = a.counts().await;
+        assert_eq!(
+            (counts.users, counts.sessions, counts.deadlines, counts.log_retained),
+            (1, 0, 0, 1),
+            "{counts:?}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
