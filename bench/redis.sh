@@ -2,8 +2,8 @@
 # The Redis backend beside the embedded one, in one run on this machine: setPresence and GET
 # presence (req/s, p50, p99), 650-id getPresencesByUserId, Redis commands per operation (each is
 # one client round trip: INFO commandstats), Redis CPU per 1,000 operations (INFO cpu, all
-# masters), Redis memory per user (INFO memory and MEMORY USAGE), and two nodes against one on
-# the Cluster.
+# masters), Redis memory per user (INFO memory and MEMORY USAGE), two nodes against one on the
+# Cluster, and how soon a change written through one node reaches a watch stream on the other.
 #
 # Usage: bench/redis.sh      (needs wrk, curl, redis-server, redis-cli; loopback only, ~3 min)
 #
@@ -193,6 +193,10 @@ for backend in embedded redis cluster; do
         wait $w
         b2=$(cat "$WORK/b")
         TWO_LINE="Two nodes against one on the Cluster (setPresence, $CONNS connections in all): one node $(printf '%.0f' "$(field "$one" rps)") req/s; two nodes $(awk -v a="$(field "$a2" rps)" -v b="$(field "$b2" rps)" 'BEGIN { printf "%.0f", a + b }') req/s ($(awk -v o="$(field "$one" rps)" -v a="$(field "$a2" rps)" -v b="$(field "$b2" rps)" 'BEGIN { printf "%.2f", (a + b) / o }')x)"
+        # How soon a change reaches a watch stream: on the node written through, and on the other.
+        same=$(python3 "$BENCH_DIR/cross_node_latency.py" "$URL" "$URL" "$BENCH_TOKEN" 200)
+        cross=$(python3 "$BENCH_DIR/cross_node_latency.py" "$URL" "$URL_B" "$BENCH_TOKEN" 200)
+        LATENCY_LINE="Change to watch stream on the Cluster (200 flips, from sending the write; its round trip included): watched on the node written through p50 $(field "$same" p50_ms) ms, p99 $(field "$same" p99_ms) ms; watched on the other node p50 $(field "$cross" p50_ms) ms, p99 $(field "$cross" p99_ms) ms"
     fi
     for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
@@ -201,4 +205,5 @@ done
 echo
 echo "$MEMORY_LINE"
 echo "$TWO_LINE"
+echo "$LATENCY_LINE"
 echo "raw lines in ${OUT#"$ROOT"/}"
