@@ -67,6 +67,8 @@ pub struct StoreMetrics {
     pub commits: Counter,
     /// Partitions whose timers this node sweeps on time (Redis backend; 0 for the embedded one).
     pub partitions_led: Gauge,
+    /// Redis's clock minus this node's, at the last lease renewal (Redis backend).
+    pub clock_skew_ms: Gauge,
 }
 
 impl Default for StoreMetrics {
@@ -77,6 +79,7 @@ impl Default for StoreMetrics {
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             commits: Counter::default(),
             partitions_led: Gauge::default(),
+            clock_skew_ms: Gauge::default(),
         }
     }
 }
@@ -167,6 +170,11 @@ impl Metrics {
             "store_partitions_led",
             "Partitions whose fades and expiries this node applies on time (Redis backend)",
             store.partitions_led.clone(),
+        );
+        registry.register(
+            "store_clock_skew_milliseconds",
+            "Redis's clock minus this node's, read at the last lease renewal (Redis backend)",
+            store.clock_skew_ms.clone(),
         );
         registry.register(
             "store_commit_duration_seconds",

@@ -73,6 +73,9 @@ pub struct Options {
     pub lease: Duration,
     /// Replicas that must confirm a write (`WAIT`) before it is acknowledged; 0 for none.
     pub wait_replicas: usize,
+    /// Deadlines are judged by each node's clock: a node whose clock is further than this from
+    /// Redis's (read at each lease renewal) refuses to start, and warns while running.
+    pub max_clock_skew: Duration,
 }
 
 impl Options {
@@ -94,6 +97,7 @@ impl Options {
             node: None,
             lease: Duration::from_secs(30),
             wait_replicas: 0,
+            max_clock_skew: Duration::from_secs(1),
         }
     }
 }
@@ -370,6 +374,14 @@ impl RedisStore {
             renew_lease(&store.inner, &epoch, true)
                 .await
                 .map_err(|e| OpenError::Unreachable(format!("taking the node lease: {e}")))?;
+            let skew = store.inner.metrics.clock_skew_ms.get();
+            let bound = store.inner.options.max_clock_skew;
+            if skew.unsigned_abs() > bound.as_millis() as u64 {
+                return Err(OpenError::Refused(format!(
+                    "this node's clock is {skew} ms off Redis's (more than {bound:?}): fades and \
+                     expiries would be applied that much early or late. Synchronise the clocks (NTP)"
+                )));
+            }
             choose_leaders(&store.inner, &epoch).await;
             tokio::spawn(keep_lease(Arc::downgrade(&store.inner), epoch));
         }
@@ -683,10 +695,15 @@ async fn renew_lease(inner: &Inner, epoch: &str, first: bool) -> Result<bool, St
     let ttl = inner.options.lease.as_millis() as u64;
     let mut cmd = fcall("pd_node_lease", &[inner.keys.nodes()]);
     cmd.arg(epoch).arg(ttl).arg(if first { "take" } else { "renew" });
+    let sent = inner.options.clock.now().as_millisecond();
     let ends: i64 = inner.run(&cmd).await.map_err(unavailable)?;
     if ends == 0 {
         return Ok(false);
     }
+    // Redis's clock read in the call, against this node's halfway through it.
+    let answered = inner.options.clock.now().as_millisecond();
+    let skew = (ends - ttl as i64) - (sent + answered) / 2;
+    inner.metrics.clock_skew_ms.set(skew);
     let sets = (0..inner.keys.partitions()).map(|p| {
         let cmd = redis::cmd("SET")
             .arg(inner.keys.lease(p, epoch))
@@ -749,7 +766,16 @@ async fn keep_lease(inner: Weak<Inner>, epoch: String) {
         let Some(strong) = inner.upgrade() else { return };
         let pause = strong.options.lease / 3;
         match renew_lease(&strong, &epoch, false).await {
-            Ok(true) => choose_leaders(&strong, &epoch).await,
+            Ok(true) => {
+                let skew = strong.metrics.clock_skew_ms.get();
+                if skew.unsigned_abs() > strong.options.max_clock_skew.as_millis() as u64 {
+                    tracing::warn!(
+                        skew_ms = skew,
+                        "this node's clock drifted off Redis's; fades and expiries are that much off"
+                    );
+                }
+                choose_leaders(&strong, &epoch).await
+            }
             Ok(false) => {
                 tracing::error!(%epoch, "this node's lease lapsed: it was declared dead and may no longer write");
                 strong.fenced.send_replace(true);
@@ -1476,6 +1502,23 @@ mod tests {
             (1, 0, 0, 1),
             "{counts:?}"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_whose_clock_is_off_redis_by_more_than_the_bound_is_refused() {
+        let node = start_node(false);
+        let mut fast = options(&node.url(), "skew");
+        fast.node = Some("fast-node".into());
+        fast.clock = Clock::manual(Clock::system().now() + SignedDuration::from_secs(5));
+        match RedisStore::open(fast).await {
+            Err(OpenError::Refused(why)) => assert!(why.contains("off Redis's"), "{why}"),
+            Err(e) => panic!("refused for another reason: {e}"),
+            Ok(_) => panic!("a node 5 s ahead of Redis was accepted"),
+        }
+        let mut synced = options(&node.url(), "skew");
+        synced.node = Some("synced-node".into());
+        let store = RedisStore::open(synced).await.unwrap();
+        assert!(store.metrics().clock_skew_ms.get().abs() < 1000);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
