@@ -40,7 +40,7 @@ const MAX_BATCH: usize = 100;
 const READ_BATCH: usize = 1024;
 /// How often positions are acknowledged to the store (and given-up changes recorded).
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
-/// How long a claim on the delivery work lasts; renewed at every flush, well within it.
+/// How long a claim on the delivery work lasts; renewed at every refresh, three times within it.
 const LEASE: SignedDuration = SignedDuration::from_secs(30);
 /// Re-read the subscriptions this often even without a hint that they changed.
 const REFRESH_EVERY: Duration = Duration::from_secs(10);
@@ -386,9 +386,9 @@ where
         let store = self.shared.store.clone();
         let now = self.shared.clock.now();
         let claimed: HashMap<String, Position> = store.claim(&self.consumer, now, LEASE).await?.into_iter().collect();
-        let records: HashMap<String, Arc<Subscription>> = store
-            .all()
-            .await?
+        let all = store.all().await?;
+        let exists: HashSet<String> = all.iter().map(|s| s.subscription.id.clone()).collect();
+        let records: HashMap<String, Arc<Subscription>> = all
             .into_iter()
             .filter(|s| claimed.contains_key(&s.subscription.id))
             .map(|s| (s.subscription.id.clone(), s.subscription))
@@ -407,8 +407,18 @@ where
             // What they lost must reach the store before their queues go.
             self.flush().await;
         }
+        // Subscriptions another node now leads (they exist, but were not claimed for this one)
+        // are let go at once, unless a POST of theirs is in flight: that one's claim lapses
+        // instead, so two nodes never send one subscription at the same time.
+        let mut handed_over = Vec::new();
         for id in gone {
+            if exists.contains(&id) && !claimed.contains_key(&id) && !self.in_flight(&id) {
+                handed_over.push(id.clone());
+            }
             self.untrack(&id);
+        }
+        if let Err(e) = store.release(&self.consumer, handed_over).await {
+            tracing::warn!(error = %e, "cannot release subscriptions; their claims lapse instead");
         }
         if first {
             // Start from the oldest position any subscription is owed from.
@@ -434,6 +444,13 @@ where
             }
         }
         Ok(())
+    }
+
+    fn in_flight(&self, id: &str) -> bool {
+        self.tracked
+            .get(id)
+            .and_then(|t| self.endpoints.get(&t.record.notification_url))
+            .is_some_and(|e| e.queue().in_flight.contains_key(id))
     }
 
     fn track(&mut self, record: Arc<Subscription>, at: Position) {
@@ -543,8 +560,9 @@ where
         }
     }
 
-    /// Record given-up changes (with `missed`), then acknowledge every subscription's progress,
-    /// and renew the claim.
+    /// Record given-up changes (with `missed`), then acknowledge every subscription's progress.
+    /// (The claim is renewed by `refresh`: claiming walks every subscription, too much for each
+    /// flush.)
     async fn flush(&mut self) {
         let store = self.shared.store.clone();
         let now = self.shared.clock.now();
@@ -596,9 +614,6 @@ where
         }
         if let Err(e) = store.acknowledge(&self.consumer, acks).await {
             tracing::warn!(error = %e, "cannot record delivery progress; notifications may be sent again");
-        }
-        if let Err(e) = store.claim(&self.consumer, now, LEASE).await {
-            tracing::warn!(error = %e, "cannot renew the delivery claim");
         }
     }
 }

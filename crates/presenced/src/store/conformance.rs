@@ -1130,6 +1130,14 @@ pub async fn claims_are_exclusive_until_the_lease_lapses<H: Harness>() {
         1,
         "a's lease lapsed"
     );
+    // A released claim is free at once; releasing another's claim does nothing.
+    h.store().release("a", vec!["leased".into()]).await.unwrap();
+    assert!(
+        h.store().claim("a", later, lease).await.unwrap().is_empty(),
+        "b holds it"
+    );
+    other.release("b", vec!["leased".into()]).await.unwrap();
+    assert_eq!(h.store().claim("a", later, lease).await.unwrap().len(), 1, "b let go");
 }
 
 pub async fn lifecycle_notices_are_claimed_and_finished<H: Harness>() {

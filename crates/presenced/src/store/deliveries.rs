@@ -65,6 +65,10 @@ pub trait Deliveries: Send + Sync + 'static {
         lease: SignedDuration,
     ) -> impl Future<Output = Result<Vec<(String, Position)>, StoreError>> + Send;
 
+    /// Let go of claims `consumer` holds, so another consumer may take them at once (the caller
+    /// stopped sending them and acknowledged what it sent). Others' claims are left alone.
+    fn release(&self, consumer: &str, ids: Vec<String>) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Record that each subscription's notifications up to a position went out (or were not for
     /// it). Positions only move forward; one for a removed subscription is ignored. Need not be
     /// durable at once: a lost acknowledgement means a re-send.

@@ -261,6 +261,9 @@ impl Deliveries for Store {
     ) -> Result<Vec<(String, Position)>, StoreError> {
         forward!(self, s => s.claim(consumer, now, lease).await)
     }
+    async fn release(&self, consumer: &str, ids: Vec<String>) -> Result<(), StoreError> {
+        forward!(self, s => s.release(consumer, ids).await)
+    }
     async fn acknowledge(&self, consumer: &str, progress: Vec<(String, Position)>) -> Result<(), StoreError> {
         forward!(self, s => s.acknowledge(consumer, progress).await)
     }

@@ -90,6 +90,14 @@ impl DeliveryBook {
         out
     }
 
+    pub fn release(&mut self, consumer: &str, ids: &[String]) {
+        for id in ids {
+            if self.leases.get(id).is_some_and(|l| l.consumer == consumer) {
+                self.leases.remove(id);
+            }
+        }
+    }
+
     pub fn claim_notices(
         &mut self,
         consumer: &str,

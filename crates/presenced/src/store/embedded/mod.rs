@@ -532,6 +532,11 @@ impl Deliveries for EmbeddedStore {
         Ok(self.shared.deliveries().claim(ids.iter(), consumer, now, now + lease))
     }
 
+    async fn release(&self, consumer: &str, ids: Vec<String>) -> Result<(), StoreError> {
+        self.shared.deliveries().release(consumer, &ids);
+        Ok(())
+    }
+
     async fn acknowledge(&self, _consumer: &str, progress: Vec<(String, Position)>) -> Result<(), StoreError> {
         if progress.is_empty() {
             return Ok(());

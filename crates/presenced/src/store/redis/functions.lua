@@ -344,7 +344,7 @@ local function claim(keys, args)
       holder, ends = h or '', tonumber(e or '0')
     end
     local take
-    if holder == args[1] then
+    if holder == args[1] and ends > now then
       take = leads
     elseif holder ~= '' and ends > now then
       take = false
@@ -362,6 +362,18 @@ local function claim(keys, args)
     end
   end
   return out
+end
+
+-- ARGV: consumer, ids... Drops the consumer's own claims on them.
+local function release(keys, args)
+  local claims = sk(keys, 'claim')
+  for i = 2, #args do
+    local lease = redis.call('HGET', claims, args[i])
+    if lease and string.match(lease, '^(.*)|%d+$') == args[1] then
+      redis.call('HDEL', claims, args[i])
+    end
+  end
+  return 1
 end
 
 -- ARGV: id, position, id, position, ... Positions only move forward; unknown ids are ignored.
@@ -428,6 +440,7 @@ redis.register_function{function_name = 'pd_sub_all', callback = sub_all, flags 
 redis.register_function{function_name = 'pd_sub_page', callback = sub_page, flags = {'no-writes'}}
 redis.register_function{function_name = 'pd_sub_due', callback = sub_due, flags = {'no-writes'}}
 redis.register_function('pd_claim', claim)
+redis.register_function('pd_release', release)
 redis.register_function('pd_acknowledge', acknowledge)
 redis.register_function('pd_skip', skip)
 redis.register_function('pd_claim_notices', claim_notices)

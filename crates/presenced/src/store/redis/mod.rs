@@ -1329,6 +1329,16 @@ impl Deliveries for RedisStore {
         Ok(out)
     }
 
+    async fn release(&self, consumer: &str, ids: Vec<String>) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = fcall("pd_release", &self.subscription_key());
+        cmd.arg(consumer).arg(ids);
+        self.inner.run::<i64>(&cmd).await.map_err(unavailable)?;
+        Ok(())
+    }
+
     async fn acknowledge(&self, _consumer: &str, progress: Vec<(String, Position)>) -> Result<(), StoreError> {
         let mut cmd = fcall("pd_acknowledge", &self.subscription_key());
         let mut any = false;
