@@ -190,21 +190,7 @@ async fn two_nodes_on_a_cluster_share_presence_streams_and_subscriptions() {
         &["Presence.Read.All"],
         &[],
     );
-    #[allow(clippy::disallowed_methods)]
-    let expiry = (jiff::Timestamp::now() + jiff::SignedDuration::from_mins(50)).to_string();
-    let r = post(
-        &a.url("/v1.0/subscriptions"),
-        &subscriber,
-        json!({
-            "changeType": "updated",
-            "notificationUrl": receiver.url,
-            "resource": format!("/communications/presences?$filter=id in ('{U3}')"),
-            "expirationDateTime": expiry,
-            "clientState": "s",
-        }),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", r.text);
+    subscribe(&a, &subscriber, &receiver.url, U3).await;
     for (av, ac) in [("Busy", "InACall"), ("Away", "Away"), ("Available", "Available")] {
         assert_eq!(set(&b, &app, U3, av, ac).await.status, 200);
     }
@@ -216,6 +202,25 @@ async fn two_nodes_on_a_cluster_share_presence_streams_and_subscriptions() {
     assert_eq!(items.len(), 3);
     assert_eq!(items_after.len(), 3, "once each, whichever node sends: {items_after:?}");
     assert!(items_after.iter().all(|i| i["resourceData"]["id"] == U3));
+}
+
+/// A subscription through `server` to `user`'s presence, notified at `url`, for 50 minutes.
+async fn subscribe(server: &Server, token: &str, url: &str, user: &str) {
+    #[allow(clippy::disallowed_methods)]
+    let expiry = (jiff::Timestamp::now() + jiff::SignedDuration::from_mins(50)).to_string();
+    let r = post(
+        &server.url("/v1.0/subscriptions"),
+        token,
+        json!({
+            "changeType": "updated",
+            "notificationUrl": url,
+            "resource": format!("/communications/presences?$filter=id in ('{user}')"),
+            "expirationDateTime": expiry,
+            "clientState": "s",
+        }),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text);
 }
 
 /// A client-session socket on `server` for `user`, said hello as Available.
@@ -299,6 +304,16 @@ async fn metric_of(server: &Server, name: &str) -> f64 {
     metric(&r.text, name)
 }
 
+/// Wait until each node has seen the other's lease: the 16 partitions are split between them.
+async fn wait_until_they_share_the_partitions(a: &Server, b: &Server) {
+    const LED: &str = "presenced_store_partitions_led";
+    let settled = Instant::now() + Duration::from_secs(15);
+    while metric_of(a, LED).await + metric_of(b, LED).await != 16.0 {
+        assert!(Instant::now() < settled, "the nodes never saw each other");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_partitions_timers_have_one_leader_and_every_expiry_is_applied_once() {
     let redis = start_node(false);
@@ -307,15 +322,8 @@ async fn each_partitions_timers_have_one_leader_and_every_expiry_is_applied_once
     let a = node(&redis.url(), &secret, &timing);
     let b = node(&redis.url(), &secret, &timing);
     let app = token(&secret, None, &[], &["Presence.ReadWrite.All"]);
-    const LED: &str = "presenced_store_partitions_led";
     const SWEPT: &str = "presenced_sweeper_transitions_total";
-
-    // Once each node has seen the other's lease, the 16 partitions are split between them.
-    let settled = Instant::now() + Duration::from_secs(15);
-    while metric_of(&a, LED).await + metric_of(&b, LED).await != 16.0 {
-        assert!(Instant::now() < settled, "the partitions' leaders never settled");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_they_share_the_partitions(&a, &b).await;
     // 32 users (spread over the partitions) with a session set through A expiring in 1 s.
     let users: Vec<String> = (0..32).map(|i| format!("bbbbbbbb-0000-0000-0000-{i:012}")).collect();
     for user in &users {
@@ -358,33 +366,12 @@ async fn webhook_work_is_shared_between_nodes_and_each_change_is_notified_once()
         &["Presence.Read.All"],
         &[],
     );
-    // Once each node has seen the other's lease.
-    let settled = Instant::now() + Duration::from_secs(15);
-    while metric_of(&a, "presenced_store_partitions_led").await + metric_of(&b, "presenced_store_partitions_led").await
-        != 16.0
-    {
-        assert!(Instant::now() < settled, "the nodes never saw each other");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_they_share_the_partitions(&a, &b).await;
     // 24 subscriptions, all created through A, one user each.
     let receiver = Receiver::start().await;
-    #[allow(clippy::disallowed_methods)]
-    let expiry = (jiff::Timestamp::now() + jiff::SignedDuration::from_mins(50)).to_string();
     let users: Vec<String> = (0..24).map(|i| format!("dddddddd-0000-0000-0000-{i:012}")).collect();
     for user in &users {
-        let r = post(
-            &a.url("/v1.0/subscriptions"),
-            &subscriber,
-            json!({
-                "changeType": "updated",
-                "notificationUrl": receiver.url,
-                "resource": format!("/communications/presences?$filter=id in ('{user}')"),
-                "expirationDateTime": expiry,
-                "clientState": "s",
-            }),
-        )
-        .await;
-        assert_eq!(r.status, 201, "{}", r.text);
+        subscribe(&a, &subscriber, &receiver.url, user).await;
     }
     // One change per user, half through each node.
     for (i, user) in users.iter().enumerate() {
@@ -446,22 +433,69 @@ async fn a_node_paused_past_its_lease_cannot_write() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_stopped_and_restarted_gives_503_then_service_resumes() {
+async fn redis_stopped_and_restarted_under_load_gives_503_then_service_resumes_with_nothing_lost() {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
     let mut redis = start_node(false);
     let (_dir, secret) = shared_secret();
-    let a = node(&redis.url(), &secret, &[]);
+    let a = Arc::new(node(&redis.url(), &secret, &[]));
     let app = token(&secret, None, &[], &["Presence.ReadWrite.All"]);
-    assert_eq!(set(&a, &app, U1, "Busy", "InACall").await.status, 200);
+
+    // Four writers flip 20 users throughout. Per user: the last acknowledged availability, and
+    // those written since without an answer (a write cut off with Redis may or may not be in).
+    #[derive(Default)]
+    struct Known {
+        acked: Option<String>,
+        unsure: Vec<String>,
+    }
+    let known: Arc<Mutex<HashMap<String, Known>>> = Arc::default();
+    let statuses: Arc<Mutex<HashMap<u16, usize>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let users: Vec<String> = (0..20).map(|i| format!("outage-{i}")).collect();
+    let writers: Vec<_> = users
+        .chunks(5)
+        .map(|chunk| {
+            let (a, app, known, statuses, stop) =
+                (a.clone(), app.clone(), known.clone(), statuses.clone(), stop.clone());
+            let chunk = chunk.to_vec();
+            tokio::spawn(async move {
+                let mut i = 0usize;
+                while !stop.load(Ordering::Acquire) {
+                    let user = &chunk[i % chunk.len()];
+                    let (av, ac) = if (i / chunk.len()).is_multiple_of(2) {
+                        ("Busy", "InACall")
+                    } else {
+                        ("Away", "Away")
+                    };
+                    let r = set(&a, &app, user, av, ac).await;
+                    *statuses.lock().unwrap().entry(r.status.as_u16()).or_default() += 1;
+                    {
+                        let mut known = known.lock().unwrap();
+                        let k = known.entry(user.clone()).or_default();
+                        if r.status == 200 {
+                            k.acked = Some(av.to_owned());
+                            k.unsure.clear();
+                        } else {
+                            k.unsure.push(av.to_owned());
+                        }
+                    }
+                    if r.status != 200 {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
 
     redis.kill();
-    let r = set(&a, &app, U2, "Away", "Away").await;
-    r.assert_error(503, "ServiceNotAvailable");
-    let ready = client().get(a.url("/readyz")).send().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
-    let mut not_ready = ready.status().as_u16() == 503;
+    let mut not_ready = false;
     while !not_ready && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
         not_ready = client().get(a.url("/readyz")).send().await.unwrap().status().as_u16() == 503;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(not_ready, "/readyz says not ready while Redis is down");
     let raw = client()
@@ -473,22 +507,41 @@ async fn redis_stopped_and_restarted_gives_503_then_service_resumes() {
         .unwrap();
     assert_eq!(raw.status().as_u16(), 503);
     assert!(raw.headers().get("retry-after").is_some(), "503 carries Retry-After");
+    let refused_during = statuses.lock().unwrap().get(&503).copied().unwrap_or(0);
 
     redis.restart();
     let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if set(&a, &app, U2, "Away", "Away").await.status == 200 {
-            break;
-        }
+    while set(&a, &app, U2, "Away", "Away").await.status != 200 {
         assert!(Instant::now() < deadline, "service did not resume after Redis returned");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(
-        availability(&a, &app, U1).await,
-        "Busy",
-        "the write acknowledged before the outage is kept"
+    // The load runs on past the recovery, then stops.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Release);
+    for w in writers {
+        w.await.unwrap();
+    }
+
+    let statuses = statuses.lock().unwrap().clone();
+    assert!(refused_during > 0, "the writers met the outage: {statuses:?}");
+    assert!(
+        statuses.keys().all(|s| *s == 200 || *s == 503),
+        "only 200s and 503s, no other error: {statuses:?}"
     );
-    assert_eq!(availability(&a, &app, U2).await, "Away");
+    // Nothing acknowledged was lost, nothing corrupt: each user reads as its last acknowledged
+    // write or one written after it without an answer.
+    let known = std::mem::take(&mut *known.lock().unwrap());
+    for user in &users {
+        let k = &known[user];
+        let got = availability(&a, &app, user).await;
+        let allowed: Vec<&String> = k.acked.iter().chain(&k.unsure).collect();
+        assert!(
+            allowed.iter().any(|w| **w == got),
+            "{user} reads {got}; acknowledged {:?}, unanswered since {:?}",
+            k.acked,
+            k.unsure
+        );
+    }
 }
 
 /// Writers flip users through a node; a master is killed under that load and, once its replica
