@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use test_servers::{start_node, Cluster};
+use test_servers::{start_node, start_node_with, Cluster};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -547,6 +547,39 @@ async fn redis_stopped_and_restarted_under_load_gives_503_then_service_resumes_w
 /// Writers flip users through a node; a master is killed under that load and, once its replica
 /// took over, every user is read back; then the old master returns as a replica and every user
 /// is written again. Returns how many users' last acknowledged write the failover lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_out_of_memory_refuses_writes_with_503_and_loses_nothing() {
+    // A small memory limit with noeviction: Redis refuses writes when full, and drops nothing.
+    let redis = start_node_with(false, &["--maxmemory", "3mb", "--maxmemory-policy", "noeviction"]);
+    let (_dir, secret) = shared_secret();
+    let a = node(&redis.url(), &secret, &[]);
+    let app = token(&secret, None, &[], &["Presence.ReadWrite.All"]);
+    let mut acked = Vec::new();
+    let refused = loop {
+        let user = format!("memory-{}", acked.len());
+        let r = set(&a, &app, &user, "Busy", "InACall").await;
+        match r.status.as_u16() {
+            200 => acked.push(user),
+            503 => break r,
+            other => panic!("writing into a full Redis answered {other}: {}", r.text),
+        }
+        assert!(acked.len() < 20_000, "3 MB never filled");
+    };
+    refused.assert_error(503, "ServiceNotAvailable");
+    // Reads still work, and every acknowledged write is there.
+    for user in [&acked[0], &acked[acked.len() / 2], &acked[acked.len() - 1]] {
+        assert_eq!(availability(&a, &app, user).await, "Busy");
+    }
+    // Given memory again, writes resume by themselves.
+    let raised = Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "config", "set", "maxmemory", "0"])
+        .output()
+        .unwrap();
+    assert!(raised.status.success());
+    assert_eq!(set(&a, &app, "memory-after", "Away", "Away").await.status, 200);
+    assert_eq!(availability(&a, &app, &acked[0]).await, "Busy");
+}
+
 async fn failover_under_load(extra: &[&str]) -> usize {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};

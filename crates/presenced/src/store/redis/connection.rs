@@ -206,37 +206,48 @@ impl ConnectionLike for Conn {
     }
 }
 
-/// What a master's persistence settings promise for an acknowledged write.
+/// What a master's persistence and memory settings promise for an acknowledged write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Durability {
-    /// `appendonly yes` and `appendfsync always`: fsynced before the reply.
+    /// `appendonly yes`, `appendfsync always`, and nothing evicted (no `maxmemory`, or
+    /// `maxmemory-policy noeviction`): fsynced before the reply, and kept.
     Fsynced,
     /// Anything weaker, with the settings read.
     Weaker(String),
 }
 
-/// Read one master's persistence settings (`CONFIG GET`).
+/// Read one master's persistence and eviction settings (`CONFIG GET`).
 pub async fn durability_of(url: &str, timeouts: Timeouts) -> redis::RedisResult<Durability> {
     let client = redis::Client::open(url)?;
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeouts.connect))
         .set_response_timeout(Some(timeouts.command));
     let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
-    let get = |name: &'static str| {
-        let mut cmd = redis::cmd("CONFIG");
-        cmd.arg("GET").arg(name);
-        cmd
-    };
-    let appendonly: std::collections::HashMap<String, String> = get("appendonly").query_async(&mut conn).await?;
-    let fsync: std::collections::HashMap<String, String> = get("appendfsync").query_async(&mut conn).await?;
-    let (a, f) = (
-        appendonly.get("appendonly").cloned().unwrap_or_default(),
-        fsync.get("appendfsync").cloned().unwrap_or_default(),
-    );
-    Ok(if a == "yes" && f == "always" {
+    let mut settings = std::collections::HashMap::new();
+    for name in ["appendonly", "appendfsync", "maxmemory", "maxmemory-policy"] {
+        let got: std::collections::HashMap<String, String> =
+            redis::cmd("CONFIG").arg("GET").arg(name).query_async(&mut conn).await?;
+        settings.insert(name, got.get(name).cloned().unwrap_or_default());
+    }
+    let mut weaker = Vec::new();
+    if settings["appendonly"] != "yes" || settings["appendfsync"] != "always" {
+        weaker.push(format!(
+            "appendonly {}, appendfsync {}",
+            settings["appendonly"], settings["appendfsync"]
+        ));
+    }
+    // With a memory limit, any policy but noeviction lets Redis drop keys: presence, leases,
+    // subscriptions. noeviction refuses writes instead (answered 503), and loses nothing.
+    if settings["maxmemory"] != "0" && settings["maxmemory-policy"] != "noeviction" {
+        weaker.push(format!(
+            "maxmemory {} with maxmemory-policy {} (Redis may evict the backend's keys)",
+            settings["maxmemory"], settings["maxmemory-policy"]
+        ));
+    }
+    Ok(if weaker.is_empty() {
         Durability::Fsynced
     } else {
-        Durability::Weaker(format!("appendonly {a}, appendfsync {f}"))
+        Durability::Weaker(weaker.join("; "))
     })
 }
 

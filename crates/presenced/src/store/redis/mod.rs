@@ -322,7 +322,8 @@ impl RedisStore {
                 if !options.relaxed {
                     return Err(OpenError::Refused(format!(
                         "{master} has {settings}: an acknowledged write could be lost with it. Set \
-                         `appendonly yes` and `appendfsync always` on every master, or start with \
+                         `appendonly yes` and `appendfsync always` on every master, and no \
+                         `maxmemory` or `maxmemory-policy noeviction`, or start with \
                          --redis-relaxed-durability to accept that risk"
                     )));
                 }
@@ -1427,6 +1428,19 @@ mod tests {
         let mut relaxed = options(&node.url(), "weak");
         relaxed.relaxed = true;
         assert!(RedisStore::open(relaxed).await.is_ok());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_master_that_may_evict_keys_is_refused_unless_relaxed() {
+        let node = start_node_with(false, &["--maxmemory", "100mb", "--maxmemory-policy", "allkeys-lru"]);
+        match RedisStore::open(options(&node.url(), "evicting")).await {
+            Err(OpenError::Refused(why)) => assert!(why.contains("maxmemory-policy allkeys-lru"), "{why}"),
+            Err(e) => panic!("refused for another reason: {e}"),
+            Ok(_) => panic!("a master that may evict keys was accepted"),
+        }
+        // A limit with noeviction is fine: a full Redis refuses writes (503) and drops nothing.
+        let bounded = start_node_with(false, &["--maxmemory", "100mb", "--maxmemory-policy", "noeviction"]);
+        assert!(RedisStore::open(options(&bounded.url(), "bounded")).await.is_ok());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
