@@ -462,12 +462,7 @@ async fn redis_stopped_and_restarted_under_load_gives_503_then_service_resumes_w
             tokio::spawn(async move {
                 let mut i = 0usize;
                 while !stop.load(Ordering::Acquire) {
-                    let user = &chunk[i % chunk.len()];
-                    let (av, ac) = if (i / chunk.len()).is_multiple_of(2) {
-                        ("Busy", "InACall")
-                    } else {
-                        ("Away", "Away")
-                    };
+                    let (user, av, ac) = nth_write(&chunk, i);
                     let r = set(&a, &app, user, av, ac).await;
                     *statuses.lock().unwrap().entry(r.status.as_u16()).or_default() += 1;
                     {
@@ -580,6 +575,16 @@ async fn redis_out_of_memory_refuses_writes_with_503_and_loses_nothing() {
     assert_eq!(availability(&a, &app, &acked[0]).await, "Busy");
 }
 
+/// A writer's `i`th write: its users in turn, each flipped between Busy and Away every round.
+fn nth_write(users: &[String], i: usize) -> (&String, &'static str, &'static str) {
+    let (av, ac) = if (i / users.len()).is_multiple_of(2) {
+        ("Busy", "InACall")
+    } else {
+        ("Away", "Away")
+    };
+    (&users[i % users.len()], av, ac)
+}
+
 async fn failover_under_load(extra: &[&str]) -> usize {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
@@ -598,12 +603,7 @@ async fn failover_under_load(extra: &[&str]) -> usize {
             tokio::spawn(async move {
                 let mut i = 0usize;
                 while !stop.load(Ordering::Acquire) {
-                    let user = &chunk[i % chunk.len()];
-                    let (av, ac) = if (i / chunk.len()).is_multiple_of(2) {
-                        ("Busy", "InACall")
-                    } else {
-                        ("Away", "Away")
-                    };
+                    let (user, av, ac) = nth_write(&chunk, i);
                     if set(&a, &app, user, av, ac).await.status == 200 {
                         acked.lock().unwrap().insert(user.clone(), av.to_owned());
                     }
