@@ -2,8 +2,10 @@
 //! `SPUBLISH`, on a Cluster; a plain one on a standalone server, whose client cannot yet
 //! `SSUBSCRIBE`). A node subscribed to all partitions moves its head and wakes its sweeper as
 //! soon as another node commits. Subscription writes are announced on the subscriptions' channel,
-//! so every node's dispatcher looks at once for work it now leads. Pub/Sub is at most once (a reconnect or a failover drops what
-//! was published meanwhile), so the head poll stays, slower, to fill such gaps.
+//! so every node's dispatcher looks at once for work it now leads. A channel whose slot moves to
+//! another master (resharding) is followed there. Pub/Sub is at most once (a reconnect, a failover
+//! or a slot move drops what was published meanwhile), so the head poll stays, slower, to fill
+//! such gaps.
 use super::connection::{Target, Timeouts};
 use redis::aio::ConnectionManagerConfig;
 use redis::cluster::ClusterClientBuilder;
@@ -57,9 +59,19 @@ pub fn parse(info: &PushInfo, partitions: &HashMap<Vec<u8>, usize>, subscription
 }
 
 /// A subscription to every partition's channel, on a connection of its own; it resubscribes by
-/// itself after a reconnect, and ends when dropped.
+/// itself after a reconnect and, on a Cluster, when a channel's slot moves to another master.
+/// It ends when dropped.
 pub struct Subscriber {
     _connection: Box<dyn std::any::Any + Send>,
+    following: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        if let Some(task) = &self.following {
+            task.abort();
+        }
+    }
 }
 
 /// Subscribe to `channels`; `on` is called on the connection's reader for each message, so it
@@ -77,8 +89,17 @@ pub async fn subscribe(
         .map(|(p, c)| (c.as_bytes().to_vec(), p))
         .collect();
     let subscriptions = channels.subscriptions.as_bytes().to_vec();
+    // A Cluster master tells its shard-channel subscribers `sunsubscribe` when the channel's slot
+    // moves away (resharding); the client library does not follow the slot by itself.
+    let (moved, mut to_follow) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
     let sender = move |info: PushInfo| -> Result<(), std::convert::Infallible> {
-        if let Some(heard) = parse(&info, &partitions, &subscriptions) {
+        if info.kind == PushKind::SUnsubscribe {
+            if let Some(Value::BulkString(channel)) = info.data.first() {
+                if partitions.contains_key(channel) || *channel == subscriptions {
+                    let _ = moved.send(channel.clone());
+                }
+            }
+        } else if let Some(heard) = parse(&info, &partitions, &subscriptions) {
             on(heard);
         }
         Ok(())
@@ -97,8 +118,19 @@ pub async fn subscribe(
             for channel in all {
                 conn.ssubscribe(channel).await?;
             }
+            let mut again = conn.clone();
+            let following = tokio::spawn(async move {
+                while let Some(channel) = to_follow.recv().await {
+                    // Sent by the stale slot map, the first try meets MOVED, which refreshes it.
+                    while let Err(e) = again.ssubscribe(&channel).await {
+                        tracing::warn!(error = %e, "cannot follow a moved partition channel yet; retrying");
+                        tokio::time::sleep(timeouts.command).await;
+                    }
+                }
+            });
             Ok(Subscriber {
                 _connection: Box::new(conn),
+                following: Some(following),
             })
         } else {
             let info = target.urls[0].as_str().into_connection_info()?;
@@ -113,6 +145,7 @@ pub async fn subscribe(
             conn.subscribe(all).await?;
             Ok(Subscriber {
                 _connection: Box::new(conn),
+                following: None,
             })
         }
     };

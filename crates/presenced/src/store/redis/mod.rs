@@ -1528,6 +1528,84 @@ mod tests {
         );
     }
 
+    /// Flip each of `users` between Busy and Away through `store`.
+    async fn flip_all(store: &RedisStore, users: &[String]) {
+        use presence_core::{Activity, Availability, Command, SessionId, SessionState, Timing};
+        for user in users {
+            let key = UserKey::new(TenantId::parse("tenant").unwrap(), UserId::parse(user).unwrap());
+            let loaded = store.load(&key).await.unwrap();
+            let (availability, activity) = if loaded.state.view().availability == Availability::Busy {
+                (Availability::Away, Activity::Away)
+            } else {
+                (Availability::Busy, Activity::InACall)
+            };
+            let mut state = (*loaded.state).clone();
+            let command = Command::SetPresence {
+                session: SessionId::parse("app").unwrap(),
+                state: SessionState::new(availability, activity).unwrap(),
+                expiration: SignedDuration::from_mins(10),
+                application: None,
+            };
+            let event = state
+                .apply(command, Clock::system().now(), &Timing::default())
+                .unwrap()
+                .change;
+            let commit = Commit {
+                key,
+                expected_version: loaded.version,
+                state,
+                event,
+            };
+            store.commit(commit).await.unwrap();
+        }
+    }
+
+    /// Whether `listener`'s head reaches `writer`'s within `within`.
+    async fn hears(listener: &RedisStore, writer: &RedisStore, within: Duration) -> bool {
+        let target = writer.head();
+        tokio::time::timeout(within, async {
+            while !listener.head().includes(&target) {
+                listener.wait_past(&listener.head()).await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_partition_channel_moved_by_resharding_is_followed() {
+        let cluster = test_servers::Cluster::start();
+        let a = RedisStore::open(options(&cluster.url(), "moved")).await.unwrap();
+        let mut quiet = options(&cluster.url(), "moved");
+        quiet.poll = Duration::from_secs(3600);
+        let b = RedisStore::open(quiet).await.unwrap();
+        let users: Vec<String> = (0..64).map(|i| format!("user-{i}")).collect();
+        flip_all(&a, &users).await;
+        let touched = a.head().partitions(16).unwrap();
+        assert!(
+            touched.iter().all(|seq| *seq > 0),
+            "the users span every partition: {touched:?}"
+        );
+        assert!(
+            hears(&b, &a, Duration::from_secs(10)).await,
+            "B hears A by the live path"
+        );
+
+        // A third of the partitions, their channels among them, move to another master. What is
+        // published while B follows a channel is missed (the poll fills that gap; here it is off),
+        // so A writes in rounds until one round is heard whole.
+        cluster.move_slots_holding("{p0}");
+        let mut heard = false;
+        for _ in 0..10 {
+            flip_all(&a, &users).await;
+            if hears(&b, &a, Duration::from_secs(2)).await {
+                heard = true;
+                break;
+            }
+        }
+        assert!(heard, "B still hears every partition after its slot moved");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_node_whose_clock_is_off_redis_by_more_than_the_bound_is_refused() {
         let node = start_node(false);

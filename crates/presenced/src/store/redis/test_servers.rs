@@ -202,6 +202,57 @@ impl Cluster {
             .expect("a master")
     }
 
+    /// Move every slot of the master that holds `key` to another master, keys and all
+    /// (`redis-cli --cluster reshard`), as an operator rebalancing the Cluster does.
+    pub fn move_slots_holding(&self, key: &str) {
+        let any = self.nodes[0].port;
+        let slot: u16 = cli(any, &["cluster", "keyslot", key]).trim().parse().expect("a slot");
+        // `cluster nodes`: id, address, flags, master, ..., then the slot ranges a master serves.
+        let nodes = cli(any, &["cluster", "nodes"]);
+        let masters: Vec<(&str, &str, bool)> = nodes
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                if fields.len() < 8 || !fields[2].contains("master") {
+                    return None;
+                }
+                let holds = fields[8..].iter().any(|range| {
+                    let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                    matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if lo <= slot && slot <= hi)
+                });
+                Some((fields[0], fields[1], holds))
+            })
+            .collect();
+        let from = masters.iter().find(|m| m.2).expect("a master holds the slot");
+        let to = masters.iter().find(|m| !m.2).expect("another master");
+        let address = from.1.split('@').next().unwrap();
+        let out = Command::new("redis-cli")
+            .args([
+                "--cluster",
+                "reshard",
+                address,
+                "--cluster-from",
+                from.0,
+                "--cluster-to",
+                to.0,
+            ])
+            .args(["--cluster-slots", "16384", "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs (apt-get install redis-tools)");
+        assert!(
+            out.status.success(),
+            "reshard: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let after = cli(any, &["cluster", "nodes"]);
+        let from_line = after.lines().find(|l| l.starts_with(from.0)).unwrap();
+        assert!(
+            from_line.split_whitespace().count() <= 8,
+            "the master still serves slots: {from_line}"
+        );
+    }
+
     /// `redis+cluster://` over every node.
     pub fn url(&self) -> String {
         let hosts: Vec<String> = self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
