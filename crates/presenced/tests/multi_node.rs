@@ -7,12 +7,16 @@ mod common;
 mod test_servers;
 
 use common::receiver::Receiver;
+use common::relay::Relay;
 use common::sse::SseStream;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use test_servers::{start_node, start_node_with, Cluster};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -432,57 +436,237 @@ async fn a_node_paused_past_its_lease_cannot_write() {
     assert!(a.stderr().contains("lease"), "{}", a.stderr());
 }
 
+/// A write through `server` with its own client time-out: the status, or None with no answer.
+async fn try_set(server: &Server, app: &str, user: &str, availability: &str) -> Option<reqwest::Response> {
+    client()
+        .post(server.url(&format!("/v1.0/users/{user}/presence/setPresence")))
+        .bearer_auth(app)
+        .json(&json!({ "sessionId": "s", "availability": availability, "activity": availability, "expirationDuration": "PT1H" }))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .ok()
+}
+
+async fn ready(server: &Server) -> bool {
+    client().get(server.url("/readyz")).send().await.unwrap().status() == 200
+}
+
+/// A network partition between one node and Redis (silence, not a reset: commands meet their
+/// time-outs). A cut shorter than the node's lease: it answers 503 with `Retry-After`, says not
+/// ready, and resumes by itself with nothing lost. A cut longer than its lease: the other node
+/// applies its fades on time and ends its client sessions after lease and grace, not before; and
+/// the cut-off node, on reaching Redis again, writes nothing and stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_redis_answers_503_and_past_its_lease_is_fenced() {
+    let redis = start_node(false);
+    let relay = Relay::start(([127, 0, 0, 1], redis.port).into()).await;
+    let (_dir, secret) = shared_secret();
+    let timing = [
+        "--redis-node-lease",
+        "6s",
+        "--client-grace",
+        "2s",
+        "--fade-after",
+        "1s",
+        "--session-expiration-min",
+        "1s",
+    ];
+    let mut a = node(&format!("redis://127.0.0.1:{}", relay.port), &secret, &timing);
+    let b = node(&redis.url(), &secret, &timing);
+    wait_until_they_share_the_partitions(&a, &b).await;
+    let app = token(&secret, None, &[], &["Presence.ReadWrite.All"]);
+    assert_eq!(set(&a, &app, U1, "Busy", "InACall").await.status, 200);
+
+    // A short cut.
+    relay.cut();
+    let refused = try_set(&a, &app, U1, "Away")
+        .await
+        .expect("A answers within its command time-out");
+    assert_eq!(refused.status().as_u16(), 503);
+    assert!(
+        refused.headers().get("retry-after").is_some(),
+        "503 carries Retry-After"
+    );
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while ready(&a).await {
+        assert!(Instant::now() < deadline, "/readyz never said not ready while cut off");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    relay.heal();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while set(&a, &app, U1, "Away", "Away").await.status != 200 {
+        assert!(Instant::now() < deadline, "A did not resume after the cut healed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(availability(&b, &app, U1).await, "Away");
+    while !ready(&a).await {
+        assert!(Instant::now() < deadline, "A never said ready again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A long cut: a client session held on A, and a session set through A that expires during it.
+    let user = token(&secret, Some(U3), &["Presence.ReadWrite"], &[]);
+    let _socket = client_session(&a, &user).await;
+    let body =
+        json!({ "sessionId": "fading", "availability": "Busy", "activity": "InACall", "expirationDuration": "PT2S" });
+    assert_eq!(
+        post(&a.url(&format!("/v1.0/users/{U2}/presence/setPresence")), &app, body)
+            .await
+            .status,
+        200
+    );
+    relay.cut();
+    let cut = Instant::now();
+    assert!(
+        wait_availability(&b, &app, U2, "Offline", Duration::from_secs(10)).await,
+        "B applies the expiry A set but cannot reach"
+    );
+    // A's lease was last renewed about a third of it before the cut at the earliest: its client
+    // session lasts about two thirds of the lease plus the grace (6 s), then ends.
+    while cut.elapsed() < Duration::from_secs(5) {
+        assert_ne!(
+            availability(&b, &app, U3).await,
+            "Offline",
+            "ended {:?} into the cut, before lease and grace",
+            cut.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        wait_availability(&b, &app, U3, "Offline", Duration::from_secs(20)).await,
+        "the cut-off node's client session ends after its lease and the grace"
+    );
+
+    // Healed, A finds its lease lapsed: it writes nothing and stops.
+    relay.heal();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while let Some(r) = try_set(&a, &app, U1, "Busy").await {
+        assert_ne!(r.status().as_u16(), 200, "a node past its lease acknowledged a write");
+        if Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = a.terminate_or_exit();
+    assert!(!status.success(), "the fenced node stops with an error");
+    assert!(a.stderr().contains("lease"), "{}", a.stderr());
+    assert_eq!(
+        availability(&b, &app, U1).await,
+        "Away",
+        "B sees no write from the fenced node"
+    );
+    assert!(ready(&b).await);
+}
+
+/// Writers flipping users through a node, keeping per user the last acknowledged availability and
+/// those written since without an answer (a write cut off mid-way may or may not be in).
+struct WriteLoad {
+    users: Vec<String>,
+    known: Arc<Mutex<HashMap<String, Known>>>,
+    statuses: Arc<Mutex<HashMap<u16, usize>>>,
+    stop: Arc<AtomicBool>,
+    writers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Known {
+    acked: Option<String>,
+    unsure: Vec<String>,
+}
+
+impl WriteLoad {
+    /// Four writers over 20 users named `<prefix>-<n>`.
+    fn start(server: &Arc<Server>, app: &str, prefix: &str) -> WriteLoad {
+        let users: Vec<String> = (0..20).map(|i| format!("{prefix}-{i}")).collect();
+        let known: Arc<Mutex<HashMap<String, Known>>> = Arc::default();
+        let statuses: Arc<Mutex<HashMap<u16, usize>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers = users
+            .chunks(5)
+            .map(|chunk| {
+                let (server, app, known, statuses, stop) = (
+                    server.clone(),
+                    app.to_owned(),
+                    known.clone(),
+                    statuses.clone(),
+                    stop.clone(),
+                );
+                let chunk = chunk.to_vec();
+                tokio::spawn(async move {
+                    let mut i = 0usize;
+                    while !stop.load(Ordering::Acquire) {
+                        let (user, av, ac) = nth_write(&chunk, i);
+                        let r = set(&server, &app, user, av, ac).await;
+                        *statuses.lock().unwrap().entry(r.status.as_u16()).or_default() += 1;
+                        {
+                            let mut known = known.lock().unwrap();
+                            let k = known.entry(user.clone()).or_default();
+                            if r.status == 200 {
+                                k.acked = Some(av.to_owned());
+                                k.unsure.clear();
+                            } else {
+                                k.unsure.push(av.to_owned());
+                            }
+                        }
+                        if r.status != 200 {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        WriteLoad {
+            users,
+            known,
+            statuses,
+            stop,
+            writers,
+        }
+    }
+
+    /// How many answers of each status so far.
+    fn statuses(&self) -> HashMap<u16, usize> {
+        self.statuses.lock().unwrap().clone()
+    }
+
+    /// Stop the writers; every answer was a 200 or a 503, and each user reads through `server`
+    /// as its last acknowledged write or one written after it without an answer: nothing
+    /// acknowledged lost, nothing corrupt. Returns the statuses.
+    async fn stop_and_check(self, server: &Server, app: &str) -> HashMap<u16, usize> {
+        self.stop.store(true, Ordering::Release);
+        for w in self.writers {
+            w.await.unwrap();
+        }
+        let statuses = self.statuses.lock().unwrap().clone();
+        assert!(
+            statuses.keys().all(|s| *s == 200 || *s == 503),
+            "only 200s and 503s, no other error: {statuses:?}"
+        );
+        let known = std::mem::take(&mut *self.known.lock().unwrap());
+        for user in &self.users {
+            let k = &known[user];
+            let got = availability(server, app, user).await;
+            let allowed: Vec<&String> = k.acked.iter().chain(&k.unsure).collect();
+            assert!(
+                allowed.iter().any(|w| **w == got),
+                "{user} reads {got}; acknowledged {:?}, unanswered since {:?}",
+                k.acked,
+                k.unsure
+            );
+        }
+        statuses
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stopped_and_restarted_under_load_gives_503_then_service_resumes_with_nothing_lost() {
-    use std::collections::HashMap;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
     let mut redis = start_node(false);
     let (_dir, secret) = shared_secret();
     let a = Arc::new(node(&redis.url(), &secret, &[]));
     let app = token(&secret, None, &[], &["Presence.ReadWrite.All"]);
-
-    // Four writers flip 20 users throughout. Per user: the last acknowledged availability, and
-    // those written since without an answer (a write cut off with Redis may or may not be in).
-    #[derive(Default)]
-    struct Known {
-        acked: Option<String>,
-        unsure: Vec<String>,
-    }
-    let known: Arc<Mutex<HashMap<String, Known>>> = Arc::default();
-    let statuses: Arc<Mutex<HashMap<u16, usize>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let users: Vec<String> = (0..20).map(|i| format!("outage-{i}")).collect();
-    let writers: Vec<_> = users
-        .chunks(5)
-        .map(|chunk| {
-            let (a, app, known, statuses, stop) =
-                (a.clone(), app.clone(), known.clone(), statuses.clone(), stop.clone());
-            let chunk = chunk.to_vec();
-            tokio::spawn(async move {
-                let mut i = 0usize;
-                while !stop.load(Ordering::Acquire) {
-                    let (user, av, ac) = nth_write(&chunk, i);
-                    let r = set(&a, &app, user, av, ac).await;
-                    *statuses.lock().unwrap().entry(r.status.as_u16()).or_default() += 1;
-                    {
-                        let mut known = known.lock().unwrap();
-                        let k = known.entry(user.clone()).or_default();
-                        if r.status == 200 {
-                            k.acked = Some(av.to_owned());
-                            k.unsure.clear();
-                        } else {
-                            k.unsure.push(av.to_owned());
-                        }
-                    }
-                    if r.status != 200 {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    i += 1;
-                }
-            })
-        })
-        .collect();
+    let load = WriteLoad::start(&a, &app, "outage");
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     redis.kill();
@@ -502,7 +686,7 @@ async fn redis_stopped_and_restarted_under_load_gives_503_then_service_resumes_w
         .unwrap();
     assert_eq!(raw.status().as_u16(), 503);
     assert!(raw.headers().get("retry-after").is_some(), "503 carries Retry-After");
-    let refused_during = statuses.lock().unwrap().get(&503).copied().unwrap_or(0);
+    let refused_during = load.statuses().get(&503).copied().unwrap_or(0);
 
     redis.restart();
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -512,31 +696,53 @@ async fn redis_stopped_and_restarted_under_load_gives_503_then_service_resumes_w
     }
     // The load runs on past the recovery, then stops.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Release);
-    for w in writers {
-        w.await.unwrap();
+    let statuses = load.stop_and_check(&a, &app).await;
+    assert!(refused_during > 0, "the writers met the outage: {statuses:?}");
+}
+
+/// An operator moves a third of the Cluster's slots (and so of the partitions) to another master
+/// while a node takes writes: the writes go on, nothing acknowledged is lost, the other node reads
+/// the same, and a stream on the other node still hears changes in the moved partitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_resharded_under_load_loses_nothing() {
+    let cluster = Cluster::start();
+    let (_dir, secret) = shared_secret();
+    let a = Arc::new(node(&cluster.url(), &secret, &[]));
+    let b = node(&cluster.url(), &secret, &[]);
+    let app = token(&secret, None, &[], &["Presence.ReadWrite.All"]);
+    let load = WriteLoad::start(&a, &app, "reshard");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.move_slots_holding("{p0}");
+        cluster
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let users = load.users.clone();
+    let statuses = load.stop_and_check(&a, &app).await;
+    eprintln!("answers while resharding: {statuses:?}");
+    assert!(statuses.get(&200).copied().unwrap_or(0) > 0);
+    for user in &users {
+        assert_eq!(availability(&b, &app, user).await, availability(&a, &app, user).await);
     }
 
-    let statuses = statuses.lock().unwrap().clone();
-    assert!(refused_during > 0, "the writers met the outage: {statuses:?}");
-    assert!(
-        statuses.keys().all(|s| *s == 200 || *s == 503),
-        "only 200s and 503s, no other error: {statuses:?}"
-    );
-    // Nothing acknowledged was lost, nothing corrupt: each user reads as its last acknowledged
-    // write or one written after it without an answer.
-    let known = std::mem::take(&mut *known.lock().unwrap());
+    // Every user, in moved partitions or not, is still heard on B after writes through A.
+    let ids: Vec<&str> = users.iter().map(String::as_str).collect();
+    let mut stream = open_stream(&b, &app, &ids, None).await;
+    let mut waiting: std::collections::HashSet<&str> = ids.iter().copied().collect();
     for user in &users {
-        let k = &known[user];
-        let got = availability(&a, &app, user).await;
-        let allowed: Vec<&String> = k.acked.iter().chain(&k.unsure).collect();
-        assert!(
-            allowed.iter().any(|w| **w == got),
-            "{user} reads {got}; acknowledged {:?}, unanswered since {:?}",
-            k.acked,
-            k.unsure
-        );
+        assert_eq!(set(&a, &app, user, "DoNotDisturb", "Presenting").await.status, 200);
     }
+    while !waiting.is_empty() {
+        let (user, availability, _) = tokio::time::timeout(Duration::from_secs(10), next_presence(&mut stream))
+            .await
+            .unwrap_or_else(|_| panic!("B's stream never told of {waiting:?}"));
+        if availability == "DoNotDisturb" {
+            waiting.remove(user.as_str());
+        }
+    }
+    drop(cluster);
 }
 
 /// Writers flip users through a node; a master is killed under that load and, once its replica
@@ -586,8 +792,6 @@ fn nth_write(users: &[String], i: usize) -> (&String, &'static str, &'static str
 }
 
 async fn failover_under_load(extra: &[&str]) -> usize {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
     let mut cluster = Cluster::start();
     let (_dir, secret) = shared_secret();
     let a = Arc::new(node(&cluster.url(), &secret, extra));

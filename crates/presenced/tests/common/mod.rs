@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod receiver;
+pub mod relay;
 pub mod sse;
 
 use reqwest::{Client, Method, Response, StatusCode};
