@@ -323,17 +323,22 @@ end
 -- out and the new leader takes it from the acknowledged position, so per-user order holds. One
 -- left free for `takeover_ms` (its leader is not claiming: dead, or the nodes disagree for a
 -- moment on who is live) is taken by any node.
--- ARGV: consumer, now_ms, until_ms, takeover_ms, epoch|'', live epochs... Returns {id, position, ...}.
+-- One call walks one page of the subscriptions (HSCAN from `cursor`), so that a call's time stays
+-- bounded however many subscriptions there are; the caller walks the pages.
+-- ARGV: consumer, now_ms, until_ms, takeover_ms, epoch|'', cursor, page, live epochs...
+-- Returns {next cursor ('0' after the last page), id, position, ...}.
 local function claim(keys, args)
   local out = {}
   local now = tonumber(args[2])
   local takeover = tonumber(args[4])
   local epochs = {}
-  for i = 6, #args do
+  for i = 8, #args do
     epochs[#epochs + 1] = args[i]
   end
   local claims = sk(keys, 'claim')
-  local positions = redis.call('HGETALL', sk(keys, 'pos'))
+  local page = redis.call('HSCAN', sk(keys, 'pos'), args[6], 'COUNT', args[7])
+  out[1] = page[1]
+  local positions = page[2]
   for i = 1, #positions, 2 do
     local id = positions[i]
     local leads = args[5] == '' or #epochs == 0 or leader_of(id, epochs) == args[5]

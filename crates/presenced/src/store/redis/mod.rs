@@ -76,6 +76,8 @@ pub struct Options {
     /// Deadlines are judged by each node's clock: a node whose clock is further than this from
     /// Redis's (read at each lease renewal) refuses to start, and warns while running.
     pub max_clock_skew: Duration,
+    /// Subscriptions claimed per call: bounds how long one call holds Redis.
+    pub claim_page: usize,
 }
 
 impl Options {
@@ -98,6 +100,7 @@ impl Options {
             lease: Duration::from_secs(30),
             wait_replicas: 0,
             max_clock_skew: Duration::from_secs(1),
+            claim_page: 500,
         }
     }
 }
@@ -1307,26 +1310,39 @@ impl Deliveries for RedisStore {
         now: Timestamp,
         lease: SignedDuration,
     ) -> Result<Vec<(String, Position)>, StoreError> {
-        let mut cmd = fcall("pd_claim", &self.subscription_key());
         let live = self.inner.live_nodes.read().unwrap_or_else(|e| e.into_inner()).clone();
-        cmd.arg(consumer)
-            .arg(now.as_millisecond())
-            .arg((now + lease).as_millisecond())
-            .arg(CLAIM_TAKEOVER.as_millis() as u64)
-            .arg(self.inner.options.node.as_deref().unwrap_or(""))
-            .arg(&*live);
-        let reply = items(self.inner.run(&cmd).await.map_err(unavailable)?)?;
-        let mut out: Vec<(String, Position)> = reply
-            .chunks(2)
-            .filter_map(|pair| {
+        let mut out: Vec<(String, Position)> = Vec::new();
+        // A page a call keeps each call short; the walk ends when the cursor returns to 0.
+        let mut cursor = b"0".to_vec();
+        loop {
+            let mut cmd = fcall("pd_claim", &self.subscription_key());
+            cmd.arg(consumer)
+                .arg(now.as_millisecond())
+                .arg((now + lease).as_millisecond())
+                .arg(CLAIM_TAKEOVER.as_millis() as u64)
+                .arg(self.inner.options.node.as_deref().unwrap_or(""))
+                .arg(&cursor)
+                .arg(self.inner.options.claim_page)
+                .arg(&*live);
+            let reply = items(self.inner.run(&cmd).await.map_err(unavailable)?)?;
+            let Some((next, taken)) = reply.split_first() else {
+                return Err(unavailable("pd_claim answered nothing"));
+            };
+            out.extend(taken.chunks(2).filter_map(|pair| {
                 let id = String::from_utf8(pair.first().and_then(bytes)?.to_vec()).ok()?;
                 Some((
                     id,
                     self.position_from_text(pair.get(1).and_then(bytes).unwrap_or_default()),
                 ))
-            })
-            .collect();
+            }));
+            cursor = bytes(next).unwrap_or(b"0").to_vec();
+            if cursor == b"0" {
+                break;
+            }
+        }
+        // A scan may return an entry twice (the hash was resized between pages).
         out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.dedup_by(|a, b| a.0 == b.0);
         Ok(out)
     }
 
@@ -1604,6 +1620,49 @@ mod tests {
             }
         }
         assert!(heard, "B still hears every partition after its slot moved");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn claiming_walks_every_subscription_a_page_a_call() {
+        let node = start_node(false);
+        let mut o = options(&node.url(), "pages");
+        o.claim_page = 100;
+        let store = RedisStore::open(o).await.unwrap();
+        // More subscriptions than a small hash holds compactly (512 by default), so the scan
+        // really pages.
+        let ids: Vec<String> = (0..1000).map(|i| format!("sub-{i:04}")).collect();
+        let start = Position::from_sequence(0).to_text();
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(format!("{}pos", store.inner.keys.subscriptions()));
+        for id in &ids {
+            cmd.arg(id).arg(&start);
+        }
+        store.inner.run::<i64>(&cmd).await.unwrap();
+
+        let now = Clock::system().now();
+        let before = store.metrics().round_trips.get();
+        let claimed = store
+            .claim("consumer", now, SignedDuration::from_secs(30))
+            .await
+            .unwrap();
+        let calls = store.metrics().round_trips.get() - before;
+        let got: Vec<&String> = claimed.iter().map(|(id, _)| id).collect();
+        assert_eq!(got, ids.iter().collect::<Vec<_>>(), "each subscription once");
+        assert!(calls >= 5, "1,000 subscriptions in pages of 100 took {calls} calls");
+        // All held: another consumer gets none, and the holder keeps them on renewal.
+        assert!(store
+            .claim("other", now, SignedDuration::from_secs(30))
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            store
+                .claim("consumer", now, SignedDuration::from_secs(30))
+                .await
+                .unwrap()
+                .len(),
+            1000
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
