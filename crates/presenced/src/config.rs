@@ -118,6 +118,12 @@ pub struct ServeArgs {
     /// directory's: several nodes read one secret. [default: <data-dir>/secret]
     #[arg(long, env = "PRESENCED_JWT_SECRET_FILE")]
     pub jwt_secret_file: Option<PathBuf>,
+    /// The RSA key that signs rich notifications' validationTokens, from this file (PKCS#8 PEM,
+    /// mode 0600) instead of the data directory's: several nodes sign with one key, so a receiver
+    /// verifies any node's tokens against the keys any node publishes.
+    /// [default: <data-dir>/validation-token-key, made on first start]
+    #[arg(long, env = "PRESENCED_VALIDATION_TOKEN_KEY_FILE")]
+    pub validation_token_key_file: Option<PathBuf>,
     /// Accepted token issuer (repeatable). [default: presenced]
     #[arg(long = "jwt-issuer", env = "PRESENCED_JWT_ISSUERS", value_delimiter = ',')]
     pub jwt_issuers: Vec<String>,
@@ -365,6 +371,7 @@ pub struct ServeConfig {
     pub timing: Timing,
     pub jwks_file: Option<PathBuf>,
     pub jwt_secret_file: Option<PathBuf>,
+    pub validation_token_key_file: Option<PathBuf>,
     pub issuers: Vec<String>,
     pub audiences: Vec<String>,
     pub hs256: bool,
@@ -656,6 +663,7 @@ impl ServeArgs {
             timing,
             jwks_file: self.jwks_file.or(file.auth.jwks_file),
             jwt_secret_file: self.jwt_secret_file,
+            validation_token_key_file: self.validation_token_key_file,
             issuers: or_default(self.jwt_issuers, file.auth.issuers, crate::auth::DEFAULT_ISSUER),
             audiences: or_default(self.jwt_audiences, file.auth.audiences, crate::auth::DEFAULT_AUDIENCE),
             // With an identity provider's keys, the data-dir secret is one more way in that an

@@ -133,8 +133,10 @@ pub async fn run_with_clock(
         client.clone(),
         clock.clone(),
     ));
-    let validation_tokens =
-        Arc::new(ValidationTokenSigner::load_or_create(&config.data_dir).context("loading the validation-token key")?);
+    let validation_tokens = Arc::new(match &config.validation_token_key_file {
+        Some(path) => ValidationTokenSigner::load_file(path).context("loading --validation-token-key-file")?,
+        None => ValidationTokenSigner::load_or_create(&config.data_dir).context("loading the validation-token key")?,
+    });
     let delivery = DeliveryConfig {
         validation_tokens: Some(validation_tokens.clone()),
         ..config.delivery.clone()

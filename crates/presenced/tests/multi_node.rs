@@ -27,7 +27,8 @@ const U1: &str = "aaaaaaaa-0000-0000-0000-000000000001";
 const U2: &str = "aaaaaaaa-0000-0000-0000-000000000002";
 const U3: &str = "aaaaaaaa-0000-0000-0000-000000000003";
 
-/// A secret file both nodes read, and the temporary directory holding it.
+/// The HS256 secret file both nodes read, and the temporary directory holding it beside the
+/// validation-token key they both sign with (`validation_key`).
 fn shared_secret() -> (tempfile::TempDir, PathBuf) {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = tempfile::tempdir().unwrap();
@@ -45,7 +46,39 @@ fn shared_secret() -> (tempfile::TempDir, PathBuf) {
         .open(&path)
         .unwrap();
     std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
+    write_validation_key(&validation_key(&path));
     (dir, path)
+}
+
+/// Where [`shared_secret`] put the validation-token key, beside `secret`.
+fn validation_key(secret: &Path) -> PathBuf {
+    secret.with_file_name("validation-token-key")
+}
+
+/// An RSA key in PKCS#8 PEM, mode 0600, as `openssl genpkey -algorithm RSA` writes one.
+fn write_validation_key(path: &Path) {
+    use aws_lc_rs::encoding::AsDer;
+    use base64::Engine;
+    use std::os::unix::fs::OpenOptionsExt;
+    let key = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+    let der: aws_lc_rs::encoding::Pkcs8V1Der = key.as_der().unwrap();
+    let body = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    let pem = format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        lines.join("\n")
+    );
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap();
+    std::io::Write::write_all(&mut file, pem.as_bytes()).unwrap();
 }
 
 /// A token signed with the shared secret.
@@ -54,11 +87,14 @@ fn token(secret: &Path, user: Option<&str>, scopes: &[&str], roles: &[&str]) -> 
 }
 
 fn node(store: &str, secret: &Path, extra: &[&str]) -> Server {
+    let key = validation_key(secret);
     let mut args = vec![
         "--store",
         store,
         "--jwt-secret-file",
         secret.to_str().unwrap(),
+        "--validation-token-key-file",
+        key.to_str().unwrap(),
         "--rate-limit",
         "off",
         "--webhook-allow-http",
@@ -131,6 +167,19 @@ async fn two_nodes_on_a_cluster_share_presence_streams_and_subscriptions() {
     let a = node(&cluster.url(), &secret, &[]);
     let b = node(&cluster.url(), &secret, &[]);
     let app = token(&secret, None, &[], &["Presence.ReadWrite.All"]);
+
+    // Both sign rich notifications' validationTokens with one key, and publish it.
+    let keys = |n: &Server| n.url("/common/discovery/v2.0/keys");
+    let (on_a, on_b) = (
+        call(reqwest::Method::GET, &keys(&a), None, None).await,
+        call(reqwest::Method::GET, &keys(&b), None, None).await,
+    );
+    assert_eq!(on_a.status, 200);
+    assert_eq!(
+        on_a.json(),
+        on_b.json(),
+        "both nodes publish the same validation-token key"
+    );
 
     // A write through A is read through B.
     assert_eq!(set(&a, &app, U1, "Busy", "InACall").await.status, 200);

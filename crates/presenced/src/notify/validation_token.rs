@@ -13,7 +13,8 @@
 //!
 //! The signing key is an RSA-2048 key generated on first start in `<data-dir>/validation-token-key`
 //! (PKCS#8 PEM, mode 0600 from creation, like `jwt-secret`), read on every later start and never
-//! replaced: receivers cache the published keys.
+//! replaced: receivers cache the published keys. Several nodes sign with one key from
+//! `--validation-token-key-file`, as they share one HS256 secret.
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use jiff::{SignedDuration, Timestamp};
@@ -57,6 +58,13 @@ pub enum ValidationKeyError {
         path.display()
     )]
     Corrupt { path: PathBuf, reason: &'static str },
+    #[error(
+        "the validation-token key file {} does not exist; make one with `openssl genpkey -algorithm RSA \
+         -pkeyopt rsa_keygen_bits:2048 -out {}` and `chmod 600` it, or copy a node's <data-dir>/validation-token-key",
+        path.display(),
+        path.display()
+    )]
+    Missing { path: PathBuf },
     #[error("cannot generate the validation-token key")]
     Generate,
     #[error(transparent)]
@@ -84,17 +92,27 @@ impl ValidationTokenSigner {
     pub fn load_or_create(data_dir: &Path) -> Result<Self, ValidationKeyError> {
         crate::data_dir::prepare(data_dir).map_err(|e| key_error(e.into(), data_dir))?;
         let path = data_dir.join(KEY_FILE_NAME);
-        let raw = match crate::data_dir::read_private(&path, MAX_KEY_FILE_BYTES).map_err(|e| key_error(e, &path))? {
-            Some(raw) => raw,
-            None => {
-                let key = KeyPair::generate(KeySize::Rsa2048).map_err(|_| ValidationKeyError::Generate)?;
-                let der: aws_lc_rs::encoding::Pkcs8V1Der = key.as_der().map_err(|_| ValidationKeyError::Generate)?;
-                crate::data_dir::create_private(data_dir, &path, pem(der.as_ref()).as_bytes(), MAX_KEY_FILE_BYTES)
-                    .map_err(|e| key_error(e, &path))?
-            }
-        };
-        let der = der_of_pem(&raw, &path)?;
-        let key = KeyPair::from_pkcs8(&der).map_err(|_| corrupt(&path, "not an RSA private key in PKCS#8"))?;
+        if crate::data_dir::read_private(&path, MAX_KEY_FILE_BYTES)
+            .map_err(|e| key_error(e, &path))?
+            .is_none()
+        {
+            let key = KeyPair::generate(KeySize::Rsa2048).map_err(|_| ValidationKeyError::Generate)?;
+            let der: aws_lc_rs::encoding::Pkcs8V1Der = key.as_der().map_err(|_| ValidationKeyError::Generate)?;
+            crate::data_dir::create_private(data_dir, &path, pem(der.as_ref()).as_bytes(), MAX_KEY_FILE_BYTES)
+                .map_err(|e| key_error(e, &path))?;
+        }
+        Self::load_file(&path)
+    }
+
+    /// The key in `path`, which must exist (`--validation-token-key-file`: one key every node of
+    /// a deployment signs with, so a receiver verifies a token from any node against the keys
+    /// any node publishes).
+    pub fn load_file(path: &Path) -> Result<Self, ValidationKeyError> {
+        let raw = crate::data_dir::read_private(path, MAX_KEY_FILE_BYTES)
+            .map_err(|e| key_error(e, path))?
+            .ok_or_else(|| ValidationKeyError::Missing { path: path.to_owned() })?;
+        let der = der_of_pem(&raw, path)?;
+        let key = KeyPair::from_pkcs8(&der).map_err(|_| corrupt(path, "not an RSA private key in PKCS#8"))?;
         Ok(Self::from_key(key))
     }
 
@@ -236,6 +254,31 @@ mod tests {
         assert!(matches!(
             ValidationTokenSigner::load_or_create(&data),
             Err(ValidationKeyError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn a_key_file_given_must_exist_and_signs_as_the_data_directorys_copy_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let made = ValidationTokenSigner::load_or_create(&data).unwrap();
+        // The operator copies one node's key for every node to read.
+        let shared = dir.path().join("shared-key");
+        fs::copy(data.join(KEY_FILE_NAME), &shared).unwrap();
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o600)).unwrap();
+        let read = ValidationTokenSigner::load_file(&shared).unwrap();
+        assert_eq!((read.kid(), read.jwks()), (made.kid(), made.jwks()));
+        // Never made up: a missing file is an error, not a new key.
+        let missing = dir.path().join("missing");
+        assert!(matches!(
+            ValidationTokenSigner::load_file(&missing),
+            Err(ValidationKeyError::Missing { .. })
+        ));
+        assert!(!missing.exists());
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(
+            ValidationTokenSigner::load_file(&shared),
+            Err(ValidationKeyError::Permissions { .. })
         ));
     }
 
