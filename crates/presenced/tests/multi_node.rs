@@ -300,6 +300,42 @@ async fn client_session(server: &Server, token: &str) -> impl Sized {
     ws
 }
 
+/// A session set through `node` for `user` that expires after `expiry` (an ISO 8601 duration).
+async fn set_fading(node: &Server, app: &str, user: &str, expiry: &str) {
+    let body =
+        json!({ "sessionId": "fading", "availability": "Busy", "activity": "InACall", "expirationDuration": expiry });
+    let r = post(
+        &node.url(&format!("/v1.0/users/{user}/presence/setPresence")),
+        app,
+        body,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+}
+
+/// Once a node is lost at `lost` (killed, or cut off from Redis): `b` applies the expiry that
+/// node set for `fading`, and the client session it held for `client` lasts `kept` past the loss
+/// at least, then ends.
+async fn the_other_node_takes_over(b: &Server, app: &str, fading: &str, client: &str, lost: Instant, kept: Duration) {
+    assert!(
+        wait_availability(b, app, fading, "Offline", Duration::from_secs(10)).await,
+        "B applies the expiry the lost node set"
+    );
+    while lost.elapsed() < kept {
+        assert_ne!(
+            availability(b, app, client).await,
+            "Offline",
+            "the client session ended {:?} after its node was lost, before lease and grace",
+            lost.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        wait_availability(b, app, client, "Offline", Duration::from_secs(20)).await,
+        "the lost node's client session ends after its lease and the grace"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_nodes_client_sessions_end_after_the_grace_and_its_fades_still_happen() {
     let cluster = Cluster::start();
@@ -322,33 +358,11 @@ async fn a_killed_nodes_client_sessions_end_after_the_grace_and_its_fades_still_
     let _socket = client_session(&a, &user).await;
     assert_ne!(availability(&b, &app, U1).await, "Offline");
     // A session set through A that fades: it expires 1 s from now.
-    let body =
-        json!({ "sessionId": "fading", "availability": "Busy", "activity": "InACall", "expirationDuration": "PT1S" });
-    let r = post(&a.url(&format!("/v1.0/users/{U2}/presence/setPresence")), &app, body).await;
-    assert_eq!(r.status, 200, "{}", r.text);
+    set_fading(&a, &app, U2, "PT1S").await;
     a.kill();
     let killed = Instant::now();
-
-    // The fade A set is applied by B.
-    assert!(
-        wait_availability(&b, &app, U2, "Offline", Duration::from_secs(8)).await,
-        "B applies the expiry A had set"
-    );
-    // The client session outlives A by the lease and the grace, not less...
-    while killed.elapsed() < Duration::from_millis(3500) {
-        assert_ne!(
-            availability(&b, &app, U1).await,
-            "Offline",
-            "gone {:?} after the kill, before its grace",
-            killed.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    // ...and then it goes.
-    assert!(
-        wait_availability(&b, &app, U1, "Offline", Duration::from_secs(15)).await,
-        "the dead node's client session ends after the grace"
-    );
+    // The client session outlives A by the lease and the grace, not less.
+    the_other_node_takes_over(&b, &app, U2, U1, killed, Duration::from_millis(3500)).await;
     assert!(killed.elapsed() >= Duration::from_secs(4));
 }
 
@@ -557,35 +571,12 @@ async fn a_node_cut_off_from_redis_answers_503_and_past_its_lease_is_fenced() {
     // A long cut: a client session held on A, and a session set through A that expires during it.
     let user = token(&secret, Some(U3), &["Presence.ReadWrite"], &[]);
     let _socket = client_session(&a, &user).await;
-    let body =
-        json!({ "sessionId": "fading", "availability": "Busy", "activity": "InACall", "expirationDuration": "PT2S" });
-    assert_eq!(
-        post(&a.url(&format!("/v1.0/users/{U2}/presence/setPresence")), &app, body)
-            .await
-            .status,
-        200
-    );
+    set_fading(&a, &app, U2, "PT2S").await;
     relay.cut();
     let cut = Instant::now();
-    assert!(
-        wait_availability(&b, &app, U2, "Offline", Duration::from_secs(10)).await,
-        "B applies the expiry A set but cannot reach"
-    );
     // A's lease was last renewed about a third of it before the cut at the earliest: its client
     // session lasts about two thirds of the lease plus the grace (6 s), then ends.
-    while cut.elapsed() < Duration::from_secs(5) {
-        assert_ne!(
-            availability(&b, &app, U3).await,
-            "Offline",
-            "ended {:?} into the cut, before lease and grace",
-            cut.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(
-        wait_availability(&b, &app, U3, "Offline", Duration::from_secs(20)).await,
-        "the cut-off node's client session ends after its lease and the grace"
-    );
+    the_other_node_takes_over(&b, &app, U2, U3, cut, Duration::from_secs(5)).await;
 
     // Healed, A finds its lease lapsed: it writes nothing and stops.
     relay.heal();
