@@ -218,6 +218,10 @@ pub async fn run_with_clock(
     let _ = stop_tx.send(true);
     orphans.abort();
     let _ = tokio::join!(sweeper, dispatcher, lifecycle, hub_task);
+    if !fenced.load(std::sync::atomic::Ordering::Acquire) {
+        // After the last write: the other nodes (on a shared store) take over at once.
+        store.leave().await;
+    }
     // The last handles: the services' and the request state's are gone with the server.
     drop((service, subscriptions));
     tokio::task::spawn_blocking(move || store.close()).await?;

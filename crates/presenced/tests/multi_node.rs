@@ -465,6 +465,71 @@ async fn webhook_work_is_shared_between_nodes_and_each_change_is_notified_once()
     assert_eq!(metric_of(&a, "presenced_sessions").await, 24.0);
 }
 
+/// A node stopped cleanly (SIGTERM, as in a rolling restart) hands its work over at once: the other
+/// node leads every partition and sends every subscription straight away. The leases here outlast
+/// the test, so nothing it shows can come from a lapse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_cleanly_hands_its_work_over_at_once() {
+    let redis = start_node(false);
+    let (_dir, secret) = shared_secret();
+    let mut a = node(&redis.url(), &secret, &["--redis-node-lease", "300s"]);
+    let b = node(&redis.url(), &secret, &["--redis-node-lease", "300s"]);
+    let app = token(&secret, None, &[], &["Presence.ReadWrite.All"]);
+    let subscriber = token(
+        &secret,
+        Some("cccccccc-0000-0000-0000-00000000000c"),
+        &["Presence.Read.All"],
+        &[],
+    );
+    wait_until_they_share_the_partitions(&a, &b).await;
+    let receiver = Receiver::start().await;
+    let users: Vec<String> = (0..16).map(|i| format!("eeeeeeee-0000-0000-0000-{i:012}")).collect();
+    for user in &users {
+        subscribe(&a, &subscriber, &receiver.url, user).await;
+    }
+    for user in &users {
+        assert_eq!(set(&b, &app, user, "Busy", "InACall").await.status, 200);
+    }
+    receiver
+        .wait_for("16 notifications", Duration::from_secs(30), |i| i.len() >= 16)
+        .await;
+    let delivered = r#"presenced_notification_deliveries_total{outcome="delivered"}"#;
+    assert!(metric_of(&a, delivered).await > 0.0, "A sends some subscriptions");
+
+    assert!(a.terminate().success(), "A stops cleanly");
+    let stopped = Instant::now();
+    // B leads every partition now, not when A's lease would have lapsed (5 minutes)...
+    while metric_of(&b, "presenced_store_partitions_led").await != 16.0 {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(10),
+            "B never led A's partitions"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ...and sends A's subscriptions now, not when their claims would have lapsed (30 s, or 15 s
+    // for one nobody claims).
+    for user in &users {
+        assert_eq!(set(&b, &app, user, "Away", "Away").await.status, 200);
+    }
+    receiver
+        .wait_for("the second 16 notifications", Duration::from_secs(10), |i| {
+            i.len() >= 32
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let items = receiver.items();
+    for user in &users {
+        let notified = items
+            .iter()
+            .filter(|i| i["resourceData"]["id"] == user.as_str())
+            .count();
+        assert_eq!(
+            notified, 2,
+            "{user}: each change notified once, before and after the handover"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_paused_past_its_lease_cannot_write() {
     let cluster = Cluster::start();

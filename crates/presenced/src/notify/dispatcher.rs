@@ -327,6 +327,13 @@ where
         }
         self.flush().await;
         self.tasks.abort_all();
+        // A clean stop hands every subscription over at once: what was sent is acknowledged
+        // above, and no POST of this node's is left running, so the next holder takes each from
+        // its acknowledged position now rather than when the claim lapses.
+        let held: Vec<String> = self.tracked.keys().cloned().collect();
+        if let Err(e) = store.release(&self.consumer, held).await {
+            tracing::warn!(error = %e, "cannot release subscriptions at stop; their claims lapse instead");
+        }
     }
 
     fn set_routed(&self, position: Position) {

@@ -15,4 +15,10 @@ pub trait Membership: Send + Sync + 'static {
 
     /// Resolves once this node's lease has lapsed; never on a store without leases.
     fn fenced(&self) -> impl Future<Output = ()> + Send;
+
+    /// Leave the live nodes at a clean stop, after this node's last write: the others take over
+    /// its partitions and subscriptions at once instead of when its lease lapses. Best effort (a
+    /// node that cannot reach the store is declared dead by the lapse instead); nothing on a store
+    /// without leases.
+    fn leave(&self) -> impl Future<Output = ()> + Send;
 }

@@ -250,6 +250,9 @@ impl Membership for Store {
     async fn fenced(&self) {
         forward!(self, s => s.fenced().await)
     }
+    async fn leave(&self) {
+        forward!(self, s => s.leave().await)
+    }
 }
 
 impl Deliveries for Store {

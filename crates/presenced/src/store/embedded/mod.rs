@@ -591,6 +591,8 @@ impl crate::store::Membership for EmbeddedStore {
     async fn fenced(&self) {
         std::future::pending().await
     }
+
+    async fn leave(&self) {}
 }
 
 /// A store in a fresh temporary directory, reading `clock`: for tests. The directory goes when

@@ -71,10 +71,16 @@ end
 
 -- Take ('take') or renew ('renew') a node's lease in the node set: the one place a node is
 -- alive or dead. A renewal of a lapsed (or forgotten) lease fails: the node was declared dead.
--- KEYS: nodes. ARGV: epoch, ttl_ms, take|renew. Returns the lease's end (ms), or 0 if lapsed.
+-- A node stopping cleanly leaves ('leave'): dead at once, so the others take over its work.
+-- KEYS: nodes. ARGV: epoch, ttl_ms, take|renew|leave. Returns the lease's end (ms), or 0 if
+-- lapsed or left.
 -- Entries dead for an hour are forgotten.
 local function node_lease(keys, args)
   local now = redis_now_ms()
+  if args[3] == 'leave' then
+    redis.call('ZREM', keys[1], args[1])
+    return 0
+  end
   if args[3] == 'renew' then
     local ends = redis.call('ZSCORE', keys[1], args[1])
     if not ends or tonumber(ends) <= now then

@@ -145,6 +145,8 @@ struct Inner {
     live_nodes: std::sync::RwLock<Arc<[String]>>,
     /// The counts `/metrics` showed last, kept for when Redis cannot be reached.
     last_counts: std::sync::Mutex<crate::store::Counts>,
+    /// Set when this node leaves the live nodes at a clean stop: its lease is no longer renewed.
+    leaving: AtomicBool,
 }
 
 /// A subscription left unclaimed this long (its leading node is not claiming it) is taken by any
@@ -213,7 +215,7 @@ impl Inner {
     }
 
     /// What another node announced on the live path.
-    fn heard(&self, heard: live::Heard) {
+    fn heard(self: &Arc<Self>, heard: live::Heard) {
         match heard {
             live::Heard::Commit(a) => {
                 if a.seq > 0 {
@@ -223,7 +225,18 @@ impl Inner {
                     self.deadline_set(a.partition, at);
                 }
             }
-            live::Heard::Subscriptions => self.subscriptions_changed.notify_waiters(),
+            live::Heard::Subscriptions => match self.options.node.clone() {
+                // A node that left announces itself so: who is live is read again before the
+                // dispatcher claims, so the others take its work at once.
+                Some(epoch) => {
+                    let inner = self.clone();
+                    tokio::spawn(async move {
+                        choose_leaders(&inner, &epoch).await;
+                        inner.subscriptions_changed.notify_waiters();
+                    });
+                }
+                None => self.subscriptions_changed.notify_waiters(),
+            },
         }
     }
 
@@ -371,6 +384,7 @@ impl RedisStore {
                 live: std::sync::Mutex::new(None),
                 live_nodes: std::sync::RwLock::new(Arc::new([])),
                 last_counts: std::sync::Mutex::new(crate::store::Counts::default()),
+                leaving: AtomicBool::new(false),
                 options,
             }),
         };
@@ -399,6 +413,11 @@ impl RedisStore {
         store.advance_head(&head);
         store.inner.ready.store(true, Ordering::Release);
         tokio::spawn(poll_heads(Arc::downgrade(&store.inner)));
+        if store.inner.options.node.is_some() {
+            // The other nodes re-read who is live on this announcement: they hand this node its
+            // share now rather than at their next lease renewal.
+            store.inner.subscriptions_written().await;
+        }
         Ok(store)
     }
 
@@ -768,8 +787,13 @@ async fn choose_leaders(inner: &Inner, epoch: &str) {
 async fn keep_lease(inner: Weak<Inner>, epoch: String) {
     loop {
         let Some(strong) = inner.upgrade() else { return };
+        if strong.leaving.load(Ordering::Acquire) {
+            return;
+        }
         let pause = strong.options.lease / 3;
         match renew_lease(&strong, &epoch, false).await {
+            // Left while renewing: not a lapse.
+            _ if strong.leaving.load(Ordering::Acquire) => return,
             Ok(true) => {
                 let skew = strong.metrics.clock_skew_ms.get();
                 if skew.unsigned_abs() > strong.options.max_clock_skew.as_millis() as u64 {
@@ -934,6 +958,29 @@ impl crate::store::Membership for RedisStore {
     async fn fenced(&self) {
         let mut rx = self.inner.fenced.subscribe();
         let _ = rx.wait_for(|f| *f).await;
+    }
+
+    async fn leave(&self) {
+        let Some(epoch) = self.inner.options.node.clone() else {
+            return;
+        };
+        self.inner.leaving.store(true, Ordering::Release);
+        let mut cmd = fcall("pd_node_lease", &[self.inner.keys.nodes()]);
+        cmd.arg(&epoch).arg(0).arg("leave");
+        if let Err(e) = self.inner.run::<i64>(&cmd).await {
+            tracing::warn!(error = %e, "cannot leave the live nodes; the others take over when this node's lease lapses");
+            return;
+        }
+        // The lease copies go too, so no commit of this node's is accepted from now on.
+        let copies = (0..self.p_count()).map(|p| {
+            let cmd = redis::cmd("DEL").arg(self.inner.keys.lease(p, &epoch)).clone();
+            async move { self.inner.run::<i64>(&cmd).await }
+        });
+        join_all(copies).await;
+        // The other nodes re-read who is live when subscriptions are announced: they lead this
+        // node's partitions and claim its released subscriptions now.
+        self.inner.subscriptions_written().await;
+        tracing::info!(%epoch, "left the live nodes; the others took over this node's work");
     }
 }
 
