@@ -420,12 +420,24 @@ async fn each_partitions_timers_have_one_leader_and_every_expiry_is_applied_once
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn webhook_work_is_shared_between_nodes_and_each_change_is_notified_once() {
+/// Two nodes on a standalone Redis, sharing its partitions, and `n` users (ids starting with
+/// `prefix`) each watched by a subscription of its own, all created through A, to one receiver.
+struct Subscribed {
+    _redis: test_servers::Node,
+    _dir: tempfile::TempDir,
+    a: Server,
+    b: Server,
+    /// An application token that writes presence.
+    app: String,
+    receiver: Receiver,
+    users: Vec<String>,
+}
+
+async fn two_nodes_with_subscriptions(lease: &str, prefix: &str, n: usize) -> Subscribed {
     let redis = start_node(false);
-    let (_dir, secret) = shared_secret();
-    let a = node(&redis.url(), &secret, &["--redis-node-lease", "2s"]);
-    let b = node(&redis.url(), &secret, &["--redis-node-lease", "2s"]);
+    let (dir, secret) = shared_secret();
+    let a = node(&redis.url(), &secret, &["--redis-node-lease", lease]);
+    let b = node(&redis.url(), &secret, &["--redis-node-lease", lease]);
     let app = token(&secret, None, &[], &["Presence.ReadWrite.All"]);
     let subscriber = token(
         &secret,
@@ -434,12 +446,33 @@ async fn webhook_work_is_shared_between_nodes_and_each_change_is_notified_once()
         &[],
     );
     wait_until_they_share_the_partitions(&a, &b).await;
-    // 24 subscriptions, all created through A, one user each.
     let receiver = Receiver::start().await;
-    let users: Vec<String> = (0..24).map(|i| format!("dddddddd-0000-0000-0000-{i:012}")).collect();
+    let users: Vec<String> = (0..n).map(|i| format!("{prefix}-0000-0000-0000-{i:012}")).collect();
     for user in &users {
         subscribe(&a, &subscriber, &receiver.url, user).await;
     }
+    Subscribed {
+        _redis: redis,
+        _dir: dir,
+        a,
+        b,
+        app,
+        receiver,
+        users,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_work_is_shared_between_nodes_and_each_change_is_notified_once() {
+    let Subscribed {
+        _redis,
+        _dir,
+        a,
+        b,
+        app,
+        receiver,
+        users,
+    } = two_nodes_with_subscriptions("2s", "dddddddd", 24).await;
     // One change per user, half through each node.
     for (i, user) in users.iter().enumerate() {
         let through = if i % 2 == 0 { &a } else { &b };
@@ -470,23 +503,15 @@ async fn webhook_work_is_shared_between_nodes_and_each_change_is_notified_once()
 /// the test, so nothing it shows can come from a lapse.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_stopped_cleanly_hands_its_work_over_at_once() {
-    let redis = start_node(false);
-    let (_dir, secret) = shared_secret();
-    let mut a = node(&redis.url(), &secret, &["--redis-node-lease", "300s"]);
-    let b = node(&redis.url(), &secret, &["--redis-node-lease", "300s"]);
-    let app = token(&secret, None, &[], &["Presence.ReadWrite.All"]);
-    let subscriber = token(
-        &secret,
-        Some("cccccccc-0000-0000-0000-00000000000c"),
-        &["Presence.Read.All"],
-        &[],
-    );
-    wait_until_they_share_the_partitions(&a, &b).await;
-    let receiver = Receiver::start().await;
-    let users: Vec<String> = (0..16).map(|i| format!("eeeeeeee-0000-0000-0000-{i:012}")).collect();
-    for user in &users {
-        subscribe(&a, &subscriber, &receiver.url, user).await;
-    }
+    let Subscribed {
+        _redis,
+        _dir,
+        mut a,
+        b,
+        app,
+        receiver,
+        users,
+    } = two_nodes_with_subscriptions("300s", "eeeeeeee", 16).await;
     for user in &users {
         assert_eq!(set(&b, &app, user, "Busy", "InACall").await.status, 200);
     }
