@@ -47,6 +47,9 @@ pub trait Harness: Sized {
     fn crash(&mut self);
     /// Another handle on the same data.
     fn second(&self) -> Self::Store;
+    /// Stop what the harness shares between behaviours (servers it started), once the last one
+    /// ran: a process-wide static is never dropped, so its servers would outlive the tests.
+    fn finish() {}
 }
 
 /// One `#[tokio::test]` per behaviour, for the harness given.
@@ -75,6 +78,14 @@ macro_rules! conformance_sequence {
     (@run $test:ident, $harness:ty; $($name:ident),* $(,)?) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $test() {
+            // Dropped when the sequence ends, passed or failed.
+            struct Finish;
+            impl Drop for Finish {
+                fn drop(&mut self) {
+                    <$harness as $crate::store::conformance::Harness>::finish();
+                }
+            }
+            let _finish = Finish;
             $(
                 eprintln!("{}: {}", stringify!($test), stringify!($name));
                 $crate::store::conformance::$name::<$harness>().await;
@@ -1256,11 +1267,12 @@ mod redis {
     use crate::store::redis::test_servers::{start_node, Cluster, Node};
     use crate::store::redis::{Options, RedisStore};
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::OnceLock;
+    use std::sync::Mutex;
     use std::time::Duration;
 
-    static STANDALONE: OnceLock<Node> = OnceLock::new();
-    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    // Started by the first behaviour, shared by the rest, stopped by `finish`.
+    static STANDALONE: Mutex<Option<Node>> = Mutex::new(None);
+    static CLUSTER: Mutex<Option<Cluster>> = Mutex::new(None);
     static NEXT_PREFIX: AtomicUsize = AtomicUsize::new(0);
 
     pub struct OnRedis<const CLUSTER_MODE: bool> {
@@ -1283,9 +1295,17 @@ mod redis {
 
         fn open(settings: Settings) -> Self {
             let url = if CLUSTER_MODE {
-                CLUSTER.get_or_init(Cluster::start).url()
+                CLUSTER
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert_with(Cluster::start)
+                    .url()
             } else {
-                STANDALONE.get_or_init(|| start_node(false)).url()
+                STANDALONE
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert_with(|| start_node(false))
+                    .url()
             };
             let mut options = Options::new(Target::parse(&url).unwrap(), settings.clock);
             options.prefix = format!("t{}", NEXT_PREFIX.fetch_add(1, Ordering::Relaxed));
@@ -1314,6 +1334,14 @@ mod redis {
 
         fn second(&self) -> RedisStore {
             self.open_store()
+        }
+
+        fn finish() {
+            if CLUSTER_MODE {
+                CLUSTER.lock().unwrap_or_else(|e| e.into_inner()).take();
+            } else {
+                STANDALONE.lock().unwrap_or_else(|e| e.into_inner()).take();
+            }
         }
     }
 
