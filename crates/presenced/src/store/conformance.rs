@@ -168,7 +168,7 @@ fn busy(at: Timestamp) -> (UserPresence, Option<ChangeEvent>) {
 }
 
 /// Load `user`, flip them between Busy and Away, commit; returns the new version.
-async fn flip<S: PresenceState>(store: &S, user: &str, at: Timestamp) -> u64 {
+pub(crate) async fn flip<S: PresenceState>(store: &S, user: &str, at: Timestamp) -> u64 {
     let k = key(user);
     for _ in 0..10_000 {
         let loaded = store.load(&k).await.unwrap();

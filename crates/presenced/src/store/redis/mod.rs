@@ -1593,33 +1593,8 @@ mod tests {
 
     /// Flip each of `users` between Busy and Away through `store`.
     async fn flip_all(store: &RedisStore, users: &[String]) {
-        use presence_core::{Activity, Availability, Command, SessionId, SessionState, Timing};
         for user in users {
-            let key = UserKey::new(TenantId::parse("tenant").unwrap(), UserId::parse(user).unwrap());
-            let loaded = store.load(&key).await.unwrap();
-            let (availability, activity) = if loaded.state.view().availability == Availability::Busy {
-                (Availability::Away, Activity::Away)
-            } else {
-                (Availability::Busy, Activity::InACall)
-            };
-            let mut state = (*loaded.state).clone();
-            let command = Command::SetPresence {
-                session: SessionId::parse("app").unwrap(),
-                state: SessionState::new(availability, activity).unwrap(),
-                expiration: SignedDuration::from_mins(10),
-                application: None,
-            };
-            let event = state
-                .apply(command, Clock::system().now(), &Timing::default())
-                .unwrap()
-                .change;
-            let commit = Commit {
-                key,
-                expected_version: loaded.version,
-                state,
-                event,
-            };
-            store.commit(commit).await.unwrap();
+            crate::store::conformance::flip(store, user, Clock::system().now()).await;
         }
     }
 
